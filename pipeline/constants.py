@@ -1,0 +1,14 @@
+"""Facts every module shares: the fixed class order and the grey-level scale."""
+
+from typing import Final
+
+#: Fixed class order of IQ-OTH/NCCD; label ``i`` always means ``CLASSES[i]``.
+CLASSES: Final[tuple[str, str, str]] = ("benign", "malignant", "normal")
+NUM_CLASSES: Final[int] = len(CLASSES)
+
+#: Images live in ``[0, 1]``; one 8-bit grey level is this much of that scale.
+GREY_LEVEL: Final[float] = 1.0 / 255.0
+
+#: The lung window (width, level) in Hounsfield units used to map DICOM to 8-bit by default.
+LUNG_WINDOW: Final[tuple[float, float]] = (1500.0, -600.0)
+MEDIASTINAL_WINDOW: Final[tuple[float, float]] = (350.0, 40.0)

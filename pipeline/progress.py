@@ -1,0 +1,37 @@
+"""The progress callback every long operation accepts.
+
+The same callback drives a tqdm bar in the CLI and a progress widget in the dashboard, so the
+long-running code never knows which front end is watching.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+#: ``progress(done, total, message)``; ``total`` may be 0 when unknown.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def report(progress: Optional[ProgressCallback], done: int, total: int, message: str = "") -> None:
+    """Call ``progress`` if one was given; keeps call sites free of ``if progress`` noise."""
+    if progress is not None:
+        progress(done, total, message)
+
+
+def tqdm_progress(description: str) -> ProgressCallback:
+    """A callback that draws a tqdm bar on stderr, for the command line."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="step", dynamic_ncols=True)
+
+    def update(done: int, total: int, message: str) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        if message:
+            bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+        if total and done >= total:
+            bar.close()
+
+    return update
