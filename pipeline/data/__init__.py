@@ -1,0 +1,14 @@
+"""Scans and datasets: reading JPEG/PNG/TIFF/BMP/DICOM, folder and synthetic datasets, leak-free splits."""
+
+from pipeline.data.dataset import LoadReport, ScanDataset, SkippedFile, load_dataset
+from pipeline.data.dicom import WINDOW_NAMES, Window, attacked_dicom
+from pipeline.data.kaggle import download_iqothnccd
+from pipeline.data.preprocess import preprocess_image
+from pipeline.data.scan import ACCEPTED_FORMATS, Scan, open_scan, read_scan
+from pipeline.data.splits import Split, leakage_report, split_dataset
+
+__all__ = [
+    "ACCEPTED_FORMATS", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split", "WINDOW_NAMES", "Window",
+    "attacked_dicom", "download_iqothnccd", "leakage_report", "load_dataset", "open_scan", "preprocess_image",
+    "read_scan", "split_dataset",
+]
