@@ -7,6 +7,14 @@ Importing this package registers every attack module below.
 from pipeline.attacks.base import Attack, AttackInfo, Param, project
 from pipeline.attacks.registry import attack_class, attack_schema, available, get_attack, register
 
+# Importing an attack module registers its attacks; available() lists them in this order.
+import pipeline.attacks.square  # noqa: E402,F401
+import pipeline.attacks.simba  # noqa: E402,F401
+import pipeline.attacks.boundary  # noqa: E402,F401
+import pipeline.attacks.sparse  # noqa: E402,F401
+import pipeline.attacks.universal  # noqa: E402,F401
+import pipeline.attacks.corruptions  # noqa: E402,F401
+
 __all__ = [
     "Attack", "AttackInfo", "Param", "project",
     "attack_class", "attack_schema", "available", "get_attack", "register",

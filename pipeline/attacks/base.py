@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.attacks.objectives import label_probability
 from pipeline.errors import AttackParameterError
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback
@@ -40,6 +41,8 @@ class Param:
 
     def validate(self, value: Any) -> Any:
         """Coerce ``value`` to this parameter's type and check its range; raise a helpful error."""
+        if value is None and self.default is None:
+            return None  # an optional override left unset
         try:
             if self.kind is bool:
                 if isinstance(value, str):
@@ -110,6 +113,8 @@ class Attack:
             for name, param in known.items()
         }
         self._trace: list[torch.Tensor] = []
+        self._tracing = False
+        self._queries: Optional[torch.Tensor] = None
 
     def __getattr__(self, name: str) -> Any:
         config = self.__dict__.get("config")
@@ -134,6 +139,8 @@ class Attack:
     ) -> torch.Tensor | tuple[torch.Tensor, AttackInfo]:
         x, y, target = self._check_inputs(x, y, target)
         self._trace = []
+        self._tracing = return_info
+        self._queries = None
         with exclusive_eval(model):
             x_adv = self._run(model, x.detach().clone(), y, target, progress)
             x_adv = self._finalise(x, x_adv.detach())
@@ -164,8 +171,26 @@ class Attack:
         return generator
 
     def record(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Remember the true-class probability after a step, for the step-by-step plot."""
-        self._trace.append(F.softmax(logits.detach().float(), dim=1).gather(1, y[:, None]).squeeze(1).cpu())
+        """Remember the true-class probability after a step, for the step-by-step plot.
+
+        A no-op unless the caller asked for ``return_info``; rows stay on the device until the end,
+        so recording never forces a GPU synchronisation inside an attack's loop.
+        """
+        if self._tracing:
+            self._trace.append(label_probability(logits.detach(), y))
+
+    @torch.no_grad()
+    def record_clean(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """First trace row for attacks whose first step is not at the clean scan (a random start).
+
+        Costs a forward pass only when a trace was asked for.
+        """
+        if self._tracing:
+            self.record(model(x), y)
+
+    def record_queries(self, counts: torch.Tensor) -> None:
+        """Remember how many model queries each sample cost (black-box attacks report it)."""
+        self._queries = counts.detach().long().cpu()
 
     def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Bring ``x_adv`` back into the norm ball around ``x`` and into ``[0, 1]``."""
@@ -217,7 +242,8 @@ class Attack:
             linf=sizes["linf"].cpu(),
             l2=sizes["l2"].cpu(),
             l0=sizes["l0"].cpu(),
-            trace=torch.stack(self._trace),
+            trace=torch.stack(self._trace).cpu(),
+            queries=self._queries,
         )
 
 
