@@ -8,14 +8,23 @@ from pipeline.attacks.base import Attack, AttackInfo, Param, project
 from pipeline.attacks.registry import attack_class, attack_schema, available, get_attack, register
 
 # Importing an attack module registers its attacks; available() lists them in this order.
+import pipeline.attacks.fgsm  # noqa: E402,F401
+import pipeline.attacks.pgd  # noqa: E402,F401
+import pipeline.attacks.apgd  # noqa: E402,F401
+import pipeline.attacks.cw  # noqa: E402,F401
+import pipeline.attacks.deepfool  # noqa: E402,F401
+import pipeline.attacks.ead  # noqa: E402,F401
 import pipeline.attacks.square  # noqa: E402,F401
 import pipeline.attacks.simba  # noqa: E402,F401
 import pipeline.attacks.boundary  # noqa: E402,F401
 import pipeline.attacks.sparse  # noqa: E402,F401
 import pipeline.attacks.universal  # noqa: E402,F401
 import pipeline.attacks.corruptions  # noqa: E402,F401
+import pipeline.attacks.autoattack  # noqa: E402,F401
+from pipeline.attacks.minimal import minimal_epsilon  # noqa: E402
 
 __all__ = [
     "Attack", "AttackInfo", "Param", "project",
     "attack_class", "attack_schema", "available", "get_attack", "register",
+    "minimal_epsilon",
 ]

@@ -1,0 +1,184 @@
+"""The iterative gradient family: BIM, PGD (L∞ and L2), MI-FGSM and CW-L∞, one loop for all.
+
+They differ only in where they start, how a gradient becomes a step, and which loss they climb,
+so :class:`IterativeAttack` runs the loop once and each attack overrides one of those three.
+The loop reuses the logits of each gradient step for the trace and the worst-case bookkeeping:
+``steps`` forward+backward passes and one final forward, nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from pipeline.attacks.base import Attack, Param, eps_param, gradient, seed_param, steps_param
+from pipeline.attacks.losses import ce_loss, cw_loss, fooled
+from pipeline.attacks.registry import register
+from pipeline.attacks.worst_case import WorstCase
+from pipeline.progress import ProgressCallback, report
+
+
+def alpha_param(high: float = 64 / 255, grey_levels: bool = True) -> Param:
+    return Param("alpha", float, None, "step size per iteration (image scale); unset: eps/4",
+                 low=0.0, high=high, grey_levels=grey_levels)
+
+
+def random_start_param() -> Param:
+    return Param("random_start", bool, True, "start from a uniformly random point inside the ball")
+
+
+def restarts_param() -> Param:
+    return Param("restarts", int, 1,
+                 "independent runs, each from a random start, on the scans not fooled yet", low=1, high=100)
+
+
+def kappa_param(default: float) -> Param:
+    return Param("kappa", float, default,
+                 "confidence: stop pushing once the wrong class leads by this many logits",
+                 low=0.0, high=1000.0)
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape ``[N]`` values to broadcast over a batch shaped like ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+class IterativeAttack(Attack):
+    """Repeated projected gradient steps with random starts and restarts; keeps each scan's worst case.
+
+    Restarts after the first run only the scans not fooled yet (as AutoAttack does) and always
+    start at random, so ``restarts > 1`` helps even without ``random_start``.
+    """
+
+    norm = "linf"
+    supports_target = True
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor,
+                  target: Optional[torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss the attack climbs."""
+        return ce_loss(logits, y, target)
+
+    def direction(self, grad: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        """Turn a gradient into a step direction (``state`` persists across the steps of one run)."""
+        return grad.sign()
+
+    def random_point(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A uniformly random point of the L∞ ball around ``x``."""
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        return (x + self.eps * noise).clamp(0.0, 1.0)
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else self.eps / 4
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
+             progress: Optional[ProgressCallback]) -> torch.Tensor:
+        steps, restarts = self.steps, self.config.get("restarts", 1)
+        random_start = self.config.get("random_start", False)
+        generator = self.generator(x.device)
+        worst = WorstCase(x)
+        index = torch.arange(x.shape[0], device=x.device)
+        total = steps * restarts
+        for run in range(restarts):
+            if run:
+                index = worst.remaining()
+                if index.numel() == 0:
+                    break
+            start, labels = x[index], y[index]
+            goal = None if target is None else target[index]
+            if random_start or run:
+                x_adv = self.random_point(start, generator)
+            else:
+                x_adv = start
+            if run == 0 and random_start:
+                self.record_clean(model, x, y)
+            state: dict[str, Any] = {}
+            for step in range(steps):
+                grad, logits = gradient(model, x_adv, self.objective, labels, goal)
+                worst.update(index, x_adv, self.objective(logits, labels, goal), fooled(logits, labels, goal))
+                if run == 0:
+                    self.record(logits, y)
+                x_adv = self.project(start, x_adv + self.step_size * self.direction(grad, state))
+                report(progress, run * steps + step + 1, total,
+                       f"{self.name}: run {run + 1}, step {step + 1}")
+            with torch.no_grad():
+                logits = model(x_adv)
+            worst.update(index, x_adv, self.objective(logits, labels, goal), fooled(logits, labels, goal))
+        report(progress, total, total, f"{self.name}: done")
+        return worst.x
+
+
+@register
+class PGD(IterativeAttack):
+    name = "pgd"
+    title = "PGD (L∞)"
+    description = ("Projected gradient descent (Madry et al. 2018): signed gradient steps from a random "
+                   "start, projected back into the L∞ ball; the standard first-order attack.")
+    params = (eps_param(), alpha_param(), steps_param(10), random_start_param(), restarts_param(),
+              seed_param())
+
+
+@register
+class BIM(IterativeAttack):
+    name = "bim"
+    title = "BIM / I-FGSM"
+    description = "Basic iterative method (Kurakin et al. 2017): PGD without a random start."
+    params = (eps_param(), alpha_param(), steps_param(10))
+
+
+@register
+class PGDL2(IterativeAttack):
+    name = "pgdl2"
+    title = "PGD (L2)"
+    norm = "l2"
+    description = ("PGD in the L2 ball: steps along the normalised gradient, so the change may concentrate "
+                   "on few pixels instead of spreading evenly.")
+    params = (
+        Param("eps", float, 0.5, "largest L2 norm of the whole perturbation (image scale)",
+              low=0.0, high=100.0),
+        alpha_param(high=100.0, grey_levels=False),
+        steps_param(10), random_start_param(), restarts_param(), seed_param(),
+    )
+
+    def direction(self, grad: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        return grad / per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+
+    def random_point(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random direction at a uniformly random radius up to ``eps`` (as torchattacks' PGDL2)."""
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) * self.eps
+        noise = noise * per_sample(radius / noise.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        return (x + noise).clamp(0.0, 1.0)
+
+
+@register
+class MIFGSM(IterativeAttack):
+    name = "mifgsm"
+    title = "MI-FGSM"
+    description = ("Momentum iterative FGSM (Dong et al. 2018): accumulates L1-normalised gradients, which "
+                   "stabilises the direction and transfers better to other models.")
+    params = (eps_param(), alpha_param(), steps_param(10),
+              Param("decay", float, 1.0, "momentum factor: weight of the accumulated past gradients",
+                    low=0.0, high=10.0))
+
+    def direction(self, grad: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        scale = per_sample(grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12), grad)
+        momentum = grad / scale + self.decay * state.get("momentum", 0.0)
+        state["momentum"] = momentum
+        return momentum.sign()
+
+
+@register
+class CWLinf(IterativeAttack):
+    name = "cw-linf"
+    title = "CW-L∞ (PGD on the CW margin)"
+    description = ("PGD climbing the Carlini-Wagner logit margin instead of cross-entropy; the margin does "
+                   "not saturate, so it still has a useful gradient where cross-entropy is flat.")
+    params = (eps_param(), alpha_param(), steps_param(10), random_start_param(), restarts_param(),
+              kappa_param(50.0), seed_param())
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor,
+                  target: Optional[torch.Tensor]) -> torch.Tensor:
+        return cw_loss(logits, y, target, self.kappa)
