@@ -19,12 +19,19 @@ def report(progress: Optional[ProgressCallback], done: int, total: int, message:
 
 
 def tqdm_progress(description: str) -> ProgressCallback:
-    """A callback that draws a tqdm bar on stderr, for the command line."""
+    """A callback that draws a tqdm bar on stderr, for the command line.
+
+    The bar is created at the first report, so an error raised while arguments are still being
+    checked is printed on a clean line rather than glued to an empty bar.
+    """
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="step", dynamic_ncols=True)
+    bar: Optional[tqdm] = None
 
     def update(done: int, total: int, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=description, unit="step", dynamic_ncols=True)
         if total and bar.total != total:
             bar.total = total
         bar.n = done
