@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,12 @@ def _read_bytes(source: ScanSource) -> tuple[bytes, str]:
         path = Path(source)
         label = path.name or str(path)
         try:
-            size = path.stat().st_size
+            info = path.stat()
+            size = info.st_size
             if path.is_dir():
                 raise ScanError(f"{label} is a folder, not a scan; choose an image file")
+            if not stat.S_ISREG(info.st_mode):  # a pipe would block forever, /dev/zero never end
+                raise ScanError(f"{label} is not a regular file (a device, pipe or socket); choose an image file")
             if size > MAX_FILE_BYTES:
                 raise ScanError(
                     f"{label} is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit for one scan; "

@@ -1,0 +1,96 @@
+"""Robustness evaluation that holds up: strong attacks, strength checks, certificates, reports.
+
+``evaluate(model, dataset, indices, attacks)`` is the core; :mod:`.suite` runs a whole comparison
+of several models, :mod:`.report` writes it as JSON, CSV and a self-contained HTML file, and
+``python -m pipeline evaluate`` (:mod:`.cli`) does both from saved runs.
+"""
+
+from pipeline.evaluation.certify import (
+    ABSTAIN,
+    Certificate,
+    CertifiedCurve,
+    certified_accuracy_curve,
+    certify,
+)
+from pipeline.evaluation.defenses import (
+    BitDepthReduction,
+    Defended,
+    DefenseResult,
+    InputTransform,
+    JPEGDefense,
+    MedianSmoothing,
+    RandomShift,
+    evaluate_defense,
+    make_defense,
+)
+from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
+from pipeline.evaluation.reference import REFERENCE_STUDY, ReferenceTable, reference_attacks, reference_table
+from pipeline.evaluation.robustness import (
+    AttackResult,
+    AttackSpec,
+    CombinedResult,
+    Example,
+    Outcome,
+    RobustnessReport,
+    combine,
+    evaluate,
+)
+from pipeline.evaluation.strength import StrengthCheck, StrengthReport, StrengthSettings, strength_checks
+from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation, SuiteSettings, evaluate_models
+from pipeline.evaluation.sweeps import (
+    MinimalEpsilon,
+    SweepResult,
+    epsilon_sweep,
+    minimal_epsilon_distribution,
+    sweep_from_report,
+)
+from pipeline.evaluation.transfer import TransferResult, transfer_matrix
+
+__all__ = [
+    "ABSTAIN",
+    "AttackResult",
+    "AttackSpec",
+    "BitDepthReduction",
+    "Certificate",
+    "CertifiedCurve",
+    "CombinedResult",
+    "Defended",
+    "DefenseResult",
+    "EvaluationSuite",
+    "Example",
+    "InputTransform",
+    "JPEGDefense",
+    "MedianSmoothing",
+    "MinimalEpsilon",
+    "ModelEvaluation",
+    "Outcome",
+    "REFERENCE_STUDY",
+    "RandomShift",
+    "ReferenceTable",
+    "RobustnessReport",
+    "StrengthCheck",
+    "StrengthReport",
+    "StrengthSettings",
+    "SuiteSettings",
+    "SweepResult",
+    "TransferResult",
+    "accuracy",
+    "certified_accuracy_curve",
+    "certify",
+    "combine",
+    "confusion_matrix",
+    "epsilon_sweep",
+    "evaluate",
+    "evaluate_defense",
+    "evaluate_models",
+    "make_defense",
+    "minimal_epsilon_distribution",
+    "per_class_recall",
+    "psnr",
+    "reference_attacks",
+    "reference_table",
+    "ssim",
+    "strength_checks",
+    "sweep_from_report",
+    "transfer_matrix",
+]

@@ -1,0 +1,72 @@
+"""Feeding scans to a model in batches: the one loop every evaluation shares.
+
+Any map-style dataset whose items are ``(image [1, H, W], label)`` works, so the evaluation runs
+on :class:`pipeline.data.ScanDataset` and on a plain ``TensorDataset`` in tests alike.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.device import select_device
+from pipeline.errors import UserInputError
+
+
+def resolve_indices(dataset: Dataset, indices: Optional[Sequence[int]]) -> np.ndarray:
+    """The scans to use (all when ``indices`` is None), checked against the dataset's length."""
+    size = len(dataset)  # type: ignore[arg-type]
+    chosen = np.arange(size) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if chosen.size == 0:
+        raise UserInputError("no scans to evaluate: the chosen split or selection is empty")
+    if chosen.min() < 0 or chosen.max() >= size:
+        raise UserInputError(f"scan indices must lie in [0, {size - 1}] for this dataset of {size} scans")
+    return chosen
+
+
+def iter_batches(
+    dataset: Dataset, indices: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield ``(positions, x, y)``: the slice of ``indices`` covered and the batch on ``device``."""
+    if batch_size < 1:
+        raise UserInputError(f"batch size must be at least 1, got {batch_size}")
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
+        x = torch.stack([torch.as_tensor(image, dtype=torch.float32) for image, _ in items]).to(device)
+        y = torch.as_tensor([int(label) for _, label in items], dtype=torch.long, device=device)
+        yield slice(start, start + len(items)), x, y
+
+
+def model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Move ``model`` to the requested device, or report where it already lives."""
+    if device is None:
+        parameter = next(model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+    target = select_device(device)
+    model.to(target)
+    return target
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted classes for a batch already on the model's device."""
+    return model(x).argmax(dim=1)
+
+
+@contextmanager
+def stopwatch(device: torch.device) -> Iterator[list[float]]:
+    """Wall time of the block in seconds, waiting for queued GPU work so the figure is honest."""
+    elapsed = [0.0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield elapsed
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed[0] = time.perf_counter() - start

@@ -1,0 +1,75 @@
+"""The scans a saved run must be evaluated on: its own data, its own stored split.
+
+Evaluating on scans the model trained on (or on a fresh split that overlaps its training set)
+would inflate every figure, so the run's ``config.json`` decides: same source, same image size,
+same phantom seed, the split stored at training time, and a fingerprint check that the data did
+not change since.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from pipeline.data import ScanDataset, Split, load_dataset
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.progress import ProgressCallback
+
+SPLIT_SIDES = ("test", "val", "train", "all")
+
+
+def run_data(
+    config: dict[str, Any], *, progress: Optional[ProgressCallback] = None
+) -> tuple[ScanDataset, Split]:
+    """Load the dataset a run was trained on and the split it stored."""
+    if "split" not in config or "data" not in config:
+        raise CheckpointError(
+            "this run stored no data source or split (imported from elsewhere, or still starting); evaluate "
+            "a finished run of this lab"
+        )
+    dataset = load_dataset(
+        str(config["data"]),
+        image_size=int(config["image_size"]),
+        seed=int(config.get("data_seed", 0)),
+        count=int(config.get("count", 600)),
+        window=str(config.get("window", "lung")),
+        progress=progress,
+    )
+    stored = config.get("dataset", {}).get("fingerprint")
+    if stored and stored != dataset.fingerprint:
+        raise CheckpointError(
+            f"the data at {config['data']} changed since this run was trained, so its stored split no longer "
+            "points at the same scans; evaluate on the original data or train a new run"
+        )
+    return dataset, Split.from_dict(config["split"])
+
+
+def split_indices(split: Split, side: str, labels: np.ndarray, *, limit: Optional[int] = None) -> np.ndarray:
+    """The indices of one side of the split (``all`` for every scan), optionally only ``limit`` of them."""
+    if side not in SPLIT_SIDES:
+        raise UserInputError(f"unknown split {side!r}; choose one of {', '.join(SPLIT_SIDES)}")
+    if side == "all":
+        chosen = np.sort(np.concatenate([split.train, split.val, split.test]))
+    else:
+        chosen = np.asarray(getattr(split, side))
+    if chosen.size == 0:
+        raise UserInputError(f"the run's {side} split is empty; choose another with --split (e.g. val)")
+    if limit is not None:
+        if limit < 1:
+            raise UserInputError(f"--limit must be at least 1, got {limit}")
+        chosen = _balanced_subset(chosen, np.asarray(labels)[chosen], limit)
+    return chosen
+
+
+def _balanced_subset(indices: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
+    """``limit`` indices taken from the classes in turn (lowest index first), so a short run still sees
+    every class; deterministic, hence the same scans for every model compared."""
+    order = np.argsort(indices, kind="stable")
+    indices, labels = indices[order], labels[order]
+    rank = np.zeros(indices.size, dtype=np.int64)  # position of each scan within its class
+    for label in np.unique(labels):
+        members = labels == label
+        rank[members] = np.arange(members.sum())
+    picked = np.lexsort((labels, rank))[:limit]
+    return np.sort(indices[picked])

@@ -1,0 +1,384 @@
+"""Robust accuracy of one model under a list of attacks, with the numbers a reader needs to trust it.
+
+Conventions (those of AutoAttack and RobustBench, so our figures compare with the field's):
+only scans the model classifies correctly are attacked; a scan it already gets wrong keeps its
+clean prediction and counts as not robust. Hence accuracy under attack is never above clean
+accuracy, every confusion matrix sums to the number of scans, and the success rate is the share
+of correctly classified scans that the attack flipped. Perturbation sizes, PSNR and SSIM are
+averaged over the adversarial examples that succeeded: how much change it took to fool the model.
+
+"Combined" is the reference study's column done properly: per epsilon, a scan counts as robust
+only if it survives every attack run at that epsilon (the study averaged three accuracies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.attacks import Attack, attack_class, get_attack
+from pipeline.attacks.base import batch_norms
+from pipeline.constants import CLASSES
+from pipeline.errors import AttackParameterError
+from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices, stopwatch
+from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
+from pipeline.guard import exclusive_eval
+from pipeline.progress import ProgressCallback, report
+from pipeline.units import format_epsilon
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack to run: its registry name, its parameters, and the label its column carries."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: Optional[str] = None
+
+    @property
+    def eps(self) -> Optional[float]:
+        value = self.params.get("eps")
+        return None if value is None else float(value)
+
+    @property
+    def title(self) -> str:
+        if self.label:
+            return self.label
+        title = attack_class(self.name).title
+        return title if self.eps is None else f"{title} ε={format_epsilon(self.eps)}"
+
+    def build(self) -> Attack:
+        return get_attack(self.name, **dict(self.params))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params), "label": self.title}
+
+    @classmethod
+    def coerce(cls, spec: "SpecLike") -> "AttackSpec":
+        """Accept an AttackSpec, a name, ``(name, params)`` or ``(name, params, label)``."""
+        if isinstance(spec, AttackSpec):
+            return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, (tuple, list)) and 1 <= len(spec) <= 3:
+            return cls(*spec)
+        raise AttackParameterError(
+            f"cannot read attack {spec!r}; give a name, (name, params) or an AttackSpec"
+        )
+
+
+SpecLike = Union[AttackSpec, str, tuple]
+
+
+@dataclass
+class Outcome:
+    """Predictions on a set of scans and what they add up to."""
+
+    predictions: np.ndarray  #: int [N]
+    labels: np.ndarray  #: int [N]
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.labels, self.predictions)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return confusion_matrix(self.labels, self.predictions, len(CLASSES))
+
+    @property
+    def recall(self) -> np.ndarray:
+        return per_class_recall(self.confusion)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "confusion": self.confusion.tolist(),
+            "recall": dict(zip(CLASSES, self.recall.tolist())),
+            "predictions": self.predictions.tolist(),
+        }
+
+
+@dataclass
+class Example:
+    """One scan the attack fooled, kept for the report's pictures."""
+
+    index: int
+    label: int  #: also the clean prediction: only correctly classified scans are attacked
+    adversarial_prediction: int
+    clean: np.ndarray  #: float32 [H, W] in [0, 1]
+    adversarial: np.ndarray  #: float32 [H, W] in [0, 1]
+
+
+@dataclass
+class AttackResult:
+    """One attack's effect; per-scan sizes are NaN for scans that were not attacked."""
+
+    spec: AttackSpec
+    outcome: Outcome
+    clean_correct: np.ndarray  #: bool [N]: the scans that were attacked
+    linf: np.ndarray
+    l2: np.ndarray
+    psnr: np.ndarray
+    ssim: np.ndarray
+    seconds: float = 0.0
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.spec.title
+
+    @property
+    def accuracy(self) -> float:
+        return self.outcome.accuracy
+
+    @property
+    def fooled(self) -> np.ndarray:
+        """bool [N]: correctly classified scans whose prediction the attack changed."""
+        return self.clean_correct & ~self.outcome.correct
+
+    @property
+    def success_rate(self) -> float:
+        attacked = int(self.clean_correct.sum())
+        return float(self.fooled.sum() / attacked) if attacked else math.nan
+
+    def size_summary(self) -> dict[str, float]:
+        """Mean and median perturbation sizes and image quality over the successful examples."""
+        fooled = self.fooled
+        summary: dict[str, float] = {}
+        for name in ("linf", "l2", "psnr", "ssim"):
+            values = getattr(self, name)[fooled]
+            values = values[np.isfinite(values)]
+            summary[f"{name}_mean"] = float(values.mean()) if values.size else math.nan
+            summary[f"{name}_median"] = float(np.median(values)) if values.size else math.nan
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attack": self.spec.to_dict(),
+            **self.outcome.to_dict(),
+            "success_rate": self.success_rate,
+            "attacked": int(self.clean_correct.sum()),
+            "fooled": int(self.fooled.sum()),
+            **self.size_summary(),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class CombinedResult:
+    """Worst case per scan over every attack run at one epsilon."""
+
+    eps: Optional[float]
+    attacks: list[str]
+    outcome: Outcome
+    robust: np.ndarray  #: bool [N]: correct clean and under every attack
+
+    @property
+    def accuracy(self) -> float:
+        return self.outcome.accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"eps": self.eps, "attacks": self.attacks, **self.outcome.to_dict()}
+
+
+@dataclass
+class RobustnessReport:
+    """Clean and attacked behaviour of one model on one set of scans."""
+
+    model: str
+    dataset: str
+    synthetic: bool
+    indices: np.ndarray
+    clean: Outcome
+    attacks: list[AttackResult]
+    combined: list[CombinedResult]
+    device: str
+    clean_seconds: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.size)
+
+    def attack(self, label: str) -> AttackResult:
+        for result in self.attacks:
+            if result.label == label:
+                return result
+        raise KeyError(f"no attack labelled {label!r}; have {[result.label for result in self.attacks]}")
+
+    def find(self, name: str, eps: Optional[float]) -> Optional[AttackResult]:
+        """The first result of the registry attack ``name`` run at ``eps``, if any."""
+        return next((r for r in self.attacks if r.spec.name == name and same_eps(r.spec.eps, eps)), None)
+
+    def combined_at(self, eps: Optional[float]) -> CombinedResult:
+        for result in self.combined:
+            if same_eps(result.eps, eps):
+                return result
+        raise KeyError(f"no attacks were run at eps={format_epsilon(eps)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "synthetic": self.synthetic,
+            "scans": self.size,
+            "indices": self.indices.tolist(),
+            "labels": self.clean.labels.tolist(),
+            "classes": list(CLASSES),
+            "device": self.device,
+            "clean": {**self.clean.to_dict(), "seconds": self.clean_seconds},
+            "attacks": [result.to_dict() for result in self.attacks],
+            "combined": [result.to_dict() for result in self.combined],
+        }
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: Optional[Sequence[int]],
+    attacks: Sequence[SpecLike],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: Optional[ProgressCallback] = None,
+    model_name: str = "model",
+    examples: int = 2,
+    attack_model: Optional[nn.Module] = None,
+) -> RobustnessReport:
+    """Clean accuracy and every attack in ``attacks`` over ``dataset[indices]``, batch by batch.
+
+    The clean forward pass runs once per batch and every attack reuses it. ``examples`` fooled
+    scans per attack are kept for pictures. ``device`` moves the model; by default it stays put.
+    ``attack_model`` is what the attacks differentiate when it is not ``model`` itself: the
+    adaptive (BPDA/EOT) view of a defended model, whose predictions are still ``model``'s.
+    """
+    specs = [AttackSpec.coerce(spec) for spec in attacks]
+    built = [spec.build() for spec in specs]  # validate every parameter before any work
+    labels = [spec.title for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise AttackParameterError(f"two attacks share a label; give each a distinct label: {labels}")
+    chosen = resolve_indices(dataset, indices)
+    device = model_device(model, device)
+    attacked_model = model if attack_model is None else attack_model.to(device)
+    count = chosen.size
+    clean_predictions = np.zeros(count, dtype=np.int64)
+    truth = np.zeros(count, dtype=np.int64)
+    adversarial = np.zeros((len(specs), count), dtype=np.int64)
+    sizes = {name: np.full((len(specs), count), np.nan) for name in ("linf", "l2", "psnr", "ssim")}
+    seconds = np.zeros(len(specs) + 1)
+    kept: list[list[Example]] = [[] for _ in specs]
+    batches = math.ceil(count / batch_size)
+    total = batches * (len(specs) + 1)
+    with exclusive_eval(model):
+        for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device)):
+            step = number * (len(specs) + 1)
+            report(progress, step, total, f"clean, batch {number + 1}/{batches}")
+            with stopwatch(device) as elapsed:
+                clean = predict(model, x)
+            seconds[0] += elapsed[0]
+            truth[span], clean_predictions[span] = y.cpu().numpy(), clean.cpu().numpy()
+            correct = clean == y
+            for a, (spec, attack) in enumerate(zip(specs, built)):
+                report(progress, step + a + 1, total, f"{spec.title}, batch {number + 1}/{batches}")
+                adversarial[a, span] = clean_predictions[span]
+                if not bool(correct.any()):
+                    continue
+                x_ok, y_ok = x[correct], y[correct]
+                with stopwatch(device) as elapsed:
+                    x_adv = attack(attacked_model, x_ok, y_ok)
+                    attacked = predict(model, x_adv)
+                seconds[a + 1] += elapsed[0]
+                where = np.flatnonzero(correct.cpu().numpy()) + span.start
+                adversarial[a, where] = attacked.cpu().numpy()
+                norms = batch_norms(x_adv - x_ok)
+                for name, values in (
+                    ("linf", norms["linf"]),
+                    ("l2", norms["l2"]),
+                    ("psnr", psnr(x_ok, x_adv)),
+                    ("ssim", ssim(x_ok, x_adv)),
+                ):
+                    sizes[name][a, where] = values.cpu().numpy()
+                _keep_examples(kept[a], examples, chosen, where, x_ok, x_adv, y_ok, attacked)
+    report(progress, total, total, "done")
+    clean_outcome = Outcome(clean_predictions, truth)
+    results = [
+        AttackResult(
+            spec=spec,
+            outcome=Outcome(adversarial[a], truth),
+            clean_correct=clean_outcome.correct,
+            **{name: values[a] for name, values in sizes.items()},
+            seconds=float(seconds[a + 1]),
+            examples=kept[a],
+        )
+        for a, spec in enumerate(specs)
+    ]
+    return RobustnessReport(
+        model=model_name,
+        dataset=str(getattr(dataset, "name", type(dataset).__name__)),
+        synthetic=bool(getattr(dataset, "is_synthetic", False)),
+        indices=chosen,
+        clean=clean_outcome,
+        attacks=results,
+        combined=combine(clean_outcome, results),
+        device=str(device),
+        clean_seconds=float(seconds[0]),
+    )
+
+
+def combine(clean: Outcome, results: Sequence[AttackResult]) -> list[CombinedResult]:
+    """Per epsilon, the per-scan worst case: the first attack (in run order) that fooled each scan."""
+    groups: dict[Optional[float], list[AttackResult]] = {}
+    for result in results:
+        key = next((eps for eps in groups if same_eps(eps, result.spec.eps)), result.spec.eps)
+        groups.setdefault(key, []).append(result)
+    combined = []
+    for eps, members in groups.items():
+        predictions = clean.predictions.copy()
+        robust = clean.correct.copy()
+        for member in members:
+            newly_fooled = robust & ~member.outcome.correct
+            predictions[newly_fooled] = member.outcome.predictions[newly_fooled]
+            robust &= member.outcome.correct
+        combined.append(
+            CombinedResult(eps, [m.label for m in members], Outcome(predictions, clean.labels), robust)
+        )
+    return combined
+
+
+def same_eps(a: Optional[float], b: Optional[float]) -> bool:
+    """Equal epsilons, allowing for 4/255 written once as a fraction and once as a decimal."""
+    return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+
+
+def _keep_examples(
+    kept: list[Example],
+    limit: int,
+    chosen: np.ndarray,
+    where: np.ndarray,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    attacked: torch.Tensor,
+) -> None:
+    """Keep the first fooled scans (up to ``limit``) for the report's pictures."""
+    for row in torch.nonzero(attacked != y).flatten().tolist():
+        if len(kept) >= limit:
+            return
+        kept.append(
+            Example(
+                index=int(chosen[where[row]]),
+                label=int(y[row]),
+                adversarial_prediction=int(attacked[row]),
+                clean=x[row, 0].float().cpu().numpy(),
+                adversarial=x_adv[row, 0].float().cpu().numpy(),
+            )
+        )

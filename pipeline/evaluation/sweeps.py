@@ -1,0 +1,153 @@
+"""Accuracy against epsilon, and how much perturbation each scan takes to flip.
+
+A single number at one epsilon hides the shape of the curve; the curve shows whether robustness
+degrades gracefully and (see :mod:`pipeline.evaluation.strength`) whether it falls at all. The
+sweep is one :func:`evaluate` call over the grid of attacks and epsilons, so each batch gets one
+clean forward pass and every attack reuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.attacks import attack_class, minimal_epsilon
+from pipeline.evaluation.batches import iter_batches, model_device, resolve_indices
+from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
+from pipeline.progress import ProgressCallback, report
+from pipeline.units import format_epsilon
+
+WORST_CASE = "worst case"
+
+
+@dataclass
+class SweepResult:
+    """Accuracy per attack (and the per-scan worst case) at each epsilon, for one model."""
+
+    model: str
+    epsilons: list[float]
+    clean: float
+    accuracy: dict[str, list[float]]  #: attack name (or "worst case") -> accuracy per epsilon; NaN: not run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "epsilons": self.epsilons,
+            "clean": self.clean,
+            "accuracy": self.accuracy,
+        }
+
+
+def sweep_from_report(report: RobustnessReport) -> SweepResult:
+    """Arrange a report holding attacks at several epsilons as curves (no new computation)."""
+    epsilons: list[float] = []
+    for result in report.attacks:
+        eps = result.spec.eps
+        if eps is not None and not any(same_eps(eps, seen) for seen in epsilons):
+            epsilons.append(eps)
+    epsilons.sort()
+    names = list(dict.fromkeys(result.spec.name for result in report.attacks if result.spec.eps is not None))
+    accuracy = {}
+    for name in names:
+        found = [report.find(name, eps) for eps in epsilons]
+        accuracy[attack_class(name).title] = [r.accuracy if r is not None else float("nan") for r in found]
+    accuracy[WORST_CASE] = [report.combined_at(eps).accuracy for eps in epsilons]
+    return SweepResult(report.model, epsilons, report.clean.accuracy, accuracy)
+
+
+def epsilon_sweep(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: Optional[Sequence[int]],
+    epsilons: Sequence[float],
+    attacks: Sequence[str] = ("fgsm", "pgd"),
+    *,
+    params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: Optional[ProgressCallback] = None,
+    model_name: str = "model",
+) -> SweepResult:
+    """Run every attack at every epsilon (extra ``params`` per attack name) and return the curves."""
+    params = params or {}
+    specs = [
+        AttackSpec(name, {**params.get(name, {}), "eps": eps}, f"{name} ε={format_epsilon(eps)}")
+        for eps in sorted(epsilons)
+        for name in attacks
+    ]
+    result = evaluate(
+        model,
+        dataset,
+        indices,
+        specs,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        model_name=model_name,
+    )
+    return sweep_from_report(result)
+
+
+@dataclass
+class MinimalEpsilon:
+    """Per scan, the smallest L∞ budget found that flips it (``inf``: not flipped up to the cap)."""
+
+    model: str
+    attack: str
+    values: np.ndarray  #: float [N]; 0 for scans the model already misclassifies
+    labels: np.ndarray  #: int [N]
+    correct: np.ndarray  #: bool [N]: classified correctly without attack
+
+    def share_flipped(self, eps: float) -> float:
+        """Fraction of correctly classified scans flipped within ``eps``."""
+        attacked = self.values[self.correct]
+        return float(np.mean(attacked <= eps)) if attacked.size else float("nan")
+
+    def quantiles(self, q: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+        attacked = self.values[self.correct]
+        if not attacked.size:
+            return {f"q{round(p * 100)}": float("nan") for p in q}
+        # an actual scan's value (no interpolation): a quantile among never-flipped scans is inf, not NaN
+        return {f"q{round(p * 100)}": float(np.quantile(attacked, p, method="inverted_cdf")) for p in q}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "attack": self.attack,
+            "values": [v if np.isfinite(v) else None for v in self.values.tolist()],
+            "labels": self.labels.tolist(),
+            "correct": self.correct.tolist(),
+            "quantiles": self.quantiles(),
+        }
+
+
+def minimal_epsilon_distribution(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: Optional[Sequence[int]],
+    *,
+    attack: str = "pgd",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: Optional[ProgressCallback] = None,
+    model_name: str = "model",
+    **search: Any,
+) -> MinimalEpsilon:
+    """Minimal flipping epsilon of every scan (``search`` goes to :func:`minimal_epsilon`)."""
+    chosen = resolve_indices(dataset, indices)
+    device = model_device(model, device)
+    values = np.zeros(chosen.size)
+    labels = np.zeros(chosen.size, dtype=np.int64)
+    batches = -(-chosen.size // batch_size)
+    for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device)):
+        report(progress, number, batches, f"minimal epsilon, batch {number + 1}/{batches}")
+        labels[span] = y.cpu().numpy()
+        values[span] = minimal_epsilon(model, x, y, attack=attack, **search).numpy()
+    report(progress, batches, batches, "done")
+    # minimal_epsilon gives 0 exactly for scans misclassified without attack, > 0 otherwise
+    return MinimalEpsilon(model_name, attack, values, labels, values > 0)

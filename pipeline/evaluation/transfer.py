@@ -1,0 +1,85 @@
+"""Transferability: adversarial scans crafted on one model, shown to another.
+
+Row ``i``, column ``j`` of the matrix is model ``j``'s accuracy on scans attacked through model
+``i``; the diagonal is the white-box case. Every scan is attacked with its true label (not only
+those the source gets right), so the entries of a column compare directly. A robust model that
+also resists examples from other models is robust for real; one that only resists its own
+gradients is masking them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.errors import UserInputError
+from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices
+from pipeline.evaluation.robustness import AttackSpec, SpecLike
+from pipeline.guard import exclusive_eval
+from pipeline.progress import ProgressCallback, report
+
+
+@dataclass
+class TransferResult:
+    """``accuracy[source, target]`` over the same scans; ``clean[target]`` for reference."""
+
+    models: list[str]
+    attack: AttackSpec
+    accuracy: np.ndarray
+    clean: np.ndarray
+    scans: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": self.models,
+            "attack": self.attack.to_dict(),
+            "scans": self.scans,
+            "clean": dict(zip(self.models, self.clean.tolist())),
+            "accuracy": {
+                source: dict(zip(self.models, row))
+                for source, row in zip(self.models, self.accuracy.tolist())
+            },
+        }
+
+
+def transfer_matrix(
+    models: Mapping[str, nn.Module],
+    dataset: Dataset,
+    indices: Optional[Sequence[int]],
+    attack: SpecLike,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: Optional[ProgressCallback] = None,
+) -> TransferResult:
+    """Craft ``attack`` on every model and measure every model on the result, batch by batch."""
+    if len(models) < 2:
+        raise UserInputError("a transfer matrix needs at least two models")
+    spec = AttackSpec.coerce(attack)
+    crafted_by = spec.build()
+    chosen = resolve_indices(dataset, indices)
+    names = list(models)
+    devices = {model_device(model, device) for model in models.values()}
+    if len(devices) != 1:
+        raise UserInputError("all models must be on one device; pass device= to move them")
+    (where,) = devices
+    correct = np.zeros((len(names), len(names)))
+    clean = np.zeros(len(names))
+    batches = -(-chosen.size // batch_size)
+    for number, (_, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where)):
+        report(progress, number, batches, f"transfer, batch {number + 1}/{batches}")
+        for j, name in enumerate(names):
+            with exclusive_eval(models[name]):
+                clean[j] += float((predict(models[name], x) == y).sum())
+        for i, source in enumerate(names):
+            x_adv = crafted_by(models[source], x, y)
+            for j, target in enumerate(names):
+                with exclusive_eval(models[target]):
+                    correct[i, j] += float((predict(models[target], x_adv) == y).sum())
+    report(progress, batches, batches, "done")
+    return TransferResult(names, spec, correct / chosen.size, clean / chosen.size, int(chosen.size))

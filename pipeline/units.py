@@ -1,0 +1,75 @@
+"""Epsilons as people write them (``4/255``, ``0.0157``) and as the code uses them (``[0, 1]`` scale).
+
+The command line, the dashboard and reports all show perturbation budgets as ``k/255`` grey
+levels, while attacks take floats in image scale; this module converts both ways, and rejects
+values that cannot be what the user meant (``4`` for ``4/255``, negative, above the attacks' cap).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Final
+
+from pipeline.constants import GREY_LEVEL
+from pipeline.errors import UserInputError
+
+#: The largest L-infinity budget any norm-bounded attack accepts (a quarter of the grey range).
+MAX_EPSILON: Final[float] = 64 * GREY_LEVEL
+
+
+def parse_epsilon(text: str | float, *, maximum: float = MAX_EPSILON, allow_zero: bool = False) -> float:
+    """Read one epsilon: ``"4/255"``, ``"0.0157"`` or a float; raise a helpful error otherwise."""
+    raw = str(text).strip().replace(" ", "")
+    try:
+        value = float(Fraction(raw)) if isinstance(text, str) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserInputError(
+            f"cannot read epsilon {raw!r}: write a fraction of the grey range like 4/255 or a decimal like "
+            "0.0157"
+        ) from None
+    if not math.isfinite(value):
+        raise UserInputError(f"epsilon {raw!r} is not a finite number; write e.g. 4/255")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserInputError(f"epsilon {raw!r} must be positive; write e.g. 4/255")
+    if value >= 1:
+        raise UserInputError(
+            f"epsilon {raw!r} is at least the whole grey range [0, 1]; epsilons are in image scale, so write "
+            f"{_as_grey_levels(raw)} for {raw} grey levels"
+        )
+    if value > maximum + 1e-12:
+        raise UserInputError(
+            f"epsilon {raw!r} ({format_epsilon(value)}) is above the largest supported budget "
+            f"{format_epsilon(maximum)}; such perturbations no longer leave the scan readable"
+        )
+    return value
+
+
+def parse_epsilons(text: str, *, maximum: float = MAX_EPSILON) -> list[float]:
+    """Read a comma-separated list like ``"2/255,4/255"``; duplicates removed, order kept."""
+    parts = [part for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise UserInputError("no epsilon given; write a comma-separated list like 2/255,4/255")
+    values: list[float] = []
+    for part in parts:
+        value = parse_epsilon(part, maximum=maximum)
+        if not any(math.isclose(value, seen, abs_tol=1e-12) for seen in values):
+            values.append(value)
+    return values
+
+
+def format_epsilon(value: float | None) -> str:
+    """``4/255`` when ``value`` is a whole number of grey levels, else a short decimal."""
+    if value is None:
+        return "-"
+    levels = value / GREY_LEVEL
+    if abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{value:.4g}"
+
+
+def _as_grey_levels(raw: str) -> str:
+    try:
+        return f"{Fraction(raw)}/255"
+    except (ValueError, ZeroDivisionError):
+        return "k/255"

@@ -1,0 +1,261 @@
+"""Certificates, defences, the saved reports and ``python -m pipeline evaluate`` end to end.
+
+Randomized smoothing is checked against a linear classifier whose exact L2 distance to the
+decision boundary is known; defences must not look better than they are once the adaptive
+(BPDA) attack runs; the HTML report must open offline and say "synthetic" when it is; the CLI
+runs on two tiny runs trained in the test. Synthetic test data only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import plotly.offline
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from pipeline.__main__ import main
+from pipeline.data import Split
+from pipeline.errors import UserInputError
+from pipeline.evaluation import (
+    ABSTAIN,
+    BitDepthReduction,
+    JPEGDefense,
+    StrengthSettings,
+    SuiteSettings,
+    certified_accuracy_curve,
+    certify,
+    evaluate_defense,
+    evaluate_models,
+)
+from pipeline.evaluation.cli import start_evaluation_job
+from pipeline.evaluation.data import split_indices
+from pipeline.evaluation.report import SYNTHETIC_BANNER, report_csv, report_html, save_report
+from pipeline.jobs import job_state
+from pipeline.training import TrainConfig, train
+from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401 (autouse fixture)
+from tests.models_fixture import nodule_images, trained_model
+from tests.training_helpers import TINY, wait_for
+
+SIDE = 32
+
+
+class CornerThreshold(nn.Module):
+    """Class 0 when the top-left pixel is above 0.5, class 1 below: the L2 distance to the decision
+    boundary is ``|pixel - 0.5|``, so a certified radius can be checked against the truth."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        margin = x[:, 0, 0, 0] - 0.5
+        return torch.stack([margin, -margin, torch.full_like(margin, -1.0)], dim=1)
+
+
+# ------------------------------------------------------------------------------ certification
+def test_certified_radius_is_sound_and_positive_for_an_easy_scan() -> None:
+    scan = torch.full((1, 1, SIDE, SIDE), 0.9)
+    found = certify(CornerThreshold(), scan, sigma=0.1, n0=50, n=500, alpha=0.001, batch=250)
+    assert found.prediction[0] == 0
+    assert 0.1 < found.radius[0] <= 0.4  # a guarantee may be loose, never beyond the true distance 0.4
+
+
+def test_heavy_noise_or_an_ambiguous_scan_abstains() -> None:
+    on_the_boundary = torch.full((1, 1, SIDE, SIDE), 0.5)
+    easy = torch.full((1, 1, SIDE, SIDE), 0.9)
+    for scan, sigma in ((on_the_boundary, 0.1), (easy, 10.0)):
+        found = certify(CornerThreshold(), scan, sigma=sigma, n0=50, n=500, batch=250)
+        assert found.prediction[0] == ABSTAIN and found.radius[0] == 0.0
+    with pytest.raises(UserInputError, match="sigma"):
+        certify(CornerThreshold(), easy, sigma=0.0)
+
+
+def test_certified_accuracy_falls_with_the_radius() -> None:
+    curve = certified_accuracy_curve(
+        trained_model().model, nodule_dataset(3), None, 0.12, [0.0, 0.1, 0.3, 10.0], n=60, n0=20, batch=60
+    )
+    assert curve.accuracy == sorted(curve.accuracy, reverse=True)
+    assert curve.accuracy[0] > 0 and curve.accuracy[-1] == 0.0
+
+
+# ---------------------------------------------------------------------------------- defences
+@pytest.mark.parametrize("transform", [BitDepthReduction(4), JPEGDefense(60)], ids=["bit-depth", "jpeg"])
+def test_the_adaptive_attack_sees_through_an_input_defence(transform: nn.Module) -> None:
+    x, y = nodule_images(18, seed=7)
+    result = evaluate_defense(
+        trained_model().model, transform, TensorDataset(x, y), None, ("pgd", {"eps": 16 / 255, "steps": 5})
+    )
+    naive, adaptive = result.naive.attacks[0].accuracy, result.adaptive.attacks[0].accuracy
+    assert result.naive.clean.accuracy > 0.8
+    assert naive > 0.8  # the naive attack follows a zero or broken gradient: the defence looks strong
+    assert adaptive < naive - 0.3  # BPDA shows it is not
+
+
+# ------------------------------------------------------------------------------------ reports
+@pytest.fixture(scope="module")
+def suite():
+    model = trained_model().model
+    settings = SuiteSettings(
+        epsilons=(2 / 255, 8 / 255),
+        steps=3,
+        batch_size=12,
+        defenses=("bitdepth",),
+        strength_settings=StrengthSettings(
+            pgd_steps=3, strong_steps=3, strong_restarts=1, square_queries=10, ensemble_steps=2, ladder=()
+        ),
+        minimal_epsilon=False,
+        certify_sigma=0.12,
+        certify_n=50,
+    )
+    return evaluate_models({"tiny": model, "tiny copy": model}, nodule_dataset(12), None, settings)
+
+
+def test_html_report_is_self_contained_and_marked_synthetic(suite, tmp_path: Path) -> None:
+    paths = save_report(suite, tmp_path / "out")
+    assert {path.name for path in paths.values()} == {"report.json", "report.csv", "report.html"}
+    page = paths["html"].read_text()
+    library = plotly.offline.get_plotlyjs()
+    assert page.count(library) == 1  # plotly.js inlined once, not per figure
+    ours = page.replace(library, "")  # the library's own code mentions map tile servers it never loads here
+    assert not re.search(r"<script[^>]+src=", ours), "every script must be inline"
+    assert not re.search(r"(src|href)=['\"]?(https?:)?//", ours), "nothing may load from the network"
+    assert "Plotly.newPlot" in ours
+    assert SYNTHETIC_BANNER in page
+    assert page.count("data:image/png;base64,") >= 3  # clean, attacked and perturbation of an example
+    assert "reported by the reference study, weak attacks" in page
+    assert "adaptive attack" in page and "Randomized smoothing" in page
+    data = json.loads(paths["json"].read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert data["synthetic"] and data["notice"] and len(data["reference_tables"]) == 2
+    assert data["transfer"]["models"] == ["tiny", "tiny copy"]
+
+
+def test_html_has_no_banner_for_real_data() -> None:
+    settings = SuiteSettings(attacks=("fgsm",), strength=False, transfer=False)
+    real = evaluate_models(
+        {"tiny": trained_model().model}, nodule_dataset(6, synthetic=False), None, settings
+    )
+    assert SYNTHETIC_BANNER not in report_html(real)
+
+
+def test_csv_has_one_row_per_figure_and_labels_the_study(suite) -> None:
+    rows = list(csv.DictReader(io.StringIO(report_csv(suite))))
+    ours = [row for row in rows if row["source"] == "this evaluation"]
+    per_model = 1 + 6 + 2 + 2  # clean, 3 attacks x 2 eps, worst case per eps, strength worst case per eps
+    assert len(ours) == 2 * per_model
+    study = [row for row in rows if row["source"] == "reported by the reference study, weak attacks"]
+    assert len(study) == 10 and {row["eps_label"] for row in study} == {"not stated"}
+    assert all(row["synthetic"] == "True" for row in ours)
+
+
+# ------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs_dir = tmp_path_factory.mktemp("runs")
+    for strategy in ("standard", "pgd"):
+        train(TrainConfig(**{**TINY, "epochs": 1, "strategy": strategy}), runs_dir)
+    return runs_dir
+
+
+def test_cli_prints_the_table_and_writes_three_reports(runs: Path, capsys: pytest.CaptureFixture) -> None:
+    names = sorted(path.name for path in runs.iterdir())
+    code = main(
+        [
+            "evaluate",
+            "--runs-dir",
+            str(runs),
+            "--run",
+            names[0],
+            "--run",
+            names[1],
+            "--attacks",
+            "fgsm,pgd,cw",
+            "--eps",
+            "2/255,0.0314",
+            "--limit",
+            "6",
+            "--steps",
+            "2",
+            "--strong-steps",
+            "2",
+            "--restarts",
+            "1",
+            "--queries",
+            "10",
+            "--ensemble-steps",
+            "2",
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Reference table at ε=2/255" in out and "Reference table at ε=0.0314" in out
+    # the strength checks stand under every model's row, at every epsilon
+    assert len(re.findall(r"^\s+(ok|!!) AutoAttack vs PGD", out, re.M)) == 4
+    assert out.count("worst case over all") == 4
+    assert "reported by the reference study, weak attacks" in out and "SYNTHETIC DATA" in out
+    html = Path(re.search(r"^html: (.+)$", out, re.M).group(1))
+    assert html.parent.parent == runs / names[0] / "evaluations"
+    assert {path.name for path in html.parent.iterdir()} == {"report.json", "report.csv", "report.html"}
+    assert json.loads((html.parent / "report.json").read_text())["scans"] == 6
+
+
+def test_cli_refuses_absurd_input_with_a_clear_message(runs: Path, capsys: pytest.CaptureFixture) -> None:
+    name = next(runs.iterdir()).name
+    for args, message in (
+        (["--eps", "4"], "write 4/255"),
+        (["--eps", "200/255"], "largest supported"),
+        (["--attacks", "nonsense"], "unknown attack"),
+        (["--attacks", "cw-l2"], "unknown attack"),
+        (["--attacks", "gaussian-noise"], "no epsilon budget"),
+        (["--limit", "0"], "at least 1"),
+        (["--defenses", "tinfoil"], "unknown defence"),
+        (["--certify", "0"], "sigma"),
+    ):
+        assert main(["evaluate", "--runs-dir", str(runs), "--run", name, "--quiet", *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["evaluate", "--runs-dir", str(runs), "--run", "no-such-run", "--quiet"]) == 2
+    assert "no run" in capsys.readouterr().err
+
+
+def test_runs_with_different_splits_are_not_compared(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = train(TrainConfig(**{**TINY, "epochs": 1, "seed": 1}), tmp_path)
+    code = main(["evaluate", "--run", str(sorted(runs.iterdir())[0]), "--run", str(other), "--quiet"])
+    assert code == 2 and "split the data differently" in capsys.readouterr().err
+
+
+def test_a_limit_takes_the_classes_in_turn() -> None:
+    split = Split(
+        train=np.arange(0, 4),
+        val=np.arange(4, 6),
+        test=np.arange(6, 16),
+        strategy="grouped",
+        leaky=False,
+        seed=0,
+    )
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 2 + [0] * 2)  # test: 1 1 1 1 1 1 2 2 0 0
+    chosen = split_indices(split, "test", labels, limit=5)
+    assert sorted(labels[chosen].tolist()) == [0, 0, 1, 1, 2]
+    assert split_indices(split, "all", labels).tolist() == list(range(16))
+    with pytest.raises(UserInputError, match="unknown split"):
+        split_indices(split, "holdout", labels)
+
+
+def test_background_job_reports_progress_and_outputs(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's process inherits it
+    run_dir = sorted(runs.iterdir())[0]
+    job_dir = start_evaluation_job(
+        [run_dir], attacks=("fgsm",), epsilons=(4 / 255,), limit=3, strength=False, device="cpu"
+    )
+    wait_for(lambda: not job_state(job_dir).running, timeout=180, interval=0.5)
+    state = job_state(job_dir)
+    assert state.phase == "done", state.error or state.log_tail
+    assert state.progress == 1.0
+    outputs = state.status["outputs"]
+    assert all(Path(path).is_file() and Path(path).parent == job_dir for path in outputs.values())
+    assert np.isclose(json.loads(Path(outputs["json"]).read_text())["settings"]["epsilons"][0], 4 / 255)
