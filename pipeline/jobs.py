@@ -1,0 +1,268 @@
+"""Background jobs: a ``python -m pipeline ...`` process per job, watched through its directory.
+
+The dashboard must return at once, survive a browser refresh and a restart of itself, and never
+show a dead job as running. So a job is a separate process in its own session (started by
+exec, so a parent that already holds CUDA is never forked into the child), writing its output
+to ``job.log`` in the job directory; the launcher records the child's pid, its kernel start time
+and its command line in ``status.json``. Anyone can later read that file, and a job whose
+status says "running" but whose process is gone (or whose pid now belongs to another process)
+is reported, and recorded, as failed with the end of its log.
+
+Cancelling writes a ``cancel`` flag the job checks between batches; if the job is still alive
+after a grace period, its process group gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pipeline.errors import UserInputError
+from pipeline.runs import STATUS, TERMINAL_PHASES, atomic_write_bytes, read_status, update_status
+
+CANCEL_FLAG = "cancel"
+LOG = "job.log"
+#: A job that has not recorded its process this long after being queued never started.
+START_TIMEOUT_S = 120.0
+DEFAULT_GRACE_S = 20.0
+LOG_TAIL_LINES = 15
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when it was asked to stop; it ends with phase "cancelled"."""
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as seen from outside: its status plus whether its process is really alive."""
+
+    phase: str
+    running: bool
+    status: dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+    log_tail: str = ""
+
+    @property
+    def progress(self) -> float:
+        return float(self.status.get("progress", 1.0 if self.phase == "done" else 0.0))
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        return self.status.get("eta_s") if self.running else None
+
+    @property
+    def message(self) -> str:
+        return str(self.status.get("message", ""))
+
+
+# ----------------------------------------------------------------------------- launching
+def launch(job_dir: Path | str, args: Sequence[str], *, env: Optional[dict[str, str]] = None) -> int:
+    """Start ``python -m pipeline *args`` for ``job_dir`` and return its pid without waiting.
+
+    The child runs in a new session (so cancelling reaches everything it spawns, torchrun's
+    workers included) from this interpreter, with stdout and stderr in ``job.log``.
+    """
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pipeline", *map(str, args)]
+    update_status(job_dir, {"phase": "queued", "created_at": time.time(), "error": None})
+    with open(job_dir / LOG, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            env={**os.environ, **(env or {})},
+            close_fds=True,
+        )
+    # Reap the child when it exits so that it does not linger as a zombie in this process.
+    threading.Thread(target=process.wait, daemon=True, name=f"reap-{process.pid}").start()
+    job = {
+        "pid": process.pid,
+        "start_ticks": _start_ticks(process.pid),
+        "started_at": time.time(),
+        "command": command,
+        "log": LOG,
+    }
+    update_status(job_dir, {"job": job})
+    return process.pid
+
+
+def register_self(job_dir: Path | str) -> None:
+    """In a job process: record this process as the job's, unless a live launcher record exists.
+
+    A training started from a terminal (or resumed there) thus also shows as running to the
+    dashboard, and a stale record from an earlier, dead process is replaced.
+    """
+    pid = os.getpid()
+    own = {
+        "pid": pid,
+        "start_ticks": _start_ticks(pid),
+        "started_at": time.time(),
+        "command": sys.argv,
+        "log": None,
+    }
+
+    def change(status: dict[str, Any]) -> dict[str, Any] | None:
+        job = status.get("job")
+        if job and process_alive(int(job["pid"]), job.get("start_ticks")):
+            return None
+        return {**status, "job": own, "created_at": status.get("created_at", own["started_at"])}
+
+    update_status(job_dir, change)
+
+
+# ------------------------------------------------------------------------------- watching
+def job_state(job_dir: Path | str) -> JobState:
+    """The job's phase, with dead or vanished processes reported (and recorded) as failed."""
+    job_dir = Path(job_dir)
+    status = read_status(job_dir)
+    phase = str(status.get("phase", "unknown"))
+    if phase in TERMINAL_PHASES or phase == "unknown":
+        return JobState(
+            phase, False, status, status.get("error"), _log_tail(job_dir) if phase == "failed" else ""
+        )
+    job = status.get("job")
+    if job is None:
+        if time.time() - float(status.get("created_at", 0.0)) < START_TIMEOUT_S:
+            return JobState(phase, True, status)
+        alive = False
+    else:
+        alive = process_alive(int(job["pid"]), job.get("start_ticks"))
+    if alive:
+        _enforce_grace(job_dir, status)
+        return JobState(phase, True, status)
+    final = update_status(job_dir, lambda current: _mark_ended(job_dir, current))
+    return JobState(str(final.get("phase")), False, final, final.get("error"), _log_tail(job_dir))
+
+
+def _mark_ended(job_dir: Path, status: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The final status of a job whose process is gone without saying how it ended."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return None  # it finished properly a moment ago
+    if cancel_requested(job_dir):
+        return {**status, "phase": "cancelled", "finished_at": time.time()}
+    pid = (status.get("job") or {}).get("pid")
+    tail = _log_tail(job_dir).strip().splitlines()
+    last = tail[-1] if tail else "the log is empty"
+    return {
+        **status,
+        "phase": "failed",
+        "finished_at": time.time(),
+        "error": f"the job's process ({pid or 'never started'}) ended without finishing: {last}",
+    }
+
+
+def process_alive(pid: int, start_ticks: Optional[int] = None) -> bool:
+    """Whether ``pid`` runs and is the same process (same kernel start time), not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else: the start time below tells whether it is ours
+    stat = _proc_stat(pid)
+    if stat is None:
+        return sys.platform != "linux"  # no /proc to ask: trust the signal check
+    state, ticks = stat
+    return state not in ("Z", "X") and (start_ticks is None or ticks == start_ticks)
+
+
+def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
+    """(state, start time in clock ticks since boot) from ``/proc/<pid>/stat``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name in parentheses may hold spaces
+    return fields[0], int(fields[19])
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _log_tail(job_dir: Path) -> str:
+    path = job_dir / LOG
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, path.stat().st_size - 8192))
+            lines = log.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def list_jobs(root: Path | str) -> list[tuple[Path, JobState]]:
+    """Every job directory directly under ``root`` with its state, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [
+        (path, job_state(path))
+        for path in root.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and (path / STATUS).is_file()
+    ]
+    return sorted(found, key=lambda item: float(item[1].status.get("created_at", 0.0)), reverse=True)
+
+
+# ----------------------------------------------------------------------------- cancelling
+def cancel_job(job_dir: Path | str, *, grace_s: float = DEFAULT_GRACE_S) -> None:
+    """Ask a job to stop; SIGTERM its process group if it still runs ``grace_s`` seconds later.
+
+    Returns at once. The job stops at its next batch and keeps its last finished epoch.
+    """
+    job_dir = Path(job_dir)
+    if not (job_dir / STATUS).is_file():
+        raise UserInputError(f"{job_dir} is not a job directory; nothing to cancel")
+    atomic_write_bytes(job_dir / CANCEL_FLAG, b"cancel requested\n")
+    status = update_status(job_dir, {"cancel_requested_at": time.time(), "cancel_grace_s": grace_s})
+    job = status.get("job")
+    if job and status.get("phase") not in TERMINAL_PHASES:
+        timer = threading.Timer(grace_s, _terminate, args=(int(job["pid"]), job.get("start_ticks")))
+        timer.daemon = True
+        timer.start()
+
+
+def cancel_requested(job_dir: Path | str) -> bool:
+    return (Path(job_dir) / CANCEL_FLAG).exists()
+
+
+def clear_cancel(job_dir: Path | str) -> None:
+    """Forget an old cancel request before a job is started again in the same directory."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(job_dir) / CANCEL_FLAG).unlink()
+
+
+def _enforce_grace(job_dir: Path, status: dict[str, Any]) -> None:
+    """SIGTERM a job past its cancel grace period (covers a dashboard restarted meanwhile)."""
+    asked = status.get("cancel_requested_at")
+    if asked and cancel_requested(job_dir) and time.time() - asked > float(status.get("cancel_grace_s", 0)):
+        job = status["job"]
+        _terminate(int(job["pid"]), job.get("start_ticks"))
+
+
+def _terminate(pid: int, start_ticks: Optional[int]) -> None:
+    if process_alive(pid, start_ticks):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+
+
+def raise_on_sigterm() -> None:
+    """In a job process: turn SIGTERM into :class:`JobCancelled` so the job records how it ended."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise JobCancelled("stopped by SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)

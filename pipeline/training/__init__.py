@@ -1,0 +1,23 @@
+"""Training: standard and adversarial strategies, the loop, background jobs and presets.
+
+``train(TrainConfig(...), "runs")`` trains in this process; ``start_job`` does the same in a
+background process for the dashboard; ``python -m pipeline train`` is the command line.
+"""
+
+from pipeline.jobs import JobState, cancel_job, job_state
+from pipeline.training.background import resume_job, start_job
+from pipeline.training.config import PRESETS, STRATEGIES, TrainConfig, field_spec
+from pipeline.training.loop import train
+
+__all__ = [
+    "PRESETS",
+    "STRATEGIES",
+    "JobState",
+    "TrainConfig",
+    "cancel_job",
+    "field_spec",
+    "job_state",
+    "resume_job",
+    "start_job",
+    "train",
+]

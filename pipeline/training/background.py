@@ -1,0 +1,34 @@
+"""Training as a background job: the dashboard starts it, returns at once and watches the run directory.
+
+The run directory is created here, before the child process starts, so a page refresh (or a
+restarted dashboard) finds the job through :func:`pipeline.runs.list_runs` immediately; the
+child reads its settings from ``request.json`` in that directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import jobs
+from pipeline.errors import UserInputError
+from pipeline.runs import REQUEST, atomic_write_json, new_run_dir
+from pipeline.training.config import TrainConfig
+
+
+def start_job(config: TrainConfig, runs_dir: Path | str) -> Path:
+    """Start training ``config`` in a separate process; return the new run's directory at once."""
+    run_dir = new_run_dir(runs_dir, f"{config.arch}-{config.strategy}")
+    atomic_write_json(run_dir / REQUEST, config.to_dict())
+    jobs.launch(
+        run_dir, ["train", "--quiet", "--config-json", str(run_dir / REQUEST), "--run-dir", str(run_dir)]
+    )
+    return run_dir
+
+
+def resume_job(run_dir: Path | str) -> Path:
+    """Continue a stopped, cancelled or crashed run in the background from its last finished epoch."""
+    run_dir = Path(run_dir)
+    if jobs.job_state(run_dir).running:
+        raise UserInputError(f"run {run_dir.name} is still running; there is nothing to resume")
+    jobs.launch(run_dir, ["train", "--quiet", "--resume", str(run_dir)])
+    return run_dir

@@ -1,0 +1,140 @@
+"""``python -m pipeline train``: every training setting as a flag, a progress bar, where the run is.
+
+Flags are generated from :class:`TrainConfig`'s fields (``--batch-size`` for ``batch_size``), so
+the command line never lags behind the configuration. Precedence, lowest first: the field
+defaults, ``--preset``, ``--config-json``, explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserInputError
+from pipeline.jobs import raise_on_sigterm
+from pipeline.progress import ProgressCallback, tqdm_progress
+from pipeline.runs import read_record
+from pipeline.training.config import PRESETS, TrainConfig
+from pipeline.training.loop import EXECUTION_FIELDS, train
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (standard or adversarial)",
+        description="Train a ResNet on lung CT slices. Epsilons accept fractions like 4/255 or decimals.",
+        epilog="example: python -m pipeline train --data synthetic --arch resnet50 --strategy pgd "
+        "--epochs 30 --image-size 224 --runs-dir runs",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="start from a preset: quick (CPU demo) or full (GPU)"
+    )
+    parser.add_argument(
+        "--config-json", type=Path, metavar="FILE", help="settings as a JSON object of field: value"
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where run directories go (default: runs)"
+    )
+    parser.add_argument("--resume", metavar="RUN", help="continue a run (directory or name under --runs-dir)")
+    parser.add_argument(
+        "--run-dir", type=Path, help=argparse.SUPPRESS
+    )  # a prepared directory (background jobs)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        meta = spec.metadata
+        text = meta["help"] + (f" ({', '.join(map(str, meta['choices']))})" if meta["choices"] else "")
+        if isinstance(spec.default, bool):
+            parser.add_argument(
+                flag,
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{text} (default: {spec.default})",
+            )
+        else:
+            default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore
+            parser.add_argument(
+                flag,
+                dest=spec.name,
+                default=None,
+                metavar=spec.name.upper(),
+                help=f"{text} (default: {default})",
+            )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    raise_on_sigterm()
+    explicit = {
+        spec.name: getattr(args, spec.name)
+        for spec in dataclasses.fields(TrainConfig)
+        if getattr(args, spec.name) is not None
+    }
+    is_main = os.environ.get("RANK", "0") == "0"
+    progress = None if args.quiet or not is_main else _bars()
+    if args.resume:
+        changed = sorted(set(explicit) - set(EXECUTION_FIELDS))
+        if changed or args.preset or args.config_json:
+            raise UserInputError(
+                f"--resume continues a run with its stored settings; only "
+                f"{', '.join('--' + name.replace('_', '-') for name in EXECUTION_FIELDS)} may be "
+                f"given with it (got {', '.join(changed) or '--preset/--config-json'})"
+            )
+        override = TrainConfig(**explicit) if explicit else None
+        run_dir = train(override, args.runs_dir, progress=progress, resume=args.resume)
+    else:
+        values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+        if args.config_json:
+            settings = _read_settings(args.config_json)
+            if not isinstance(settings, dict):
+                raise UserInputError(
+                    f"settings file {args.config_json} must hold a JSON object of field: value"
+                )
+            values.update(settings)
+        config = TrainConfig.from_dict({**values, **explicit}, strict=True)
+        run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir)
+    if is_main:
+        _print_outcome(run_dir)
+    return 0
+
+
+def _bars() -> ProgressCallback:
+    """One tqdm bar per stage (data, transfer examples, training), opened when the stage reports."""
+    stage: dict[str, Any] = {"total": None, "done": 0, "bar": None}
+
+    def update(done: int, total: int, message: str) -> None:
+        if stage["bar"] is None or total != stage["total"] or done < stage["done"]:
+            stage["bar"] = tqdm_progress("training" if message.startswith("epoch") else "preparing")
+        stage.update(total=total, done=done)
+        stage["bar"](done, total, message)
+
+    return update
+
+
+def _read_settings(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise UserInputError(f"cannot read settings file {path}: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserInputError(f"settings file {path} is not valid JSON ({error})") from None
+
+
+def _print_outcome(run_dir: Path) -> None:
+    record = read_record(run_dir)
+    best = record.best
+    print(f"run: {run_dir}")
+    print(f"status: {record.status.get('phase')} - {record.status.get('message', '')}")
+    if best:
+        print(
+            f"kept epoch {best['epoch']}: validation accuracy {best['val_acc']:.3f}, "
+            f"under PGD {best['val_robust_acc']:.3f} (eps {best['eps']:.4f})"
+        )
+    if record.config.get("dataset", {}).get("is_synthetic"):
+        print("note: trained on the synthetic phantom; these figures are not medical results")

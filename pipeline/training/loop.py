@@ -1,0 +1,656 @@
+"""The training loop: data on the device once, one strategy step per batch, a checkpoint per epoch.
+
+Design choices that matter:
+
+- The decoded dataset is moved to the device once; batches are gathered by index and augmented
+  there, so a GPU never waits for a data loader.
+- Nothing waits on the GPU inside an epoch: losses and correct counts are summed on the device
+  and read once per epoch.
+- Each epoch's shuffling and augmentation come from a generator seeded by (seed, epoch), and
+  each batch's attacks from (seed, epoch, batch, rank), so a resumed run replays exactly the
+  epochs it lost.
+- The model kept is the one with the best validation accuracy under PGD (robust overfitting is
+  real), or under clean scans for standard training.
+- Per epoch, in this order: the metrics line, the best model, the resumable checkpoint, the
+  status; each file is replaced atomically, so a kill at any instant loses at most the epoch in
+  flight, and a metrics line of an epoch whose checkpoint never landed is dropped on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import jobs
+from pipeline.attacks import get_attack
+from pipeline.data import ScanDataset, Split, load_dataset, split_dataset
+from pipeline.errors import CheckpointError, DatasetError, UserInputError
+from pipeline.models import ScanClassifier, build_model
+from pipeline.progress import ProgressCallback, report
+from pipeline.runs import (
+    CONFIG,
+    LAST,
+    LAST_META,
+    MODEL,
+    REQUEST,
+    append_metrics,
+    atomic_write_json,
+    check_state,
+    load_tensors,
+    new_run_dir,
+    read_config,
+    read_json,
+    read_metrics,
+    remove_partial_writes,
+    save_model,
+    save_tensors,
+    unwrap,
+    update_status,
+    write_metrics,
+)
+from pipeline.training import distributed
+from pipeline.training.augment import Augmentation
+from pipeline.training.config import TrainConfig
+from pipeline.training.distributed import DistContext
+from pipeline.training.strategies import Strategy, build_strategy
+
+CHECKPOINT_FORMAT = "lunglab-checkpoint"
+RUN_FORMAT = "lunglab-run"
+#: Settings of how to run, not what to train: a resumed run may change them.
+EXECUTION_FIELDS = ("device", "amp", "channels_last", "compile")
+STATUS_INTERVAL_S = 1.0
+
+
+def train(
+    config: Optional[TrainConfig],
+    runs_dir: Path | str,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    resume: Path | str | None = None,
+    run_dir: Path | str | None = None,
+) -> Path:
+    """Train a model and return its run directory.
+
+    ``resume`` continues a run (a directory or a name under ``runs_dir``) from its last finished
+    epoch with its stored settings; ``config`` may then be None, or give new execution settings
+    (device, amp, compile). ``run_dir`` writes a new run into a prepared directory (background
+    jobs create it first so that the dashboard can show it at once).
+    """
+    if resume is not None:
+        run_dir = resolve_run(runs_dir, resume)
+        config = _resumed_config(run_dir, config)
+        jobs.clear_cancel(run_dir)
+    elif config is None:
+        raise UserInputError("give a training configuration (or a run to resume)")
+    context = distributed.setup(config.device)
+    try:
+        if run_dir is None:
+            label = f"{config.arch}-{config.strategy}"
+            run_dir = Path(
+                distributed.broadcast_text(
+                    str(new_run_dir(runs_dir, label)) if context.is_main else "", context
+                )
+            )
+        run_dir = Path(run_dir)
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial_writes(run_dir)
+            if not (run_dir / CONFIG).is_file():
+                atomic_write_json(run_dir / REQUEST, config.to_dict())  # resumable from the first instant
+        Trainer(config, run_dir, context, progress).run()
+    finally:
+        distributed.teardown(context)
+    return run_dir
+
+
+def resolve_run(runs_dir: Path | str, run: Path | str) -> Path:
+    """A run given as a path or as a name under ``runs_dir``."""
+    for candidate in (Path(run), Path(runs_dir) / str(run)):
+        if candidate.is_dir() and any((candidate / name).is_file() for name in (CONFIG, REQUEST)):
+            return candidate
+    raise CheckpointError(
+        f"no run {str(run)!r} found (looked for a run directory and for it under {runs_dir})"
+    )
+
+
+def _resumed_config(run_dir: Path, override: Optional[TrainConfig]) -> TrainConfig:
+    stored = read_config(run_dir) if (run_dir / CONFIG).is_file() else read_json(run_dir / REQUEST)
+    config = TrainConfig.from_dict(stored)
+    if override is not None:
+        config = dataclasses.replace(config, **{name: getattr(override, name) for name in EXECUTION_FIELDS})
+    return config
+
+
+class Trainer:
+    """One training run in one process (one rank of a distributed run)."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, context: DistContext, progress: Optional[ProgressCallback]
+    ) -> None:
+        self.config, self.run_dir, self.context, self.progress = config, run_dir, context, progress
+        self.device = context.device
+        self.cuda = self.device.type == "cuda"
+        self._status_time = 0.0
+        self._started = time.time()
+
+    # ------------------------------------------------------------------------- outcome
+    def run(self) -> None:
+        """Train, recording in ``status.json`` how it ended: done, cancelled or failed (with why)."""
+        if self.context.is_main:
+            jobs.register_self(self.run_dir)
+        self.status(
+            phase="loading",
+            message="loading data",
+            epochs=self.config.epochs,
+            error=None,
+            worker_pid=os.getpid(),
+            started_at=self._started,
+        )
+        try:
+            self._train()
+        except (jobs.JobCancelled, KeyboardInterrupt) as error:
+            self._final_status(
+                phase="cancelled", message="cancelled; the last finished epoch is kept (resume to continue)"
+            )
+            if isinstance(error, KeyboardInterrupt):
+                raise
+        except BaseException as error:
+            text = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
+            self._final_status(phase="failed", error=text)
+            raise
+
+    def _final_status(self, **fields: Any) -> None:
+        """Best effort: when the disk is full, the error that says so matters more than the status."""
+        with contextlib.suppress(CheckpointError):
+            self.status(**fields, finished_at=time.time(), eta_s=None)
+
+    def status(self, **fields: Any) -> None:
+        if self.context.is_main:
+            update_status(self.run_dir, fields)
+
+    # ---------------------------------------------------------------------------- setup
+    def _train(self) -> None:
+        dataset, split = self._load_data()
+        self._set_up(dataset, split)
+        self._loop()
+
+    def _set_up(self, dataset: ScanDataset, split: Split) -> None:
+        """Model, optimiser, resumed state, and every tensor the epochs need, on the device once."""
+        config = self.config
+        x, y = dataset.tensors()
+        x, y = x.to(self.device), y.to(self.device)
+        train, val = (torch.as_tensor(indices, device=self.device) for indices in (split.train, split.val))
+        x_train, y_train = x[train], y[train]
+        if len(x_train) < 2 or len(val) == 0:
+            raise DatasetError(
+                f"the split leaves {len(x_train)} training and {len(val)} validation scans; "
+                "use more scans or a larger validation fraction"
+            )
+        self.num_classes = len(dataset.classes)
+        counts = torch.bincount(y_train, minlength=self.num_classes).float().clamp(min=1)
+        class_weights = counts.sum() / (self.num_classes * counts)
+        self.strategy: Strategy = build_strategy(
+            config, class_weights if config.imbalance == "weights" else None
+        )
+        self.model = self._build_model()
+        self.optimizer = self._build_optimizer(self.model)
+        self.state = self._resume_state()
+
+        # fixed training scans re-measured each epoch (clean and under PGD), before any transfer copies
+        chosen = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
+        chosen = chosen[: config.eval_size].to(self.device)
+        self.x_eval, self.y_eval = x_train[chosen], y_train[chosen]
+        self.x_val, self.y_val = x[val], y[val]
+        x_train, y_train = self.strategy.prepare(x_train, y_train, self._phase_progress("preparing"))
+        self.x_train, self.y_train = x_train, y_train
+        self.sample_weights = (1.0 / counts)[y_train] if config.imbalance == "sampler" else None
+
+        self.net = distributed.wrap(self.model, self.context)
+        self.attack_model: nn.Module = self.model
+        if config.compile:
+            self.net, self.attack_model = torch.compile(self.net), torch.compile(self.model)
+        self.augment = Augmentation() if config.augment else None
+        self.batch_size = max(2, config.batch_size // self.context.world_size)
+        shard_size = len(distributed.shard(torch.arange(len(self.x_train)), self.context))
+        self.batches = max(1, shard_size // self.batch_size)
+        self.total_steps = config.epochs * self.batches
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _load_data(self) -> tuple[ScanDataset, Split]:
+        config = self.config
+        dataset = load_dataset(
+            config.data,
+            image_size=config.image_size,
+            seed=config.data_seed,
+            count=config.count,
+            window=config.window,
+            progress=self._phase_progress("loading data"),
+        )
+        stored = read_json(self.run_dir / CONFIG)
+        if stored is not None:
+            if "split" not in stored:
+                raise CheckpointError(
+                    f"run {self.run_dir.name} stores no data split, so it cannot be resumed"
+                )
+            if stored.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
+                raise DatasetError(
+                    f"the data at {config.data} changed since run {self.run_dir.name} started (its "
+                    "fingerprint differs); resume needs the same data, or start a new run"
+                )
+            return dataset, Split.from_dict(stored["split"])
+        split = split_dataset(
+            dataset,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            strategy=config.split_strategy,
+        )  # type: ignore[arg-type]
+        if self.context.is_main:
+            atomic_write_json(
+                self.run_dir / CONFIG,
+                {
+                    **config.to_dict(),
+                    "format": RUN_FORMAT,
+                    "num_classes": len(dataset.classes),
+                    "classes": list(dataset.classes),
+                    "dataset": {
+                        "name": dataset.name,
+                        "fingerprint": dataset.fingerprint,
+                        "size": len(dataset),
+                        "is_synthetic": dataset.is_synthetic,
+                        "class_counts": dataset.class_counts(),
+                    },
+                    "split": split.to_dict(),
+                    "created_at": self._started,
+                    "versions": {"torch": torch.__version__},
+                },
+            )
+        return dataset, split
+
+    def _build_model(self) -> ScanClassifier:
+        # The initial weights follow the run's seed (so do all ranks'), not whatever the caller's RNG holds.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            model = build_model(
+                self.config.arch, num_classes=self.num_classes, pretrained=self.config.pretrained
+            )
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        return self._memory_format(model.to(self.device))
+
+    def _memory_format(self, value: Any) -> Any:
+        if self.cuda and self.config.channels_last:
+            return value.to(memory_format=torch.channels_last)
+        return value
+
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        config = self.config
+        # Weight decay on conv and linear weights only; decaying norms and biases only hurts.
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ]
+        if config.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        if not (self.cuda and self.config.amp):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.amp_dtype
+        return (
+            torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        )
+
+    # ------------------------------------------------------------------------ resuming
+    def _resume_state(self) -> dict[str, Any]:
+        """Where to start: the last checkpoint's state, or a fresh one; metrics trimmed to match."""
+        fresh = {
+            "epoch": 0,
+            "step": 0,
+            "best_score": None,
+            "best_epoch": None,
+            "stale": 0,
+            "guard_best": None,
+            "stopped": None,
+        }
+        if not (self.run_dir / LAST).is_file():
+            if self.context.is_main:
+                write_metrics(self.run_dir, [])
+            return fresh
+        state = {**fresh, **load_checkpoint(self.run_dir, self.model, self.optimizer)}
+        if self.context.is_main and not state["stopped"]:  # a stopped run keeps its rolled-back epoch's line
+            kept = [line for line in read_metrics(self.run_dir) if line["epoch"] <= state["epoch"]]
+            write_metrics(self.run_dir, kept)
+        return state
+
+    # ---------------------------------------------------------------------------- epochs
+    def _loop(self) -> None:
+        config, state = self.config, self.state
+        epoch_times: list[float] = []
+        while state["epoch"] < config.epochs and not state["stopped"]:
+            epoch = state["epoch"] + 1
+            started = time.time()
+            self.status(phase="training", epoch=epoch, message=f"epoch {epoch}/{config.epochs}")
+            trained = self._train_epoch(epoch, epoch_times)
+            train_time = time.time() - started
+            self.status(phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD")
+            images = trained.pop("images")
+            line = {
+                "epoch": epoch,
+                "lr": self._lr(state["step"] - 1),
+                **trained,
+                **self._measure(self.x_eval, self.y_eval, "train", epoch),
+                **self._measure(self.x_val, self.y_val, "val", epoch),
+                "eps": config.eps,
+                "time_s": round(time.time() - started, 3),
+                "images_per_s": round(images / max(train_time, 1e-9), 2),
+                "train_images": int(images),
+            }
+            if not all(math.isfinite(value) for value in line.values() if isinstance(value, float)):
+                raise UserInputError(
+                    f"training diverged in epoch {epoch} (a loss is not finite) at learning rate "
+                    f"{config.lr:g}; lower --lr and start again (the last good epoch is kept in this run)"
+                )
+            if self._collapsed(line):
+                self._roll_back(line)
+                break
+            self._finish_epoch(line)
+            epoch_times.append(time.time() - started)
+        self.status(phase="done", progress=1.0, eta_s=None, finished_at=time.time(), message=self._summary())
+
+    def _train_epoch(self, epoch: int, epoch_times: list[float]) -> dict[str, float]:
+        config, context = self.config, self.context
+        self.net.train()
+        order_generator = torch.Generator(device=self.device).manual_seed(_seed(config.seed, epoch))
+        augment_generator = torch.Generator(device=self.device).manual_seed(
+            _seed(config.seed, epoch, context.rank)
+        )
+        if self.sample_weights is not None:
+            order = torch.multinomial(
+                self.sample_weights, len(self.x_train), replacement=True, generator=order_generator
+            )
+        else:
+            order = torch.randperm(len(self.x_train), generator=order_generator, device=self.device)
+        order = distributed.shard(order, context)
+        # loss sum and correct count stay on the device: no host sync per step
+        totals = torch.zeros(2, device=self.device, dtype=torch.float64)
+        count = 0
+        for batch in range(self.batches):
+            if self._cancel_requested(batch):
+                raise jobs.JobCancelled(f"cancelled in epoch {epoch}")
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            x, y = self.x_train[index], self.y_train[index]
+            if self.augment is not None:
+                x = self.augment(x, augment_generator)
+            x = self._memory_format(x)
+            self._set_lr(self._lr(self.state["step"]))
+            with self.autocast():
+                loss, logits, labels = self.strategy.step(
+                    self.net, self.attack_model, x, y, _seed(config.seed, epoch, batch, context.rank)
+                )
+            self._optimise(loss)
+            self.state["step"] += 1
+            totals += torch.stack(
+                [loss.detach().double() * len(labels), (logits.detach().argmax(1) == labels).sum().double()]
+            )
+            count += len(labels)
+            self._report_batch(epoch, batch, epoch_times)
+        loss_sum, correct, count = distributed.all_sum(_with_count(totals, count), context).tolist()
+        key = "train_adv_acc" if self.strategy.adversarial else "train_batch_acc"
+        return {"train_loss": loss_sum / count, key: correct / count, "images": count}
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def _cancel_requested(self, batch: int) -> bool:
+        if not self.context.active:
+            return jobs.cancel_requested(self.run_dir)
+        # All ranks must stop at the same batch; agreeing costs a collective, so ask every 10th.
+        return batch % 10 == 0 and distributed.any_rank(jobs.cancel_requested(self.run_dir), self.context)
+
+    def _lr(self, step: int) -> float:
+        """The schedule as a pure function of the step: nothing to save but the step counter."""
+        config, total = self.config, max(self.total_steps, 1)
+        t = min(max(step, 0), total) / total
+        if config.schedule == "constant":
+            return config.lr
+        if config.schedule == "cosine":
+            return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+        warm = 0.3  # one-cycle: linear warm-up from lr/25 over 30% of the steps, then cosine to ~0
+        if t < warm:
+            return config.lr * (0.04 + 0.96 * t / warm)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _report_batch(self, epoch: int, batch: int, epoch_times: list[float]) -> None:
+        done = (epoch - 1) * self.batches + batch + 1
+        report(self.progress, done, self.total_steps, f"epoch {epoch}/{self.config.epochs}")
+        now = time.time()
+        if now - self._status_time >= STATUS_INTERVAL_S:
+            self._status_time = now
+            remaining = self.total_steps - done
+            if epoch_times:
+                eta = sum(epoch_times) / len(epoch_times) * remaining / self.batches
+            else:
+                eta = (now - self._started) / max(batch + 1, 1) * remaining
+            self.status(progress=round(done / self.total_steps, 4), eta_s=round(eta, 1))
+
+    # -------------------------------------------------------------------------- measuring
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, float]:
+        """Clean and PGD accuracy (and clean loss) on fixed scans, shared out over the ranks."""
+        config, context = self.config, self.context
+        mine = torch.arange(context.rank, len(x), context.world_size, device=self.device)
+        alpha = max(config.eps / 4, 2.5 * config.eps / config.val_steps)
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, clean, robust
+        count = 0
+        self.model.eval()
+        for start in range(0, len(mine), self.batch_size):
+            index = mine[start : start + self.batch_size]
+            xb, yb = self._memory_format(x[index]), y[index]
+            with self.autocast():
+                with torch.no_grad():
+                    logits = self.attack_model(xb).float()
+                pgd = get_attack(
+                    "pgd",
+                    eps=config.eps,
+                    alpha=alpha,
+                    steps=config.val_steps,
+                    random_start=True,
+                    seed=_seed(config.seed, epoch, start, context.rank),
+                )
+                x_adv = pgd(self.attack_model, xb, yb)
+                with torch.no_grad():
+                    robust = self.attack_model(x_adv).argmax(1)
+            totals += torch.stack(
+                [
+                    F.cross_entropy(logits, yb, reduction="sum").double(),
+                    (logits.argmax(1) == yb).sum().double(),
+                    (robust == yb).sum().double(),
+                ]
+            )
+            count += len(yb)
+        loss, clean, robust_correct, count = distributed.all_sum(_with_count(totals, count), context).tolist()
+        count = max(count, 1.0)
+        values = {f"{side}_acc": clean / count, f"{side}_robust_acc": robust_correct / count}
+        if side == "val":
+            values["val_loss"] = loss / count
+        return values
+
+    # --------------------------------------------------------------------- epoch results
+    def _score(self, line: dict[str, Any]) -> list[float]:
+        clean, robust = line["val_acc"], line["val_robust_acc"]
+        return [robust, clean] if self.config.selection == "robust" else [clean, robust]
+
+    def _collapsed(self, line: dict[str, Any]) -> bool:
+        """FGSM-RS's catastrophic overfitting: validation PGD accuracy falls off a cliff."""
+        if self.config.strategy != "fgsm-rs":
+            return False
+        best = self.state["guard_best"]
+        if best is not None and best - line["val_robust_acc"] > self.config.co_tolerance:
+            return True
+        self.state["guard_best"] = max(best or 0.0, line["val_robust_acc"])
+        return False
+
+    def _roll_back(self, line: dict[str, Any]) -> None:
+        """Return to the last good epoch's checkpoint, record why, and stop."""
+        best = self.state["guard_best"]
+        reason = (
+            f"catastrophic overfitting in epoch {line['epoch']}: validation PGD accuracy fell from "
+            f"{best:.3f} to {line['val_robust_acc']:.3f}; rolled back to epoch {self.state['epoch']} "
+            "and stopped"
+        )
+        if self.state["epoch"] > 0:
+            restored = load_checkpoint(self.run_dir, self.model, self.optimizer)
+            self.state.update(restored)
+        self.state["stopped"] = reason
+        if self.context.is_main:
+            append_metrics(self.run_dir, {**line, "best": False, "rolled_back": True})
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self.state)
+        self.status(stop_reason=reason, message=reason)
+
+    def _finish_epoch(self, line: dict[str, Any]) -> None:
+        state, config = self.state, self.config
+        score = self._score(line)
+        improved = state["best_score"] is None or score > state["best_score"]
+        line["best"] = improved
+        state["epoch"] = line["epoch"]
+        if improved:
+            state.update(best_score=score, best_epoch=line["epoch"], stale=0)
+        else:
+            state["stale"] += 1
+            if config.patience and state["stale"] >= config.patience:
+                state["stopped"] = (
+                    f"early stopping: no better validation accuracy for {config.patience} epochs "
+                    f"since epoch {state['best_epoch']}"
+                )
+        if self.context.is_main:
+            append_metrics(self.run_dir, line)
+            if improved:
+                save_model(self.run_dir / MODEL, self.model)
+            save_checkpoint(self.run_dir, self.model, self.optimizer, state)
+        self.status(
+            epoch=line["epoch"],
+            best_epoch=state["best_epoch"],
+            stop_reason=state["stopped"],
+            last={key: line[key] for key in ("val_acc", "val_robust_acc", "train_loss")},
+            message=f"epoch {line['epoch']}/{config.epochs}: val acc {line['val_acc']:.3f}, "
+            f"PGD {line['val_robust_acc']:.3f}",
+        )
+
+    def _summary(self) -> str:
+        state = self.state
+        text = f"finished after epoch {state['epoch']}"
+        if state["best_epoch"] is not None:
+            text += f"; kept epoch {state['best_epoch']} (best {self.config.selection} validation accuracy)"
+        return text + (f"; {state['stopped']}" if state["stopped"] else "")
+
+    def _phase_progress(self, phase: str) -> ProgressCallback:
+        def forward(done: int, total: int, message: str) -> None:
+            report(self.progress, done, total, message or phase)
+
+        return forward
+
+
+# ------------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """``last.safetensors`` (model, optimizer tensors, RNG) with its JSON index inside, plus ``last.json``.
+
+    The index travels inside the safetensors metadata so tensors and index are replaced by one
+    rename; ``last.json`` is a readable copy for people and the dashboard.
+    """
+    tensors = {f"model.{name}": value for name, value in unwrap(model).state_dict().items()}
+    saved = optimizer.state_dict()
+    optimizer_state: dict[str, dict[str, Any]] = {}
+    for param_id, entries in saved["state"].items():
+        optimizer_state[str(param_id)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{param_id}.{key}"] = value
+                optimizer_state[str(param_id)][key] = {"tensor": f"optim.{param_id}.{key}"}
+            else:
+                optimizer_state[str(param_id)][key] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    index = {
+        "format": CHECKPOINT_FORMAT,
+        **state,
+        "saved_at": time.time(),
+        "optimizer": {"param_groups": saved["param_groups"], "state": optimizer_state},
+    }
+    save_tensors(run_dir / LAST, tensors, {"format": CHECKPOINT_FORMAT, "index": json.dumps(index)})
+    atomic_write_json(run_dir / LAST_META, {key: value for key, value in index.items() if key != "optimizer"})
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from ``last.safetensors``; return the loop state saved with them."""
+    tensors, metadata = load_tensors(run_dir / LAST)
+    source = f"{LAST} of run {run_dir.name}"
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source} is not a resumable checkpoint of this lab")
+    try:
+        index = json.loads(metadata["index"])
+        weights = {
+            name[len("model.") :]: value for name, value in tensors.items() if name.startswith("model.")
+        }
+        check_state(weights, unwrap(model), source)
+        state = {
+            int(param_id): {
+                key: tensors[value["tensor"]] if isinstance(value, dict) else value
+                for key, value in entries.items()
+            }
+            for param_id, entries in index["optimizer"]["state"].items()
+        }
+        for entries in state.values():
+            for value in entries.values():
+                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise CheckpointError(f"{source}: the optimizer state contains NaN or infinite values")
+        unwrap(model).load_state_dict(weights)
+        optimizer.load_state_dict({"state": state, "param_groups": index["optimizer"]["param_groups"]})
+        torch.set_rng_state(tensors["rng.cpu"])
+    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{source} is damaged or belongs to other settings ({error}); "
+            "start a new run instead of resuming this one"
+        ) from None
+    return {key: value for key, value in index.items() if key not in ("optimizer", "format", "saved_at")}
+
+
+def _with_count(totals: torch.Tensor, count: int) -> torch.Tensor:
+    """Device sums plus a host-side count, in one tensor for one reduction and one read."""
+    return torch.cat([totals, torch.tensor([float(count)], dtype=totals.dtype, device=totals.device)])
+
+
+def _seed(*parts: int) -> int:
+    """One seed (in the attacks' range) mixing several integers: seed, epoch, batch, rank."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**64 - 1)
+    return value % (2**31 - 1)

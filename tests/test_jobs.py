@@ -1,0 +1,118 @@
+"""Background training jobs: start, progress, cancel, crash reports, dead processes, two at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.jobs import LOG, START_TIMEOUT_S, job_state, process_alive
+from pipeline.runs import list_runs, load_model, read_config, read_metrics, read_status, update_status
+from pipeline.training import TrainConfig, cancel_job, start_job
+from tests.training_helpers import REPO, TINY, child_env, metric_epochs, wait_for
+
+LONG = {**TINY, "epochs": 200}
+
+
+def _pid(run_dir: Path) -> int:
+    wait_for(lambda: "job" in read_status(run_dir), timeout=30)
+    return int(read_status(run_dir)["job"]["pid"])
+
+
+def _seen_from_another_process(run_dir: Path) -> str:
+    """What a freshly started dashboard process would report for this run."""
+    code = (
+        "import sys; from pipeline.runs import list_runs; from pipeline.jobs import job_state;"
+        "r = [r for r in list_runs(sys.argv[1]) if r.name == sys.argv[2]][0];"
+        "s = job_state(r.run_dir); print(s.phase, s.running)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(run_dir.parent), run_dir.name],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_start_progress_cancel(tmp_path: Path) -> None:
+    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    assert [record.run_dir for record in list_runs(tmp_path)] == [
+        run_dir
+    ]  # visible before the child has started
+    assert job_state(run_dir).running
+    wait_for(lambda: len(read_metrics(run_dir)) >= 1, timeout=120)
+    state = job_state(run_dir)
+    assert state.running and 0 < state.progress < 1 and state.status["epochs"] == 200
+    assert _seen_from_another_process(run_dir).endswith("True")
+    cancel_job(run_dir, grace_s=60)
+    wait_for(lambda: not job_state(run_dir).running, timeout=60)
+    state = job_state(run_dir)
+    assert state.phase == "cancelled", state
+    assert _seen_from_another_process(run_dir) == "cancelled False"
+    load_model(run_dir)  # the finished epochs are kept
+    assert read_config(run_dir)["epochs"] == 200
+
+
+def test_crash_is_reported_in_status(tmp_path: Path) -> None:
+    run_dir = start_job(TrainConfig(**{**TINY, "data": str(tmp_path / "no-such-folder")}), tmp_path)
+    wait_for(lambda: not job_state(run_dir).running, timeout=60)
+    state = job_state(run_dir)
+    assert state.phase == "failed"
+    assert "no-such-folder" in state.error
+    assert "error:" in (run_dir / LOG).read_text()
+
+
+def test_killed_process_is_shown_failed_not_running(tmp_path: Path) -> None:
+    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    pid = _pid(run_dir)
+    wait_for(lambda: read_status(run_dir).get("phase") == "training", timeout=120)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not process_alive(pid), timeout=30)
+    state = job_state(run_dir)
+    assert state.phase == "failed" and not state.running
+    assert "ended without finishing" in state.error
+    assert read_status(run_dir)["phase"] == "failed"  # recorded, not only reported
+
+
+def test_sigterm_ends_the_job_as_cancelled(tmp_path: Path) -> None:
+    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    pid = _pid(run_dir)
+    wait_for(lambda: read_status(run_dir).get("phase") == "training", timeout=120)
+    os.killpg(pid, signal.SIGTERM)
+    wait_for(lambda: not job_state(run_dir).running, timeout=60)
+    assert job_state(run_dir).phase == "cancelled"
+
+
+def test_reused_or_missing_pid_is_not_running(tmp_path: Path) -> None:
+    reused = tmp_path / "reused"
+    reused.mkdir()
+    me = os.getpid()
+    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    update_status(reused, {"phase": "training", "job": {"pid": me, "start_ticks": ticks + 1}})
+    assert process_alive(me, ticks) and not process_alive(me, ticks + 1)
+    assert job_state(reused).phase == "failed"
+    never = tmp_path / "never-started"
+    never.mkdir()
+    update_status(never, {"phase": "queued", "created_at": time.time() - START_TIMEOUT_S - 1})
+    assert job_state(never).phase == "failed" and "never started" in job_state(never).error
+
+
+def test_two_trainings_at_once_do_not_mix(tmp_path: Path) -> None:
+    first = start_job(TrainConfig(**{**TINY, "count": 30, "epochs": 2, "seed": 1}), tmp_path)
+    second = start_job(
+        TrainConfig(**{**TINY, "count": 30, "epochs": 2, "seed": 2, "strategy": "pgd"}), tmp_path
+    )
+    assert first != second
+    wait_for(lambda: not job_state(first).running and not job_state(second).running, timeout=240)
+    for run_dir, seed, strategy in ((first, 1, "standard"), (second, 2, "pgd")):
+        assert job_state(run_dir).phase == "done", (run_dir / LOG).read_text()
+        config = read_config(run_dir)
+        assert (config["seed"], config["strategy"]) == (seed, strategy)
+        assert metric_epochs(run_dir) == [1, 2]
+        load_model(run_dir)
+    assert {record.run_dir for record in list_runs(tmp_path)} == {first, second}

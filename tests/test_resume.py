@@ -1,0 +1,119 @@
+"""Faults: kills at random instants, resuming, and a full disk while saving."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import CheckpointError
+from pipeline.runs import LAST, load_model, read_metrics, read_status
+from pipeline.training import TrainConfig, train
+from tests.training_helpers import (
+    TINY,
+    assert_consistent,
+    checkpoint_epoch,
+    cli_args,
+    metric_epochs,
+    start_cli,
+    wait_for,
+)
+
+EPOCHS = 4
+SETTINGS = {**TINY, "epochs": EPOCHS, "seed": 3}
+TRIALS = 20
+COMPARED = ("train_loss", "val_acc", "val_robust_acc", "val_loss")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _training(status: dict, pid: int) -> bool:
+    """This process (not the one killed before it, whose status lingers) is in its epochs."""
+    return status.get("worker_pid") == pid and status.get("phase") in ("training", "evaluating")
+
+
+def _start_and_kill(run_dir: Path, trial: int, rng: random.Random) -> None:
+    """Start (or resume) the run and SIGKILL it at a random instant, unless it finishes first.
+
+    Even trials die anywhere (start-up, data loading, first epoch); odd ones inside the epochs.
+    """
+    resuming = (run_dir / "request.json").is_file()
+    args = ["--resume", str(run_dir)] if resuming else [*cli_args(SETTINGS), "--run-dir", str(run_dir)]
+    process = start_cli("train", "--quiet", "--runs-dir", str(run_dir.parent), *args)
+    if trial % 2:
+        wait_for(lambda: process.poll() is not None or _training(read_status(run_dir), process.pid))
+    try:
+        process.wait(timeout=rng.uniform(0.0, 3.5) if trial % 2 else rng.uniform(0.2, 3.0))
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_random_kills_keep_runs_loadable_and_resume_exactly(tmp_path: Path) -> None:
+    expected = read_metrics(train(TrainConfig(**SETTINGS), tmp_path / "reference"))
+    rng = random.Random(20240607)
+    runs, finished, outcomes = tmp_path / "runs", [], []
+    run_dir = runs / "run-0"
+    for trial in range(TRIALS):
+        saved_before = checkpoint_epoch(run_dir)
+        _start_and_kill(run_dir, trial, rng)
+        assert_consistent(run_dir)
+        assert checkpoint_epoch(run_dir) >= saved_before  # a finished epoch is never lost
+        phase = read_status(run_dir).get("phase")
+        outcomes.append((trial, phase, checkpoint_epoch(run_dir), metric_epochs(run_dir)))
+        if phase == "done":
+            finished.append(run_dir)
+            run_dir = runs / f"run-{len(finished)}"
+    print("\ntrial, phase after the kill, checkpoint epoch, metrics epochs:", *outcomes, sep="\n  ")
+    assert any(0 < saved < EPOCHS for _, _, saved, _ in outcomes), "no kill landed after a checkpoint"
+    # finish the last run without interruption, then compare every run with the uninterrupted one
+    if (run_dir / "request.json").is_file():
+        assert start_cli("train", "--quiet", "--resume", str(run_dir)).wait() == 0
+        finished.append(run_dir)
+    for done in finished:
+        assert metric_epochs(done) == list(range(1, EPOCHS + 1))
+        for got, want in zip(read_metrics(done), expected, strict=True):
+            for key in COMPARED:
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (
+                    done.name,
+                    got["epoch"],
+                    key,
+                )
+        load_model(done)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(**{**SETTINGS, "epochs": 2})
+    run_dir = tmp_path / "run"
+    real_replace = os.replace
+
+    def full_disk_after_first_checkpoint(source, target, *args, **kwargs):
+        if Path(target).name == LAST and (run_dir / LAST).is_file():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full_disk_after_first_checkpoint)
+    with pytest.raises(
+        CheckpointError, match="No space left on device.*previous version of the file is kept"
+    ):
+        train(config, tmp_path, run_dir=run_dir)
+    status = read_status(run_dir)
+    assert status["phase"] == "failed" and "could not save last.safetensors" in status["error"]
+    assert checkpoint_epoch(run_dir) == 1 and not list(run_dir.glob(".*.tmp"))
+    assert_consistent(run_dir)
+    monkeypatch.setattr(os, "replace", real_replace)
+    train(None, tmp_path, resume=run_dir)
+    assert metric_epochs(run_dir) == [1, 2] and checkpoint_epoch(run_dir) == 2
+    assert read_status(run_dir)["phase"] == "done"

@@ -1,0 +1,286 @@
+"""The run store: checkpoints load back exactly, and nothing hostile gets in or out."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.models import build_model
+from pipeline.runs import (
+    CONFIG,
+    MODEL,
+    STATUS,
+    atomic_write_bytes,
+    delete_run,
+    export_run,
+    import_run,
+    list_runs,
+    load_model,
+    read_status,
+    save_model,
+    update_status,
+)
+from pipeline.training.config import TrainConfig
+
+
+def make_run(runs_dir: Path, name: str = "run-a", **config_changes) -> tuple[Path, torch.nn.Module]:
+    """A finished run written through the store's own helpers (no training needed)."""
+    run_dir = runs_dir / name
+    run_dir.mkdir(parents=True)
+    config = {
+        **TrainConfig(arch="resnet18", image_size=32).to_dict(),
+        "num_classes": 3,
+        "classes": ["benign", "malignant", "normal"],
+        **config_changes,
+    }
+    (run_dir / CONFIG).write_text(json.dumps(config))
+    model = build_model("resnet18")
+    save_model(run_dir / MODEL, model)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5, "best": True}) + "\n")
+    update_status(run_dir, {"phase": "done"})
+    return run_dir, model
+
+
+def test_model_round_trip(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path)
+    loaded, record = load_model(run_dir)
+    x = torch.rand(2, 1, 32, 32)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+    assert not loaded.training
+    assert record.name == "run-a" and record.config["arch"] == "resnet18" and record.best["epoch"] == 1
+
+
+def _replace_model(run_dir: Path, data: bytes) -> None:
+    (run_dir / MODEL).write_bytes(data)
+
+
+def _expect_error(run_dir: Path, *words: str) -> str:
+    with pytest.raises(CheckpointError) as caught:
+        load_model(run_dir)
+    message = str(caught.value)
+    assert all(word in message for word in words), message
+    return message
+
+
+def test_truncated_and_tampered_files_are_refused(tmp_path: Path) -> None:
+    run_dir, _ = make_run(tmp_path)
+    data = (run_dir / MODEL).read_bytes()
+    _replace_model(run_dir, data[: len(data) // 2])
+    _expect_error(run_dir, "safetensors")
+    _replace_model(run_dir, data[:4])
+    _expect_error(run_dir, "safetensors")
+    header_size = struct.unpack("<Q", data[:8])[0]
+    garbled = bytearray(data)
+    garbled[8 : 8 + header_size] = b"{" * header_size  # the header no longer parses
+    _replace_model(run_dir, bytes(garbled))
+    _expect_error(run_dir, "safetensors")
+    _replace_model(run_dir, b"")
+    _expect_error(run_dir)
+
+
+class _Exploit:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_pickles_named_safetensors_never_run(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path)
+    marker = tmp_path / "code-ran"
+    exploit = _Exploit()
+    exploit.marker = str(marker)
+    _replace_model(run_dir, pickle.dumps(exploit))
+    _expect_error(run_dir, "pickle")
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)  # a .pt checkpoint renamed to .safetensors
+    _replace_model(run_dir, buffer.getvalue())
+    _expect_error(run_dir)
+    assert not marker.exists()
+
+
+def test_wrong_shapes_dtypes_and_nan_are_refused(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path)
+    save_model(run_dir / MODEL, build_model("resnet18", num_classes=5))
+    _expect_error(run_dir, "fc.weight", "(5, 512)")
+    save_model(run_dir / MODEL, build_model("resnet18").half())
+    _expect_error(run_dir, "float16")
+    save_model(run_dir / MODEL, build_model("resnet34"))
+    _expect_error(run_dir, "resnet18")
+    with torch.no_grad():
+        model.backbone.fc.bias[0] = float("nan")
+    save_model(run_dir / MODEL, model)
+    _expect_error(run_dir, "NaN", "fc.bias")
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"num_classes": 10**9}, "num_classes"),
+        ({"image_size": 10**6}, "image_size"),
+        ({"arch": "../../evil"}, "architecture"),
+        ({"eps": float("nan")}, "eps"),
+        ({"epochs": -5}, "epochs"),
+        ({"classes": ["a", "b"]}, "classes"),
+    ],
+)
+def test_absurd_configs_are_refused(tmp_path: Path, change: dict, words: str) -> None:
+    run_dir, _ = make_run(tmp_path, **change)
+    _expect_error(run_dir, words)
+    assert list_runs(tmp_path)[0].error  # listed (so it can be deleted), marked unreadable
+
+
+def test_export_import_round_trip(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path / "runs")
+    update_status(run_dir, {"job": {"pid": 12345, "command": ["secret", "/home/someone"]}})
+    archive = export_run(run_dir, tmp_path / "out" / "run.zip")
+    imported = import_run(archive, tmp_path / "other")
+    again = import_run(archive, tmp_path / "other")
+    assert imported != again and {imported.name, again.name} <= {
+        r.name for r in list_runs(tmp_path / "other")
+    }
+    loaded, record = load_model(imported)
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert "job" not in read_status(imported) and record.status["phase"] == "done"
+    assert not [p for p in (tmp_path / "other").iterdir() if p.name.startswith(".import")]
+
+
+def _zip(path: Path, entries: dict[str, bytes], **options) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data, **options)
+    return path
+
+
+def _valid_entries(tmp_path: Path) -> dict[str, bytes]:
+    run_dir, _ = make_run(tmp_path / "source")
+    return {f"run/{name}": (run_dir / name).read_bytes() for name in (CONFIG, MODEL)}
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "evil_name",
+    [
+        "../evil.json",
+        "/tmp/config.json",
+        "run/../../config.json",
+        "a/b/config.json",
+        "run/evil.py",
+        "run\\..\\config.json",
+        "C:/config.json",
+    ],
+)
+def test_path_traversal_and_foreign_files_are_refused(tmp_path: Path, evil_name: str) -> None:
+    entries = {**_valid_entries(tmp_path), evil_name: b"{}"}
+    archive = _zip(tmp_path / "evil.zip", entries)
+    before = _tree(tmp_path)
+    with pytest.raises(CheckpointError, match="not a run file"):
+        import_run(archive, tmp_path / "runs")
+    assert _tree(tmp_path) - before <= {"runs"}
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_symlink_entries_are_refused(tmp_path: Path) -> None:
+    entries = _valid_entries(tmp_path)
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, data in entries.items():
+            out.writestr(name, data)
+        link = zipfile.ZipInfo("run/metrics.jsonl")
+        link.external_attr = 0o120777 << 16
+        out.writestr(link, "/etc/passwd")
+    with pytest.raises(CheckpointError, match="link"):
+        import_run(archive, tmp_path / "runs")
+
+
+def test_zip_bombs_are_refused(tmp_path: Path) -> None:
+    entries = _valid_entries(tmp_path)
+    bomb = _zip(tmp_path / "bomb.zip", {**entries, "run/last.safetensors": bytes(64 << 20)})
+    assert zipfile.ZipFile(bomb).getinfo("run/last.safetensors").compress_size < 1 << 20
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        import_run(bomb, tmp_path / "runs")
+    huge = _zip(tmp_path / "huge.zip", {**entries, "run/metrics.jsonl": b"x" * (65 << 20)})
+    with pytest.raises(CheckpointError, match="bytes"):
+        import_run(huge, tmp_path / "runs")
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def _set_declared_size(data: bytearray, name: bytes, size: int) -> None:
+    """Overwrite the uncompressed size of entry ``name`` in its local and central zip headers."""
+    for signature, name_offset, size_offset in ((b"PK\x03\x04", 30, 22), (b"PK\x01\x02", 46, 24)):
+        position = data.find(signature)
+        while position != -1:
+            if data[position + name_offset : position + name_offset + len(name)] == name:
+                data[position + size_offset : position + size_offset + 4] = struct.pack("<I", size)
+            position = data.find(signature, position + 4)
+
+
+def test_declared_size_lies_are_caught(tmp_path: Path) -> None:
+    """An entry whose headers claim fewer bytes than it holds is never written out in full."""
+    entries = _valid_entries(tmp_path)
+    archive = _zip(tmp_path / "lying.zip", {**entries, "run/metrics.jsonl": b"0" * 200_000})
+    data = bytearray(archive.read_bytes())
+    _set_declared_size(data, b"run/metrics.jsonl", 100)
+    archive.write_bytes(bytes(data))
+    assert zipfile.ZipFile(archive).getinfo("run/metrics.jsonl").file_size == 100
+    with pytest.raises(CheckpointError):
+        import_run(archive, tmp_path / "runs")
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_not_a_zip_and_incomplete_runs(tmp_path: Path) -> None:
+    fake = tmp_path / "run.zip"
+    fake.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a zip"):
+        import_run(fake, tmp_path / "runs")
+    only_config = _zip(tmp_path / "partial.zip", {"run/config.json": b"{}"})
+    with pytest.raises(CheckpointError, match="lacks"):
+        import_run(only_config, tmp_path / "runs")
+    entries = _valid_entries(tmp_path)
+    broken = _zip(tmp_path / "broken.zip", {**entries, "run/model.safetensors": b"\x00" * 100})
+    with pytest.raises(CheckpointError):
+        import_run(broken, tmp_path / "runs")
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_delete(tmp_path: Path) -> None:
+    run_dir, _ = make_run(tmp_path)
+    with pytest.raises(CheckpointError):
+        delete_run(tmp_path)  # the runs folder itself is not a run
+    update_status(run_dir, {"phase": "training", "job": {"pid": os.getpid(), "start_ticks": None}})
+    with pytest.raises(UserInputError, match="still running"):
+        delete_run(run_dir)
+    update_status(run_dir, {"phase": "done"})
+    delete_run(run_dir)
+    assert not run_dir.exists() and list_runs(tmp_path) == []
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / STATUS
+    atomic_write_bytes(target, b"old")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(CheckpointError, match="No space left.*previous version"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [path.name for path in tmp_path.iterdir()] == [STATUS]

@@ -1,0 +1,279 @@
+"""Training learns, adversarial training buys robustness, and every strategy and guard works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.attacks import get_attack
+from pipeline.data import load_dataset, split_dataset
+from pipeline.errors import UserInputError
+from pipeline.runs import load_model, read_config, read_metrics, read_status
+from pipeline.training import PRESETS, STRATEGIES, TrainConfig, train
+from pipeline.training.augment import Augmentation
+from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
+from tests.training_helpers import TINY, checkpoint_epoch, make_blob_folder, start_cli
+
+#: The phantom at 64 px: ResNet18 fits it in a few epochs (small nodules need more pixels to generalise).
+LEARN = {
+    **TINY,
+    "count": 160,
+    "image_size": 64,
+    "epochs": 5,
+    "optimizer": "adamw",
+    "lr": 5e-4,
+    "weight_decay": 0.0,
+    "val_steps": 2,
+    "eval_size": 16,
+}
+#: Standard against PGD training on an easy folder where robust features exist (see make_blob_folder).
+EPS = 16 / 255
+ROBUST = {
+    **TINY,
+    "image_size": 32,
+    "epochs": 8,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "eps": EPS,
+    "alpha": EPS / 2,
+    "steps": 3,
+    "val_steps": 2,
+    "eval_size": 16,
+    "val_fraction": 0.25,
+    "test_fraction": 0.15,
+    "split_strategy": "random",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_blob_folder(tmp_path_factory.mktemp("blobs")))
+
+
+def _train(settings: dict, runs: Path) -> Path:
+    torch.set_num_threads(1)  # module fixtures run outside the function-scoped fixture
+    return train(TrainConfig(**settings), runs)
+
+
+@pytest.fixture(scope="module")
+def standard_run(runs: Path, blobs: str) -> Path:
+    return _train({**ROBUST, "data": blobs}, runs)
+
+
+@pytest.fixture(scope="module")
+def pgd_run(runs: Path, blobs: str) -> Path:
+    return _train({**ROBUST, "data": blobs, "strategy": "pgd"}, runs)
+
+
+def _held_out_accuracy(run_dir: Path, *, attacked: bool) -> float:
+    """Accuracy of the kept model on the run's own validation and test scans, clean or under PGD-10."""
+    model, record = load_model(run_dir)
+    config = record.config
+    dataset = load_dataset(
+        config["data"], image_size=config["image_size"], seed=config["data_seed"], count=config["count"]
+    )
+    x, y = dataset.tensors()
+    index = torch.as_tensor(config["split"]["val"] + config["split"]["test"])
+    x, y = x[index], y[index]
+    if attacked:
+        x = get_attack("pgd", eps=config["eps"], steps=10, seed=1)(model, x, y)
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_standard_training_learns_the_phantom(runs: Path) -> None:
+    run_dir = _train(LEARN, runs)
+    lines = read_metrics(run_dir)
+    assert len(lines) == LEARN["epochs"]
+    assert lines[-1]["train_loss"] < 0.5 * lines[0]["train_loss"]
+    assert max(line["train_acc"] for line in lines) >= 0.75  # eval mode, fixed training scans
+    assert max(line["val_acc"] for line in lines) > 0.4  # chance is 1/3
+    assert _held_out_accuracy(run_dir, attacked=False) > 0.4
+    for key in (
+        "train_loss",
+        "train_acc",
+        "train_robust_acc",
+        "val_acc",
+        "val_robust_acc",
+        "val_loss",
+        "lr",
+        "time_s",
+        "images_per_s",
+        "train_images",
+        "best",
+    ):
+        assert key in lines[0], key
+    assert read_config(run_dir)["dataset"]["is_synthetic"]
+
+
+def test_pgd_training_raises_pgd_accuracy(standard_run: Path, pgd_run: Path) -> None:
+    standard = _held_out_accuracy(standard_run, attacked=True)
+    robust = _held_out_accuracy(pgd_run, attacked=True)
+    print(f"\nPGD-10 accuracy at 16/255 on held-out scans: standard {standard:.3f}, PGD-trained {robust:.3f}")
+    assert robust > standard + 0.2
+    assert _held_out_accuracy(pgd_run, attacked=False) > 0.6
+    kept = read_metrics(pgd_run)[read_status(pgd_run)["best_epoch"] - 1]
+    assert kept["val_robust_acc"] == max(line["val_robust_acc"] for line in read_metrics(pgd_run))
+
+
+@pytest.mark.parametrize("strategy", ["fgsm-rs", "trades", "mart", "mixed"])
+def test_every_adversarial_strategy_trains(runs: Path, strategy: str) -> None:
+    config = TrainConfig(
+        **{
+            **TINY,
+            "count": 30,
+            "epochs": 1,
+            "strategy": strategy,
+            "cw_steps": 2,
+            "imbalance": "sampler",
+            "schedule": "onecycle",
+        }
+    )
+    run_dir = train(config, runs)
+    (line,) = read_metrics(run_dir)
+    assert torch.isfinite(torch.tensor(line["train_loss"])) and 0 <= line["train_adv_acc"] <= 1
+    load_model(run_dir)
+
+
+def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> None:
+    config = TrainConfig(
+        **{
+            **TINY,
+            "count": 30,
+            "epochs": 1,
+            "strategy": "transfer",
+            "transfer_run": str(standard_run),
+            "transfer_eps": "2/255,4/255",
+        }
+    )
+    run_dir = train(config, runs)
+    (line,) = read_metrics(run_dir)
+    train_scans = len(read_config(run_dir)["split"]["train"])
+    assert line["train_images"] > 2 * train_scans  # the originals plus one crafted copy per budget
+    assert read_config(run_dir)["transfer_run"] == str(standard_run)
+    with pytest.raises(UserInputError, match="does not exist"):
+        train(TrainConfig(**{**TINY, "strategy": "transfer", "transfer_run": str(runs / "missing")}), runs)
+
+
+class _CollapsingFastTraining(FastTraining):
+    """FGSM-RS whose objective turns against the labels after two epochs: a crafted, certain
+    collapse of validation PGD accuracy (real catastrophic overfitting takes far longer to appear)."""
+
+    steps_before_collapse = 0
+
+    def step(self, net, model, x, y, seed):
+        self.steps_before_collapse -= 1
+        if self.steps_before_collapse < 0:
+            y = (y + 1) % 3
+        return super().step(net, model, x, y, seed)
+
+
+def test_catastrophic_overfitting_guard_rolls_back_and_stops(
+    runs: Path, blobs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {
+        **ROBUST,
+        "data": blobs,
+        "strategy": "fgsm-rs",
+        "eps": 2 / 255,
+        "alpha": None,
+        "epochs": 5,
+        "co_tolerance": 0.2,
+    }
+    dataset = load_dataset(blobs, image_size=settings["image_size"])
+    split = split_dataset(
+        dataset,
+        val_fraction=settings["val_fraction"],
+        test_fraction=settings["test_fraction"],
+        strategy="random",
+    )
+    batches = len(split.train) // settings["batch_size"]
+    monkeypatch.setattr(_CollapsingFastTraining, "steps_before_collapse", 2 * batches)  # two good epochs
+    monkeypatch.setitem(STRATEGY_CLASSES, "fgsm-rs", _CollapsingFastTraining)
+    run_dir = train(TrainConfig(**settings), runs)
+    lines = read_metrics(run_dir)
+    status = read_status(run_dir)
+    assert "catastrophic overfitting" in (status["stop_reason"] or ""), lines
+    collapsed = lines[-1]
+    assert collapsed["rolled_back"] and len(lines) < settings["epochs"]
+    best_before = max(line["val_robust_acc"] for line in lines[:-1])
+    assert best_before - collapsed["val_robust_acc"] > settings["co_tolerance"]
+    # the resumable checkpoint is the last good epoch's, and resuming does not train again
+    assert checkpoint_epoch(run_dir) == collapsed["epoch"] - 1
+    train(None, runs, resume=run_dir)
+    assert read_metrics(run_dir) == lines
+
+
+def test_config_validation_names_field_and_range() -> None:
+    with pytest.raises(UserInputError, match=r"epochs must lie in \[1, 1000\]"):
+        TrainConfig(epochs=0)
+    with pytest.raises(UserInputError, match="eps must lie in .*4/255"):
+        TrainConfig(eps=4)
+    with pytest.raises(UserInputError, match="strategy must be one of"):
+        TrainConfig(strategy="magic")
+    with pytest.raises(UserInputError, match="unknown training setting"):
+        TrainConfig.from_dict({"epoch": 3}, strict=True)
+    assert TrainConfig(eps="4/255").eps == pytest.approx(4 / 255)
+    assert TrainConfig(strategy="fgsm-rs").step_size == pytest.approx(1.25 * 4 / 255)
+    assert TrainConfig(strategy="pgd").step_size == pytest.approx(1 / 255)
+    assert set(PRESETS) == {"quick", "full"} and set(STRATEGY_CLASSES) == set(STRATEGIES)
+    for name in PRESETS:
+        assert TrainConfig.from_preset(name, strategy="pgd").strategy == "pgd"
+
+
+def test_augmentation_is_batched_bounded_and_replayable() -> None:
+    x = torch.rand(6, 1, 32, 32)
+    first = Augmentation()(x, torch.Generator().manual_seed(1))
+    again = Augmentation()(x, torch.Generator().manual_seed(1))
+    assert first.shape == x.shape and first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, again) and not torch.equal(first, x)
+    still = Augmentation(0, 0, 0, 0, 0, 0, 0)(x, torch.Generator().manual_seed(1))
+    assert torch.allclose(still, x, atol=1e-5)
+
+
+def test_cli_trains_and_refuses_bad_input(tmp_path: Path) -> None:
+    process = start_cli(
+        "train",
+        "--data",
+        "synthetic",
+        "--count",
+        "30",
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--eps",
+        "4/255",
+        "--val-steps",
+        "1",
+        "--eval-size",
+        "8",
+        "--device",
+        "cpu",
+        "--runs-dir",
+        str(tmp_path),
+        "--quiet",
+    )
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert f"run: {tmp_path}" in output and "synthetic" in output
+    bad = start_cli("train", "--eps", "4", "--runs-dir", str(tmp_path))
+    output = bad.communicate(timeout=120)[0]
+    assert bad.returncode == 2 and "eps must lie in" in output and "Traceback" not in output
