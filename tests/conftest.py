@@ -1,13 +1,48 @@
 """Shared test settings: small, deterministic, and CPU-friendly."""
 
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-os.environ.setdefault("LUNGLAB_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
+#: Under pytest-xdist each worker gets its own cache and one CPU thread: the workers already
+#: fill the cores, and oversubscribed torch threads make small convolutions many times slower.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+os.environ.setdefault(
+    "LUNGLAB_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "test", _WORKER or "main")
+)
+if _WORKER is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+#: Where the corpus table is handed from the process that ran it to the one that prints it.
+CORPUS_TABLE = Path(__file__).resolve().parent.parent / "test-artifacts" / "corpus-table.txt"
+_SESSION_START = time.time()
 
 
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+def pytest_sessionfinish(session) -> None:
+    """Save the hostile-input table (issue 7) where the controlling process can print it.
+
+    Under pytest-xdist the corpus tests run in a worker, whose own output is not shown; the
+    controller prints the file in ``pytest_terminal_summary``.
+    """
+    corpus = sys.modules.get("tests.corpus")
+    if corpus is not None and corpus.ROWS:
+        CORPUS_TABLE.parent.mkdir(parents=True, exist_ok=True)
+        CORPUS_TABLE.write_text(corpus.format_table(corpus.ROWS))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the hostile-input table when this session's corpus tests wrote it."""
+    if CORPUS_TABLE.exists() and CORPUS_TABLE.stat().st_mtime >= _SESSION_START:
+        terminalreporter.write_sep("=", "hostile-input corpus: input -> entry point -> outcome")
+        terminalreporter.write_line(CORPUS_TABLE.read_text())
