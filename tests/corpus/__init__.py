@@ -1,0 +1,69 @@
+"""A corpus of hostile and broken inputs, made by code, and the table of what each entry point did.
+
+``build_corpus(root)`` writes every input under ``root`` (no binary is committed); the tests in
+``tests/test_corpus.py`` run each one through every entry point that takes it and record one
+row per (input, entry point) in ``ROWS``; ``tests/conftest.py`` prints them as a table at the
+end of the session, so CI logs show what happened to every input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.corpus.build import (
+    ACCEPTED,
+    CHECKPOINT,
+    CLI,
+    CONFIG,
+    FOLDER,
+    KINDS,
+    OUTCOMES,
+    PATIENT_MARKERS,
+    REFUSED,
+    RUN_ZIP,
+    SCAN,
+    SKIPPED,
+    CorpusItem,
+    build_corpus,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """What one entry point did with one input; ``ok`` is False when it was not handled."""
+
+    item: str
+    entry_point: str
+    outcome: str
+    detail: str
+    ok: bool
+
+
+#: Filled by the corpus tests, printed by the ``pytest_terminal_summary`` hook in ``tests/conftest.py``.
+ROWS: list[Row] = []
+
+
+def format_table(rows: list[Row], *, width: int = 96) -> str:
+    """Rows as a fixed-width text table: input | entry point | outcome | message (shortened)."""
+    if not rows:
+        return ""
+    name_w = max(len("input"), *(len(row.item) for row in rows))
+    entry_w = max(len("entry point"), *(len(row.entry_point) for row in rows))
+    outcome_w = max(len("outcome"), *(len(row.outcome) + (0 if row.ok else 8) for row in rows))
+    lines = [f"{'input':<{name_w}}  {'entry point':<{entry_w}}  {'outcome':<{outcome_w}}  message"]
+    lines.append("-" * len(lines[0]) + "-" * 20)
+    for row in sorted(rows, key=lambda row: (row.item, row.entry_point)):
+        outcome = row.outcome if row.ok else f"FAILED: {row.outcome}"
+        detail = " ".join(row.detail.split())
+        detail = detail if len(detail) <= width else detail[: width - 3] + "..."
+        lines.append(f"{row.item:<{name_w}}  {row.entry_point:<{entry_w}}  {outcome:<{outcome_w}}  {detail}")
+    handled = sum(row.ok for row in rows)
+    lines.append(f"{handled}/{len(rows)} (input, entry point) pairs handled; "
+                 f"{len({row.item for row in rows})} inputs")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ACCEPTED", "CHECKPOINT", "CLI", "CONFIG", "FOLDER", "KINDS", "OUTCOMES", "PATIENT_MARKERS", "REFUSED",
+    "ROWS", "RUN_ZIP", "SCAN", "SKIPPED", "CorpusItem", "Row", "build_corpus", "format_table",
+]
