@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,9 @@ def test_html_report_is_self_contained_and_marked_synthetic(suite, tmp_path: Pat
     data = json.loads(paths["json"].read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
     assert data["synthetic"] and data["notice"] and len(data["reference_tables"]) == 2
     assert data["transfer"]["models"] == ["tiny", "tiny copy"]
+    (tmp_path / "a-file").write_text("not a folder\n")
+    with pytest.raises(UserInputError, match="cannot write the reports to .*a-file"):
+        save_report(suite, tmp_path / "a-file")
 
 
 def test_html_has_no_banner_for_real_data() -> None:
@@ -219,6 +223,38 @@ def test_cli_refuses_absurd_input_with_a_clear_message(runs: Path, capsys: pytes
         assert message in capsys.readouterr().err
     assert main(["evaluate", "--runs-dir", str(runs), "--run", "no-such-run", "--quiet"]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_flags_before_loading_any_run(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # the run does not exist: a refusal that names the flag, not the run, came before any loading
+    (tmp_path / "a-file").write_text("not a folder\n")
+    for args, message in (
+        (["--out", str(tmp_path / "a-file")], "a-file is a file"),
+        (["--out", str(tmp_path / "a-file" / "reports")], "lies under the file"),
+        (["--job-dir", str(tmp_path / "a-file")], "a-file is a file"),
+        (["--certify", "-1"], "sigma"),
+        (["--defenses", "bogus"], "unknown defence 'bogus'"),
+    ):
+        assert main(["evaluate", "--runs-dir", str(runs), "--run", "no-such-run", "--quiet", *args]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("test_side", [[7, 10**9], [-3, -1]])
+def test_cli_refuses_a_run_whose_stored_split_was_tampered_with(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, test_side: list[int]
+) -> None:
+    source = sorted(runs.iterdir())[0]
+    run_dir = shutil.copytree(source, tmp_path / "tampered", ignore=shutil.ignore_patterns("evaluations"))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["split"]["test"] = test_side
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", "--run", str(run_dir), "--attacks", "fgsm", "--no-strength", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "stored split of run tampered is damaged" in error and "re-train" in error
+    assert not (run_dir / "evaluations").exists()
 
 
 def test_runs_with_different_splits_are_not_compared(

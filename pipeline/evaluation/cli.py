@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -141,6 +142,9 @@ def _settings(args: argparse.Namespace) -> SuiteSettings:
     ):
         if value < low:
             raise UserInputError(f"{name} must be at least {low}, got {value}")
+    for flag, folder in (("--out", args.out), ("--job-dir", args.job_dir)):
+        if folder is not None:
+            _check_folder(folder, flag)
     attack_specs(attacks, epsilons, args.steps)  # unknown names and bad parameters fail here
     defenses = tuple(name.strip().lower() for name in args.defenses.split(",") if name.strip())
     for name in defenses:
@@ -168,6 +172,21 @@ def _settings(args: argparse.Namespace) -> SuiteSettings:
     )
 
 
+def _check_folder(folder: Path, flag: str) -> None:
+    """Refuse an output folder that cannot be one before the evaluation spends minutes on attacks:
+    an existing file, a path under a file, or a place without write permission."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise UserInputError(
+            f"{flag} {folder} {where}, not a folder; give a folder for the reports (created if missing)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {folder}: no permission to write in {existing}; choose another folder")
+
+
 def _evaluate(
     args: argparse.Namespace, settings: SuiteSettings, progress: Optional[ProgressCallback]
 ) -> tuple[EvaluationSuite, dict[str, Path]]:
@@ -187,7 +206,7 @@ def _evaluate(
             **{key: record.config.get(key) for key in ("arch", "strategy", "epochs")},
             "training_eps": format_epsilon(record.config.get("eps")),
         }
-    dataset, split = run_data(loaded[0][1].config)
+    dataset, split = run_data(loaded[0][1].config, run=loaded[0][1].name)
     indices = split_indices(split, args.split, dataset.labels, limit=args.limit)
     suite = evaluate_models(
         models, dataset, indices, settings, split=args.split, info=info, device=args.device, progress=progress

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.data import ScanDataset, Split, load_dataset
+from pipeline.data.splits import SIDES
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.progress import ProgressCallback
 
@@ -20,9 +21,9 @@ SPLIT_SIDES = ("test", "val", "train", "all")
 
 
 def run_data(
-    config: dict[str, Any], *, progress: Optional[ProgressCallback] = None
+    config: dict[str, Any], *, run: str = "", progress: Optional[ProgressCallback] = None
 ) -> tuple[ScanDataset, Split]:
-    """Load the dataset a run was trained on and the split it stored."""
+    """Load the dataset a run was trained on and the split it stored (``run`` names it in errors)."""
     if "split" not in config or "data" not in config:
         raise CheckpointError(
             "this run stored no data source or split (imported from elsewhere, or still starting); evaluate "
@@ -42,7 +43,23 @@ def run_data(
             f"the data at {config['data']} changed since this run was trained, so its stored split no longer "
             "points at the same scans; evaluate on the original data or train a new run"
         )
-    return dataset, Split.from_dict(config["split"])
+    split = Split.from_dict(config["split"])
+    _check_split(split, len(dataset), run)
+    return dataset, split
+
+
+def _check_split(split: Split, size: int, run: str) -> None:
+    """A stored split pointing outside the dataset was edited or belongs to other data: refuse it
+    up front, before any model work, rather than fail deep inside a batch loop."""
+    owner = f"run {run}" if run else "this run"
+    for side in SIDES:
+        indices = getattr(split, side)
+        if indices.size and (indices.min() < 0 or indices.max() >= size):
+            raise CheckpointError(
+                f"the stored split of {owner} is damaged or does not match its dataset: its {side} side "
+                f"points at scans outside 0..{size - 1} of the {size} scans; re-train the run (which makes "
+                "a fresh split) on the original data"
+            )
 
 
 def split_indices(split: Split, side: str, labels: np.ndarray, *, limit: Optional[int] = None) -> np.ndarray:

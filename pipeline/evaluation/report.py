@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import plotly.offline
 
 from pipeline.constants import CLASSES
+from pipeline.errors import UserInputError
 from pipeline.evaluation import figures
 from pipeline.evaluation.defenses import DefenseResult
 from pipeline.evaluation.reference import (
@@ -46,13 +47,19 @@ OURS = "this evaluation"
 def save_report(suite: EvaluationSuite, out_dir: Path | str) -> dict[str, Path]:
     """Write the three files side by side in ``out_dir`` (created); returns their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / name for kind, name in FILES.items()}
-    atomic_write_bytes(paths["json"], report_json(suite).encode())
-    atomic_write_bytes(paths["csv"], report_csv(suite).encode())
-    atomic_write_bytes(paths["html"], report_html(suite).encode())
-    for path in paths.values():
-        path.chmod(0o644)  # reports are for reading and sharing, unlike a run's private temporaries
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(paths["json"], report_json(suite).encode())
+        atomic_write_bytes(paths["csv"], report_csv(suite).encode())
+        atomic_write_bytes(paths["html"], report_html(suite).encode())
+        for path in paths.values():
+            path.chmod(0o644)  # reports are for reading and sharing, unlike a run's private temporaries
+    except OSError as error:
+        raise UserInputError(
+            f"cannot write the reports to {out_dir} ({error.strerror or error}); choose a folder you can "
+            "write to (--out)"
+        ) from error
     return paths
 
 
