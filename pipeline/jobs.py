@@ -15,6 +15,7 @@ after a grace period, its process group gets SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -85,11 +86,13 @@ def launch(job_dir: Path | str, args: Sequence[str], *, env: Optional[dict[str, 
             env={**os.environ, **(env or {})},
             close_fds=True,
         )
+    # Read before reaping: a child that died at once still has its /proc entry as a zombie.
+    start_ticks = _start_ticks(process.pid)
     # Reap the child when it exits so that it does not linger as a zombie in this process.
     threading.Thread(target=process.wait, daemon=True, name=f"reap-{process.pid}").start()
     job = {
         "pid": process.pid,
-        "start_ticks": _start_ticks(process.pid),
+        "start_ticks": start_ticks,
         "started_at": time.time(),
         "command": command,
         "log": LOG,
@@ -114,8 +117,7 @@ def register_self(job_dir: Path | str) -> None:
     }
 
     def change(status: dict[str, Any]) -> dict[str, Any] | None:
-        job = status.get("job")
-        if job and process_alive(int(job["pid"]), job.get("start_ticks")):
+        if _live_process(status.get("job")):
             return None
         return {**status, "job": own, "created_at": status.get("created_at", own["started_at"])}
 
@@ -132,15 +134,11 @@ def job_state(job_dir: Path | str) -> JobState:
         return JobState(
             phase, False, status, status.get("error"), _log_tail(job_dir) if phase == "failed" else ""
         )
-    job = status.get("job")
-    if job is None:
-        if time.time() - float(status.get("created_at", 0.0)) < START_TIMEOUT_S:
-            return JobState(phase, True, status)
-        alive = False
-    else:
-        alive = process_alive(int(job["pid"]), job.get("start_ticks"))
-    if alive:
-        _enforce_grace(job_dir, status)
+    process = _live_process(status.get("job"))
+    if process:
+        _enforce_grace(job_dir, status, process)
+        return JobState(phase, True, status)
+    if status.get("job") is None and time.time() - _created_at(status) < START_TIMEOUT_S:
         return JobState(phase, True, status)
     final = update_status(job_dir, lambda current: _mark_ended(job_dir, current))
     return JobState(str(final.get("phase")), False, final, final.get("error"), _log_tail(job_dir))
@@ -152,15 +150,44 @@ def _mark_ended(job_dir: Path, status: dict[str, Any]) -> Optional[dict[str, Any
         return None  # it finished properly a moment ago
     if cancel_requested(job_dir):
         return {**status, "phase": "cancelled", "finished_at": time.time()}
-    pid = (status.get("job") or {}).get("pid")
+    job = status.get("job")
     tail = _log_tail(job_dir).strip().splitlines()
     last = tail[-1] if tail else "the log is empty"
-    return {
-        **status,
-        "phase": "failed",
-        "finished_at": time.time(),
-        "error": f"the job's process ({pid or 'never started'}) ended without finishing: {last}",
-    }
+    if job is None:
+        error = f"the job's process never started: {last}"
+    elif _job_process(job) is None:
+        error = (
+            f"the job record in {STATUS} ({json.dumps(job)[:200]}) names no process this lab started "
+            "(it needs a process id above 1 and that process's start time), so the job cannot be running"
+        )
+    else:
+        error = f"the job's process ({job['pid']}) ended without finishing: {last}"
+    return {**status, "phase": "failed", "finished_at": time.time(), "error": error}
+
+
+def _job_process(job: Any) -> Optional[tuple[int, int]]:
+    """(pid, start ticks) of a well-formed job record, else None: only such a record is ours.
+
+    ``status.json`` may be edited by anyone: pid 0, 1 or below would make a signal reach init or
+    whole process groups, and a pid without its start time may since belong to any process.
+    """
+    if not isinstance(job, dict):
+        return None
+    pid, start_ticks = job.get("pid"), job.get("start_ticks")
+    if type(pid) is int and pid > 1 and type(start_ticks) is int:
+        return pid, start_ticks
+    return None
+
+
+def _live_process(job: Any) -> Optional[tuple[int, int]]:
+    """The job's (pid, start ticks) while that very process runs; None when it ended or is not ours."""
+    process = _job_process(job)
+    return process if process is not None and process_alive(*process) else None
+
+
+def _created_at(status: dict[str, Any]) -> float:
+    created = status.get("created_at")
+    return float(created) if type(created) in (int, float) else 0.0
 
 
 def process_alive(pid: int, start_ticks: Optional[int] = None) -> bool:
@@ -214,7 +241,7 @@ def list_jobs(root: Path | str) -> list[tuple[Path, JobState]]:
         for path in root.iterdir()
         if path.is_dir() and not path.name.startswith(".") and (path / STATUS).is_file()
     ]
-    return sorted(found, key=lambda item: float(item[1].status.get("created_at", 0.0)), reverse=True)
+    return sorted(found, key=lambda item: _created_at(item[1].status), reverse=True)
 
 
 # ----------------------------------------------------------------------------- cancelling
@@ -228,9 +255,9 @@ def cancel_job(job_dir: Path | str, *, grace_s: float = DEFAULT_GRACE_S) -> None
         raise UserInputError(f"{job_dir} is not a job directory; nothing to cancel")
     atomic_write_bytes(job_dir / CANCEL_FLAG, b"cancel requested\n")
     status = update_status(job_dir, {"cancel_requested_at": time.time(), "cancel_grace_s": grace_s})
-    job = status.get("job")
-    if job and status.get("phase") not in TERMINAL_PHASES:
-        timer = threading.Timer(grace_s, _terminate, args=(int(job["pid"]), job.get("start_ticks")))
+    process = _job_process(status.get("job"))
+    if process is not None and status.get("phase") not in TERMINAL_PHASES:
+        timer = threading.Timer(grace_s, _terminate, args=process)
         timer.daemon = True
         timer.start()
 
@@ -245,15 +272,14 @@ def clear_cancel(job_dir: Path | str) -> None:
         (Path(job_dir) / CANCEL_FLAG).unlink()
 
 
-def _enforce_grace(job_dir: Path, status: dict[str, Any]) -> None:
+def _enforce_grace(job_dir: Path, status: dict[str, Any], process: tuple[int, int]) -> None:
     """SIGTERM a job past its cancel grace period (covers a dashboard restarted meanwhile)."""
     asked = status.get("cancel_requested_at")
     if asked and cancel_requested(job_dir) and time.time() - asked > float(status.get("cancel_grace_s", 0)):
-        job = status["job"]
-        _terminate(int(job["pid"]), job.get("start_ticks"))
+        _terminate(*process)
 
 
-def _terminate(pid: int, start_ticks: Optional[int]) -> None:
+def _terminate(pid: int, start_ticks: int) -> None:
     if process_alive(pid, start_ticks):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)

@@ -149,19 +149,32 @@ def _save_failure(path: Path, error: OSError) -> str:
 
 
 # ------------------------------------------------------------------------------ json files
-def read_json(path: Path, *, default: Any = None) -> Any:
-    """Read a JSON file written by this store; missing gives ``default``, damage a CheckpointError."""
+def parse_json_object(
+    data: bytes | str, source: str, *, error: type[UserInputError] = CheckpointError
+) -> dict[str, Any]:
+    """Decode JSON that must hold an object; anything else raises ``error`` naming ``source``.
+
+    Python's parser recurses once per nesting level, so a file of 100,000 brackets raises
+    RecursionError rather than JSONDecodeError: that is a damaged file too, not a crash.
+    """
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as problem:
+        reason = "nested too deeply" if isinstance(problem, RecursionError) else str(problem)
+        raise error(f"{source} is not valid JSON ({reason}); fix the file or replace it") from None
+    if not isinstance(value, dict):
+        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(value), "a number")
+        raise error(f"{source} must hold a JSON object of name: value pairs, not {kind}")
+    return value
+
+
+def read_json(path: Path, *, default: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
+    """Read a JSON object written by this store; missing gives ``default``, damage a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         return default
-    data = _read_limited(path)
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(
-            f"{path.name} in {path.parent} is not valid JSON ({error}); "
-            "the file was damaged or edited by hand"
-        ) from None
+    return parse_json_object(_read_limited(path), f"{path.name} in {path.parent}")
 
 
 def _read_limited(path: Path) -> bytes:
@@ -179,9 +192,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         return []
     lines: dict[int, dict[str, Any]] = {}
     for text in _read_limited(path).decode("utf-8", errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            line = json.loads(text)
-            if isinstance(line, dict) and isinstance(line.get("epoch"), int):
+        with contextlib.suppress(CheckpointError):
+            line = parse_json_object(text, METRICS)
+            if isinstance(line.get("epoch"), int):
                 lines[line["epoch"]] = line
     return [lines[epoch] for epoch in sorted(lines)]
 
@@ -217,8 +230,15 @@ def _status_lock(run_dir: Path) -> Iterator[None]:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    status = read_json(Path(run_dir) / STATUS, default={})
-    return status if isinstance(status, dict) else {}
+    """``status.json``, or {} when it is damaged or not an object.
+
+    It only records progress and job details: damage there must not make a run's model
+    unusable, and the next update rewrites the file whole.
+    """
+    try:
+        return read_json(Path(run_dir) / STATUS, default={})
+    except CheckpointError:
+        return {}
 
 
 def update_status(
@@ -403,8 +423,7 @@ def read_record(run_dir: Path) -> RunRecord:
         if (run_dir / CONFIG).is_file():
             record.config = read_config(run_dir)
         else:
-            request = read_json(run_dir / REQUEST, default={})
-            record.config = request if isinstance(request, dict) else {}
+            record.config = read_json(run_dir / REQUEST, default={})
     except (UserInputError, OSError) as error:
         record.error = f"run {run_dir.name} cannot be read: {error}"
     return record
@@ -518,7 +537,11 @@ def import_run(zip_path: Path | str, runs_dir: Path | str) -> Path:
             try:
                 for entry, name in entries:
                     _extract_limited(archive, entry, staging / name)
-                _verify_import(staging)
+                try:
+                    _verify_import(staging)
+                except CheckpointError as error:  # the user knows the zip, not the hidden staging folder
+                    message = str(error).replace(str(staging), zip_path.name)
+                    raise CheckpointError(message.replace(staging.name, zip_path.name)) from None
                 target = _free_name(runs_dir, _safe_name(folder or zip_path.stem))
                 os.rename(staging, target)
             except BaseException:

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 from pipeline.jobs import LOG, START_TIMEOUT_S, job_state, process_alive
-from pipeline.runs import list_runs, load_model, read_config, read_metrics, read_status, update_status
+from pipeline.runs import (
+    delete_run,
+    list_runs,
+    load_model,
+    read_config,
+    read_metrics,
+    read_status,
+    update_status,
+)
 from pipeline.training import TrainConfig, cancel_job, start_job
 from tests.training_helpers import REPO, TINY, child_env, metric_epochs, wait_for
 
@@ -20,6 +28,10 @@ LONG = {**TINY, "epochs": 200}
 def _pid(run_dir: Path) -> int:
     wait_for(lambda: "job" in read_status(run_dir), timeout=30)
     return int(read_status(run_dir)["job"]["pid"])
+
+
+def _ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def _seen_from_another_process(run_dir: Path) -> str:
@@ -92,7 +104,7 @@ def test_reused_or_missing_pid_is_not_running(tmp_path: Path) -> None:
     reused = tmp_path / "reused"
     reused.mkdir()
     me = os.getpid()
-    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    ticks = _ticks(me)
     update_status(reused, {"phase": "training", "job": {"pid": me, "start_ticks": ticks + 1}})
     assert process_alive(me, ticks) and not process_alive(me, ticks + 1)
     assert job_state(reused).phase == "failed"
@@ -100,6 +112,43 @@ def test_reused_or_missing_pid_is_not_running(tmp_path: Path) -> None:
     never.mkdir()
     update_status(never, {"phase": "queued", "created_at": time.time() - START_TIMEOUT_S - 1})
     assert job_state(never).phase == "failed" and "never started" in job_state(never).error
+
+
+def test_malformed_job_records_are_failed_never_running(tmp_path: Path) -> None:
+    """A hand-edited status.json must not crash, keep a run running forever, or name pid 1."""
+    for name, job in (
+        ("text-pid", {"pid": "abc"}),
+        ("init", {"pid": 1, "start_ticks": None, "command": ["rm", "-rf"]}),
+        ("no-start-time", {"pid": os.getpid()}),
+        ("pid-zero", {"pid": 0, "start_ticks": _ticks(os.getpid())}),
+    ):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        update_status(run_dir, {"phase": "training", "job": job})
+        state = job_state(run_dir)
+        assert state.phase == "failed" and not state.running, (name, state)
+        assert "names no process" in state.error and read_status(run_dir)["phase"] == "failed"
+        delete_run(run_dir)
+
+
+def test_cancel_signals_only_a_recorded_process(tmp_path: Path) -> None:
+    """Cancel must SIGTERM the process its record proves is the job's, and nothing else."""
+    stranger, ours = (subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2))
+    try:
+        for process, job in (
+            (stranger, {"pid": stranger.pid}),  # a live pid without its start time
+            (ours, {"pid": ours.pid, "start_ticks": _ticks(ours.pid)}),
+        ):
+            run_dir = tmp_path / str(process.pid)
+            run_dir.mkdir()
+            update_status(run_dir, {"phase": "training", "job": job})
+            cancel_job(run_dir, grace_s=0)
+        assert ours.wait(timeout=30) == -signal.SIGTERM
+        assert stranger.poll() is None
+    finally:
+        for process in (stranger, ours):
+            process.kill()
+            process.wait()
 
 
 def test_two_trainings_at_once_do_not_mix(tmp_path: Path) -> None:

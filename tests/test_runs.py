@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import signal
 import struct
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.__main__ import main
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import build_model
 from pipeline.runs import (
@@ -26,6 +28,7 @@ from pipeline.runs import (
     import_run,
     list_runs,
     load_model,
+    read_metrics,
     read_status,
     save_model,
     update_status,
@@ -141,6 +144,50 @@ def test_absurd_configs_are_refused(tmp_path: Path, change: dict, words: str) ->
     run_dir, _ = make_run(tmp_path, **change)
     _expect_error(run_dir, words)
     assert list_runs(tmp_path)[0].error  # listed (so it can be deleted), marked unreadable
+
+
+#: Python's json parser recurses once per bracket, so this raises RecursionError, not JSONDecodeError.
+DEEP_JSON = '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def test_deep_or_non_object_json_is_refused_and_listed(tmp_path: Path) -> None:
+    run_dir, _ = make_run(tmp_path)
+    (run_dir / CONFIG).write_text(DEEP_JSON)
+    _expect_error(run_dir, CONFIG, "nested too deeply")
+    [record] = list_runs(tmp_path)  # the store stays listable, the run marked unreadable
+    assert "nested too deeply" in record.error
+    (run_dir / CONFIG).write_text("[1, 2, 3]")
+    _expect_error(run_dir, CONFIG, "JSON object", "array")
+    (run_dir / CONFIG).write_bytes(b"\xff\xfe{")
+    _expect_error(run_dir, CONFIG, "not valid JSON")
+    (run_dir / "metrics.jsonl").write_text(DEEP_JSON + "\n" + json.dumps({"epoch": 2}) + "\n")
+    assert read_metrics(run_dir) == [{"epoch": 2}]  # a damaged line is skipped
+
+
+def test_train_settings_file_too_deep_or_not_an_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "settings.json"
+    handler = signal.getsignal(signal.SIGTERM)  # the train command installs its own
+    try:
+        for text, words in ((DEEP_JSON, "nested too deeply"), ("[1]", "JSON object")):
+            settings.write_text(text)
+            assert main(["train", "--config-json", str(settings), "--runs-dir", str(tmp_path)]) == 2
+            error = capsys.readouterr().err
+            assert error.startswith("error: settings file") and words in error, error
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert list(tmp_path.iterdir()) == [settings]
+
+
+def test_import_errors_name_the_zip_not_the_staging_folder(tmp_path: Path) -> None:
+    entries = {**_valid_entries(tmp_path), "run/config.json": DEEP_JSON.encode()}
+    archive = _zip(tmp_path / "shared-run.zip", entries)
+    with pytest.raises(CheckpointError) as caught:
+        import_run(archive, tmp_path / "runs")
+    message = str(caught.value)
+    assert "shared-run.zip" in message and "nested too deeply" in message and ".import" not in message
+    assert not any((tmp_path / "runs").iterdir())
 
 
 def test_export_import_round_trip(tmp_path: Path) -> None:
@@ -264,7 +311,8 @@ def test_delete(tmp_path: Path) -> None:
     run_dir, _ = make_run(tmp_path)
     with pytest.raises(CheckpointError):
         delete_run(tmp_path)  # the runs folder itself is not a run
-    update_status(run_dir, {"phase": "training", "job": {"pid": os.getpid(), "start_ticks": None}})
+    ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    update_status(run_dir, {"phase": "training", "job": {"pid": os.getpid(), "start_ticks": ticks}})
     with pytest.raises(UserInputError, match="still running"):
         delete_run(run_dir)
     update_status(run_dir, {"phase": "done"})

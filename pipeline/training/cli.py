@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
 from pipeline.progress import ProgressCallback, tqdm_progress
-from pipeline.runs import read_record
+from pipeline.runs import parse_json_object, read_record
 from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.loop import EXECUTION_FIELDS, train
 
@@ -91,12 +90,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
         if args.config_json:
-            settings = _read_settings(args.config_json)
-            if not isinstance(settings, dict):
-                raise UserInputError(
-                    f"settings file {args.config_json} must hold a JSON object of field: value"
-                )
-            values.update(settings)
+            values.update(_read_settings(args.config_json))
         config = TrainConfig.from_dict({**values, **explicit}, strict=True)
         run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir)
     if is_main:
@@ -117,13 +111,12 @@ def _bars() -> ProgressCallback:
     return update
 
 
-def _read_settings(path: Path) -> Any:
+def _read_settings(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = path.read_bytes()
     except OSError as error:
         raise UserInputError(f"cannot read settings file {path}: {error.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserInputError(f"settings file {path} is not valid JSON ({error})") from None
+    return parse_json_object(data, f"settings file {path}", error=UserInputError)
 
 
 def _print_outcome(run_dir: Path) -> None:
