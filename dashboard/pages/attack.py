@@ -1,0 +1,236 @@
+"""Attack a scan: pick a scan, a model (or two) and an attack; see what the attack did.
+
+The page gathers inputs and calls :func:`pipeline.scan_report.analyse_scan` once per model, in a
+background thread so a slow attack (CW on a CPU) never freezes the page; everything drawn comes
+from the returned reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import streamlit as st
+import torch
+
+from dashboard.ui import demo, scan_views
+from dashboard.ui.controls import attack_controls
+from dashboard.ui.feedback import describe_error, shown_errors
+from dashboard.ui.images import enlarge, grey8, show
+from dashboard.ui.progress_view import show_progress, take_finished
+from dashboard.ui.resources import cached_model, run_data
+from dashboard.ui.session import selected_run
+from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
+from dashboard.ui.tasks import Task
+from pipeline.attacks import attack_class, available
+from pipeline.attacks.minimal import minimal_epsilon
+from pipeline.errors import UserInputError
+from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
+from pipeline.scan_report import MINIMAL_EPS_ATTACK, analyse_scan, staged
+from pipeline.units import format_epsilon
+
+#: The largest scan upload in MB (one slice is well under 1 MB; a multi-frame DICOM can be tens of MB).
+SCAN_UPLOAD_MB = 50
+TASK_KEY = "attack.task"
+RESULT_KEY = "attack.result"
+FAMILY_ORDER = ("white-box", "black-box", "ensemble", "corruption")
+FAMILY_WORDS = {"white-box": "knows the model", "black-box": "only sees the model's answers",
+                "ensemble": "several attacks, worst case", "corruption": "ordinary image degradation"}
+#: The largest budget the minimal-epsilon search tries (its default), for the captions.
+MINIMAL_HIGH = format_epsilon(minimal_epsilon.__kwdefaults__["high"])
+
+
+@dataclass
+class ScanChoice:
+    """The scan to attack, without any patient data: pixels, optional label, where it came from."""
+
+    image: torch.Tensor  #: float [1, S, S] in [0, 1]
+    label: Optional[int]
+    origin: dict[str, Any] = field(default_factory=dict)
+    dicom: Optional[bytes] = None  #: the uploaded DICOM, kept in memory for the DICOM download
+
+
+def choose_test_scan(config: dict[str, Any], classes: tuple[str, ...]) -> Optional[ScanChoice]:
+    if "split" not in config:
+        st.info("This model came without its training data, so there are no held-out test scans to pick from. "
+                "Upload a scan instead.", icon=":material/info:")
+        return None
+    loaded = run_data(config)
+    if loaded is None:
+        return None
+    dataset, split = loaded
+    if len(split.test) == 0:
+        st.info("This model's run kept no test scans (test fraction 0). Upload a scan instead.")
+        return None
+    wanted = st.selectbox("Diagnosis", ["all", *classes], key="attack:class",
+                          help="Show only test scans of one diagnosis")
+    indices = split.test if wanted == "all" else split.test[dataset.labels[split.test] == classes.index(wanted)]
+    if len(indices) == 0:
+        st.info(f"No {wanted} scans in this test split.")
+        return None
+    position = st.slider("Test scan", 1, len(indices), 1, key="attack:position") if len(indices) > 1 else 1
+    index = int(indices[min(position, len(indices)) - 1])
+    image, label = dataset[index]
+    show(enlarge(grey8(image), 240), width=240,
+             caption=f"Test scan {position} of {len(indices)} · labelled {classes[label]}")
+    return ScanChoice(image, label, {"source": "test split", "dataset": dataset.name, "index": index,
+                                     "true_label": classes[label]})
+
+
+def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanChoice]:
+    upload = st.file_uploader("Upload one CT slice", key="attack:upload", max_upload_size=SCAN_UPLOAD_MB,
+                              help=f"{ACCEPTED_FORMATS}. The file stays in this session's memory and is never "
+                                   "written to disk; patient details in a DICOM are neither read nor shown.")
+    if upload is None:
+        st.caption("JPEG, PNG or DICOM, one axial slice. Nothing is stored.")
+        return None
+    data = upload.getvalue()
+    scan = open_scan(data)
+    for note in scan.notes:
+        st.caption(f"Note: {note}")
+    image = preprocess_image(scan.image, image_size)
+    show(enlarge(image, 240), width=240,
+             caption=f"{scan.format} scan, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
+                     f"sees it ({image_size}×{image_size})")
+    answer = st.selectbox("What does the scan show?", ["not known", *classes], key="attack:upload-label",
+                          help="With the true diagnosis the attack pushes away from it; without, away from the "
+                               "model's own answer.")
+    label = None if answer == "not known" else classes.index(answer)
+    return ScanChoice(torch.from_numpy(image).float().div(255.0)[None], label,
+                      {"source": "upload", "format": scan.format, "sha256": hashlib.sha256(data).hexdigest()[:16],
+                       "true_label": None if label is None else classes[label]},
+                      dicom=data if scan.format == "DICOM" else None)
+
+
+def choose_attack() -> tuple[str, dict[str, Any]]:
+    names = sorted(available(), key=lambda name: FAMILY_ORDER.index(attack_class(name).family)
+                   if attack_class(name).family in FAMILY_ORDER else len(FAMILY_ORDER))
+    name = st.selectbox("Attack", names, index=names.index("fgsm") if "fgsm" in names else 0, key="attack:name",
+                        format_func=lambda n: f"{attack_class(n).title} · {attack_class(n).family}")
+    cls = attack_class(name)
+    st.caption(f"{cls.description or cls.title} — a {cls.family} attack ({FAMILY_WORDS.get(cls.family, '')}).")
+    return name, attack_controls(name, key="attack")
+
+
+def start(models: list[tuple[str, Any]], scan: ScanChoice, name: str, params: dict[str, Any],
+          target: Optional[int], minimal: bool, classes: tuple[str, ...], inputs: dict[str, Any]) -> None:
+    def work(progress):
+        return [(title, analyse_scan(model, scan.image, name, params, label=scan.label, target=target,
+                                     classes=classes, find_minimal_eps=minimal,
+                                     progress=staged(progress, number, len(models), title)))
+                for number, (title, model) in enumerate(models)]
+
+    st.session_state[TASK_KEY] = Task(f"Running {attack_class(name).title}", work, inputs).start()
+
+
+def collect_finished() -> None:
+    """Move a finished attack's reports into the session (or say why there are none)."""
+    task = take_finished(TASK_KEY)
+    if task is None:
+        return
+    if task.cancelled:
+        st.toast("The attack was cancelled.")
+    elif task.error is not None:
+        st.error(describe_error(task.error, "run the attack"), icon=":material/error:")
+    else:
+        st.session_state[RESULT_KEY] = (task.inputs, task.result)
+
+
+def show_results(current: dict[str, Any]) -> None:
+    stored = st.session_state.get(RESULT_KEY)
+    if stored is None:
+        return
+    inputs, reports = stored
+    used_scan: ScanChoice = inputs["scan"]
+    if inputs["current"] != current:
+        st.caption("These results are for the previous choices; press **Run the attack** to update them.")
+    context = {"models": [title for title, _ in reports], "scan": used_scan.origin,
+               "synthetic_data": inputs["synthetic"]}
+    if inputs["synthetic"]:
+        st.caption("Synthetic phantom: these results show how the method behaves, not a medical finding.")
+    if len(reports) > 1:
+        columns = st.columns(len(reports))
+        for column, (title, report) in zip(columns, reports):
+            with column:
+                scan_views.report_summary(report, title, key=f"summary:{title}")
+        tabs = st.tabs([title for title, _ in reports])
+    else:
+        tabs = [st.container()]
+    for tab, (title, report) in zip(tabs, reports):
+        with tab:
+            scan_views.report_detail(report, key=f"detail:{title}", minimal_high=MINIMAL_HIGH,
+                                     record=scan_views.as_record(report, **context, model_shown=title),
+                                     dicom_source=used_scan.dicom)
+
+
+st.title("Attack a scan")
+st.caption("Make a small, deliberate change to a CT slice and see what it does to the model's answer, "
+           "where the model looks, and how visible the change is.")
+
+collect_finished()
+run = selected_run()
+if run is None:
+    demo.offer()
+    st.stop()
+
+loaded = None
+with shown_errors("load the model"):
+    loaded = cached_model(run)
+if loaded is None:
+    st.stop()
+model, record = loaded
+classes = tuple(record.config.get("classes", ()))
+if is_synthetic(record):
+    synthetic_badge()
+
+scan_column, attack_column, model_column = st.columns([1.1, 1.2, 1], gap="large")
+scan = None
+with scan_column:
+    st.markdown("##### 1 · The scan")
+    source = st.segmented_control("Scan from", ["Test split", "Upload"], default="Test split",
+                                  key="attack:source", label_visibility="collapsed")
+    with shown_errors("read the scan"):
+        scan = (choose_upload(int(record.config["image_size"]), classes) if source == "Upload"
+                else choose_test_scan(record.config, classes))
+with attack_column:
+    st.markdown("##### 2 · The attack")
+    name, params = choose_attack()
+with model_column:
+    st.markdown("##### 3 · The model")
+    st.caption(run_label(record))
+    others = {str(other.run_dir): other for other in usable_runs() if str(other.run_dir) != run}
+    compare = st.selectbox("Compare with a second model", [None, *others], key="attack:compare",
+                           format_func=lambda path: "no comparison" if path is None else run_label(others[path]),
+                           help="Attack the same scan on another model, e.g. normal vs adversarially trained.")
+    target = None
+    if attack_class(name).supports_target:
+        choice = st.selectbox("Push the answer towards", ["any other class", *classes], key="attack:target",
+                              help="A targeted attack tries to make the model say this class.")
+        target = None if choice == "any other class" else classes.index(choice)
+    minimal = st.toggle("Also find the smallest budget that flips this scan", value=True, key="attack:minimal",
+                        help=f"Searches the {MINIMAL_EPS_ATTACK.upper()} budget up to {MINIMAL_HIGH} by bisection; "
+                             "takes several attack runs.")
+    running = st.session_state.get(TASK_KEY) is not None
+    clicked = st.button("Run the attack", type="primary", icon=":material/play_arrow:", key="attack:run",
+                        disabled=scan is None or running, width="stretch")
+
+current = {"run": run, "compare": compare, "scan": None if scan is None else scan.origin, "attack": name,
+           "params": params, "target": target, "minimal": minimal}
+if clicked and scan is not None:
+    with shown_errors("start the attack"):
+        models = [(record.name, model)]
+        if compare is not None:
+            second, second_record = cached_model(compare)
+            if second_record.config.get("image_size") != record.config.get("image_size"):
+                raise UserInputError(
+                    f"the two models read scans of different sizes ({record.config.get('image_size')} and "
+                    f"{second_record.config.get('image_size')} px); compare models trained at the same image size")
+            models.append((second_record.name, second))
+        start(models, scan, name, params, target, minimal, classes,
+              {"current": current, "scan": scan, "synthetic": is_synthetic(record)})
+        st.rerun()
+
+st.divider()
+show_progress(TASK_KEY)
+show_results(current)

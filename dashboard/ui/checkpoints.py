@@ -1,0 +1,42 @@
+"""Adopting weights trained elsewhere: a bare ``.safetensors`` file becomes a run of this lab.
+
+Composition only, from :mod:`pipeline.runs`: the file is read as safetensors (never unpickled),
+its tensors are checked by name, shape, dtype and finiteness against a freshly built model, and
+only then is a run directory written (model, config, status). A run made this way stores no
+split, so the Attack page offers uploads for it, not "test scans" it may have been trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.constants import CLASSES
+from pipeline.models import build_model
+from pipeline.runs import CONFIG, MODEL, atomic_write_json, check_state, load_tensors, new_run_dir, save_model, update_status
+from pipeline.training import TrainConfig
+
+#: What the run's config says about its data: unknown, and not the synthetic phantom.
+FOREIGN_DATA = "(trained elsewhere)"
+
+
+def import_checkpoint(path: Path, runs_dir: Path, *, arch: str, image_size: int) -> Path:
+    """Check the weights at ``path`` against ``arch`` and store them as a new run; returns its directory."""
+    config = TrainConfig(arch=arch, image_size=image_size, data=FOREIGN_DATA)  # validates arch and size
+    tensors, _ = load_tensors(path)
+    model = build_model(arch)
+    check_state(tensors, model, path.name)
+    model.load_state_dict(tensors, strict=True)
+    run_dir = new_run_dir(runs_dir, f"{arch}-imported")
+    try:
+        save_model(run_dir / MODEL, model)
+        atomic_write_json(run_dir / CONFIG, {**config.to_dict(), "classes": list(CLASSES),
+                                             "num_classes": len(CLASSES), "created_at": time.time(),
+                                             "imported": "weights uploaded as safetensors; training unknown"})
+        update_status(run_dir, {"phase": "imported", "created_at": time.time(),
+                                "message": "weights trained elsewhere, imported as safetensors"})
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir

@@ -1,0 +1,73 @@
+"""Live view of a background job (training or evaluation), read from its directory every couple of seconds.
+
+The job is a separate process that writes ``status.json`` and ``metrics.jsonl``; reading them
+back (not holding any handle) is what lets the view survive a page refresh or a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.ui import figures
+from dashboard.ui.feedback import shown_errors
+from dashboard.ui.progress_view import remaining_words
+from pipeline.runs import read_metrics
+from pipeline.jobs import cancel_job, job_state
+
+POLL_SECONDS = 2.0
+
+
+def training_curves(run_dir: Path, key: str) -> None:
+    """Loss and clean/robust accuracy per epoch, as far as the run has come."""
+    metrics = read_metrics(run_dir)
+    if not metrics:
+        st.caption("Curves appear after the first epoch.")
+        return
+    epochs = [line["epoch"] for line in metrics]
+    accuracy = {label: (epochs, [line.get(name, float("nan")) for line in metrics])
+                for label, name in (("validation, clean", "val_acc"), ("validation, under PGD", "val_robust_acc"),
+                                    ("training, clean", "train_acc"), ("training, under PGD", "train_robust_acc"))
+                if any(name in line for line in metrics)}
+    left, right = st.columns(2)
+    left.plotly_chart(figures.lines({"training loss": (epochs, [line["train_loss"] for line in metrics])},
+                                    x_title="epoch", y_title="loss", title="Loss"),
+                      key=f"{key}:loss", config={"displaylogo": False})
+    right.plotly_chart(figures.lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy",
+                                     percent=True), key=f"{key}:acc", config={"displaylogo": False})
+    st.caption("Accuracy on clean scans and under a PGD attack after each epoch; a robust model keeps "
+               "the two curves close.")
+
+
+def job_panel(run_dir: Path | str, *, key: str, curves: bool = True, what: str = "training") -> bool:
+    """Draw the job's progress (live while it runs); returns True while it is still running."""
+    state = job_state(run_dir)
+    if state.running:
+        _live(str(run_dir), key, curves, what)
+        return True
+    if state.phase == "failed":
+        st.error(f"The {what} {Path(run_dir).name} failed: {state.error or 'no reason recorded'}",
+                 icon=":material/error:")
+    elif state.phase == "cancelled":
+        st.warning(f"The {what} {Path(run_dir).name} was cancelled"
+                   + ("; its last finished epoch is kept." if curves else "."), icon=":material/stop_circle:")
+    if curves:
+        training_curves(Path(run_dir), key)
+    return False
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _live(run_dir: str, key: str, curves: bool, what: str) -> None:
+    state = job_state(run_dir)
+    if not state.running:
+        st.rerun(scope="app")
+    st.progress(min(max(state.progress, 0.0), 1.0),
+                text=f"{state.message or state.phase} · {remaining_words(state.eta_s)}")
+    if st.button(f"Cancel the {what}", key=f"{key}:cancel", icon=":material/stop_circle:",
+                 disabled=bool(state.status.get("cancel_requested_at"))):
+        with shown_errors(f"cancel the {what}"):
+            cancel_job(run_dir)
+            st.toast("Cancelling: the job stops after its current batch.")
+    if curves:
+        training_curves(Path(run_dir), key)

@@ -1,0 +1,83 @@
+"""Cached models and datasets, shared safely between sessions.
+
+A model is loaded once per run directory and checkpoint version (the checkpoint's mtime is part
+of the key, so a retrained or replaced run is reloaded, never served stale). Every use of a
+shared model goes through :func:`pipeline.guard.exclusive_eval` inside the pipeline, so two
+people attacking different scans at once cannot see each other's mode or gradients.
+Datasets are resources too: large tensors that nobody mutates, not worth pickling per session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import streamlit as st
+from torch import nn
+
+from dashboard.ui.progress_view import background
+from pipeline.data import ScanDataset, Split, leakage_report, load_dataset, split_dataset
+from pipeline.device import select_device
+from pipeline.evaluation.data import run_data as stored_run_data
+from pipeline.progress import ProgressCallback
+from pipeline.runs import MODEL, RunRecord, load_model
+
+MODEL_CACHE_ENTRIES = 4
+#: What identifies a run's data and split in its config (the cache key of its test scans).
+RUN_DATA_FIELDS = ("data", "image_size", "data_seed", "count", "window", "split", "dataset")
+DATASET_CACHE_ENTRIES = 4
+
+
+def model_version(run_dir: str | Path) -> float:
+    """The checkpoint's modification time: a new checkpoint means a new cache entry."""
+    path = Path(run_dir) / MODEL
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner="Loading the model…")
+def _load_model(run_dir: str, version: float) -> tuple[nn.Module, RunRecord]:
+    return load_model(run_dir, device=select_device())
+
+
+def cached_model(run_dir: str | Path) -> tuple[nn.Module, RunRecord]:
+    """The model of ``run_dir`` on the chosen device, loaded once per checkpoint version."""
+    return _load_model(str(Path(run_dir).resolve()), model_version(run_dir))
+
+
+@st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
+def cached_dataset(source: str, image_size: int, seed: int = 0, count: int = 600, window: str = "lung",
+                   _progress: Optional[ProgressCallback] = None) -> ScanDataset:
+    """A dataset held once per process; ``_progress`` (not part of the key) reports a first load."""
+    return load_dataset(source, image_size=image_size, seed=seed, count=count, window=window, progress=_progress)
+
+
+def loaded_dataset(source: str, image_size: int, seed: int = 0, count: int = 600,
+                   window: str = "lung") -> Optional[ScanDataset]:
+    """The dataset, loaded in the background with live progress on a first load; None until ready."""
+    key = (source, image_size, seed, count, window)
+    return background("dataset.load", "Loading scans",
+                      lambda progress: cached_dataset(*key, _progress=progress), inputs={"dataset": key})
+
+
+@st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
+def _run_data(key: str, _config: dict[str, Any], _progress: Optional[ProgressCallback] = None) -> tuple[ScanDataset, Split]:
+    return stored_run_data(_config, progress=_progress)
+
+
+def run_data(config: dict[str, Any]) -> Optional[tuple[ScanDataset, Split]]:
+    """The dataset a run was trained on and the split it stored, so "test scans" means unseen ones.
+
+    Loaded in the background (live progress on a first load); None until ready.
+    """
+    key = json.dumps({name: config.get(name) for name in RUN_DATA_FIELDS}, sort_keys=True)
+    return background("run.data", "Loading the model's test scans",
+                      lambda progress: _run_data(key, config, _progress=progress), inputs={"run": key})
+
+
+@st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner="Splitting and checking for leaks…")
+def cached_split(source: str, image_size: int, seed: int, count: int, strategy: str) -> tuple[Split, dict[str, Any]]:
+    """The split the Data page shows and its leakage report (how many test scans have a twin in training)."""
+    dataset = cached_dataset(source, image_size, seed, count)
+    split = split_dataset(dataset, seed=seed, strategy=strategy)
+    return split, leakage_report(dataset, split)

@@ -1,0 +1,184 @@
+"""Everything the dashboard shows about one attacked scan, from one call.
+
+``analyse_scan`` composes existing pieces and adds no math of its own: the attack (with its
+step-by-step trace), the model's probabilities before and after, Grad-CAM of both scans with
+the explanation shift, perturbation sizes, PSNR/SSIM and, optionally, the minimal PGD budget
+that flips the scan. Keeping the composition here keeps the page thin and lets the CLI, tests
+and the concurrency checks run exactly what the dashboard runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.attacks import get_attack, minimal_epsilon
+from pipeline.errors import UserInputError
+from pipeline.evaluation.metrics import psnr, ssim
+from pipeline.explain import explain, explanation_shift
+from pipeline.guard import exclusive_eval
+from pipeline.progress import ProgressCallback, report
+
+#: The attack whose budget the minimal-epsilon search varies (white-box, the field's reference).
+MINIMAL_EPS_ATTACK = "pgd"
+#: Progress units per stage (attack, explanation, minimal budget), so a stage's own steps fit in.
+STEPS = 1000
+
+
+@dataclass
+class ScanReport:
+    """One attack on one scan, ready to draw. Images are float ``[H, W]`` in ``[0, 1]``."""
+
+    attack: str
+    params: dict[str, Any]
+    classes: tuple[str, ...]
+    label: int  #: the class attacked away from: the true class when known, else the clean prediction
+    label_known: bool
+    target: Optional[int]
+    clean: np.ndarray
+    attacked: np.ndarray
+    probs_clean: np.ndarray  #: [C]
+    probs_attacked: np.ndarray  #: [C]
+    trace: np.ndarray  #: probability of ``label`` after each attack step; [0] is the clean scan
+    success: bool
+    linf: float
+    l2: float
+    l0: float
+    psnr: float
+    ssim: float
+    cam_clean: np.ndarray
+    cam_attacked: np.ndarray
+    shift: dict[str, float]
+    minimal_eps: Optional[float] = None  #: inf when even the search's largest budget fails
+    queries: Optional[int] = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prediction_clean(self) -> int:
+        return int(np.argmax(self.probs_clean))
+
+    @property
+    def prediction_attacked(self) -> int:
+        return int(np.argmax(self.probs_attacked))
+
+    @property
+    def delta(self) -> np.ndarray:
+        """Attacked minus clean, in image scale."""
+        return self.attacked - self.clean
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record of what was done and what came out (no pixels, no patient data)."""
+        def number(value: float) -> Optional[float]:
+            return float(value) if math.isfinite(value) else None
+
+        return {
+            "attack": self.attack,
+            "params": self.params,
+            "classes": list(self.classes),
+            "label": self.classes[self.label],
+            "label_known": self.label_known,
+            "target": None if self.target is None else self.classes[self.target],
+            "prediction_clean": self.classes[self.prediction_clean],
+            "prediction_attacked": self.classes[self.prediction_attacked],
+            "probabilities_clean": dict(zip(self.classes, map(float, self.probs_clean))),
+            "probabilities_attacked": dict(zip(self.classes, map(float, self.probs_attacked))),
+            "success": self.success,
+            "linf": self.linf, "l2": self.l2, "l0": self.l0,
+            "psnr_db": number(self.psnr), "ssim": self.ssim,
+            "explanation_shift": self.shift,
+            "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
+            "minimal_eps_attack": MINIMAL_EPS_ATTACK if self.minimal_eps is not None else None,
+            "queries": self.queries,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def analyse_scan(
+    model: nn.Module,
+    image: torch.Tensor,
+    attack: str,
+    params: Optional[Mapping[str, Any]] = None,
+    *,
+    label: Optional[int] = None,
+    target: Optional[int] = None,
+    classes: tuple[str, ...],
+    find_minimal_eps: bool = False,
+    progress: Optional[ProgressCallback] = None,
+) -> ScanReport:
+    """Attack ``image`` (``[1, H, W]`` or ``[H, W]`` in ``[0, 1]``) on ``model`` and measure everything.
+
+    ``label`` is the scan's true class when known; without it the attack moves the scan away
+    from the model's own clean prediction. ``target`` asks a targeted attack for that class.
+    """
+    started = time.monotonic()
+    params = dict(params or {})
+    attacker = get_attack(attack, **params)  # validates the name and every parameter first
+    device = next(model.parameters()).device
+    x = _as_batch(image).to(device)
+    probs_clean = _probabilities(model, x)
+    if len(classes) != probs_clean.shape[0]:
+        raise UserInputError(f"the model predicts {probs_clean.shape[0]} classes but {len(classes)} were named")
+    known = label is not None
+    if label is None:
+        label = int(probs_clean.argmax())
+    if not 0 <= int(label) < len(classes) or (target is not None and not 0 <= int(target) < len(classes)):
+        raise UserInputError(f"classes are numbered 0..{len(classes) - 1}")
+    y = torch.tensor([int(label)], device=device)
+    stages = 3 if find_minimal_eps else 2
+    x_adv, info = attacker(
+        model, x, y, target=None if target is None else torch.tensor([int(target)], device=device),
+        progress=staged(progress, 0, stages, attacker.title), return_info=True,
+    )
+    report(progress, STEPS, STEPS * stages, "explaining both scans")
+    maps = explain(model, torch.cat([x, x_adv]))
+    minimal = None
+    if find_minimal_eps:
+        minimal = float(minimal_epsilon(model, x, y, MINIMAL_EPS_ATTACK,
+                                        progress=staged(progress, 2, stages, "smallest flipping budget"))[0])
+    report(progress, STEPS * stages, STEPS * stages, "done")
+    return ScanReport(
+        attack=attacker.name, params=dict(attacker.config), classes=tuple(classes), label=int(label),
+        label_known=known, target=None if target is None else int(target),
+        clean=x[0, 0].cpu().numpy(), attacked=x_adv[0, 0].cpu().numpy(),
+        probs_clean=probs_clean, probs_attacked=_probabilities(model, x_adv),
+        trace=info.trace[:, 0].numpy(), success=bool(info.success[0]),
+        linf=float(info.linf[0]), l2=float(info.l2[0]), l0=float(info.l0[0]),
+        psnr=float(psnr(x, x_adv)[0]), ssim=float(ssim(x, x_adv)[0]),
+        cam_clean=maps[0], cam_attacked=maps[1], shift=explanation_shift(maps[0], maps[1]),
+        minimal_eps=minimal, queries=None if info.queries is None else int(info.queries[0]),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _as_batch(image: torch.Tensor) -> torch.Tensor:
+    image = torch.as_tensor(image)
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3 or image.shape[0] != 1 or not image.is_floating_point():
+        raise UserInputError("analyse_scan needs one grey scan: a float tensor [1, H, W] or [H, W] in [0, 1]")
+    return image[None].float()
+
+
+def _probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with exclusive_eval(model), torch.no_grad():
+        return F.softmax(model(x).float(), dim=1)[0].cpu().numpy()
+
+
+def staged(progress: Optional[ProgressCallback], index: int, stages: int, name: str) -> Optional[ProgressCallback]:
+    """A callback that maps one stage's own ``done/total`` into its share of the whole report."""
+    if progress is None:
+        return None
+
+    def inner(done: int, total: int, message: str) -> None:
+        share = done / total if total else 0.0
+        progress(int(STEPS * (index + share)), STEPS * stages, f"{name}: {message}" if message else name)
+
+    return inner

@@ -1,0 +1,376 @@
+"""The dashboard page by page, through Streamlit's AppTest, on tiny real models and real files.
+
+Every page is run as a user would drive it: widgets present, actions produce the expected
+figures and numbers, bad input ends in an ``st.error`` message and never in an exception.
+Models are ResNet-18s trained for one epoch on 32-pixel phantoms, so the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+from streamlit.testing.v1 import AppTest
+
+from dashboard.ui.checkpoints import import_checkpoint
+from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
+from pipeline.data import load_dataset, split_dataset
+from pipeline.evaluation import SuiteSettings, evaluate_models
+from pipeline.evaluation.data import run_data
+from pipeline.evaluation.report import save_report
+from pipeline.models import build_model
+from pipeline.runs import export_run, list_runs, load_model, save_model, update_status
+from pipeline.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+#: A tiny dataset everywhere: 36 phantom scans of 32 px.
+TINY = dict(arch="resnet18", image_size=32, count=36, epochs=1, batch_size=8, eval_size=8, val_steps=1,
+            device="cpu", test_fraction=0.25)
+
+
+@dataclass
+class Lab:
+    runs: Path
+    first: Path  #: a normally trained run
+    second: Path  #: another run, for side-by-side comparison
+    foreign: Path  #: weights imported from elsewhere at 64 px: no stored split, another input size
+    evaluation: Path  #: a finished evaluation job directory of ``first``
+
+
+def _evaluation(run_dir: Path) -> Path:
+    """A finished evaluation beside ``run_dir``, made in-process as the background job makes it."""
+    model, record = load_model(run_dir)
+    dataset, split = run_data(record.config)
+    suite = evaluate_models({record.name: model}, dataset, split.test,
+                            SuiteSettings(attacks=("fgsm", "pgd", "cw"), epsilons=(2 / 255, 4 / 255), steps=2,
+                                          strength=False, transfer=False, minimal_epsilon=True))
+    job_dir = run_dir / "evaluations" / "20260101-000000"
+    outputs = save_report(suite, job_dir)
+    update_status(job_dir, {"phase": "done", "created_at": time.time(),
+                            "outputs": {kind: str(path) for kind, path in outputs.items()}})
+    return job_dir
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUNGLAB_RUNS_DIR", str(runs))
+        weights = tmp_path_factory.mktemp("weights") / "foreign.safetensors"
+        save_model(weights, build_model("resnet18"))
+        foreign = import_checkpoint(weights, runs, arch="resnet18", image_size=64)
+        torch.manual_seed(0)
+        second = train(TrainConfig(**TINY, seed=1), runs)
+        first = train(TrainConfig(**TINY), runs)  # the newest run: the one the sidebar selects
+        yield Lab(runs, first, second, foreign, _evaluation(first))
+
+
+def page(name: str, *, state: dict | None = None) -> AppTest:
+    """The app opened on ``pages/<name>.py`` with a tiny dataset chosen (and any extra state)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[DATASET_KEY] = DatasetChoice(image_size=32, count=36)
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()  # the entry point registers the pages; only then can a page be chosen by file
+    at.switch_page(f"pages/{name}.py")
+    return at.run()
+
+
+def run_until(at: AppTest, done: Callable[[AppTest], bool], timeout: float = 120.0) -> AppTest:
+    """Rerun the app (as the page's polling fragment would) until ``done`` holds."""
+    deadline = time.monotonic() + timeout
+    while not done(at):
+        assert time.monotonic() < deadline, "the dashboard did not finish in time"
+        time.sleep(0.3)
+        at.run()
+    return at
+
+
+def assert_calm(at: AppTest) -> None:
+    """No exception element and no error message."""
+    assert not at.exception, [item.value for item in at.exception]
+    assert not at.error, [item.value for item in at.error]
+
+
+def captions(at: AppTest) -> list[str]:
+    """The captions of every image shown."""
+    return [caption for image in at.get("image") for caption in image.captions]
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def attack_finished(at: AppTest) -> bool:
+    return "attack.task" not in at.session_state and ("attack.result" in at.session_state or bool(at.error))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- settings
+def test_server_settings_are_production_safe() -> None:
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == 200
+    assert config["server"]["enableXsrfProtection"] is True
+    assert config["server"]["fileWatcherType"] == "none"
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["browser"]["gatherUsageStats"] is False
+
+
+# --------------------------------------------------------------------------------- pages
+@pytest.mark.parametrize("name", ["data", "train", "attack", "evaluate", "models"])
+def test_every_page_opens_calmly(lab: Lab, name: str) -> None:
+    at = page(name)
+    assert_calm(at)
+    assert at.title[0].value
+    sidebar = " ".join(item.value for item in at.sidebar.markdown)
+    assert "Dataset" in sidebar and "Device" in sidebar
+    assert "synthetic — not medical data" in sidebar
+    assert [box.label for box in at.sidebar.selectbox] == ["Model"]
+
+
+def test_attack_page_without_model_offers_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(tmp_path))
+    at = page("attack")
+    assert_calm(at)
+    assert at.button(key="demo:start").label == "Train a quick demo model"
+    description = " ".join(item.value for item in at.caption)
+    assert "synthetic phantom" in description and "not a medical model" in description
+
+
+def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
+    at = page("attack")
+    assert at.selectbox(key="attack:name").value == "fgsm"
+    at.slider(key="attack:fgsm:eps").set_value(4.0)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    inputs, reports = at.session_state["attack.result"]
+    assert inputs["current"]["attack"] == "fgsm" and inputs["current"]["params"]["eps"] == pytest.approx(4 / 255)
+    (title, report), = reports
+    assert title == lab.first.name
+    assert report.linf == pytest.approx(4 / 255, abs=1e-6)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Largest change"] == "4/255"
+    assert metrics["PSNR"].endswith("dB") and float(metrics["SSIM"]) <= 1.0
+    assert metrics["Smallest flipping budget"] != "—"  # the minimal-epsilon search ran
+    assert "Map correlation" in metrics
+    assert charts(at) >= 3  # perturbation, probabilities, step-by-step trace
+    verdict = next(item.value for item in at.main.markdown if "grey levels per pixel" in item.value)
+    assert "at most 4 grey levels per pixel" in verdict and "-badge[" in verdict
+    assert {button.label for button in at.download_button} >= {"Attacked scan (PNG)", "What was done (JSON)"}
+    assert "Attacked scan (DICOM)" not in {button.label for button in at.download_button}
+
+
+def test_attack_page_compares_two_models_side_by_side(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:compare").set_value(str(lab.second))
+    at.toggle(key="attack:minimal").set_value(False)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    _, reports = at.session_state["attack.result"]
+    assert [title for title, _ in reports] == [lab.first.name, lab.second.name]
+    assert [tab.label for tab in at.tabs] == [lab.first.name, lab.second.name]
+    assert all(report.minimal_eps is None for _, report in reports)
+
+
+def test_attack_page_explains_models_that_cannot_be_compared(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:compare").set_value(str(lab.foreign))
+    at.button(key="attack:run").click().run()
+    assert not at.exception
+    assert any("different sizes (32 and 64 px)" in item.value for item in at.error)
+    assert "attack.task" not in at.session_state
+
+
+def test_attack_page_with_imported_weights_asks_for_an_upload(lab: Lab) -> None:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.sidebar.selectbox(key=RUN_KEY).set_value(str(lab.foreign)).run()
+    assert_calm(at)
+    assert any("no held-out test scans" in item.value and "Upload a scan" in item.value for item in at.info)
+    assert "synthetic — not medical data" not in " ".join(item.value for item in at.main.markdown)
+    at.segmented_control(key="attack:source").set_value("Upload").run()
+    assert_calm(at)
+    assert at.file_uploader(key="attack:upload")
+
+
+def test_attack_page_attacks_an_uploaded_png(lab: Lab) -> None:
+    scan = load_dataset("synthetic", image_size=48, count=12).images[0].numpy()
+    at = page("attack")
+    at.segmented_control(key="attack:source").set_value("Upload").run()
+    at.file_uploader(key="attack:upload").upload("slice.png", png_bytes(scan), "image/png").run()
+    assert_calm(at)
+    assert any(caption.startswith("PNG scan, 48×48 px") for caption in captions(at))
+    at.selectbox(key="attack:upload-label").set_value("malignant")
+    at.toggle(key="attack:minimal").set_value(False)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    inputs, ((_, report),) = at.session_state["attack.result"]
+    origin = inputs["scan"].origin
+    assert origin["source"] == "upload" and origin["format"] == "PNG" and "slice" not in json.dumps(origin)
+    assert report.label_known and report.classes[report.label] == "malignant"
+    assert report.clean.shape == (32, 32)  # resized to the model's input
+
+
+def test_attack_page_attacks_a_dicom_and_offers_a_dicom_back(lab: Lab) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    at = page("attack", state={"attack:source": "Upload"})
+    at.file_uploader(key="attack:upload").upload("CT_small.dcm", data).run()
+    assert_calm(at)
+    assert any(caption.startswith("DICOM scan, 128×128 px") for caption in captions(at))
+    at.toggle(key="attack:minimal").set_value(False)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    assert "Attacked scan (DICOM)" in {button.label for button in at.download_button}
+    patient = str(pydicom.dcmread(io.BytesIO(data)).PatientName)
+    shown = json.dumps([item.value for item in (*at.markdown, *at.caption, *at.info, *at.warning)])
+    assert patient and patient not in shown
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_attack_page_refuses_a_broken_upload_with_a_message(lab: Lab, content: bytes) -> None:
+    at = page("attack", state={"attack:source": "Upload"})
+    at.file_uploader(key="attack:upload").upload("scan.png", content, "image/png").run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("Could not read the scan:")
+    assert at.button(key="attack:run").disabled
+
+
+def test_attack_page_runs_pgd_with_advanced_settings(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:name").set_value("pgd").run()
+    at.checkbox(key="attack:pgd:alpha:manual").check().run()
+    at.number_input(key="attack:pgd:steps").set_value(3)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    _, ((_, report),) = at.session_state["attack.result"]
+    assert report.attack == "pgd" and report.params["steps"] == 3
+    assert report.params["alpha"] == pytest.approx(1 / 255)  # the manual step size starts at one grey level
+    assert len(report.trace) >= 4  # the clean scan, then every step
+
+
+def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
+    at = page("data")
+    assert_calm(at)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Scans"] == "36" and metrics["Image size"] == "32 px"
+    assert "Test scans with a near-twin in training" in metrics
+    assert charts(at) == 2  # class balance, split by class
+    at.radio(key="data:kind").set_value("folder")
+    at.text_input(key="data:folder").input(str(lab.runs / "no-such-folder"))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("no such folder" in item.value for item in at.error)
+
+
+def test_data_page_reads_a_class_folder(lab: Lab, tmp_path: Path) -> None:
+    scans = load_dataset("synthetic", image_size=40, count=24)
+    for index, (image, label) in enumerate(zip(scans.images.numpy(), scans.labels)):
+        folder = tmp_path / "data" / scans.classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[:, 4:]).save(folder / f"case ({index + 1}).png")  # not square: padding shows
+    at = page("data", state={DATASET_KEY: DatasetChoice(source=str(tmp_path / "data"), image_size=32)})
+    assert_calm(at)
+    assert {metric.label: metric.value for metric in at.metric}["Scans"] == "24"
+    assert any(caption.startswith("As stored: 36×40") for caption in captions(at))
+
+
+def test_models_page_imports_exports_and_deletes(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(store))
+    archive = export_run(lab.first, tmp_path / "first.zip").read_bytes()
+    at = page("models")
+    assert_calm(at)
+    at.file_uploader(key="models:import-zip").upload("first.zip", archive, "application/zip").run()
+    at.button(key="models:import").click().run()
+    assert_calm(at)
+    assert [record.name for record in list_runs(store)] == [lab.first.name]
+
+    weights = tmp_path / "weights.safetensors"
+    save_model(weights, build_model("resnet18"))
+    at.file_uploader(key="models:import-weights").upload("w.safetensors", weights.read_bytes()).run()
+    at.selectbox(key="models:import-arch").set_value("resnet18")
+    at.number_input(key="models:import-size").set_value(32)
+    at.button(key="models:import-weights-go").click().run()
+    assert_calm(at)
+    imported = [record for record in list_runs(store) if record.name != lab.first.name]
+    assert len(imported) == 1 and imported[0].status["phase"] == "imported"
+    load_model(imported[0].run_dir)  # a usable model
+
+    pickled = io.BytesIO()
+    torch.save({"weights": torch.zeros(3)}, pickled)
+    at.file_uploader(key="models:import-weights").set_value(("evil.safetensors", pickled.getvalue(), "")).run()
+    at.button(key="models:import-weights-go").click().run()
+    assert not at.exception
+    assert any("not a readable safetensors file" in item.value for item in at.error)
+    assert len(list_runs(store)) == 2
+
+    at = page("models")
+    at.selectbox(key="models:run").set_value(str(imported[0].run_dir)).run()
+    name = imported[0].name
+    assert at.button(key=f"models:delete:{name}").disabled  # not confirmed yet
+    at.text_input(key=f"models:confirm:{name}").input(name).run()
+    at.button(key=f"models:delete:{name}").click().run()
+    assert_calm(at)
+    assert [record.name for record in list_runs(store)] == [lab.first.name]
+
+
+def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
+    at = page("evaluate")
+    assert_calm(at)
+    assert [tab.label for tab in at.tabs] == ["Reference table", "Confusion matrices", "Robustness curves",
+                                              "Strength checks", "Certified"]
+    table = at.dataframe[0].value
+    assert list(table["model"])[0] == lab.first.name and "(reported by the study)" in list(table["model"])[1]
+    assert charts(at) >= 1 + 3 + 2  # confusion: clean + 3 attacks; curves; minimal epsilon
+    assert {button.label for button in at.download_button} == {"Results (CSV)", "Full report (HTML)",
+                                                               "Everything (JSON)"}
+
+
+def test_evaluate_page_refuses_a_bad_epsilon_with_a_message(lab: Lab) -> None:
+    at = page("evaluate")
+    at.text_input(key="evaluate:eps").input("4")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("Could not start the evaluation" in item.value and "4/255" in item.value for item in at.error)
+
+
+@pytest.mark.slow
+def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> None:
+    before = {record.name for record in list_runs(lab.runs)}
+    at = page("train")
+    at.selectbox(key="train:quick:arch").set_value("resnet18")
+    at.number_input(key="train:quick:image_size").set_value(32)
+    at.number_input(key="train:quick:epochs").set_value(1)
+    at.number_input(key="train:quick:batch_size").set_value(8)
+    at.text_input(key="train:quick:device").input("cpu")
+    at.button(key="train:start").click().run()
+    assert_calm(at)
+    watched = Path(at.session_state["train.watch"])
+    assert watched.name not in before
+    run_until(at, lambda app: any(button.label == "Use this model" for button in app.button), timeout=240)
+    assert_calm(at)
+    assert charts(at) == 2  # loss, accuracy
+    record = next(record for record in list_runs(lab.runs) if record.run_dir == watched)
+    assert record.config["arch"] == "resnet18" and record.config["count"] == 36 and len(record.metrics) == 1
