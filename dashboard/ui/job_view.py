@@ -6,6 +6,7 @@ back (not holding any handle) is what lets the view survive a page refresh or a 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import streamlit as st
@@ -21,23 +22,29 @@ POLL_SECONDS = 2.0
 
 def training_curves(run_dir: Path, key: str) -> None:
     """Loss and clean/robust accuracy per epoch, as far as the run has come."""
-    metrics = read_metrics(run_dir)
+    # A run imported from elsewhere may carry lines without an epoch number or with text for numbers.
+    metrics = [line for line in read_metrics(run_dir) if not math.isnan(_number(line.get("epoch")))]
     if not metrics:
         st.caption("Curves appear after the first epoch.")
         return
     epochs = [line["epoch"] for line in metrics]
-    accuracy = {label: (epochs, [line.get(name, float("nan")) for line in metrics])
+    accuracy = {label: (epochs, [_number(line.get(name)) for line in metrics])
                 for label, name in (("validation, clean", "val_acc"), ("validation, under PGD", "val_robust_acc"),
                                     ("training, clean", "train_acc"), ("training, under PGD", "train_robust_acc"))
                 if any(name in line for line in metrics)}
     left, right = st.columns(2)
-    left.plotly_chart(figures.lines({"training loss": (epochs, [line["train_loss"] for line in metrics])},
+    left.plotly_chart(figures.lines({"training loss": (epochs, [_number(line.get("train_loss")) for line in metrics])},
                                     x_title="epoch", y_title="loss", title="Loss"),
                       key=f"{key}:loss", config={"displaylogo": False})
     right.plotly_chart(figures.lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy",
                                      percent=True), key=f"{key}:acc", config={"displaylogo": False})
     st.caption("Accuracy on clean scans and under a PGD attack after each epoch; a robust model keeps "
                "the two curves close.")
+
+
+def _number(value: object) -> float:
+    """``value`` as a float for plotting, NaN (a gap in the curve) when it is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def job_panel(run_dir: Path | str, *, key: str, curves: bool = True, what: str = "training") -> bool:
