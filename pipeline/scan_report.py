@@ -147,9 +147,9 @@ def analyse_scan(
     return ScanReport(
         attack=attacker.name, params=dict(attacker.config), classes=tuple(classes), label=int(label),
         label_known=known, target=None if target is None else int(target),
-        clean=x[0, 0].cpu().numpy(), attacked=x_adv[0, 0].cpu().numpy(),
+        clean=_array(x[0, 0]), attacked=_array(x_adv[0, 0]),
         probs_clean=probs_clean, probs_attacked=_probabilities(model, x_adv),
-        trace=info.trace[:, 0].numpy(), success=bool(info.success[0]),
+        trace=_array(info.trace[:, 0]), success=bool(info.success[0]),
         linf=float(info.linf[0]), l2=float(info.l2[0]), l0=float(info.l0[0]),
         psnr=float(psnr(x, x_adv)[0]), ssim=float(ssim(x, x_adv)[0]),
         cam_clean=maps[0], cam_attacked=maps[1], shift=explanation_shift(maps[0], maps[1]),
@@ -169,7 +169,12 @@ def _as_batch(image: torch.Tensor) -> torch.Tensor:
 
 def _probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     with exclusive_eval(model), torch.no_grad():
-        return F.softmax(model(x).float(), dim=1)[0].cpu().numpy()
+        return _array(F.softmax(model(x).float(), dim=1)[0])
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy copy that owns its memory: a report kept in a session must not pin torch tensors."""
+    return tensor.detach().cpu().numpy().copy()
 
 
 def staged(progress: Optional[ProgressCallback], index: int, stages: int, name: str) -> Optional[ProgressCallback]:

@@ -131,6 +131,7 @@ def test_server_settings_are_production_safe() -> None:
     assert config["server"]["fileWatcherType"] == "none"
     assert config["server"]["address"] == "127.0.0.1"
     assert config["client"]["showErrorDetails"] == "none"
+    assert config["runner"]["postScriptGC"] is False  # a full GC per rerun starves attacks of the GIL
     assert config["browser"]["gatherUsageStats"] is False
 
 
@@ -170,7 +171,7 @@ def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Largest change"] == "4/255"
     assert metrics["PSNR"].endswith("dB") and float(metrics["SSIM"]) <= 1.0
-    assert metrics["Smallest flipping budget"] != "—"  # the minimal-epsilon search ran
+    assert metrics["Smallest flip ε"] != "—"  # the minimal-epsilon search ran
     assert "Map correlation" in metrics
     assert charts(at) >= 3  # perturbation, probabilities, step-by-step trace
     verdict = next(item.value for item in at.main.markdown if "grey levels per pixel" in item.value)

@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard.ui.tasks import Task
 from pipeline.progress import ProgressCallback
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 
 
 def remaining_words(seconds: float | None) -> str:

@@ -91,12 +91,12 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
     columns[3].metric("PSNR", "∞ dB" if not math.isfinite(report.psnr) else f"{report.psnr:.1f} dB",
                       help="Peak signal-to-noise ratio: above ~40 dB a change is invisible")
     columns[4].metric("SSIM", f"{report.ssim:.4f}", help="Structural similarity: 1 means identical structure")
-    columns[5].metric("Smallest flipping budget",
+    columns[5].metric("Smallest flip ε",
                       "—" if report.minimal_eps is None else
-                      ("already wrong" if report.minimal_eps == 0 else
+                      ("none needed" if report.minimal_eps == 0 else
                        (f"> {minimal_high}" if not math.isfinite(report.minimal_eps) else
                         f"{captions.grey_levels(report.minimal_eps)}/255")),
-                      help="Minimal PGD budget that changes the model's answer on this scan")
+                      help="The smallest PGD budget that changes the model's answer on this scan")
     st.caption(captions.minimal_eps_sentence(report.minimal_eps, minimal_high)
                + (f" The attack used {report.queries} model queries." if report.queries else "")
                + f" Computed in {report.seconds:.1f} s.")
