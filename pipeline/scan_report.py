@@ -28,6 +28,8 @@ from pipeline.progress import ProgressCallback, report
 
 #: The attack whose budget the minimal-epsilon search varies (white-box, the field's reference).
 MINIMAL_EPS_ATTACK = "pgd"
+#: The largest budget that search tries: 32 grey levels, far beyond what stays invisible.
+MINIMAL_EPS_HIGH = 32 / 255
 #: Progress units per stage (attack, explanation, minimal budget), so a stage's own steps fit in.
 STEPS = 1000
 
@@ -76,6 +78,7 @@ class ScanReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record of what was done and what came out (no pixels, no patient data)."""
+
         def number(value: float) -> Optional[float]:
             return float(value) if math.isfinite(value) else None
 
@@ -91,10 +94,15 @@ class ScanReport:
             "probabilities_clean": dict(zip(self.classes, map(float, self.probs_clean))),
             "probabilities_attacked": dict(zip(self.classes, map(float, self.probs_attacked))),
             "success": self.success,
-            "linf": self.linf, "l2": self.l2, "l0": self.l0,
-            "psnr_db": number(self.psnr), "ssim": self.ssim,
+            "linf": self.linf,
+            "l2": self.l2,
+            "l0": self.l0,
+            "psnr_db": number(self.psnr),
+            "ssim": self.ssim,
             "explanation_shift": self.shift,
             "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
+            #: False when even the largest budget searched left the answer unchanged (JSON has no infinity)
+            "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
             "minimal_eps_attack": MINIMAL_EPS_ATTACK if self.minimal_eps is not None else None,
             "queries": self.queries,
             "seconds": round(self.seconds, 3),
@@ -125,7 +133,9 @@ def analyse_scan(
     x = _as_batch(image).to(device)
     probs_clean = _probabilities(model, x)
     if len(classes) != probs_clean.shape[0]:
-        raise UserInputError(f"the model predicts {probs_clean.shape[0]} classes but {len(classes)} were named")
+        raise UserInputError(
+            f"the model predicts {probs_clean.shape[0]} classes but {len(classes)} were named"
+        )
     known = label is not None
     if label is None:
         label = int(probs_clean.argmax())
@@ -134,26 +144,51 @@ def analyse_scan(
     y = torch.tensor([int(label)], device=device)
     stages = 3 if find_minimal_eps else 2
     x_adv, info = attacker(
-        model, x, y, target=None if target is None else torch.tensor([int(target)], device=device),
-        progress=staged(progress, 0, stages, attacker.title), return_info=True,
+        model,
+        x,
+        y,
+        target=None if target is None else torch.tensor([int(target)], device=device),
+        progress=staged(progress, 0, stages, attacker.title),
+        return_info=True,
     )
     report(progress, STEPS, STEPS * stages, "explaining both scans")
     maps = explain(model, torch.cat([x, x_adv]))
     minimal = None
     if find_minimal_eps:
-        minimal = float(minimal_epsilon(model, x, y, MINIMAL_EPS_ATTACK,
-                                        progress=staged(progress, 2, stages, "smallest flipping budget"))[0])
+        minimal = float(
+            minimal_epsilon(
+                model,
+                x,
+                y,
+                MINIMAL_EPS_ATTACK,
+                high=MINIMAL_EPS_HIGH,
+                progress=staged(progress, 2, stages, "smallest flipping budget"),
+            )[0]
+        )
     report(progress, STEPS * stages, STEPS * stages, "done")
     return ScanReport(
-        attack=attacker.name, params=dict(attacker.config), classes=tuple(classes), label=int(label),
-        label_known=known, target=None if target is None else int(target),
-        clean=_array(x[0, 0]), attacked=_array(x_adv[0, 0]),
-        probs_clean=probs_clean, probs_attacked=_probabilities(model, x_adv),
-        trace=_array(info.trace[:, 0]), success=bool(info.success[0]),
-        linf=float(info.linf[0]), l2=float(info.l2[0]), l0=float(info.l0[0]),
-        psnr=float(psnr(x, x_adv)[0]), ssim=float(ssim(x, x_adv)[0]),
-        cam_clean=maps[0], cam_attacked=maps[1], shift=explanation_shift(maps[0], maps[1]),
-        minimal_eps=minimal, queries=None if info.queries is None else int(info.queries[0]),
+        attack=attacker.name,
+        params=dict(attacker.config),
+        classes=tuple(classes),
+        label=int(label),
+        label_known=known,
+        target=None if target is None else int(target),
+        clean=_array(x[0, 0]),
+        attacked=_array(x_adv[0, 0]),
+        probs_clean=probs_clean,
+        probs_attacked=_probabilities(model, x_adv),
+        trace=_array(info.trace[:, 0]),
+        success=bool(info.success[0]),
+        linf=float(info.linf[0]),
+        l2=float(info.l2[0]),
+        l0=float(info.l0[0]),
+        psnr=float(psnr(x, x_adv)[0]),
+        ssim=float(ssim(x, x_adv)[0]),
+        cam_clean=maps[0],
+        cam_attacked=maps[1],
+        shift=explanation_shift(maps[0], maps[1]),
+        minimal_eps=minimal,
+        queries=None if info.queries is None else int(info.queries[0]),
         seconds=time.monotonic() - started,
     )
 
@@ -177,7 +212,9 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().copy()
 
 
-def staged(progress: Optional[ProgressCallback], index: int, stages: int, name: str) -> Optional[ProgressCallback]:
+def staged(
+    progress: Optional[ProgressCallback], index: int, stages: int, name: str
+) -> Optional[ProgressCallback]:
     """A callback that maps one stage's own ``done/total`` into its share of the whole report."""
     if progress is None:
         return None

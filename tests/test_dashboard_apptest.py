@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pydicom
 import pytest
+import tomllib
 import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -25,19 +25,17 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
-from pipeline.data import load_dataset, split_dataset
-from pipeline.evaluation import SuiteSettings, evaluate_models
-from pipeline.evaluation.data import run_data
-from pipeline.evaluation.report import save_report
+from pipeline.data import load_dataset
 from pipeline.models import build_model
-from pipeline.runs import export_run, list_runs, load_model, save_model, update_status
+from pipeline.runs import export_run, list_runs, load_model, save_model
 from pipeline.training import TrainConfig, train
+from tests.dashboard_helpers import TINY as TINY_RUN
+from tests.dashboard_helpers import finished_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
-#: A tiny dataset everywhere: 36 phantom scans of 32 px.
-TINY = dict(arch="resnet18", image_size=32, count=36, epochs=1, batch_size=8, eval_size=8, val_steps=1,
-            device="cpu", test_fraction=0.25)
+#: The models of this file read 32 px scans.
+TINY = {**TINY_RUN, "image_size": 32}
 
 
 @dataclass
@@ -46,21 +44,7 @@ class Lab:
     first: Path  #: a normally trained run
     second: Path  #: another run, for side-by-side comparison
     foreign: Path  #: weights imported from elsewhere at 64 px: no stored split, another input size
-    evaluation: Path  #: a finished evaluation job directory of ``first``
-
-
-def _evaluation(run_dir: Path) -> Path:
-    """A finished evaluation beside ``run_dir``, made in-process as the background job makes it."""
-    model, record = load_model(run_dir)
-    dataset, split = run_data(record.config)
-    suite = evaluate_models({record.name: model}, dataset, split.test,
-                            SuiteSettings(attacks=("fgsm", "pgd", "cw"), epsilons=(2 / 255, 4 / 255), steps=2,
-                                          strength=False, transfer=False, minimal_epsilon=True))
-    job_dir = run_dir / "evaluations" / "20260101-000000"
-    outputs = save_report(suite, job_dir)
-    update_status(job_dir, {"phase": "done", "created_at": time.time(),
-                            "outputs": {kind: str(path) for kind, path in outputs.items()}})
-    return job_dir
+    evaluation: Path  #: a finished evaluation of ``first`` and ``second``, stored under ``first``
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +58,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
         torch.manual_seed(0)
         second = train(TrainConfig(**TINY, seed=1), runs)
         first = train(TrainConfig(**TINY), runs)  # the newest run: the one the sidebar selects
-        yield Lab(runs, first, second, foreign, _evaluation(first))
+        yield Lab(runs, first, second, foreign, finished_evaluation([first, second]))
 
 
 def page(name: str, *, state: dict | None = None) -> AppTest:
@@ -135,6 +119,21 @@ def test_server_settings_are_production_safe() -> None:
     assert config["browser"]["gatherUsageStats"] is False
 
 
+def test_with_login_configured_nothing_shows_before_sign_in(lab: Lab) -> None:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.secrets["auth"] = {
+        "redirect_uri": "http://localhost:8501/oauth2callback",
+        "cookie_secret": "not-a-secret",
+        "client_id": "lab",
+        "client_secret": "x",
+        "server_metadata_url": "https://id.example/.well-known/openid-configuration",
+    }
+    at.run()
+    assert_calm(at)
+    assert [button.label for button in at.button] == ["Sign in"]
+    assert not at.sidebar.selectbox and not at.get("plotly_chart") and not at.get("image")
+
+
 # --------------------------------------------------------------------------------- pages
 @pytest.mark.parametrize("name", ["data", "train", "attack", "evaluate", "models"])
 def test_every_page_opens_calmly(lab: Lab, name: str) -> None:
@@ -164,8 +163,10 @@ def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     run_until(at, attack_finished)
     assert_calm(at)
     inputs, reports = at.session_state["attack.result"]
-    assert inputs["current"]["attack"] == "fgsm" and inputs["current"]["params"]["eps"] == pytest.approx(4 / 255)
-    (title, report), = reports
+    assert inputs["current"]["attack"] == "fgsm" and inputs["current"]["params"]["eps"] == pytest.approx(
+        4 / 255
+    )
+    ((title, report),) = reports
     assert title == lab.first.name
     assert report.linf == pytest.approx(4 / 255, abs=1e-6)
     metrics = {metric.label: metric.value for metric in at.metric}
@@ -257,6 +258,22 @@ def test_attack_page_refuses_a_broken_upload_with_a_message(lab: Lab, content: b
     assert at.button(key="attack:run").disabled
 
 
+def test_a_long_attack_runs_in_the_background_and_can_be_cancelled(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:name").set_value("cw").run()
+    at.number_input(key="attack:cw:steps").set_value(10_000)
+    at.toggle(key="attack:minimal").set_value(False)
+    at.button(key="attack:run").click().run()
+    assert_calm(at)
+    assert "attack.task" in at.session_state  # the page came back while the attack runs
+    assert at.button(key="attack:run").disabled
+    at.button(key="attack.task:cancel").click().run()
+    run_until(at, lambda app: "attack.task" not in app.session_state, timeout=60)
+    assert_calm(at)
+    assert "attack.result" not in at.session_state
+    assert not at.button(key="attack:run").disabled
+
+
 def test_attack_page_runs_pgd_with_advanced_settings(lab: Lab) -> None:
     at = page("attack")
     at.selectbox(key="attack:name").set_value("pgd").run()
@@ -297,7 +314,9 @@ def test_data_page_reads_a_class_folder(lab: Lab, tmp_path: Path) -> None:
     assert any(caption.startswith("As stored: 36×40") for caption in captions(at))
 
 
-def test_models_page_imports_exports_and_deletes(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_page_imports_exports_and_deletes(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = tmp_path / "store"
     monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(store))
     archive = export_run(lab.first, tmp_path / "first.zip").read_bytes()
@@ -321,7 +340,9 @@ def test_models_page_imports_exports_and_deletes(lab: Lab, tmp_path: Path, monke
 
     pickled = io.BytesIO()
     torch.save({"weights": torch.zeros(3)}, pickled)
-    at.file_uploader(key="models:import-weights").set_value(("evil.safetensors", pickled.getvalue(), "")).run()
+    at.file_uploader(key="models:import-weights").set_value(
+        ("evil.safetensors", pickled.getvalue(), "")
+    ).run()
     at.button(key="models:import-weights-go").click().run()
     assert not at.exception
     assert any("not a readable safetensors file" in item.value for item in at.error)
@@ -340,13 +361,29 @@ def test_models_page_imports_exports_and_deletes(lab: Lab, tmp_path: Path, monke
 def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     at = page("evaluate")
     assert_calm(at)
-    assert [tab.label for tab in at.tabs] == ["Reference table", "Confusion matrices", "Robustness curves",
-                                              "Strength checks", "Certified"]
+    assert [tab.label for tab in at.tabs] == [
+        "Reference table",
+        "Confusion matrices",
+        "Robustness curves",
+        "Strength checks",
+        "Certified",
+    ]
     table = at.dataframe[0].value
-    assert list(table["model"])[0] == lab.first.name and "(reported by the study)" in list(table["model"])[1]
-    assert charts(at) >= 1 + 3 + 2  # confusion: clean + 3 attacks; curves; minimal epsilon
-    assert {button.label for button in at.download_button} == {"Results (CSV)", "Full report (HTML)",
-                                                               "Everything (JSON)"}
+    models = list(table["model"])
+    assert models[:2] == [lab.first.name, lab.second.name] and "(reported by the study)" in models[2]
+    # transfer; per model confusion (clean + 3 attacks); curves; certified accuracy; and the minimal-epsilon
+    # histogram, or the sentence that no scan flipped within the searched budget
+    histogram = charts(at) - (1 + 2 * 4 + 1 + 1)
+    no_flip = any("No correctly read scan flipped" in item.value for item in at.caption)
+    assert (histogram, no_flip) in ((1, False), (0, True))
+    verdicts = [item.value for item in (*at.success, *at.warning) if " at ε = " in item.value]
+    assert len(verdicts) == 2 * 2  # strength checks: two models at two budgets
+    assert len(at.dataframe) == 2 + 4  # reference tables at two budgets, then the four strength check tables
+    assert {button.label for button in at.download_button} == {
+        "Results (CSV)",
+        "Full report (HTML)",
+        "Everything (JSON)",
+    }
 
 
 def test_evaluate_page_refuses_a_bad_epsilon_with_a_message(lab: Lab) -> None:

@@ -32,30 +32,38 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pipeline.constants import GREY_LEVEL
-from pipeline.evaluation import SuiteSettings, evaluate_models
 from pipeline.evaluation.data import run_data
-from pipeline.evaluation.report import save_report
-from pipeline.runs import load_model, update_status
+from pipeline.runs import load_model
 from pipeline.scan_report import analyse_scan
 from pipeline.training import TrainConfig, train
+from tests.dashboard_helpers import TINY as TINY_RUN
+from tests.dashboard_helpers import finished_evaluation
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
-#: The model: 36 phantom scans of 48 px, one epoch; big enough for Grad-CAM to show something.
-TINY = dict(arch="resnet18", image_size=48, count=36, epochs=1, batch_size=8, eval_size=8, val_steps=1,
-            device="cpu", test_fraction=0.25)
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: The models read 48 px scans: big enough for Grad-CAM to show something.
+TINY = {**TINY_RUN, "image_size": 48}
 STARTUP_S = 120
 RESULT_MS = 120_000
 ERROR_SELECTOR = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian Chromium is not installed at /usr/bin/chromium "
-                                                     "(apt-get install chromium); .ci/run installs it"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian Chromium is not installed at /usr/bin/chromium "
+        "(apt-get install chromium); .ci/run installs it",
+    ),
 ]
 
 
@@ -70,18 +78,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _finished_evaluation(run_dir: Path) -> None:
-    model, record = load_model(run_dir)
-    dataset, split = run_data(record.config)
-    suite = evaluate_models({record.name: model}, dataset, split.test,
-                            SuiteSettings(attacks=("fgsm", "pgd", "cw"), epsilons=(2 / 255, 4 / 255), steps=2,
-                                          strength=False, transfer=False))
-    job_dir = run_dir / "evaluations" / "20260101-000000"
-    outputs = save_report(suite, job_dir)
-    update_status(job_dir, {"phase": "done", "created_at": time.time(),
-                            "outputs": {kind: str(path) for kind, path in outputs.items()}})
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -102,19 +98,37 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("browser")
     runs, cache = home / "runs", home / "cache"
-    env = {**os.environ, "LUNGLAB_RUNS_DIR": str(runs), "LUNGLAB_CACHE_DIR": str(cache), "LUNGLAB_DATA": "synthetic"}
+    env = {
+        **os.environ,
+        "LUNGLAB_RUNS_DIR": str(runs),
+        "LUNGLAB_CACHE_DIR": str(cache),
+        "LUNGLAB_DATA": "synthetic",
+    }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LUNGLAB_CACHE_DIR", str(cache))
         torch.manual_seed(0)
-        run_dir = train(TrainConfig(**TINY), runs)
-        _finished_evaluation(run_dir)
+        second = train(TrainConfig(**TINY, seed=1), runs)
+        run_dir = train(TrainConfig(**TINY), runs)  # the newest: the model the sidebar selects
+        finished_evaluation([run_dir, second])
     port = _free_port()
     log = home / "streamlit.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.headless", "true",
-             "--server.port", str(port)],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "dashboard/app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -153,7 +167,8 @@ def wait_idle(page) -> None:
     """Until the script run and its spinners are over (the status widget disappears)."""
     page.wait_for_timeout(500)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=RESULT_MS)
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=RESULT_MS
+    )
     page.wait_for_timeout(300)
 
 
@@ -178,25 +193,38 @@ def screenshot(page, name: str, *, publish: bool = False) -> None:
 
 def go(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title if title != "Models" else "Models").first.wait_for(timeout=RESULT_MS)
+    page.get_by_role("heading", name=title if title != "Models" else "Models").first.wait_for(
+        timeout=RESULT_MS
+    )
     wait_idle(page)
+
+
+#: Results on screen are those of the current choices: no attack running, no "previous choices" note.
+FRESH_RESULTS = """() => {
+    const text = document.querySelector('[data-testid="stMain"]').innerText;
+    return text.includes("Largest change") && !text.includes("for the previous choices")
+        && !text.includes("Running ") && !document.querySelector('[data-testid="stStatusWidget"]');
+}"""
 
 
 def run_attack(page) -> None:
     page.get_by_role("button", name="Run the attack").click()
-    page.get_by_text("Largest change", exact=True).wait_for(timeout=RESULT_MS)
+    page.wait_for_timeout(500)
+    page.wait_for_function(FRESH_RESULTS, timeout=RESULT_MS)
     wait_idle(page)
 
 
 def upload(page, name: str, content: bytes, mime: str) -> None:
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-        {"name": name, "mimeType": mime, "buffer": content})
+        {"name": name, "mimeType": mime, "buffer": content}
+    )
 
 
 def choose_upload_source(page) -> None:
     page.locator('[data-testid="stButtonGroup"]').get_by_text("Upload", exact=True).click()
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.wait_for(state="attached",
-                                                                                 timeout=RESULT_MS)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.wait_for(
+        state="attached", timeout=RESULT_MS
+    )
     wait_idle(page)
 
 
@@ -218,10 +246,30 @@ def metric(page, label: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- tests
+def choose_test_scan(page, position: int) -> None:
+    """Move the "Test scan" slider ``position`` steps to the right of the first scan."""
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Test scan").get_by_role("slider")
+    slider.focus()
+    for _ in range(position):
+        slider.press("ArrowRight")
+    wait_idle(page)
+
+
+def first_correct(server: Server) -> int:
+    """The position in the test split of the first scan the model reads correctly (0 if none)."""
+    model, record = load_model(server.run_dir)
+    dataset, split = run_data(record.config)
+    x, y = dataset.tensors()
+    with torch.no_grad():
+        right = (model(x[split.test]).argmax(1) == y[split.test]).nonzero().flatten()
+    return int(right[0]) if len(right) else 0
+
+
 def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) -> None:
     page = open_page(browser, server)
     assert page.get_by_role("heading", name="Attack a scan").count() == 1
     assert page.get_by_text("synthetic — not medical data").count() >= 1
+    choose_test_scan(page, first_correct(server))  # a scan the model gets right: the attack has work to do
     run_attack(page)
     assert_no_error(page)
     assert metric(page, "Largest change") == "4/255"
@@ -256,7 +304,9 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     go(page, "Evaluate")
     page.get_by_role("tab", name="Confusion matrices").click()
     page.wait_for_timeout(800)
-    assert page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 4  # clean + 3 attacks
+    assert (
+        page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 4
+    )  # clean + 3 attacks
     assert_no_error(page)
     screenshot(page, "evaluate", publish=True)
 
@@ -269,6 +319,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
 
 def test_upload_a_png_and_a_dicom(browser, server: Server) -> None:
     page = open_page(browser, server)
+    page.get_by_text("Also find the smallest budget").click()  # off: one search is tested above
     choose_upload_source(page)
     scan = (np.indices((96, 80)).sum(axis=0) % 256).astype(np.uint8)
     upload(page, "slice.png", png(scan), "image/png")
@@ -309,8 +360,12 @@ def test_upload_limits_and_bad_files_end_in_messages(browser, server: Server, tm
 def test_uploads_without_the_xsrf_token_are_refused(server: Server) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.request("PUT", "/_stcore/upload_file/some-session/some-file", body=b"x",
-                       headers={"Content-Type": "application/octet-stream"})
+    connection.request(
+        "PUT",
+        "/_stcore/upload_file/some-session/some-file",
+        body=b"x",
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert connection.getresponse().status == 403
 
 
@@ -319,32 +374,42 @@ def test_several_people_attack_different_scans_at_once(browser, server: Server) 
     pages = []
     for offset in range(4):
         page = open_page(browser, server)
-        slider = page.locator('[data-testid="stSlider"]').filter(has_text="Test scan").get_by_role("slider")
-        slider.focus()
-        for _ in range(offset):
-            slider.press("ArrowRight")
-        wait_idle(page)
-        page.get_by_text("Also find the smallest budget").click()  # off: keep the four runs short
-        wait_idle(page)
+        choose_test_scan(page, offset)
         pages.append(page)
     for page in pages:
         page.get_by_role("button", name="Run the attack").click()
     model, record = load_model(server.run_dir)
     dataset, split = run_data(record.config)
     for offset, page in enumerate(pages):
-        page.get_by_text("Largest change", exact=True).wait_for(timeout=RESULT_MS)
+        page.wait_for_function(FRESH_RESULTS, timeout=RESULT_MS)
         wait_idle(page)
         assert_no_error(page)
         shown = json.loads(download(page, "What was done (JSON)"))
         index = int(split.test[offset])
         assert shown["scan"]["index"] == index
         image, label = dataset[index]
-        serial = analyse_scan(model, image, "fgsm", {"eps": 4 * GREY_LEVEL}, label=label,
-                              classes=tuple(record.config["classes"]))
-        assert shown["result"]["minimal_eps"] is None
-        assert shown["result"]["probabilities_attacked"] == pytest.approx(
-            dict(zip(serial.classes, map(float, serial.probs_attacked))), abs=1e-5)
-        assert shown["result"]["psnr_db"] == pytest.approx(serial.psnr, abs=1e-4)
+        serial = analyse_scan(
+            model,
+            image,
+            "fgsm",
+            {"eps": 4 * GREY_LEVEL},
+            label=label,
+            classes=tuple(record.config["classes"]),
+            find_minimal_eps=True,
+        )
+        expected = json.loads(json.dumps(serial.to_dict()))
+        for key in (
+            "probabilities_clean",
+            "probabilities_attacked",
+            "linf",
+            "l2",
+            "psnr_db",
+            "ssim",
+            "minimal_eps",
+            "minimal_eps_found",
+            "explanation_shift",
+        ):
+            assert shown["result"][key] == pytest.approx(expected[key], abs=1e-5), key
     screenshot(pages[-1], "attack-concurrent")
     for page in pages:
         page.context.close()

@@ -45,8 +45,13 @@ def state(model: nn.Module) -> tuple:
         [module.training for module in modules],
         [parameter.requires_grad for parameter in model.parameters()],
         [parameter.grad is None for parameter in model.parameters()],
-        sum(len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
-            + len(getattr(module, "_full_backward_hooks", {}) or {}) for module in modules),
+        sum(
+            len(module._forward_hooks)
+            + len(module._forward_pre_hooks)
+            + len(module._backward_hooks)
+            + len(getattr(module, "_full_backward_hooks", {}) or {})
+            for module in modules
+        ),
         float(sum(parameter.detach().double().sum() for parameter in model.parameters())),
     )
 
@@ -63,8 +68,15 @@ def rss_bytes() -> int:
 def test_report_agrees_with_the_attack_and_metrics_it_composes(model: nn.Module) -> None:
     image = scans(1)[0]
     seen: list[tuple[int, int]] = []
-    report = analyse_scan(model, image, "pgd", {"eps": 4 * GREY_LEVEL, "steps": 3}, label=1, classes=CLASSES,
-                          progress=lambda done, total, message: seen.append((done, total)))
+    report = analyse_scan(
+        model,
+        image,
+        "pgd",
+        {"eps": 4 * GREY_LEVEL, "steps": 3},
+        label=1,
+        classes=CLASSES,
+        progress=lambda done, total, message: seen.append((done, total)),
+    )
     expected = get_attack("pgd", eps=4 * GREY_LEVEL, steps=3)(model, image[None], torch.tensor([1]))
     assert np.array_equal(report.attacked, expected[0, 0].numpy())
     assert np.array_equal(report.clean, image[0].numpy())
@@ -87,13 +99,16 @@ def test_without_a_label_the_attack_moves_away_from_the_models_answer(model: nn.
     assert report.success == (report.prediction_attacked != report.prediction_clean)
 
 
-@pytest.mark.parametrize(("arguments", "error"), [
-    (dict(attack="pgd", params={"eps": 2.0}), AttackParameterError),
-    (dict(attack="no-such-attack", params={}), AttackParameterError),
-    (dict(attack="fgsm", params={}, image=torch.rand(3, SIZE, SIZE)), UserInputError),
-    (dict(attack="fgsm", params={}, classes=("a", "b")), UserInputError),
-    (dict(attack="fgsm", params={}, label=7), UserInputError),
-])
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (dict(attack="pgd", params={"eps": 2.0}), AttackParameterError),
+        (dict(attack="no-such-attack", params={}), AttackParameterError),
+        (dict(attack="fgsm", params={}, image=torch.rand(3, SIZE, SIZE)), UserInputError),
+        (dict(attack="fgsm", params={}, classes=("a", "b")), UserInputError),
+        (dict(attack="fgsm", params={}, label=7), UserInputError),
+    ],
+)
 def test_bad_requests_are_refused_with_a_message(model: nn.Module, arguments: dict, error: type) -> None:
     call = {"image": scans(1)[0], "classes": CLASSES, **arguments}
     before = state(model)
@@ -108,7 +123,9 @@ def test_eight_threads_on_one_shared_model_match_serial_runs(model: nn.Module) -
     rounds = 25  # 8 threads x 25 = 200 analyses
 
     def analyse(index: int) -> ScanReport:
-        return analyse_scan(model, images[index], "fgsm", {"eps": 4 * GREY_LEVEL}, label=index % 3, classes=CLASSES)
+        return analyse_scan(
+            model, images[index], "fgsm", {"eps": 4 * GREY_LEVEL}, label=index % 3, classes=CLASSES
+        )
 
     serial = [analyse(index) for index in range(8)]
     before = state(model)

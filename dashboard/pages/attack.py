@@ -24,10 +24,10 @@ from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available
-from pipeline.attacks.minimal import minimal_epsilon
-from pipeline.errors import UserInputError
 from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
-from pipeline.scan_report import MINIMAL_EPS_ATTACK, analyse_scan, staged
+from pipeline.errors import UserInputError
+from pipeline.progress import ProgressCallback
+from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan, staged
 from pipeline.units import format_epsilon
 
 #: The largest scan upload in MB (one slice is well under 1 MB; a multi-frame DICOM can be tens of MB).
@@ -35,10 +35,13 @@ SCAN_UPLOAD_MB = 50
 TASK_KEY = "attack.task"
 RESULT_KEY = "attack.result"
 FAMILY_ORDER = ("white-box", "black-box", "ensemble", "corruption")
-FAMILY_WORDS = {"white-box": "knows the model", "black-box": "only sees the model's answers",
-                "ensemble": "several attacks, worst case", "corruption": "ordinary image degradation"}
-#: The largest budget the minimal-epsilon search tries (its default), for the captions.
-MINIMAL_HIGH = format_epsilon(minimal_epsilon.__kwdefaults__["high"])
+FAMILY_WORDS = {
+    "white-box": "knows the model",
+    "black-box": "only sees the model's answers",
+    "ensemble": "several attacks, worst case",
+    "corruption": "ordinary image degradation",
+}
+MINIMAL_HIGH = format_epsilon(MINIMAL_EPS_HIGH)
 
 
 @dataclass
@@ -53,8 +56,11 @@ class ScanChoice:
 
 def choose_test_scan(config: dict[str, Any], classes: tuple[str, ...]) -> Optional[ScanChoice]:
     if "split" not in config:
-        st.info("This model came without its training data, so there are no held-out test scans to pick from. "
-                "Upload a scan instead.", icon=":material/info:")
+        st.info(
+            "This model came without its training data, so there are no held-out test scans to pick from. "
+            "Upload a scan instead.",
+            icon=":material/info:",
+        )
         return None
     loaded = run_data(config)
     if loaded is None:
@@ -63,25 +69,38 @@ def choose_test_scan(config: dict[str, Any], classes: tuple[str, ...]) -> Option
     if len(split.test) == 0:
         st.info("This model's run kept no test scans (test fraction 0). Upload a scan instead.")
         return None
-    wanted = st.selectbox("Diagnosis", ["all", *classes], key="attack:class",
-                          help="Show only test scans of one diagnosis")
-    indices = split.test if wanted == "all" else split.test[dataset.labels[split.test] == classes.index(wanted)]
+    wanted = st.selectbox(
+        "Diagnosis", ["all", *classes], key="attack:class", help="Show only test scans of one diagnosis"
+    )
+    indices = (
+        split.test if wanted == "all" else split.test[dataset.labels[split.test] == classes.index(wanted)]
+    )
     if len(indices) == 0:
         st.info(f"No {wanted} scans in this test split.")
         return None
     position = st.slider("Test scan", 1, len(indices), 1, key="attack:position") if len(indices) > 1 else 1
     index = int(indices[min(position, len(indices)) - 1])
     image, label = dataset[index]
-    show(enlarge(grey8(image), 240), width=240,
-             caption=f"Test scan {position} of {len(indices)} · labelled {classes[label]}")
-    return ScanChoice(image, label, {"source": "test split", "dataset": dataset.name, "index": index,
-                                     "true_label": classes[label]})
+    show(
+        enlarge(grey8(image), 240),
+        width=240,
+        caption=f"Test scan {position} of {len(indices)} · labelled {classes[label]}",
+    )
+    return ScanChoice(
+        image,
+        label,
+        {"source": "test split", "dataset": dataset.name, "index": index, "true_label": classes[label]},
+    )
 
 
 def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanChoice]:
-    upload = st.file_uploader("Upload one CT slice", key="attack:upload", max_upload_size=SCAN_UPLOAD_MB,
-                              help=f"{ACCEPTED_FORMATS}. The file stays in this session's memory and is never "
-                                   "written to disk; patient details in a DICOM are neither read nor shown.")
+    upload = st.file_uploader(
+        "Upload one CT slice",
+        key="attack:upload",
+        max_upload_size=SCAN_UPLOAD_MB,
+        help=f"{ACCEPTED_FORMATS}. The file stays in this session's memory and is never "
+        "written to disk; patient details in a DICOM are neither read nor shown.",
+    )
     if upload is None:
         st.caption("JPEG, PNG or DICOM, one axial slice. Nothing is stored.")
         return None
@@ -90,36 +109,84 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
     for note in scan.notes:
         st.caption(f"Note: {note}")
     image = preprocess_image(scan.image, image_size)
-    show(enlarge(image, 240), width=240,
-             caption=f"{scan.format} scan, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
-                     f"sees it ({image_size}×{image_size})")
-    answer = st.selectbox("What does the scan show?", ["not known", *classes], key="attack:upload-label",
-                          help="With the true diagnosis the attack pushes away from it; without, away from the "
-                               "model's own answer.")
+    show(
+        enlarge(image, 240),
+        width=240,
+        caption=f"{scan.format} scan, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
+        f"sees it ({image_size}×{image_size})",
+    )
+    answer = st.selectbox(
+        "What does the scan show?",
+        ["not known", *classes],
+        key="attack:upload-label",
+        help="With the true diagnosis the attack pushes away from it; without, away from the "
+        "model's own answer.",
+    )
     label = None if answer == "not known" else classes.index(answer)
-    return ScanChoice(torch.from_numpy(image).float().div(255.0)[None], label,
-                      {"source": "upload", "format": scan.format, "sha256": hashlib.sha256(data).hexdigest()[:16],
-                       "true_label": None if label is None else classes[label]},
-                      dicom=data if scan.format == "DICOM" else None)
+    return ScanChoice(
+        torch.from_numpy(image).float().div(255.0)[None],
+        label,
+        {
+            "source": "upload",
+            "format": scan.format,
+            "sha256": hashlib.sha256(data).hexdigest()[:16],
+            "true_label": None if label is None else classes[label],
+        },
+        dicom=data if scan.format == "DICOM" else None,
+    )
 
 
 def choose_attack() -> tuple[str, dict[str, Any]]:
-    names = sorted(available(), key=lambda name: FAMILY_ORDER.index(attack_class(name).family)
-                   if attack_class(name).family in FAMILY_ORDER else len(FAMILY_ORDER))
-    name = st.selectbox("Attack", names, index=names.index("fgsm") if "fgsm" in names else 0, key="attack:name",
-                        format_func=lambda n: f"{attack_class(n).title} · {attack_class(n).family}")
+    names = sorted(
+        available(),
+        key=lambda name: (
+            FAMILY_ORDER.index(attack_class(name).family)
+            if attack_class(name).family in FAMILY_ORDER
+            else len(FAMILY_ORDER)
+        ),
+    )
+    name = st.selectbox(
+        "Attack",
+        names,
+        index=names.index("fgsm") if "fgsm" in names else 0,
+        key="attack:name",
+        format_func=lambda n: f"{attack_class(n).title} · {attack_class(n).family}",
+    )
     cls = attack_class(name)
-    st.caption(f"{cls.description or cls.title} — a {cls.family} attack ({FAMILY_WORDS.get(cls.family, '')}).")
+    st.caption(
+        f"{cls.description or cls.title} — a {cls.family} attack ({FAMILY_WORDS.get(cls.family, '')})."
+    )
     return name, attack_controls(name, key="attack")
 
 
-def start(models: list[tuple[str, Any]], scan: ScanChoice, name: str, params: dict[str, Any],
-          target: Optional[int], minimal: bool, classes: tuple[str, ...], inputs: dict[str, Any]) -> None:
-    def work(progress):
-        return [(title, analyse_scan(model, scan.image, name, params, label=scan.label, target=target,
-                                     classes=classes, find_minimal_eps=minimal,
-                                     progress=staged(progress, number, len(models), title)))
-                for number, (title, model) in enumerate(models)]
+def start(
+    models: list[tuple[str, Any]],
+    scan: ScanChoice,
+    name: str,
+    params: dict[str, Any],
+    target: Optional[int],
+    minimal: bool,
+    classes: tuple[str, ...],
+    inputs: dict[str, Any],
+) -> None:
+    def work(progress: ProgressCallback) -> list[tuple[str, ScanReport]]:
+        return [
+            (
+                title,
+                analyse_scan(
+                    model,
+                    scan.image,
+                    name,
+                    params,
+                    label=scan.label,
+                    target=target,
+                    classes=classes,
+                    find_minimal_eps=minimal,
+                    progress=staged(progress, number, len(models), title),
+                ),
+            )
+            for number, (title, model) in enumerate(models)
+        ]
 
     st.session_state[TASK_KEY] = Task(f"Running {attack_class(name).title}", work, inputs).start()
 
@@ -145,8 +212,11 @@ def show_results(current: dict[str, Any]) -> None:
     used_scan: ScanChoice = inputs["scan"]
     if inputs["current"] != current:
         st.caption("These results are for the previous choices; press **Run the attack** to update them.")
-    context = {"models": [title for title, _ in reports], "scan": used_scan.origin,
-               "synthetic_data": inputs["synthetic"]}
+    context = {
+        "models": [title for title, _ in reports],
+        "scan": used_scan.origin,
+        "synthetic_data": inputs["synthetic"],
+    }
     if inputs["synthetic"]:
         st.caption("Synthetic phantom: these results show how the method behaves, not a medical finding.")
     if len(reports) > 1:
@@ -159,14 +229,20 @@ def show_results(current: dict[str, Any]) -> None:
         tabs = [st.container()]
     for tab, (title, report) in zip(tabs, reports):
         with tab:
-            scan_views.report_detail(report, key=f"detail:{title}", minimal_high=MINIMAL_HIGH,
-                                     record=scan_views.as_record(report, **context, model_shown=title),
-                                     dicom_source=used_scan.dicom)
+            scan_views.report_detail(
+                report,
+                key=f"detail:{title}",
+                minimal_high=MINIMAL_HIGH,
+                record=scan_views.as_record(report, **context, model_shown=title),
+                dicom_source=used_scan.dicom,
+            )
 
 
 st.title("Attack a scan")
-st.caption("Make a small, deliberate change to a CT slice and see what it does to the model's answer, "
-           "where the model looks, and how visible the change is.")
+st.caption(
+    "Make a small, deliberate change to a CT slice and see what it does to the model's answer, "
+    "where the model looks, and how visible the change is."
+)
 
 collect_finished()
 run = selected_run()
@@ -188,11 +264,19 @@ scan_column, attack_column, model_column = st.columns([1.1, 1.2, 1], gap="large"
 scan = None
 with scan_column:
     st.markdown("##### 1 · The scan")
-    source = st.segmented_control("Scan from", ["Test split", "Upload"], default="Test split",
-                                  key="attack:source", label_visibility="collapsed")
+    source = st.segmented_control(
+        "Scan from",
+        ["Test split", "Upload"],
+        default="Test split",
+        key="attack:source",
+        label_visibility="collapsed",
+    )
     with shown_errors("read the scan"):
-        scan = (choose_upload(int(record.config["image_size"]), classes) if source == "Upload"
-                else choose_test_scan(record.config, classes))
+        scan = (
+            choose_upload(int(record.config["image_size"]), classes)
+            if source == "Upload"
+            else choose_test_scan(record.config, classes)
+        )
 with attack_column:
     st.markdown("##### 2 · The attack")
     name, params = choose_attack()
@@ -200,23 +284,48 @@ with model_column:
     st.markdown("##### 3 · The model")
     st.caption(run_label(record))
     others = {str(other.run_dir): other for other in usable_runs() if str(other.run_dir) != run}
-    compare = st.selectbox("Compare with a second model", [None, *others], key="attack:compare",
-                           format_func=lambda path: "no comparison" if path is None else run_label(others[path]),
-                           help="Attack the same scan on another model, e.g. normal vs adversarially trained.")
+    compare = st.selectbox(
+        "Compare with a second model",
+        [None, *others],
+        key="attack:compare",
+        format_func=lambda path: "no comparison" if path is None else run_label(others[path]),
+        help="Attack the same scan on another model, e.g. normal vs adversarially trained.",
+    )
     target = None
     if attack_class(name).supports_target:
-        choice = st.selectbox("Push the answer towards", ["any other class", *classes], key="attack:target",
-                              help="A targeted attack tries to make the model say this class.")
+        choice = st.selectbox(
+            "Push the answer towards",
+            ["any other class", *classes],
+            key="attack:target",
+            help="A targeted attack tries to make the model say this class.",
+        )
         target = None if choice == "any other class" else classes.index(choice)
-    minimal = st.toggle("Also find the smallest budget that flips this scan", value=True, key="attack:minimal",
-                        help=f"Searches the {MINIMAL_EPS_ATTACK.upper()} budget up to {MINIMAL_HIGH} by bisection; "
-                             "takes several attack runs.")
+    minimal = st.toggle(
+        "Also find the smallest budget that flips this scan",
+        value=True,
+        key="attack:minimal",
+        help=f"Searches the {MINIMAL_EPS_ATTACK.upper()} budget up to {MINIMAL_HIGH} by bisection; "
+        "takes several attack runs.",
+    )
     running = st.session_state.get(TASK_KEY) is not None
-    clicked = st.button("Run the attack", type="primary", icon=":material/play_arrow:", key="attack:run",
-                        disabled=scan is None or running, width="stretch")
+    clicked = st.button(
+        "Run the attack",
+        type="primary",
+        icon=":material/play_arrow:",
+        key="attack:run",
+        disabled=scan is None or running,
+        width="stretch",
+    )
 
-current = {"run": run, "compare": compare, "scan": None if scan is None else scan.origin, "attack": name,
-           "params": params, "target": target, "minimal": minimal}
+current = {
+    "run": run,
+    "compare": compare,
+    "scan": None if scan is None else scan.origin,
+    "attack": name,
+    "params": params,
+    "target": target,
+    "minimal": minimal,
+}
 if clicked and scan is not None:
     with shown_errors("start the attack"):
         models = [(record.name, model)]
@@ -225,10 +334,19 @@ if clicked and scan is not None:
             if second_record.config.get("image_size") != record.config.get("image_size"):
                 raise UserInputError(
                     f"the two models read scans of different sizes ({record.config.get('image_size')} and "
-                    f"{second_record.config.get('image_size')} px); compare models trained at the same image size")
+                    f"{second_record.config.get('image_size')} px); compare models trained at one image size"
+                )
             models.append((second_record.name, second))
-        start(models, scan, name, params, target, minimal, classes,
-              {"current": current, "scan": scan, "synthetic": is_synthetic(record)})
+        start(
+            models,
+            scan,
+            name,
+            params,
+            target,
+            minimal,
+            classes,
+            {"current": current, "scan": scan, "synthetic": is_synthetic(record)},
+        )
         st.rerun()
 
 st.divider()

@@ -19,8 +19,11 @@ from dashboard.ui.session import DatasetChoice, dataset_choice, set_dataset_choi
 from dashboard.ui.status import SYNTHETIC_HELP, synthetic_badge
 from pipeline.data import ScanDataset, download_iqothnccd, open_scan, preprocess_image
 
-SOURCES = {"synthetic": "Synthetic phantom (built in)", "folder": "A folder on this machine",
-           "kaggle": "Download IQ-OTH/NCCD from Kaggle"}
+SOURCES = {
+    "synthetic": "Synthetic phantom (built in)",
+    "folder": "A folder on this machine",
+    "kaggle": "Download IQ-OTH/NCCD from Kaggle",
+}
 IMAGE_SIZES = (64, 128, 224, 256)
 GALLERY = 6
 
@@ -28,21 +31,48 @@ GALLERY = 6
 def choose_source(current: DatasetChoice) -> None:
     """The form that picks a dataset; applying it makes every page use the new choice."""
     with st.form("data:choose"):
-        kind = st.radio("Source", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="data:kind",
-                        index=0 if current.synthetic else 1)
+        kind = st.radio(
+            "Source",
+            list(SOURCES),
+            format_func=SOURCES.get,
+            horizontal=True,
+            key="data:kind",
+            index=0 if current.synthetic else 1,
+        )
         left, middle, right = st.columns(3)
-        folder = left.text_input("Dataset folder", value="" if current.synthetic else current.source,
-                                 placeholder="data/iqothnccd", key="data:folder",
-                                 help="IQ-OTH/NCCD as Kaggle ships it, or benign/ malignant/ normal/ folders, at any depth")
-        size = middle.selectbox("Image size (px)", IMAGE_SIZES, key="data:size",
-                                index=IMAGE_SIZES.index(current.image_size) if current.image_size in IMAGE_SIZES else 1,
-                                help="Scans are padded to a square and resized to this size")
-        count = right.number_input("Phantom scans", 12, 5000, current.count, step=12, key="data:count",
-                                   help="How many synthetic scans to generate (synthetic source only)")
-        strategy = left.selectbox("Split", ["grouped", "random"], key="data:strategy",
-                                  index=0 if current.strategy == "grouped" else 1,
-                                  format_func={"grouped": "grouped (no leaks; recommended)",
-                                               "random": "random by image (leaky, for comparison)"}.get)
+        folder = left.text_input(
+            "Dataset folder",
+            value="" if current.synthetic else current.source,
+            placeholder="data/iqothnccd",
+            key="data:folder",
+            help="IQ-OTH/NCCD as Kaggle ships it, or benign/ malignant/ normal/ folders, at any depth",
+        )
+        size = middle.selectbox(
+            "Image size (px)",
+            IMAGE_SIZES,
+            key="data:size",
+            index=IMAGE_SIZES.index(current.image_size) if current.image_size in IMAGE_SIZES else 1,
+            help="Scans are padded to a square and resized to this size",
+        )
+        count = right.number_input(
+            "Phantom scans",
+            12,
+            5000,
+            current.count,
+            step=12,
+            key="data:count",
+            help="How many synthetic scans to generate (synthetic source only)",
+        )
+        strategy = left.selectbox(
+            "Split",
+            ["grouped", "random"],
+            key="data:strategy",
+            index=0 if current.strategy == "grouped" else 1,
+            format_func={
+                "grouped": "grouped (no leaks; recommended)",
+                "random": "random by image (leaky, for comparison)",
+            }.get,
+        )
         seed = middle.number_input("Seed", 0, 2**31 - 1, current.seed, key="data:seed")
         if not st.form_submit_button("Use this dataset", type="primary", icon=":material/check:"):
             return
@@ -56,8 +86,11 @@ def choose_source(current: DatasetChoice) -> None:
         elif kind == "kaggle":
             with st.spinner("Downloading IQ-OTH/NCCD from Kaggle (about 100 MB)…"):
                 source = str(download_iqothnccd())
-        set_dataset_choice(DatasetChoice(source=source, image_size=int(size), count=int(count),
-                                         strategy=strategy, seed=int(seed)))
+        set_dataset_choice(
+            DatasetChoice(
+                source=source, image_size=int(size), count=int(count), strategy=strategy, seed=int(seed)
+            )
+        )
         st.rerun()
 
 
@@ -66,43 +99,55 @@ def overview(dataset: ScanDataset) -> None:
     columns = st.columns(4)
     columns[0].metric("Scans", len(dataset))
     columns[1].metric("Image size", f"{dataset.image_size} px")
-    columns[2].metric("Identical duplicates", f"{len(dataset.duplicate_groups)} groups",
-                      help="Byte-identical images; the grouped split keeps each group on one side")
+    columns[2].metric(
+        "Identical duplicates",
+        f"{len(dataset.duplicate_groups)} groups",
+        help="Byte-identical images; the grouped split keeps each group on one side",
+    )
     columns[3].metric("Files skipped", len(dataset.report.skipped))
     left, right = st.columns([1, 1.4])
     with left:
         st.plotly_chart(figures.class_balance(counts), key="data:balance", config={"displaylogo": False})
         smallest = min(counts, key=counts.get)
-        st.caption(f"The classes are unbalanced: {smallest} has the fewest scans ({counts[smallest]}); "
-                   "training weighs the classes so the model does not just learn the majority.")
+        st.caption(
+            f"The classes are unbalanced: {smallest} has the fewest scans ({counts[smallest]}); "
+            "training weighs the classes so the model does not just learn the majority."
+        )
     with right:
         st.markdown("##### A few scans of each class")
         for index, name in enumerate(dataset.classes):
             rows = np.flatnonzero(dataset.labels == index)[:GALLERY]
             if len(rows):
-                show([grey8(dataset.images[int(row)]) for row in rows], width=88,
-                         caption=[name] * len(rows))
+                show([grey8(dataset.images[int(row)]) for row in rows], width=88, caption=[name] * len(rows))
     for note in dataset.report.notes:
         st.caption(note)
     if dataset.report.skipped:
         with st.expander(f"{len(dataset.report.skipped)} files could not be used"):
-            st.dataframe([{"file": Path(item.path).name, "reason": item.reason} for item in dataset.report.skipped],
-                         hide_index=True)
+            st.dataframe(
+                [{"file": Path(item.path).name, "reason": item.reason} for item in dataset.report.skipped],
+                hide_index=True,
+            )
 
 
 def preprocessing(dataset: ScanDataset) -> None:
     st.subheader("What preprocessing does")
     if dataset.paths is None:
-        st.caption(f"Phantom scans are rendered as square slices and then go through the same step as real "
-                   f"scans: padded to a square with their background grey, then resized to {dataset.image_size} px. "
-                   "Stretching is never used, so round nodules stay round.")
+        st.caption(
+            f"Phantom scans are rendered as square slices and then go through the same step as real "
+            f"scans: padded to a square with their background grey, then resized to {dataset.image_size} px. "
+            "Stretching is never used, so round nodules stay round."
+        )
         return
     index = st.slider("Scan", 0, len(dataset) - 1, 0, key="data:pre-index")
     original = open_scan(dataset.paths[index]).image
     left, right = st.columns(2)
     show(original, where=left, width=320, caption=f"As stored: {original.shape[1]}×{original.shape[0]} px")
-    show(enlarge(preprocess_image(original, dataset.image_size), 320), where=right, width=320,
-                caption=f"As the model sees it: padded to a square, resized to {dataset.image_size} px")
+    show(
+        enlarge(preprocess_image(original, dataset.image_size), 320),
+        where=right,
+        width=320,
+        caption=f"As the model sees it: padded to a square, resized to {dataset.image_size} px",
+    )
 
 
 def duplicates(dataset: ScanDataset) -> None:
@@ -110,8 +155,11 @@ def duplicates(dataset: ScanDataset) -> None:
         return
     with st.expander(f"{len(dataset.duplicate_groups)} groups of identical images"):
         for group in dataset.duplicate_groups[:5]:
-            show([grey8(dataset.images[i]) for i in group[:4]], width=96,
-                     caption=[f"#{i} {dataset.classes[dataset.labels[i]]}" for i in group[:4]])
+            show(
+                [grey8(dataset.images[i]) for i in group[:4]],
+                width=96,
+                caption=[f"#{i} {dataset.classes[dataset.labels[i]]}" for i in group[:4]],
+            )
 
 
 def split_view(choice: DatasetChoice) -> None:
@@ -119,13 +167,17 @@ def split_view(choice: DatasetChoice) -> None:
     split, leaks = cached_split(choice.source, choice.image_size, choice.seed, choice.count, choice.strategy)
     left, right = st.columns([1.2, 1])
     with left:
-        st.plotly_chart(figures.split_sizes(split.report["class_counts"]), key="data:split",
-                        config={"displaylogo": False})
+        st.plotly_chart(
+            figures.split_sizes(split.report["class_counts"]), key="data:split", config={"displaylogo": False}
+        )
         st.caption("Scans used to train, to choose the best epoch (validation), and to test, by class.")
     with right:
         share = leaks["test_with_similar_in_train_fraction"]
-        st.metric("Test scans with a near-twin in training", f"{100 * share:.0f}%",
-                  help="Exact or near-identical images on both sides: the model could recognise them, not diagnose")
+        st.metric(
+            "Test scans with a near-twin in training",
+            f"{100 * share:.0f}%",
+            help="Exact or near-identical images on both sides: the model could recognise them, not diagnose",
+        )
         st.metric("Neighbouring slices split across sides", leaks["adjacent_slices_across"])
         if split.leaky:
             st.warning(split.report.get("warning", "This random split leaks."), icon=":material/warning:")

@@ -18,18 +18,26 @@ from dashboard.ui.session import selected_run
 from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available
 from pipeline.evaluation.cli import start_evaluation_job
-from pipeline.jobs import JobState, list_jobs
+from pipeline.evaluation.report import FILES
+from pipeline.jobs import list_jobs
 from pipeline.runs import RunRecord
 from pipeline.units import parse_epsilons
 
 #: The reference table's attacks first; then every other attack with an L∞ budget.
 TABLE = ("fgsm", "pgd", "cw")
 WATCH_KEY = "evaluate.watch"
+#: Where evaluations of a run are written, by the background job and by the command line alike.
+EVALUATIONS = "evaluations"
 
 
 def attack_choices() -> list[str]:
-    others = [name for name in available() if attack_class(name).norm == "linf"
-              and any(param.name == "eps" for param in attack_class(name).params) and name not in ("fgsm", "pgd")]
+    others = [
+        name
+        for name in available()
+        if attack_class(name).norm == "linf"
+        and any(param.name == "eps" for param in attack_class(name).params)
+        and name not in ("fgsm", "pgd")
+    ]
     return [*TABLE, *others]
 
 
@@ -37,63 +45,115 @@ def attack_title(name: str) -> str:
     return "CW (margin loss, inside the ε ball)" if name == "cw" else attack_class(name).title
 
 
-def evaluations(run_dirs: list[str]) -> list[tuple[Path, JobState]]:
-    """Evaluation jobs stored under the given runs, newest first."""
-    found = [item for run_dir in run_dirs for item in list_jobs(Path(run_dir) / "evaluations")]
-    return sorted(found, key=lambda item: float(item[1].status.get("created_at", 0.0)), reverse=True)
+def running_jobs(run_dirs: list[str]) -> list[str]:
+    """Evaluation jobs still running under the given runs."""
+    return [
+        str(path)
+        for run_dir in run_dirs
+        for path, state in list_jobs(Path(run_dir) / EVALUATIONS)
+        if state.running
+    ]
+
+
+def finished_reports(run_dirs: list[str]) -> list[Path]:
+    """Folders holding a complete report (from the dashboard or the command line), newest first."""
+    found = [
+        path.parent for run_dir in run_dirs for path in Path(run_dir).glob(f"{EVALUATIONS}/*/{FILES['json']}")
+    ]
+    return sorted(found, key=lambda folder: (folder / FILES["json"]).stat().st_mtime, reverse=True)
+
+
+def report_label(folder: Path) -> str:
+    written = time.localtime((folder / FILES["json"]).stat().st_mtime)
+    return f"{folder.parent.parent.name} · {time.strftime('%Y-%m-%d %H:%M', written)}"
 
 
 def settings_form(runs: dict[str, RunRecord]) -> None:
     default = [path for path in (selected_run(),) if path in runs]
     with st.form("evaluate:form"):
-        chosen = st.multiselect("Models", list(runs), default=default, key="evaluate:runs",
-                                format_func=lambda path: run_label(runs[path]),
-                                help="Compare e.g. a normally and an adversarially trained model on the same scans")
+        chosen = st.multiselect(
+            "Models",
+            list(runs),
+            default=default,
+            key="evaluate:runs",
+            format_func=lambda path: run_label(runs[path]),
+            help="Compare e.g. a normally and an adversarially trained model on the same scans",
+        )
         left, middle, right = st.columns(3)
-        attacks = left.multiselect("Attacks", attack_choices(), default=list(TABLE), key="evaluate:attacks",
-                                   format_func=attack_title)
-        epsilons = middle.text_input("Budgets ε", "2/255, 4/255", key="evaluate:eps",
-                                     help="Comma-separated, in grey levels: 4/255 is 4 of 255 levels (≈ 24 HU)")
-        split = right.selectbox("Scans", ["test", "val"], key="evaluate:split",
-                                format_func={"test": "held-out test scans", "val": "validation scans"}.get)
-        limit = left.number_input("At most this many scans (0 = all)", 0, 100_000, 0, key="evaluate:limit",
-                                  help="Fewer scans give a quick first look; classes are taken in turn")
-        strength = middle.toggle("Strength checks", value=True, key="evaluate:strength",
-                                 help="Stronger attacks beside every figure to catch gradient masking (slower)")
-        submitted = st.form_submit_button("Start the evaluation", type="primary", icon=":material/play_arrow:")
+        attacks = left.multiselect(
+            "Attacks", attack_choices(), default=list(TABLE), key="evaluate:attacks", format_func=attack_title
+        )
+        epsilons = middle.text_input(
+            "Budgets ε",
+            "2/255, 4/255",
+            key="evaluate:eps",
+            help="Comma-separated, in grey levels: 4/255 is 4 of 255 levels (≈ 24 HU)",
+        )
+        split = right.selectbox(
+            "Scans",
+            ["test", "val"],
+            key="evaluate:split",
+            format_func={"test": "held-out test scans", "val": "validation scans"}.get,
+        )
+        limit = left.number_input(
+            "At most this many scans (0 = all)",
+            0,
+            100_000,
+            0,
+            key="evaluate:limit",
+            help="Fewer scans give a quick first look; classes are taken in turn",
+        )
+        strength = middle.toggle(
+            "Strength checks",
+            value=True,
+            key="evaluate:strength",
+            help="Stronger attacks beside every figure to catch gradient masking (slower)",
+        )
+        submitted = st.form_submit_button(
+            "Start the evaluation", type="primary", icon=":material/play_arrow:"
+        )
     if submitted:
         with shown_errors("start the evaluation"):
-            job = start_evaluation_job(chosen, attacks=attacks, epsilons=parse_epsilons(epsilons), split=split,
-                                       limit=int(limit) or None, strength=strength)
+            job = start_evaluation_job(
+                chosen,
+                attacks=attacks,
+                epsilons=parse_epsilons(epsilons),
+                split=split,
+                limit=int(limit) or None,
+                strength=strength,
+            )
             st.session_state[WATCH_KEY] = str(job)
             st.toast("The evaluation runs in the background; you can leave this page.")
 
 
 st.title("Evaluate")
-st.caption("How well the models hold up under strong attacks on scans they never saw, and whether the "
-           "attacks were strong enough to trust the numbers.")
+st.caption(
+    "How well the models hold up under strong attacks on scans they never saw, and whether the "
+    "attacks were strong enough to trust the numbers."
+)
 runs = {str(record.run_dir): record for record in usable_runs()}
 if not runs:
     st.info("There is no trained model to evaluate yet: train one on the Train page.", icon=":material/info:")
     st.stop()
 settings_form(runs)
 
-past = evaluations(list(runs))
-running = [str(path) for path, state in past if state.running]
+running = running_jobs(list(runs))
 watched = st.session_state.get(WATCH_KEY)
 for job_dir in running + ([watched] if watched and watched not in running else []):
     with st.container(border=True):
         st.markdown(f"**Evaluation {Path(job_dir).name}**")
         job_panel(job_dir, key=f"evaluate:{job_dir}", curves=False, what="evaluation")
 
-finished = {str(path): state for path, state in past if state.phase == "done" and state.status.get("outputs")}
-if not finished:
-    st.caption("Finished evaluations appear here.")
+reports = {str(folder): folder for folder in finished_reports(list(runs))}
+if not reports:
+    st.caption("Finished evaluations appear here, including those run with `python -m pipeline evaluate`.")
     st.stop()
 st.divider()
-chosen = st.selectbox("Evaluation", list(finished), key="evaluate:shown",
-                      format_func=lambda path: f"{Path(path).parent.parent.name} · "
-                                               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(finished[path].status.get('created_at', 0)))}")
+chosen = st.selectbox(
+    "Evaluation", list(reports), key="evaluate:shown", format_func=lambda path: report_label(reports[path])
+)
 with shown_errors("show the evaluation"):
-    outputs = finished[chosen].status["outputs"]
-    report_view(load_report(Path(outputs["json"])), outputs)
+    folder = reports[chosen]
+    report_view(
+        load_report(folder / FILES["json"]), {kind: str(folder / name) for kind, name in FILES.items()}
+    )

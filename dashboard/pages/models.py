@@ -8,85 +8,117 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import streamlit as st
 
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import training_curves
+from dashboard.ui.run_table import job_states, runs_table
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next
-from pipeline.jobs import job_state
 from pipeline.models import ARCHITECTURES
 from pipeline.runs import RunRecord, delete_run, export_run, import_run, list_runs
+from pipeline.units import format_epsilon
 
 #: Runs and weights may be larger than scans: up to the server's cap (a ResNet-101 is about 170 MB).
 MODEL_UPLOAD_MB = 200
 #: Settings shown in the comparison table, in this order.
-COMPARED = ("arch", "strategy", "eps", "steps", "epochs", "image_size", "batch_size", "optimizer", "lr", "data",
-            "split_strategy", "seed")
+COMPARED = (
+    "arch",
+    "strategy",
+    "eps",
+    "steps",
+    "epochs",
+    "image_size",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "data",
+    "split_strategy",
+    "seed",
+)
 
 
-def summary_row(record: RunRecord) -> dict[str, Any]:
-    best = record.best or {}
-    return {
-        "run": record.name,
-        "model": run_label(record).split(" · ")[0],
-        "state": job_state(record.run_dir).phase,
-        "best epoch": best.get("epoch"),
-        "clean val. acc.": best.get("val_acc"),
-        "val. acc. under PGD": best.get("val_robust_acc"),
-        "problem": record.error or "",
-    }
+def setting(record: RunRecord, key: str) -> str:
+    """One setting as a person reads it: budgets as k/255, anything missing as a dash."""
+    value = record.config.get(key)
+    if key == "eps" and isinstance(value, (int, float)):
+        return format_epsilon(value)
+    return "—" if value is None else str(value)
 
 
 def details(record: RunRecord) -> None:
     left, right = st.columns([1, 1.6])
     with left:
         st.markdown("##### Settings")
-        st.json({key: value for key, value in record.config.items() if key not in ("split",)}, expanded=1)
-        st.markdown("##### Status")
-        st.json(record.status, expanded=1)
+        st.dataframe([{"setting": key, "value": setting(record, key)} for key in COMPARED], hide_index=True)
+        state = record.status.get("message") or record.status.get("phase", "unknown")
+        st.caption(f"Status: {state}")
+        with st.expander("Everything recorded about this run"):
+            st.json({key: value for key, value in record.config.items() if key != "split"}, expanded=1)
+            st.json(record.status, expanded=False)
     with right:
         training_curves(record.run_dir, key=f"models:{record.name}")
 
 
 def compare(records: list[RunRecord]) -> None:
-    chosen = st.multiselect("Compare runs", [r.name for r in records], max_selections=4, key="models:compare",
-                            help="Their settings and best results side by side")
+    chosen = st.multiselect(
+        "Compare runs",
+        [r.name for r in records],
+        max_selections=4,
+        key="models:compare",
+        help="Their settings and best results side by side",
+    )
     if len(chosen) < 2:
         return
     by_name = {record.name: record for record in records}
-    rows = [{"setting": key, **{name: str(by_name[name].config.get(key, "—")) for name in chosen}} for key in COMPARED]
+    rows = [{"setting": key, **{name: setting(by_name[name], key) for name in chosen}} for key in COMPARED]
     for label, metric in (("clean val. acc.", "val_acc"), ("val. acc. under PGD", "val_robust_acc")):
-        rows.append({"setting": label, **{name: f"{100 * (by_name[name].best or {}).get(metric, float('nan')):.1f}%"
-                                          for name in chosen}})
+        rows.append(
+            {
+                "setting": label,
+                **{
+                    name: f"{100 * (by_name[name].best or {}).get(metric, float('nan')):.1f}%"
+                    for name in chosen
+                },
+            }
+        )
     st.dataframe(rows, hide_index=True)
 
 
 def export(record: RunRecord) -> None:
     """The zip is built only when the button is pressed (a run with optimizer state is hundreds of MB)."""
-    st.download_button("Export (zip)", lambda: export_run(record.run_dir, include_last=False).read_bytes(),
-                       file_name=f"{record.name}.zip", mime="application/zip", key=f"models:download:{record.name}",
-                       icon=":material/download:",
-                       help="Settings, metrics and the selected weights (safetensors); no scans. The optimizer "
-                            "state for resuming training is left out so the file stays small enough to import.")
+    st.download_button(
+        "Export (zip)",
+        lambda: export_run(record.run_dir, include_last=False).read_bytes(),
+        file_name=f"{record.name}.zip",
+        mime="application/zip",
+        key=f"models:download:{record.name}",
+        icon=":material/download:",
+        help="Settings, metrics and the selected weights (safetensors); no scans. The optimizer "
+        "state for resuming training is left out so the file stays small enough to import.",
+    )
 
 
 def delete(record: RunRecord) -> None:
     with st.popover("Delete…", icon=":material/delete:"):
         st.write(f"Delete **{record.name}** and its weights for good? This cannot be undone.")
         typed = st.text_input("Type the run's name to confirm", key=f"models:confirm:{record.name}")
-        if st.button("Delete the run", type="primary", key=f"models:delete:{record.name}",
-                     disabled=typed.strip() != record.name):
+        if st.button(
+            "Delete the run",
+            type="primary",
+            key=f"models:delete:{record.name}",
+            disabled=typed.strip() != record.name,
+        ):
             with shown_errors("delete the run"):
                 delete_run(record.run_dir)
                 st.toast(f"Deleted {record.name}.")
                 st.rerun()
 
 
-def with_temporary_file(data: bytes, suffix: str, action):
+def with_temporary_file(data: bytes, suffix: str, action: Callable[[Path], Path]) -> Path:
     """Give ``action`` a private temporary copy of an upload; the copy is gone afterwards."""
     with tempfile.TemporaryDirectory(prefix="lunglab-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
@@ -98,28 +130,42 @@ def imports() -> None:
     left, right = st.columns(2)
     with left, st.container(border=True):
         st.markdown("##### Import a run exported from this lab")
-        upload = st.file_uploader("Run zip", type=["zip"], key="models:import-zip", max_upload_size=MODEL_UPLOAD_MB)
+        upload = st.file_uploader(
+            "Run zip", type=["zip"], key="models:import-zip", max_upload_size=MODEL_UPLOAD_MB
+        )
         if upload is not None and st.button("Import the run", key="models:import", icon=":material/upload:"):
             with shown_errors("import the run"):
-                run_dir = with_temporary_file(upload.getvalue(), ".zip", lambda path: import_run(path, runs_dir()))
+                run_dir = with_temporary_file(
+                    upload.getvalue(), ".zip", lambda path: import_run(path, runs_dir())
+                )
                 select_run_next(str(run_dir))
                 st.toast(f"Imported {run_dir.name}.")
                 st.rerun()
     with right, st.container(border=True):
         st.markdown("##### Import weights trained elsewhere")
-        st.caption("Only .safetensors files are accepted (never pickled .pt/.pth files, which can run code). "
-                   "The weights must fit one of the lab's one-channel ResNets exactly.")
-        upload = st.file_uploader("Weights", type=["safetensors"], key="models:import-weights",
-                                  max_upload_size=MODEL_UPLOAD_MB)
-        arch = st.selectbox("Architecture", list(ARCHITECTURES), index=list(ARCHITECTURES).index("resnet50"),
-                            key="models:import-arch")
+        st.caption(
+            "Only .safetensors files are accepted (never pickled .pt/.pth files, which can run code). "
+            "The weights must fit one of the lab's one-channel ResNets exactly."
+        )
+        upload = st.file_uploader(
+            "Weights", type=["safetensors"], key="models:import-weights", max_upload_size=MODEL_UPLOAD_MB
+        )
+        arch = st.selectbox(
+            "Architecture",
+            list(ARCHITECTURES),
+            index=list(ARCHITECTURES).index("resnet50"),
+            key="models:import-arch",
+        )
         size = st.number_input("Image size it was trained at (px)", 32, 1024, 224, key="models:import-size")
-        if upload is not None and st.button("Import the weights", key="models:import-weights-go",
-                                            icon=":material/upload:"):
+        if upload is not None and st.button(
+            "Import the weights", key="models:import-weights-go", icon=":material/upload:"
+        ):
             with shown_errors("import the weights"):
-                run_dir = with_temporary_file(upload.getvalue(), ".safetensors",
-                                              lambda path: import_checkpoint(path, runs_dir(), arch=arch,
-                                                                             image_size=int(size)))
+                run_dir = with_temporary_file(
+                    upload.getvalue(),
+                    ".safetensors",
+                    lambda path: import_checkpoint(path, runs_dir(), arch=arch, image_size=int(size)),
+                )
                 select_run_next(str(run_dir))
                 st.toast(f"Imported as {run_dir.name}.")
                 st.rerun()
@@ -129,13 +175,12 @@ st.title("Models")
 st.caption("Every trained model, how it was trained and how well it did; move models between machines.")
 records = list_runs(runs_dir())
 if records:
-    st.dataframe([summary_row(record) for record in records], hide_index=True, column_config={
-        "clean val. acc.": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-        "val. acc. under PGD": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-    })
+    runs_table(records, job_states(records))
     compare(records)
     by_dir = {str(record.run_dir): record for record in records}
-    chosen = st.selectbox("Run", list(by_dir), key="models:run", format_func=lambda path: run_label(by_dir[path]))
+    chosen = st.selectbox(
+        "Run", list(by_dir), key="models:run", format_func=lambda path: run_label(by_dir[path])
+    )
     record = by_dir[chosen]
     if record.error:
         st.error(record.error, icon=":material/error:")

@@ -8,6 +8,7 @@ so they keep updating after a refresh and survive a restart of the dashboard.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -15,11 +16,12 @@ import streamlit as st
 from dashboard.ui.controls import param_control
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
+from dashboard.ui.run_table import job_states, runs_table
 from dashboard.ui.session import dataset_choice
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next, synthetic_badge, usable_runs
 from pipeline.attacks import Param
-from pipeline.jobs import job_state
+from pipeline.jobs import JobState, job_state
 from pipeline.runs import list_runs
 from pipeline.training import PRESETS, TrainConfig, field_spec, resume_job, start_job
 
@@ -27,13 +29,16 @@ STRATEGY_WORDS = {
     "standard": "Normal training: no attacks. Accurate on clean scans, usually fragile under attack.",
     "pgd": "PGD adversarial training (Madry et al.): every batch is attacked with PGD first. Robust, slow.",
     "fgsm-rs": "Fast adversarial training (Wong et al.): one FGSM step from a random start, guarded against "
-               "catastrophic overfitting. Nearly as robust as PGD, several times faster.",
+    "catastrophic overfitting. Nearly as robust as PGD, several times faster.",
     "trades": "TRADES: trades clean accuracy against robustness with a weight β.",
     "mart": "MART: like TRADES, with extra weight on the scans the model gets wrong.",
     "mixed": "The reference study's recipe: each batch is clean + FGSM + PGD + CW versions of the scans.",
-    "transfer": "Adds adversarial scans crafted on another saved model (the cross-architecture study's recipe).",
+    "transfer": "Adds adversarial scans crafted on another saved model (the cross-architecture recipe).",
 }
-PRESET_WORDS = {"quick": "Quick — a CPU demo in minutes", "full": "Full — the reference study's scale, for a GPU"}
+PRESET_WORDS = {
+    "quick": "Quick — a CPU demo in minutes",
+    "full": "Full — the reference study's scale, for a GPU",
+}
 #: Shown directly; every other training setting sits under "Advanced settings".
 MAIN = ("arch", "strategy", "epochs", "eps", "steps", "image_size", "batch_size", "device", "pretrained")
 #: Set from the Data page's choice, not from this form.
@@ -47,30 +52,47 @@ def as_param(spec: dataclasses.Field, default: Any) -> Param:
     """A training setting described as a parameter, so the attack controls can draw it."""
     meta = field_spec(spec.name)
     kind = type(default) if default is not None else float
-    return Param(spec.name, kind, default, meta["help"], low=meta["low"], high=meta["high"], choices=meta["choices"],
-                 grey_levels=spec.name in GREY_FIELDS)
+    return Param(
+        spec.name,
+        kind,
+        default,
+        meta["help"],
+        low=meta["low"],
+        high=meta["high"],
+        choices=meta["choices"],
+        grey_levels=spec.name in GREY_FIELDS,
+    )
 
 
 def settings_form(preset: str) -> dict[str, Any]:
     defaults = TrainConfig.from_preset(preset)
-    fields = {spec.name: spec for spec in dataclasses.fields(TrainConfig) if spec.name not in FROM_DATA + OTHER}
+    fields = {
+        spec.name: spec for spec in dataclasses.fields(TrainConfig) if spec.name not in FROM_DATA + OTHER
+    }
     values: dict[str, Any] = {}
     for number, spec in enumerate(fields[name] for name in MAIN):
         if number % 3 == 0:
             columns = st.columns(3)
         with columns[number % 3]:
-            values[spec.name] = param_control(as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}")
+            values[spec.name] = param_control(
+                as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}"
+            )
     st.caption(STRATEGY_WORDS.get(values["strategy"], ""))
     if values["strategy"] == "transfer":
         sources = {str(record.run_dir): record for record in usable_runs()}
-        values["transfer_run"] = st.selectbox("Model that crafts the transfer examples", list(sources) or [None],
-                                              format_func=lambda path: run_label(sources[path]) if path else "no saved model",
-                                              key=f"train:{preset}:transfer_run")
+        values["transfer_run"] = st.selectbox(
+            "Model that crafts the transfer examples",
+            list(sources) or [None],
+            format_func=lambda path: run_label(sources[path]) if path else "no saved model",
+            key=f"train:{preset}:transfer_run",
+        )
     with st.expander("Advanced settings"):
         columns = st.columns(3)
         for number, spec in enumerate(item for name, item in fields.items() if name not in MAIN):
             with columns[number % 3]:
-                value = param_control(as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}")
+                value = param_control(
+                    as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}"
+                )
                 if value is not None:
                     values[spec.name] = value
     return values
@@ -78,53 +100,49 @@ def settings_form(preset: str) -> dict[str, Any]:
 
 def start(preset: str, values: dict[str, Any]) -> None:
     choice = dataset_choice()
-    config = TrainConfig.from_preset(preset, **values, data=choice.source, count=choice.count,
-                                     data_seed=choice.seed, split_strategy=choice.strategy)
+    config = TrainConfig.from_preset(
+        preset,
+        **values,
+        data=choice.source,
+        count=choice.count,
+        data_seed=choice.seed,
+        split_strategy=choice.strategy,
+    )
     st.session_state["train.watch"] = str(start_job(config, runs_dir()))
 
 
-def runs_table() -> None:
-    records = list_runs(runs_dir())
-    if not records:
-        st.caption("No runs yet.")
+def resume_stopped(states: dict[str, JobState]) -> None:
+    stopped = [path for path, state in states.items() if state.phase in ("cancelled", "failed")]
+    if not stopped:
         return
-    rows = []
-    for record in records:
-        state = job_state(record.run_dir)
-        best = record.best or {}
-        rows.append({
-            "run": record.name,
-            "model": run_label(record).split(" · ")[0],
-            "state": state.phase,
-            "epochs": f"{len(record.metrics)}/{record.config.get('epochs', '?')}",
-            "clean val. acc.": best.get("val_acc"),
-            "val. acc. under PGD": best.get("val_robust_acc"),
-            "problem": record.error or state.error or "",
-        })
-    st.dataframe(rows, hide_index=True, column_config={
-        "clean val. acc.": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-        "val. acc. under PGD": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-    })
-    stopped = [record for record in records if job_state(record.run_dir).phase in ("cancelled", "failed")]
-    if stopped:
-        left, right = st.columns([3, 1], vertical_alignment="bottom")
-        chosen = left.selectbox("Resume a stopped run from its last finished epoch", [str(r.run_dir) for r in stopped],
-                                format_func=lambda path: path.rsplit("/", 1)[-1], key="train:resume-run")
-        if right.button("Resume", icon=":material/replay:", key="train:resume"):
-            with shown_errors("resume the run"):
-                st.session_state["train.watch"] = str(resume_job(chosen))
-                st.rerun()
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = left.selectbox(
+        "Resume a stopped run from its last finished epoch",
+        stopped,
+        format_func=lambda path: Path(path).name,
+        key="train:resume-run",
+    )
+    if right.button("Resume", icon=":material/replay:", key="train:resume"):
+        with shown_errors("resume the run"):
+            st.session_state["train.watch"] = str(resume_job(chosen))
+            st.rerun()
 
 
 st.title("Train")
-st.caption("Teach a model to read the scans — normally, or with attacks mixed in so it learns to resist them.")
+st.caption(
+    "Teach a model to read the scans — normally, or with attacks mixed in so it learns to resist them."
+)
 choice = dataset_choice()
 st.markdown(f"**Data** · {choice.label}, {choice.strategy} split (change it on the Data page)")
 if choice.synthetic:
     synthetic_badge()
 
-preset = st.segmented_control("Preset", list(PRESETS), default="quick", format_func=PRESET_WORDS.get,
-                              key="train:preset") or "quick"
+preset = (
+    st.segmented_control(
+        "Preset", list(PRESETS), default="quick", format_func=PRESET_WORDS.get, key="train:preset"
+    )
+    or "quick"
+)
 values = settings_form(preset)
 if st.button("Start training", type="primary", icon=":material/play_arrow:", key="train:start"):
     with shown_errors("start the training"):
@@ -132,18 +150,25 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", key
         st.toast("Training started in the background. You can leave this page; it keeps running.")
 
 st.subheader("Progress")
+records = list_runs(runs_dir())
+states = job_states(records)
 watched = st.session_state.get("train.watch")
-running = [str(record.run_dir) for record in list_runs(runs_dir()) if job_state(record.run_dir).running]
-shown = running + [watched] if watched and watched not in running else running
+shown = [path for path, state in states.items() if state.running]
+if watched and watched not in shown:
+    shown.append(watched)
 if not shown:
     st.caption("No training is running. Started trainings appear here with live curves.")
 for run_dir in shown:
     with st.container(border=True):
-        st.markdown(f"**{run_dir.rsplit('/', 1)[-1]}**")
+        st.markdown(f"**{Path(run_dir).name}**")
         if not job_panel(run_dir, key=f"train:{run_dir}") and job_state(run_dir).phase == "done":
             if st.button("Use this model", key=f"train:use:{run_dir}", icon=":material/check:"):
                 select_run_next(run_dir)
                 st.rerun()
 
 st.subheader("All runs")
-runs_table()
+if records:
+    runs_table(records, states)
+    resume_stopped(states)
+else:
+    st.caption("No runs yet.")

@@ -1,4 +1,4 @@
-"""One-line readings of the results for a clinician: what changed, whether one could see it, what the model said.
+"""One-line readings for a clinician: what changed, whether one could see it, what the model said.
 
 The wording thresholds are for captions only (how to describe a number), never used as results.
 """
@@ -40,9 +40,11 @@ def change_sentence(report: ScanReport) -> str:
         return "The attack left the scan unchanged."
     levels = report.linf / GREY_LEVEL
     share = report.l0 / report.clean.size
-    return (f"The attacked scan differs from the original by at most {grey_levels(report.linf)} grey "
-            f"level{'s' if levels >= 1.5 else ''} per pixel (≈ {levels * HU_PER_GREY_LEVEL:.0f} HU in the lung "
-            f"window), in {percent(share)} of the pixels: {visibility(report.psnr)}.")
+    return (
+        f"The attacked scan differs from the original by at most {grey_levels(report.linf)} grey "
+        f"level{'s' if levels >= 1.5 else ''} per pixel (≈ {levels * HU_PER_GREY_LEVEL:.0f} HU in the lung "
+        f"window), in {percent(share)} of the pixels: {visibility(report.psnr)}."
+    )
 
 
 def verdict(report: ScanReport) -> str:
@@ -51,14 +53,22 @@ def verdict(report: ScanReport) -> str:
     before, after = names[report.prediction_clean], names[report.prediction_attacked]
     p_before = report.probs_clean[report.label]
     p_after = report.probs_attacked[report.label]
-    basis = "" if report.label_known else " (the true diagnosis was not given, so the attack pushed away from the model's own answer)"
+    basis = (
+        ""
+        if report.label_known
+        else " (the true diagnosis was not given, so the attack pushed away from the model's own answer)"
+    )
     if report.label_known and report.prediction_clean != report.label:
-        return (f"The model already misreads the original: it says **{before}** for a scan labelled "
-                f"{names[report.label]}, and **{after}** after the attack.")
+        return (
+            f"The model already misreads the original: it says **{before}** for a scan labelled "
+            f"{names[report.label]}, and **{after}** after the attack."
+        )
     if before != after:
         return f"The model said **{before}** for the original and now says **{after}**{basis}."
-    return (f"The model still says **{after}**: its confidence in {names[report.label]} went from "
-            f"{percent(p_before)} to {percent(p_after)}{basis}.")
+    return (
+        f"The model still says **{after}**: its confidence in {names[report.label]} went from "
+        f"{percent(p_before)} to {percent(p_after)}{basis}."
+    )
 
 
 def summary(report: ScanReport) -> str:
@@ -73,8 +83,11 @@ def minimal_eps_sentence(value: Optional[float], high_text: str) -> str:
         return "The model already gets this scan wrong, so no change is needed to fool it."
     if not math.isfinite(value):
         return f"Even the largest budget searched ({high_text}) did not change the model's answer."
-    return (f"A PGD attack of {grey_levels(value)}/255 grey levels (≈ {value / GREY_LEVEL * HU_PER_GREY_LEVEL:.0f} HU) "
-            "is the smallest budget found that changes the model's answer on this scan.")
+    return (
+        f"A PGD attack of {grey_levels(value)}/255 grey levels "
+        f"(≈ {value / GREY_LEVEL * HU_PER_GREY_LEVEL:.0f} HU) "
+        "is the smallest budget found that changes the model's answer on this scan."
+    )
 
 
 def shift_sentence(shift: dict[str, float]) -> str:

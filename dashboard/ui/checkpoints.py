@@ -14,7 +14,16 @@ from pathlib import Path
 
 from pipeline.constants import CLASSES
 from pipeline.models import build_model
-from pipeline.runs import CONFIG, MODEL, atomic_write_json, check_state, load_tensors, new_run_dir, save_model, update_status
+from pipeline.runs import (
+    CONFIG,
+    MODEL,
+    atomic_write_json,
+    check_state,
+    load_tensors,
+    new_run_dir,
+    save_model,
+    update_status,
+)
 from pipeline.training import TrainConfig
 
 #: What the run's config says about its data: unknown, and not the synthetic phantom.
@@ -31,11 +40,24 @@ def import_checkpoint(path: Path, runs_dir: Path, *, arch: str, image_size: int)
     run_dir = new_run_dir(runs_dir, f"{arch}-imported")
     try:
         save_model(run_dir / MODEL, model)
-        atomic_write_json(run_dir / CONFIG, {**config.to_dict(), "classes": list(CLASSES),
-                                             "num_classes": len(CLASSES), "created_at": time.time(),
-                                             "imported": "weights uploaded as safetensors; training unknown"})
-        update_status(run_dir, {"phase": "imported", "created_at": time.time(),
-                                "message": "weights trained elsewhere, imported as safetensors"})
+        atomic_write_json(
+            run_dir / CONFIG,
+            {
+                **config.to_dict(),
+                "classes": list(CLASSES),
+                "num_classes": len(CLASSES),
+                "created_at": time.time(),
+                "imported": "weights uploaded as safetensors; training unknown",
+            },
+        )
+        update_status(
+            run_dir,
+            {
+                "phase": "imported",
+                "created_at": time.time(),
+                "message": "weights trained elsewhere, imported as safetensors",
+            },
+        )
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise

@@ -21,12 +21,27 @@ GREY_STEP = 0.25
 
 #: Readable names for parameters that appear in attack schemas and training settings.
 LABELS = {
-    "eps": "Budget ε", "alpha": "Step size α", "steps": "Steps", "restarts": "Restarts", "seed": "Random seed",
-    "random_start": "Random start", "n_queries": "Query budget", "severity": "Severity (1 mild – 5 strong)",
-    "c": "Trade-off c", "kappa": "Confidence margin κ", "lr": "Learning rate", "decay": "Momentum decay",
-    "arch": "Architecture", "strategy": "Strategy", "epochs": "Epochs", "image_size": "Image size (px)",
-    "batch_size": "Batch size", "device": "Device", "pretrained": "Start from ImageNet weights",
-    "theta": "Change per pixel θ", "pixels": "Pixels to change",
+    "eps": "Budget ε",
+    "alpha": "Step size α",
+    "steps": "Steps",
+    "restarts": "Restarts",
+    "seed": "Random seed",
+    "random_start": "Random start",
+    "n_queries": "Query budget",
+    "severity": "Severity (1 mild – 5 strong)",
+    "c": "Trade-off c",
+    "kappa": "Confidence margin κ",
+    "lr": "Learning rate",
+    "decay": "Momentum decay",
+    "arch": "Architecture",
+    "strategy": "Strategy",
+    "epochs": "Epochs",
+    "image_size": "Image size (px)",
+    "batch_size": "Batch size",
+    "device": "Device",
+    "pretrained": "Start from ImageNet weights",
+    "theta": "Change per pixel θ",
+    "pixels": "Pixels to change",
 }
 
 
@@ -44,9 +59,16 @@ def grey_levels_text(value: float) -> str:
 def _grey_slider(param: Param, key: str, start: float) -> float:
     low = (param.low or 0.0) / GREY_LEVEL
     high = (param.high if param.high is not None else 64 * GREY_LEVEL) / GREY_LEVEL
-    levels = st.slider(f"{label_for(param.name)} (grey levels, k/255)", min_value=float(low), max_value=float(high),
-                       value=float(min(max(start / GREY_LEVEL, low), high)), step=GREY_STEP, format="%.2f/255",
-                       key=key, help=param.help)
+    levels = st.slider(
+        f"{label_for(param.name)} (grey levels, k/255)",
+        min_value=float(low),
+        max_value=float(high),
+        value=float(min(max(start / GREY_LEVEL, low), high)),
+        step=GREY_STEP,
+        format="%.2f/255",
+        key=key,
+        help=param.help,
+    )
     st.caption(f"{label_for(param.name)} = {grey_levels_text(levels * GREY_LEVEL)}")
     return levels * GREY_LEVEL
 
@@ -65,24 +87,46 @@ def _starting_value(param: Param) -> Any:
 
 def param_control(param: Param, key: str) -> Any:
     """One widget for ``param``; a parameter that defaults to automatic (None) has an opt-in switch."""
-    if param.default is None and not st.checkbox(f"Set {label_for(param.name).lower()} by hand", key=f"{key}:manual",
-                                                 help=f"{param.help} (automatic unless set)"):
+    if param.default is None and not st.checkbox(
+        f"Set {label_for(param.name).lower()} by hand",
+        key=f"{key}:manual",
+        help=f"{param.help} (automatic unless set)",
+    ):
         return None
     start = _starting_value(param)
     if param.grey_levels:
         return _grey_slider(param, key, start)
     if param.choices is not None:
         choices = list(param.choices)
-        return st.selectbox(label_for(param.name), choices, index=choices.index(start), key=key, help=param.help)
+        return st.selectbox(
+            label_for(param.name), choices, index=choices.index(start), key=key, help=param.help
+        )
     if param.kind is bool:
         return st.toggle(label_for(param.name), value=bool(start), key=key, help=param.help)
     if param.kind is int:
-        return int(st.number_input(label_for(param.name), min_value=None if param.low is None else int(param.low),
-                                   max_value=None if param.high is None else int(param.high),
-                                   value=int(start), step=1, key=key, help=param.help))
+        return int(
+            st.number_input(
+                label_for(param.name),
+                min_value=None if param.low is None else int(param.low),
+                max_value=None if param.high is None else int(param.high),
+                value=int(start),
+                step=1,
+                key=key,
+                help=param.help,
+            )
+        )
     if param.kind is float:
-        return float(st.number_input(label_for(param.name), min_value=param.low, max_value=param.high,
-                                     value=float(start), format="%.4g", key=key, help=param.help))
+        return float(
+            st.number_input(
+                label_for(param.name),
+                min_value=param.low,
+                max_value=param.high,
+                value=float(start),
+                format="%.4g",
+                key=key,
+                help=param.help,
+            )
+        )
     return st.text_input(label_for(param.name), value=str(start), key=key, help=param.help)
 
 

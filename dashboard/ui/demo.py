@@ -20,10 +20,13 @@ def demo_config() -> TrainConfig:
 
 
 def describe(config: TrainConfig) -> str:
-    return (f"A {config.arch.replace('resnet', 'ResNet-')} trained the normal way (no adversarial training) on "
-            f"{config.count} synthetic phantom scans of {config.image_size}×{config.image_size} pixels for "
-            f"{config.epochs} epochs. It exists so you can try the product right away: it has never seen a real "
-            "scan and is not a medical model. It takes a few minutes on a laptop CPU, seconds on a GPU.")
+    return (
+        f"A {config.arch.replace('resnet', 'ResNet-')} trained the normal way (no adversarial training) on "
+        f"{config.count} synthetic phantom scans of {config.image_size}×{config.image_size} pixels for "
+        f"{config.epochs} epochs. It exists so you can try the tools right away: it has never seen a real "
+        "scan, is not a medical model, and its answers mean nothing clinically (its accuracy is on the "
+        "Models page). It takes a few minutes on a laptop CPU, seconds on a GPU."
+    )
 
 
 def running_jobs() -> list[str]:
@@ -34,8 +37,10 @@ def offer() -> None:
     """Explain that a model is needed and train the demo one on request, showing live progress."""
     active = running_jobs()
     if active:
-        st.info("A model is being trained. This page fills in as soon as its first epoch is saved.",
-                icon=":material/hourglass_top:")
+        st.info(
+            "A model is being trained. This page fills in as soon as its first epoch is saved.",
+            icon=":material/hourglass_top:",
+        )
         for run_dir in active:
             job_panel(run_dir, key=f"demo:{run_dir}", curves=False)
         return
@@ -44,10 +49,14 @@ def offer() -> None:
     config = demo_config()
     with st.container(border=True):
         st.markdown("#### No trained model yet")
-        st.write("Attacking a scan needs a model to attack. Train one on the **Train** page, import one on the "
-                 "**Models** page, or start the demo model here.")
+        st.write(
+            "Attacking a scan needs a model to attack. Train one on the **Train** page, import one on the "
+            "**Models** page, or start the demo model here."
+        )
         st.caption(describe(config))
-        if st.button("Train a quick demo model", type="primary", icon=":material/play_arrow:", key="demo:start"):
+        if st.button(
+            "Train a quick demo model", type="primary", icon=":material/play_arrow:", key="demo:start"
+        ):
             with shown_errors("start the demo training"):
                 st.session_state[DEMO_RUN_KEY] = str(start_job(config, runs_dir()))
                 st.rerun()

@@ -35,7 +35,9 @@ def shown_errors(action: str) -> Iterator[None]:
     """Run the block; show any failure as an ``st.error`` message and carry on drawing the page."""
     try:
         yield
-    except Exception as error:  # every failure becomes a message; Streamlit's own control flow is BaseException
+    except (
+        Exception
+    ) as error:  # every failure becomes a message; Streamlit's own control flow is BaseException
         if not isinstance(error, UserInputError):
             log.exception("unexpected error while trying to %s", action)
         st.error(describe_error(error, action), icon=":material/error:")

@@ -37,7 +37,7 @@ def wipe(clean: np.ndarray, attacked: np.ndarray, position: float) -> np.ndarray
     column = int(round(np.clip(position, 0.0, 1.0) * clean.shape[1]))
     rgb = np.repeat(np.where(np.arange(clean.shape[1]) < column, clean, attacked)[..., None], 3, axis=2)
     if 0 < column < clean.shape[1]:
-        rgb[:, max(column - 1, 0):column + 1] = (230, 170, 40)
+        rgb[:, max(column - 1, 0) : column + 1] = (230, 170, 40)
     return rgb.astype(np.uint8)
 
 
@@ -46,7 +46,9 @@ def enlarge(image: np.ndarray, min_side: int = 320) -> np.ndarray:
     factor = int(np.ceil(min_side / max(1, min(image.shape[:2]))))
     if factor <= 1:
         return image
-    return cv2.resize(image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(
+        image, (image.shape[1] * factor, image.shape[0] * factor), interpolation=cv2.INTER_NEAREST
+    )
 
 
 def show(image: Any, *, caption: Any = None, width: int | str = "stretch", where: Any = None) -> None:

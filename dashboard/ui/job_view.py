@@ -14,8 +14,8 @@ import streamlit as st
 from dashboard.ui import figures
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.progress_view import remaining_words
-from pipeline.runs import read_metrics
 from pipeline.jobs import cancel_job, job_state
+from pipeline.runs import read_metrics
 
 POLL_SECONDS = 2.0
 
@@ -28,18 +28,36 @@ def training_curves(run_dir: Path, key: str) -> None:
         st.caption("Curves appear after the first epoch.")
         return
     epochs = [line["epoch"] for line in metrics]
-    accuracy = {label: (epochs, [_number(line.get(name)) for line in metrics])
-                for label, name in (("validation, clean", "val_acc"), ("validation, under PGD", "val_robust_acc"),
-                                    ("training, clean", "train_acc"), ("training, under PGD", "train_robust_acc"))
-                if any(name in line for line in metrics)}
+    accuracy = {
+        label: (epochs, [_number(line.get(name)) for line in metrics])
+        for label, name in (
+            ("validation, clean", "val_acc"),
+            ("validation, under PGD", "val_robust_acc"),
+            ("training, clean", "train_acc"),
+            ("training, under PGD", "train_robust_acc"),
+        )
+        if any(name in line for line in metrics)
+    }
     left, right = st.columns(2)
-    left.plotly_chart(figures.lines({"training loss": (epochs, [_number(line.get("train_loss")) for line in metrics])},
-                                    x_title="epoch", y_title="loss", title="Loss"),
-                      key=f"{key}:loss", config={"displaylogo": False})
-    right.plotly_chart(figures.lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy",
-                                     percent=True), key=f"{key}:acc", config={"displaylogo": False})
-    st.caption("Accuracy on clean scans and under a PGD attack after each epoch; a robust model keeps "
-               "the two curves close.")
+    left.plotly_chart(
+        figures.lines(
+            {"training loss": (epochs, [_number(line.get("train_loss")) for line in metrics])},
+            x_title="epoch",
+            y_title="loss",
+            title="Loss",
+        ),
+        key=f"{key}:loss",
+        config={"displaylogo": False},
+    )
+    right.plotly_chart(
+        figures.lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy", percent=True),
+        key=f"{key}:acc",
+        config={"displaylogo": False},
+    )
+    st.caption(
+        "Accuracy on clean scans and under a PGD attack after each epoch; a robust model keeps "
+        "the two curves close."
+    )
 
 
 def _number(value: object) -> float:
@@ -54,11 +72,16 @@ def job_panel(run_dir: Path | str, *, key: str, curves: bool = True, what: str =
         _live(str(run_dir), key, curves, what)
         return True
     if state.phase == "failed":
-        st.error(f"The {what} {Path(run_dir).name} failed: {state.error or 'no reason recorded'}",
-                 icon=":material/error:")
+        st.error(
+            f"The {what} {Path(run_dir).name} failed: {state.error or 'no reason recorded'}",
+            icon=":material/error:",
+        )
     elif state.phase == "cancelled":
-        st.warning(f"The {what} {Path(run_dir).name} was cancelled"
-                   + ("; its last finished epoch is kept." if curves else "."), icon=":material/stop_circle:")
+        st.warning(
+            f"The {what} {Path(run_dir).name} was cancelled"
+            + ("; its last finished epoch is kept." if curves else "."),
+            icon=":material/stop_circle:",
+        )
     if curves:
         training_curves(Path(run_dir), key)
     return False
@@ -69,10 +92,16 @@ def _live(run_dir: str, key: str, curves: bool, what: str) -> None:
     state = job_state(run_dir)
     if not state.running:
         st.rerun(scope="app")
-    st.progress(min(max(state.progress, 0.0), 1.0),
-                text=f"{state.message or state.phase} · {remaining_words(state.eta_s)}")
-    if st.button(f"Cancel the {what}", key=f"{key}:cancel", icon=":material/stop_circle:",
-                 disabled=bool(state.status.get("cancel_requested_at"))):
+    st.progress(
+        min(max(state.progress, 0.0), 1.0),
+        text=f"{state.message or state.phase} · {remaining_words(state.eta_s)}",
+    )
+    if st.button(
+        f"Cancel the {what}",
+        key=f"{key}:cancel",
+        icon=":material/stop_circle:",
+        disabled=bool(state.status.get("cancel_requested_at")),
+    ):
         with shown_errors(f"cancel the {what}"):
             cancel_job(run_dir)
             st.toast("Cancelling: the job stops after its current batch.")

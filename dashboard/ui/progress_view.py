@@ -26,8 +26,14 @@ def eta_text(fraction: float, elapsed: float) -> str:
     return remaining_words(elapsed * (1 - fraction) / fraction)
 
 
-def background(key: str, label: str, work: Callable[[ProgressCallback], Any], *, inputs: dict[str, Any],
-               wait: float = 1.0) -> Any:
+def background(
+    key: str,
+    label: str,
+    work: Callable[[ProgressCallback], Any],
+    *,
+    inputs: dict[str, Any],
+    wait: float = 1.0,
+) -> Any:
     """``work(progress)`` for ``inputs``, run in a background thread and kept under ``key``.
 
     Returns the result once there is one (at once when ``work`` finishes within ``wait``

@@ -15,8 +15,10 @@ import numpy as np
 import streamlit as st
 
 from dashboard.ui import figures
+from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
 from pipeline.constants import GREY_LEVEL
+from pipeline.units import format_epsilon
 
 CHART = {"displaylogo": False}
 
@@ -25,55 +27,93 @@ def percent(value: Optional[float]) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
+def chart(figure: Any, key: str, caption: str) -> None:
+    """A figure with its one-line reading underneath."""
+    st.plotly_chart(figure, key=key, config=CHART)
+    st.caption(caption)
+
+
 def load_report(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
 def header(report: dict[str, Any]) -> None:
     settings = report["settings"]
-    st.markdown(f"**{report['scans']} {report['split']} scans** of {report['dataset']} · attacks "
-                f"{', '.join(settings['attacks'])} at ε = {', '.join(settings['epsilon_labels'])} · "
-                f"{settings['steps']} steps · {report['device']} · {report['seconds']:.0f} s · {report['created']}")
+    st.markdown(
+        f"**{report['scans']} {report['split']} scans** of {report['dataset']} · attacks "
+        f"{', '.join(settings['attacks'])} at ε = {', '.join(settings['epsilon_labels'])} · "
+        f"{settings['steps']} steps · {report['device']} · {report['seconds']:.0f} s · {report['created']}"
+    )
     if report["synthetic"]:
         synthetic_badge()
-        st.caption("Synthetic phantom: these figures show how the methods behave, not how a model reads real scans.")
+        st.caption(
+            "Synthetic phantom: these figures show how the methods behave, not how a model reads real scans."
+        )
 
 
 def reference_tables(report: dict[str, Any]) -> None:
     for table in report["reference_tables"]:
-        st.markdown(f"##### Accuracy at ε = {table['eps_label']} ({table['eps_label'].split('/')[0]} grey levels)")
-        rows = [{"model": row["model"], **{column.upper() if column != "clean" else "Clean": percent(row.get(column))
-                                           for column in table["columns"]},
-                 "worst case, all attacks": percent(row.get("worst_case_all_attacks"))}
-                for row in table["rows"]]
+        st.markdown(f"##### Accuracy at ε = {grey_levels_text(table['eps'])}")
+        rows = [
+            {
+                "model": row["model"],
+                **{
+                    column.upper() if column != "clean" else "Clean": percent(row.get(column))
+                    for column in table["columns"]
+                },
+                "worst case, all attacks": percent(row.get("worst_case_all_attacks")),
+            }
+            for row in table["rows"]
+        ]
         study = table["reference_study"]
-        rows += [{"model": f"{name} (reported by the study)",
-                  **{column.upper() if column != "clean" else "Clean": f"{value:.1f}%"
-                     for column, value in values.items()}, "worst case, all attacks": "—"}
-                 for name, values in study["rows"].items()]
+        rows += [
+            {
+                "model": f"{name} (reported by the study)",
+                **{
+                    column.upper() if column != "clean" else "Clean": f"{value:.1f}%"
+                    for column, value in values.items()
+                },
+                "worst case, all attacks": "—",
+            }
+            for name, values in study["rows"].items()
+        ]
         st.dataframe(rows, hide_index=True)
-        st.caption(f"Share of scans each model still reads correctly under each attack. The study's rows "
-                   f"({study['source']}) are printed for comparison only: {study['caveat']}")
+        st.caption(
+            f"Share of scans each model still reads correctly under each attack. The study's rows "
+            f"({study['source']}) are printed for comparison only: {study['caveat']}"
+        )
 
 
 def confusion_matrices(report: dict[str, Any]) -> None:
     for model in report["models"]:
         result = model["report"]
         classes = result["classes"]
-        panels = [("clean scans", result["clean"])] + [(attack["attack"]["label"], attack)
-                                                       for attack in result["attacks"]]
+        panels = [("clean scans", result["clean"])] + [
+            (attack["attack"]["label"], attack) for attack in result["attacks"]
+        ]
         st.markdown(f"##### {model['name']}")
-        shown = st.multiselect("Attacks to show", [label for label, _ in panels[1:]],
-                               default=[label for label, _ in panels[1:4]], key=f"evaluate:cm:{model['name']}")
+        labels = [label for label, _ in panels[1:]]
+        # The attacks run last, at the largest budget, show the most; any other is one click away.
+        shown = st.multiselect(
+            "Attacks to show", labels, default=labels[-3:], key=f"evaluate:cm:{model['name']}"
+        )
         chosen = [panels[0]] + [panel for panel in panels[1:] if panel[0] in shown]
         columns = st.columns(min(len(chosen), 4))
         for number, (label, outcome) in enumerate(chosen):
             with columns[number % len(columns)]:
-                st.plotly_chart(figures.confusion(np.asarray(outcome["confusion"]), classes,
-                                                  title=f"{label} · {percent(outcome['accuracy'])}"),
-                                key=f"evaluate:cm:{model['name']}:{label}", config=CHART)
-        st.caption("Rows: the true diagnosis; columns: what the model said. The diagonal is correct; an attack "
-                   "moves counts off it, e.g. malignant scans read as benign.")
+                st.plotly_chart(
+                    figures.confusion(
+                        np.asarray(outcome["confusion"]),
+                        classes,
+                        title=f"{label} · {percent(outcome['accuracy'])}",
+                    ),
+                    key=f"evaluate:cm:{model['name']}:{label}",
+                    config=CHART,
+                )
+        st.caption(
+            "Rows: the true diagnosis; columns: what the model said. The diagonal is correct; an attack "
+            "moves counts off it, e.g. malignant scans read as benign."
+        )
 
 
 def epsilon_curves(report: dict[str, Any]) -> None:
@@ -82,27 +122,53 @@ def epsilon_curves(report: dict[str, Any]) -> None:
         sweep = model["sweep"]
         xs = [0.0] + [eps / GREY_LEVEL for eps in sweep["epsilons"]]
         for attack, values in sweep["accuracy"].items():
-            series[f"{model['name']}: {attack}"] = (xs, [sweep["clean"]] + [math.nan if v is None else v for v in values])
+            series[f"{model['name']}: {attack}"] = (
+                xs,
+                [sweep["clean"]] + [math.nan if v is None else v for v in values],
+            )
     if not series:
         return
-    st.plotly_chart(figures.lines(series, x_title="ε (grey levels, k/255; 0 = clean)", y_title="accuracy (%)",
-                                  percent=True, title="Accuracy as the attack budget grows"),
-                    key="evaluate:curves", config=CHART)
-    st.caption("How quickly each model loses accuracy as the allowed change per pixel grows. "
-               "'worst case' counts a scan as robust only if it survives every attack.")
+    chart(
+        figures.lines(
+            series,
+            x_title="ε (grey levels, k/255; 0 = clean)",
+            y_title="accuracy (%)",
+            percent=True,
+            title="Accuracy as the attack budget grows",
+        ),
+        "evaluate:curves",
+        "How quickly each model loses accuracy as the allowed change per pixel grows. "
+        "'worst case' counts a scan as robust only if it survives every attack.",
+    )
 
 
 def minimal_epsilons(report: dict[str, Any]) -> None:
-    samples = {model["name"]: [value / GREY_LEVEL for value in model["minimal_epsilon"]["values"]
-                               if value is not None and value > 0]
-               for model in report["models"] if model.get("minimal_epsilon")}
+    samples = {
+        model["name"]: [
+            value / GREY_LEVEL
+            for value in model["minimal_epsilon"]["values"]
+            if value is not None and value > 0
+        ]
+        for model in report["models"]
+        if model.get("minimal_epsilon")
+    }
     if not samples:
         return
-    st.plotly_chart(figures.histogram(samples, x_title="smallest flipping ε (grey levels, k/255)",
-                                      title="How much change each scan needs before the answer flips"),
-                    key="evaluate:mineps", config=CHART)
-    st.caption("Per correctly read scan, the smallest PGD budget that changes the answer; further right is "
-               "more robust. Scans that no searched budget flips are left out.")
+    if not any(samples.values()):
+        st.caption(
+            "No correctly read scan flipped within the largest budget searched by the minimal-ε search."
+        )
+        return
+    chart(
+        figures.histogram(
+            samples,
+            x_title="smallest flipping ε (grey levels, k/255)",
+            title="How much change each scan needs before the answer flips",
+        ),
+        "evaluate:mineps",
+        "Per correctly read scan, the smallest PGD budget that changes the answer; further right is more "
+        "robust. Scans that no searched budget flips are left out.",
+    )
 
 
 def transfer(report: dict[str, Any]) -> None:
@@ -111,11 +177,19 @@ def transfer(report: dict[str, Any]) -> None:
         return
     models = result["models"]
     values = np.array([[result["accuracy"][source][target] for target in models] for source in models])
-    st.plotly_chart(figures.matrix(values, models, models, title=f"Transfer: {result['attack']['label']}",
-                                   x_title="attacked model", y_title="examples crafted on"),
-                    key="evaluate:transfer", config=CHART)
-    st.caption("Accuracy of each model (columns) on attacked scans crafted on another model (rows): a low value "
-               "off the diagonal means an attacker does not need access to that model.")
+    chart(
+        figures.matrix(
+            values,
+            models,
+            models,
+            title=f"Transfer: {result['attack']['label']}",
+            x_title="attacked model",
+            y_title="examples crafted on",
+        ),
+        "evaluate:transfer",
+        "Accuracy of each model (columns) on attacked scans crafted on another model (rows): a low value off "
+        "the diagonal means an attacker does not need access to that model.",
+    )
 
 
 def strength(report: dict[str, Any]) -> None:
@@ -125,43 +199,80 @@ def strength(report: dict[str, Any]) -> None:
             found = True
             flagged = check["masking"] or check["weak_attack"]
             (st.warning if flagged else st.success)(
-                f"**{model['name']}** at ε = {check['eps'] * 255:.0f}/255: {check['verdict']}",
-                icon=":material/warning:" if flagged else ":material/verified:")
-            st.dataframe([{"check": item["title"], "flag": "⚠" if item["flagged"] else "ok", "numbers": item["detail"],
-                           "meaning": item["explanation"]} for item in check["checks"]], hide_index=True)
+                f"**{model['name']}** at ε = {format_epsilon(check['eps'])}: {check['verdict']}",
+                icon=":material/warning:" if flagged else ":material/verified:",
+            )
+            st.dataframe(
+                [
+                    {
+                        "check": item["title"],
+                        "flag": "⚠" if item["flagged"] else "ok",
+                        "numbers": item["detail"],
+                        "meaning": item["explanation"],
+                    }
+                    for item in check["checks"]
+                ],
+                hide_index=True,
+                column_config={"meaning": st.column_config.TextColumn(width="large")},
+            )
     if not found:
         st.caption("Strength checks were not run for this evaluation.")
     else:
-        st.caption("Checks that the attacks were strong enough to trust the numbers: a one-step attack beating an "
-                   "iterative one, or accuracy not falling as ε grows, are signs of gradient masking.")
+        st.caption(
+            "Checks that the attacks were strong enough to trust the numbers: a one-step attack beating an "
+            "iterative one, or accuracy not falling as ε grows, are signs of gradient masking."
+        )
 
 
 def certified(report: dict[str, Any]) -> None:
-    curves = {model["name"]: (model["certified"]["radii"], model["certified"]["certified_accuracy"])
-              for model in report["models"] if model.get("certified")}
+    curves = {
+        model["name"]: (model["certified"]["radii"], model["certified"]["certified_accuracy"])
+        for model in report["models"]
+        if model.get("certified")
+    }
     if not curves:
         return
-    st.plotly_chart(figures.lines(curves, x_title="L2 radius (image scale)", y_title="certified accuracy (%)",
-                                  percent=True, title="Certified accuracy (randomized smoothing)"),
-                    key="evaluate:certified", config=CHART)
-    st.caption("The share of scans whose answer is guaranteed not to change for any perturbation of at most this "
-               "size: a proof, not an attack.")
+    chart(
+        figures.lines(
+            curves,
+            x_title="L2 radius (image scale)",
+            y_title="certified accuracy (%)",
+            percent=True,
+            title="Certified accuracy (randomized smoothing)",
+        ),
+        "evaluate:certified",
+        "The share of scans whose answer is guaranteed not to change for any perturbation of at most this "
+        "size: a proof, not an attack.",
+    )
 
 
 def downloads(outputs: dict[str, str]) -> None:
     columns = st.columns(3)
-    for column, (kind, label, mime) in zip(columns, (("csv", "Results (CSV)", "text/csv"),
-                                                      ("html", "Full report (HTML)", "text/html"),
-                                                      ("json", "Everything (JSON)", "application/json"))):
+    for column, (kind, label, mime) in zip(
+        columns,
+        (
+            ("csv", "Results (CSV)", "text/csv"),
+            ("html", "Full report (HTML)", "text/html"),
+            ("json", "Everything (JSON)", "application/json"),
+        ),
+    ):
         path = outputs.get(kind)
         if path and Path(path).is_file():
-            column.download_button(label, Path(path).read_bytes(), file_name=Path(path).name, mime=mime,
-                                   key=f"evaluate:download:{kind}", icon=":material/download:")
+            column.download_button(
+                label,
+                Path(path).read_bytes(),
+                file_name=Path(path).name,
+                mime=mime,
+                key=f"evaluate:download:{kind}",
+                icon=":material/download:",
+            )
 
 
 def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     header(report)
-    tabs = st.tabs(["Reference table", "Confusion matrices", "Robustness curves", "Strength checks", "Certified"])
+    tabs = st.tabs(
+        ["Reference table", "Confusion matrices", "Robustness curves", "Strength checks", "Certified"]
+    )
     with tabs[0]:
         reference_tables(report)
         transfer(report)

@@ -46,22 +46,37 @@ def cached_model(run_dir: str | Path) -> tuple[nn.Module, RunRecord]:
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
-def cached_dataset(source: str, image_size: int, seed: int = 0, count: int = 600, window: str = "lung",
-                   _progress: Optional[ProgressCallback] = None) -> ScanDataset:
+def cached_dataset(
+    source: str,
+    image_size: int,
+    seed: int = 0,
+    count: int = 600,
+    window: str = "lung",
+    _progress: Optional[ProgressCallback] = None,
+) -> ScanDataset:
     """A dataset held once per process; ``_progress`` (not part of the key) reports a first load."""
-    return load_dataset(source, image_size=image_size, seed=seed, count=count, window=window, progress=_progress)
+    return load_dataset(
+        source, image_size=image_size, seed=seed, count=count, window=window, progress=_progress
+    )
 
 
-def loaded_dataset(source: str, image_size: int, seed: int = 0, count: int = 600,
-                   window: str = "lung") -> Optional[ScanDataset]:
+def loaded_dataset(
+    source: str, image_size: int, seed: int = 0, count: int = 600, window: str = "lung"
+) -> Optional[ScanDataset]:
     """The dataset, loaded in the background with live progress on a first load; None until ready."""
     key = (source, image_size, seed, count, window)
-    return background("dataset.load", "Loading scans",
-                      lambda progress: cached_dataset(*key, _progress=progress), inputs={"dataset": key})
+    return background(
+        "dataset.load",
+        "Loading scans",
+        lambda progress: cached_dataset(*key, _progress=progress),
+        inputs={"dataset": key},
+    )
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
-def _run_data(key: str, _config: dict[str, Any], _progress: Optional[ProgressCallback] = None) -> tuple[ScanDataset, Split]:
+def _run_data(
+    key: str, _config: dict[str, Any], _progress: Optional[ProgressCallback] = None
+) -> tuple[ScanDataset, Split]:
     return stored_run_data(_config, progress=_progress)
 
 
@@ -71,12 +86,18 @@ def run_data(config: dict[str, Any]) -> Optional[tuple[ScanDataset, Split]]:
     Loaded in the background (live progress on a first load); None until ready.
     """
     key = json.dumps({name: config.get(name) for name in RUN_DATA_FIELDS}, sort_keys=True)
-    return background("run.data", "Loading the model's test scans",
-                      lambda progress: _run_data(key, config, _progress=progress), inputs={"run": key})
+    return background(
+        "run.data",
+        "Loading the model's test scans",
+        lambda progress: _run_data(key, config, _progress=progress),
+        inputs={"run": key},
+    )
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner="Splitting and checking for leaks…")
-def cached_split(source: str, image_size: int, seed: int, count: int, strategy: str) -> tuple[Split, dict[str, Any]]:
+def cached_split(
+    source: str, image_size: int, seed: int, count: int, strategy: str
+) -> tuple[Split, dict[str, Any]]:
     """The split the Data page shows and its leakage report (how many test scans have a twin in training)."""
     dataset = cached_dataset(source, image_size, seed, count)
     split = split_dataset(dataset, seed=seed, strategy=strategy)

@@ -42,84 +42,156 @@ def scans_row(report: ScanReport, key: str) -> None:
     show(enlarge(clean), where=left, caption="Original scan")
     show(enlarge(attacked), where=middle, caption="Attacked scan")
     with right:
-        st.plotly_chart(figures.perturbation(report.delta / GREY_LEVEL), key=f"{key}:delta",
-                        config={"displaylogo": False})
-        st.caption("The change itself, hugely amplified: red pixels were made brighter, blue darker; "
-                   f"the scale is in grey levels (1 level ≈ {HU_PER_GREY_LEVEL:.1f} HU). White means unchanged.")
+        st.plotly_chart(
+            figures.perturbation(report.delta / GREY_LEVEL), key=f"{key}:delta", config={"displaylogo": False}
+        )
+        st.caption(
+            "The change itself, hugely amplified: red pixels were made brighter, blue darker; "
+            f"the scale is in grey levels (1 level ≈ {HU_PER_GREY_LEVEL:.1f} HU). White means unchanged."
+        )
     with st.expander("Compare the two scans with a slider", icon=":material/compare:"):
-        position = st.slider("Slide to move the line: original on the left, attacked on the right",
-                             0, 100, 50, key=f"{key}:wipe", format="%d%%")
-        show(wipe(enlarge(clean, 2 * SCAN_WIDTH), enlarge(attacked, 2 * SCAN_WIDTH), position / 100),
-                 width=2 * SCAN_WIDTH, caption="Most attacks are invisible here: that is the point.")
+        position = st.slider(
+            "Slide to move the line: original on the left, attacked on the right",
+            0,
+            100,
+            50,
+            key=f"{key}:wipe",
+            format="%d%%",
+        )
+        show(
+            wipe(enlarge(clean, 2 * SCAN_WIDTH), enlarge(attacked, 2 * SCAN_WIDTH), position / 100),
+            width=2 * SCAN_WIDTH,
+            caption="Most attacks are invisible here: that is the point.",
+        )
 
 
 def answers_row(report: ScanReport, key: str) -> None:
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(figures.probabilities(report.classes, report.probs_clean, report.probs_attacked),
-                        key=f"{key}:probs", config={"displaylogo": False})
+        st.plotly_chart(
+            figures.probabilities(report.classes, report.probs_clean, report.probs_attacked),
+            key=f"{key}:probs",
+            config={"displaylogo": False},
+        )
         st.caption("How sure the model is of each diagnosis, before (blue) and after (red) the attack.")
     with right:
         name = report.classes[report.label]
-        st.plotly_chart(figures.step_trace(report.trace, name), key=f"{key}:trace", config={"displaylogo": False})
-        st.caption(f"The model's confidence in {name} after each step of the attack; "
-                   "below the dotted line another class usually wins.")
+        st.plotly_chart(
+            figures.step_trace(report.trace, name), key=f"{key}:trace", config={"displaylogo": False}
+        )
+        st.caption(
+            f"The model's confidence in {name} after each step of the attack; "
+            "below the dotted line another class usually wins."
+        )
 
 
 def gradcam_row(report: ScanReport) -> None:
     clean, attacked = grey8(report.clean), grey8(report.attacked)
     names = report.classes
     left, middle, right = st.columns([1, 1, 1.15])
-    show(enlarge(overlay(clean, report.cam_clean)), where=left,
-               caption=f"Original: where the model looked to answer {names[report.prediction_clean]}")
-    show(enlarge(overlay(attacked, report.cam_attacked)), where=middle,
-                 caption=f"Attacked: where it looked to answer {names[report.prediction_attacked]}")
+    show(
+        enlarge(overlay(clean, report.cam_clean)),
+        where=left,
+        caption=f"Original: where the model looked to answer {names[report.prediction_clean]}",
+    )
+    show(
+        enlarge(overlay(attacked, report.cam_attacked)),
+        where=middle,
+        caption=f"Attacked: where it looked to answer {names[report.prediction_attacked]}",
+    )
     with right:
         st.metric("Map correlation", f"{report.shift['pearson']:.2f}", help="1 means the same pattern")
         st.metric("Overlap of the hottest 10%", captions.percent(report.shift["top_iou"]))
         st.metric("Centre moved", f"{report.shift['centre_shift']:.1f} px")
-        st.caption(captions.shift_sentence(report.shift) + " Red areas weigh most in the decision (Grad-CAM).")
+        st.caption(
+            captions.shift_sentence(report.shift) + " Red areas weigh most in the decision (Grad-CAM)."
+        )
 
 
 def numbers_row(report: ScanReport, minimal_high: str) -> None:
     columns = st.columns(6)
-    columns[0].metric("Largest change", f"{captions.grey_levels(report.linf)}/255",
-                      help=f"L∞ norm: ≈ {report.linf / GREY_LEVEL * HU_PER_GREY_LEVEL:.1f} HU in the lung window")
-    columns[1].metric("Total change (L2)", f"{report.l2:.3f}", help="Euclidean size of the change in image scale")
-    columns[2].metric("Pixels changed", captions.percent(report.l0 / report.clean.size),
-                      help=f"{int(report.l0)} of {report.clean.size} pixels (L0)")
-    columns[3].metric("PSNR", "∞ dB" if not math.isfinite(report.psnr) else f"{report.psnr:.1f} dB",
-                      help="Peak signal-to-noise ratio: above ~40 dB a change is invisible")
+    columns[0].metric(
+        "Largest change",
+        f"{captions.grey_levels(report.linf)}/255",
+        help=f"L∞ norm: ≈ {report.linf / GREY_LEVEL * HU_PER_GREY_LEVEL:.1f} HU in the lung window",
+    )
+    columns[1].metric(
+        "Total change (L2)", f"{report.l2:.3f}", help="Euclidean size of the change in image scale"
+    )
+    columns[2].metric(
+        "Pixels changed",
+        captions.percent(report.l0 / report.clean.size),
+        help=f"{int(report.l0)} of {report.clean.size} pixels (L0)",
+    )
+    columns[3].metric(
+        "PSNR",
+        "∞ dB" if not math.isfinite(report.psnr) else f"{report.psnr:.1f} dB",
+        help="Peak signal-to-noise ratio: above ~40 dB a change is invisible",
+    )
     columns[4].metric("SSIM", f"{report.ssim:.4f}", help="Structural similarity: 1 means identical structure")
-    columns[5].metric("Smallest flip ε",
-                      "—" if report.minimal_eps is None else
-                      ("none needed" if report.minimal_eps == 0 else
-                       (f"> {minimal_high}" if not math.isfinite(report.minimal_eps) else
-                        f"{captions.grey_levels(report.minimal_eps)}/255")),
-                      help="The smallest PGD budget that changes the model's answer on this scan")
-    st.caption(captions.minimal_eps_sentence(report.minimal_eps, minimal_high)
-               + (f" The attack used {report.queries} model queries." if report.queries else "")
-               + f" Computed in {report.seconds:.1f} s.")
+    columns[5].metric(
+        "Smallest flip ε",
+        "—"
+        if report.minimal_eps is None
+        else (
+            "none needed"
+            if report.minimal_eps == 0
+            else (
+                f"> {minimal_high}"
+                if not math.isfinite(report.minimal_eps)
+                else f"{captions.grey_levels(report.minimal_eps)}/255"
+            )
+        ),
+        help="The smallest PGD budget that changes the model's answer on this scan",
+    )
+    st.caption(
+        captions.minimal_eps_sentence(report.minimal_eps, minimal_high)
+        + (f" The attack used {report.queries} model queries." if report.queries else "")
+        + f" Computed in {report.seconds:.1f} s."
+    )
 
 
 def downloads(report: ScanReport, record: dict[str, Any], key: str, dicom_source: Optional[bytes]) -> None:
     """The attacked scan as PNG (and DICOM when the input was DICOM) and a JSON record of what was done."""
     attacked = grey8(report.attacked)
     columns = st.columns(3)
-    columns[0].download_button("Attacked scan (PNG)", png_bytes(attacked), file_name="attacked-scan.png",
-                               mime="image/png", key=f"{key}:png", icon=":material/download:")
+    columns[0].download_button(
+        "Attacked scan (PNG)",
+        png_bytes(attacked),
+        file_name="attacked-scan.png",
+        mime="image/png",
+        key=f"{key}:png",
+        icon=":material/download:",
+    )
     if dicom_source is not None:
-        columns[1].download_button("Attacked scan (DICOM)", attacked_dicom(dicom_source, attacked),
-                                   file_name="attacked-scan.dcm", mime="application/dicom", key=f"{key}:dcm",
-                                   icon=":material/download:",
-                                   help="A new de-identified DICOM marked as adversarially perturbed; "
-                                        "no attribute of your file except the modality is copied.")
-    columns[2].download_button("What was done (JSON)", json.dumps(record, indent=1), file_name="attack-record.json",
-                               mime="application/json", key=f"{key}:json", icon=":material/description:")
+        columns[1].download_button(
+            "Attacked scan (DICOM)",
+            attacked_dicom(dicom_source, attacked),
+            file_name="attacked-scan.dcm",
+            mime="application/dicom",
+            key=f"{key}:dcm",
+            icon=":material/download:",
+            help="A new de-identified DICOM marked as adversarially perturbed; "
+            "no attribute of your file except the modality is copied.",
+        )
+    columns[2].download_button(
+        "What was done (JSON)",
+        json.dumps(record, indent=1),
+        file_name="attack-record.json",
+        mime="application/json",
+        key=f"{key}:json",
+        icon=":material/description:",
+    )
 
 
-def report_detail(report: ScanReport, *, key: str, record: dict[str, Any], minimal_high: str,
-                  dicom_source: Optional[bytes] = None) -> None:
+def report_detail(
+    report: ScanReport,
+    *,
+    key: str,
+    record: dict[str, Any],
+    minimal_high: str,
+    dicom_source: Optional[bytes] = None,
+) -> None:
     """Everything about one attacked scan, top to bottom in the order a reader asks."""
     verdict_box(report)
     scans_row(report, key)
@@ -136,14 +208,24 @@ def report_summary(report: ScanReport, title: str, key: str) -> None:
     """A compact column for side-by-side comparison of two models on the same scan."""
     st.markdown(f"#### {title}")
     verdict_box(report)
-    show(enlarge(overlay(grey8(report.attacked), report.cam_attacked)),
-             caption="Attacked scan with Grad-CAM")
-    st.plotly_chart(figures.probabilities(report.classes, report.probs_clean, report.probs_attacked),
-                    key=f"{key}:summary-probs", config={"displaylogo": False})
+    show(
+        enlarge(overlay(grey8(report.attacked), report.cam_attacked)),
+        width=SCAN_WIDTH,
+        caption="Attacked scan with Grad-CAM",
+    )
+    st.plotly_chart(
+        figures.probabilities(report.classes, report.probs_clean, report.probs_attacked),
+        key=f"{key}:summary-probs",
+        config={"displaylogo": False},
+    )
 
 
 def as_record(report: ScanReport, **context: Any) -> dict[str, Any]:
     """The JSON record: the report plus where the scan and model came from (never patient data)."""
-    return {"product": "Lung CT robustness lab", "note": "research artefact, not for diagnosis",
-            **context, "result": report.to_dict(),
-            "attacked_scan_shape": list(np.shape(report.attacked))}
+    return {
+        "product": "Lung CT robustness lab",
+        "note": "research artefact, not for diagnosis",
+        **context,
+        "result": report.to_dict(),
+        "attacked_scan_shape": list(np.shape(report.attacked)),
+    }

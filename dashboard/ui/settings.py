@@ -1,8 +1,8 @@
-"""Where the dashboard keeps things, read once from the environment.
+"""Where the dashboard keeps things, read from the environment on every use.
 
-``LUNGLAB_RUNS_DIR`` (default ``<repo>/runs``) holds trained runs, ``LUNGLAB_CACHE_DIR`` the
-on-disk caches, ``LUNGLAB_DATA`` the default dataset source (``synthetic`` unless set). Tests and
-demos point these at private folders so they never touch a user's runs.
+``LUNGLAB_RUNS_DIR`` (default ``<repo>/runs``) holds trained runs and ``LUNGLAB_DATA`` names the
+default dataset source (``synthetic`` unless set); ``LUNGLAB_CACHE_DIR`` is read by the pipeline
+itself. Tests and demos point these at private folders so they never touch a user's runs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ def runs_dir() -> Path:
     path = Path(os.environ.get("LUNGLAB_RUNS_DIR") or REPO_ROOT / "runs").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LUNGLAB_CACHE_DIR") or Path.home() / ".cache" / "lunglab").expanduser()
 
 
 def default_source() -> str:

@@ -1,0 +1,43 @@
+"""The table of runs the Train and Models pages share: what each run is and how it did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from dashboard.ui.status import run_label
+from pipeline.jobs import JobState, job_state
+from pipeline.runs import RunRecord
+
+ACCURACY = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
+
+
+def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
+    best = record.best or {}
+    return {
+        "run": record.name,
+        "model": run_label(record).split(" · ")[0],
+        "state": state.phase,
+        "epochs": f"{len(record.metrics)}/{record.config.get('epochs', '?')}",
+        "best epoch": best.get("epoch"),
+        "clean val. acc.": best.get("val_acc"),
+        "val. acc. under PGD": best.get("val_robust_acc"),
+        # the run itself is readable even when its job record is not: that goes to its own column
+        "problem": record.error or "",
+        "job": state.error or "",
+    }
+
+
+def job_states(records: list[RunRecord]) -> dict[str, JobState]:
+    """Each run's job state by run directory (a dead process shows as failed, not running)."""
+    return {str(record.run_dir): job_state(record.run_dir) for record in records}
+
+
+def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
+    """One row per run: what it is, whether it runs, how it did."""
+    st.dataframe(
+        [run_row(record, states[str(record.run_dir)]) for record in records],
+        hide_index=True,
+        column_config={"clean val. acc.": ACCURACY, "val. acc. under PGD": ACCURACY},
+    )

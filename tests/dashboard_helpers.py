@@ -1,0 +1,48 @@
+"""What both dashboard suites set up: tiny trained runs and a finished evaluation of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.evaluation import StrengthSettings, SuiteSettings, evaluate_models
+from pipeline.evaluation.data import run_data
+from pipeline.evaluation.report import save_report
+from pipeline.runs import load_model
+
+#: ResNet-18s on 36 phantom scans, one epoch: seconds to train, enough for every page to draw.
+TINY = dict(
+    arch="resnet18",
+    count=36,
+    epochs=1,
+    batch_size=8,
+    eval_size=8,
+    val_steps=1,
+    device="cpu",
+    test_fraction=0.25,
+)
+#: Every part of a report, each at its smallest: strength checks, transfer, minimal ε, certification.
+SMALL_SUITE = SuiteSettings(
+    attacks=("fgsm", "pgd", "cw"),
+    epsilons=(2 / 255, 4 / 255),
+    steps=2,
+    strength=True,
+    strength_settings=StrengthSettings(
+        pgd_steps=2, strong_steps=3, strong_restarts=1, square_queries=20, ensemble_steps=2
+    ),
+    transfer=True,
+    minimal_epsilon=True,
+    certify_sigma=0.25,
+    certify_n=20,
+)
+
+
+def finished_evaluation(run_dirs: list[Path]) -> Path:
+    """Evaluate the runs on the first one's test scans and save the report where the dashboard looks."""
+    loaded = {}
+    for run_dir in run_dirs:
+        model, record = load_model(run_dir)
+        loaded[record.name] = model
+    dataset, split = run_data(load_model(run_dirs[0])[1].config)
+    folder = run_dirs[0] / "evaluations" / "20260101-000000"
+    save_report(evaluate_models(loaded, dataset, split.test, SMALL_SUITE), folder)
+    return folder
