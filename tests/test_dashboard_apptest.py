@@ -26,11 +26,14 @@ from streamlit.testing.v1 import AppTest
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
 from pipeline.data import load_dataset
+from pipeline.jobs import cancel_job
 from pipeline.models import build_model
 from pipeline.runs import export_run, list_runs, load_model, save_model
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
+
+WATCH_EVALUATION = "evaluate.watch"
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -392,6 +395,25 @@ def test_evaluate_page_refuses_a_bad_epsilon_with_a_message(lab: Lab) -> None:
     at.button[0].click().run()
     assert not at.exception
     assert any("Could not start the evaluation" in item.value and "4/255" in item.value for item in at.error)
+
+
+def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
+    at = page("evaluate")
+    at.multiselect(key="evaluate:runs").set_value([str(lab.first), str(lab.second)])
+    at.number_input(key="evaluate:limit").set_value(3)
+    at.toggle(key="evaluate:form:minimal").set_value(True)
+    at.toggle(key="evaluate:form:transfer").set_value(False)
+    at.number_input(key="evaluate:form:sigma").set_value(0.25)
+    at.button[0].click().run()
+    assert_calm(at)
+    job_dir = Path(at.session_state[WATCH_EVALUATION])
+    try:
+        command = json.loads((job_dir / "status.json").read_text())["job"]["command"]
+        assert "--min-eps" in command and "--no-transfer" in command
+        assert command[command.index("--certify") + 1] == "0.25"
+        assert command[command.index("--limit") + 1] == "3"
+    finally:
+        cancel_job(job_dir)
 
 
 @pytest.mark.slow

@@ -295,3 +295,12 @@ def test_background_job_reports_progress_and_outputs(runs: Path, monkeypatch: py
     outputs = state.status["outputs"]
     assert all(Path(path).is_file() and Path(path).parent == job_dir for path in outputs.values())
     assert np.isclose(json.loads(Path(outputs["json"]).read_text())["settings"]["epsilons"][0], 4 / 255)
+
+
+def test_background_job_refuses_an_absurd_certification_noise_before_starting(runs: Path) -> None:
+    run_dir = sorted(runs.iterdir())[0]
+    before = set((run_dir / "evaluations").glob("*")) if (run_dir / "evaluations").exists() else set()
+    with pytest.raises(UserInputError, match="sigma must lie in"):
+        start_evaluation_job([run_dir], attacks=("fgsm",), certify_sigma=-1.0, device="cpu")
+    after = set((run_dir / "evaluations").glob("*")) if (run_dir / "evaluations").exists() else set()
+    assert after == before  # no job directory, no process

@@ -109,6 +109,27 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             key="evaluate:strength",
             help="Stronger attacks beside every figure to catch gradient masking (slower)",
         )
+        minimal = right.toggle(
+            "Smallest flipping ε per scan",
+            value=False,
+            key="evaluate:form:minimal",
+            help="For every scan, the smallest PGD budget that changes the answer (a bisection: slower)",
+        )
+        transfer = right.toggle(
+            "Transfer between the models",
+            value=True,
+            key="evaluate:form:transfer",
+            help="Attacks crafted on one model, replayed on the others (needs two models or more)",
+        )
+        sigma = middle.number_input(
+            "Certify with noise σ (0 = off)",
+            0.0,
+            10.0,
+            0.0,
+            step=0.05,
+            key="evaluate:form:sigma",
+            help="Randomized smoothing: a guaranteed radius per scan; 0.25 is usual (slow: 1,000 noisy copies per scan)",
+        )
         submitted = st.form_submit_button(
             "Start the evaluation", type="primary", icon=":material/play_arrow:"
         )
@@ -121,6 +142,9 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 split=split,
                 limit=int(limit) or None,
                 strength=strength,
+                minimal_epsilon=minimal,
+                certify_sigma=sigma or None,
+                transfer=transfer,
             )
             st.session_state[WATCH_KEY] = str(job)
             st.toast("The evaluation runs in the background; you can leave this page.")

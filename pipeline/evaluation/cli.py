@@ -350,15 +350,24 @@ def start_evaluation_job(
     split: str = "test",
     limit: Optional[int] = None,
     strength: bool = True,
+    minimal_epsilon: bool = False,
+    certify_sigma: Optional[float] = None,
+    transfer: bool = True,
     device: str = "auto",
 ) -> Path:
     """Start ``python -m pipeline evaluate`` in the background; return its job directory at once.
+
+    ``minimal_epsilon``, ``certify_sigma`` and ``transfer`` switch on the same extra studies as
+    ``--min-eps``, ``--certify SIGMA`` and ``--transfer``; the sigma is checked here, before a
+    process starts, so a bad value is a message on the page rather than a failed job.
 
     The job directory is ``<first run>/evaluations/<timestamp>/``; the reports land there and
     :func:`pipeline.jobs.job_state` follows it (``status["outputs"]`` names the files when done).
     """
     if not run_dirs:
         raise UserInputError("choose at least one run to evaluate")
+    if certify_sigma is not None:
+        check_settings(certify_sigma, 100, 1000)
     job_dir = _default_out(Path(run_dirs[0]))
     args = [arg for run_dir in run_dirs for arg in ("--run", str(run_dir))]
     args += [
@@ -377,5 +386,10 @@ def start_evaluation_job(
     ]
     if limit is not None:
         args += ["--limit", str(limit)]
+    if minimal_epsilon:
+        args.append("--min-eps")
+    if certify_sigma is not None:
+        args += ["--certify", repr(float(certify_sigma))]
+    args.append("--transfer" if transfer else "--no-transfer")
     jobs.launch(job_dir, ["evaluate", *args])
     return job_dir
