@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.train import describe  # noqa: E402
+from bench.common import describe  # noqa: E402
 from pipeline.data import load_dataset, split_dataset  # noqa: E402
 from pipeline.evaluation import AttackSpec, StrengthSettings, evaluate, reference_attacks, strength_checks  # noqa: E402
 from pipeline.evaluation.batches import stopwatch  # noqa: E402

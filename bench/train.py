@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import describe  # noqa: E402
 from pipeline.device import select_device  # noqa: E402
 from pipeline.evaluation import evaluate  # noqa: E402
 from pipeline.evaluation.data import run_data  # noqa: E402
@@ -93,13 +93,6 @@ def held_out_accuracy(run_dir: Path, device: torch.device) -> float:
     model, record = load_model(run_dir, device=device)
     dataset, split = run_data(record.config)
     return evaluate(model, dataset, split.test, [], device=device).clean.accuracy
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def main() -> None:

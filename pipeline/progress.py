@@ -42,3 +42,35 @@ def tqdm_progress(description: str) -> ProgressCallback:
             bar.close()
 
     return update
+
+
+#: Resolution of one stage in :func:`staged`; a caller reporting between stages uses multiples of it.
+STAGE_STEPS = 1000
+
+
+def staged(
+    progress: Optional[ProgressCallback],
+    index: int,
+    stages: int,
+    name: str,
+    *,
+    separator: str = ": ",
+) -> Optional[ProgressCallback]:
+    """A callback that maps stage ``index``'s own ``done/total`` into its share of ``stages`` stages.
+
+    Long operations are built from steps that each report their own progress (an attack, a
+    sweep, a certification); this lets one bar cover them all without any step knowing it is
+    one of several. Stage ``index`` fills ``[index, index + 1) * STAGE_STEPS`` of
+    ``stages * STAGE_STEPS``; a stage that overshoots its total is clamped so the bar never runs
+    backwards, and each message is prefixed with ``name``. Returns ``None`` when ``progress``
+    is ``None``, so nothing is called at all.
+    """
+    if progress is None:
+        return None
+    whole = STAGE_STEPS * max(stages, 1)
+
+    def inner(done: int, total: int, message: str) -> None:
+        share = min(done / total, 1.0) if total else 0.0
+        progress(int(STAGE_STEPS * (index + share)), whole, f"{name}{separator}{message}" if message else name)
+
+    return inner

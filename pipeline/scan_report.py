@@ -24,14 +24,14 @@ from pipeline.errors import UserInputError
 from pipeline.evaluation.metrics import psnr, ssim
 from pipeline.explain import explain, explanation_shift
 from pipeline.guard import exclusive_eval
-from pipeline.progress import ProgressCallback, report
+from pipeline.progress import STAGE_STEPS, ProgressCallback, report, staged
 
 #: The attack whose budget the minimal-epsilon search varies (white-box, the field's reference).
 MINIMAL_EPS_ATTACK = "pgd"
 #: The largest budget that search tries: 32 grey levels, far beyond what stays invisible.
 MINIMAL_EPS_HIGH = 32 / 255
-#: Progress units per stage (attack, explanation, minimal budget), so a stage's own steps fit in.
-STEPS = 1000
+#: Progress units per stage (attack, explanation, minimal budget); must match ``staged``'s.
+STEPS = STAGE_STEPS
 
 
 @dataclass
@@ -210,17 +210,3 @@ def _probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 def _array(tensor: torch.Tensor) -> np.ndarray:
     """A NumPy copy that owns its memory: a report kept in a session must not pin torch tensors."""
     return tensor.detach().cpu().numpy().copy()
-
-
-def staged(
-    progress: Optional[ProgressCallback], index: int, stages: int, name: str
-) -> Optional[ProgressCallback]:
-    """A callback that maps one stage's own ``done/total`` into its share of the whole report."""
-    if progress is None:
-        return None
-
-    def inner(done: int, total: int, message: str) -> None:
-        share = done / total if total else 0.0
-        progress(int(STEPS * (index + share)), STEPS * stages, f"{name}: {message}" if message else name)
-
-    return inner

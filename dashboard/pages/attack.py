@@ -26,8 +26,8 @@ from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available
 from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
 from pipeline.errors import UserInputError
-from pipeline.progress import ProgressCallback
-from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan, staged
+from pipeline.progress import ProgressCallback, staged
+from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan
 from pipeline.units import format_epsilon
 
 #: The largest scan upload in MB (one slice is well under 1 MB; a multi-frame DICOM can be tens of MB).

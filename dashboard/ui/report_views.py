@@ -6,7 +6,6 @@ CSV and HTML downloads contain, and it is still there after a refresh or a resta
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,8 @@ from dashboard.ui import figures
 from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
 from pipeline.constants import GREY_LEVEL
+from pipeline.errors import UserInputError
+from pipeline.runs import parse_json_object
 from pipeline.units import format_epsilon
 
 CHART = {"displaylogo": False}
@@ -34,7 +35,9 @@ def chart(figure: Any, key: str, caption: str) -> None:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """The saved ``report.json``; a damaged file raises a UserInputError the page shows as a message."""
+    path = Path(path)
+    return parse_json_object(path.read_text(), f"{path.name} in {path.parent}", error=UserInputError)
 
 
 def header(report: dict[str, Any]) -> None:

@@ -378,11 +378,14 @@ def _read_cache(key: str, size: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     arrays_path, meta_path = _cache_paths(key)
     if not (arrays_path.is_file() and meta_path.is_file()):
         return None
+    # Imported here: pipeline.runs sits above the data layer (it pulls in models and safetensors).
+    from pipeline.runs import parse_json_object
+
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = parse_json_object(meta_path.read_text(encoding="utf-8"), meta_path.name, error=DatasetError)
         with np.load(arrays_path, allow_pickle=False) as arrays:
             images, labels = arrays["images"], arrays["labels"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # DatasetError is a ValueError: damage is a cache miss
         return None
     count = len(labels)
     consistent = (

@@ -8,6 +8,7 @@ reference table per epsilon.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from pipeline.evaluation.sweeps import (
     sweep_from_report,
 )
 from pipeline.evaluation.transfer import TransferResult, transfer_matrix
-from pipeline.progress import ProgressCallback, report
+from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon
 
 #: Names of the reference table's columns on the command line; ``cw`` is CW inside the L∞ ball.
@@ -172,8 +173,7 @@ def evaluate_models(
     started = time.perf_counter()
     specs = attack_specs(settings.attacks, settings.epsilons, settings.steps)
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
-    stages = _Stages(
-        progress,
+    stage_count = (
         len(models)
         * (
             1
@@ -182,8 +182,13 @@ def evaluate_models(
             + (settings.certify_sigma is not None)
             + len(settings.defenses)
         )
-        + (settings.transfer and len(models) > 1),
+        + (settings.transfer and len(models) > 1)
     )
+    stage_numbers = itertools.count()
+
+    def next_stage(label: str) -> Optional[ProgressCallback]:
+        return staged(progress, next(stage_numbers), stage_count, label, separator=" — ")
+
     common = dict(batch_size=settings.batch_size, device=device)
     evaluated = []
     for name, model in models.items():
@@ -194,7 +199,7 @@ def evaluate_models(
             specs,
             model_name=name,
             examples=settings.examples,
-            progress=stages.next(f"{name}: attacks"),
+            progress=next_stage(f"{name}: attacks"),
             **common,
         )
         entry = ModelEvaluation(
@@ -210,7 +215,7 @@ def evaluate_models(
                     baseline=result,
                     settings=settings.strength_settings,
                     model_name=name,
-                    progress=stages.next(f"{name}: strength checks at ε={format_epsilon(eps)}"),
+                    progress=next_stage(f"{name}: strength checks at ε={format_epsilon(eps)}"),
                     **common,
                 )
                 for eps in settings.epsilons
@@ -221,7 +226,7 @@ def evaluate_models(
                 dataset,
                 result.indices,
                 model_name=name,
-                progress=stages.next(f"{name}: minimal epsilon"),
+                progress=next_stage(f"{name}: minimal epsilon"),
                 **common,
             )
         if settings.certify_sigma is not None:
@@ -233,7 +238,7 @@ def evaluate_models(
                 CERTIFY_RADII,
                 settings.certify_n,
                 device=device,
-                progress=stages.next(f"{name}: certification"),
+                progress=next_stage(f"{name}: certification"),
             )
         for defense in defenses:
             entry.defenses.append(
@@ -243,7 +248,7 @@ def evaluate_models(
                     dataset,
                     result.indices,
                     reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
-                    progress=stages.next(f"{name}: defence {defense.name}"),
+                    progress=next_stage(f"{name}: defence {defense.name}"),
                     **common,
                 )
             )
@@ -255,7 +260,7 @@ def evaluate_models(
             dataset,
             evaluated[0].report.indices,
             reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
-            progress=stages.next("transfer matrix"),
+            progress=next_stage("transfer matrix"),
             **common,
         )
     reports = [entry.report for entry in evaluated]
@@ -289,25 +294,3 @@ def evaluate_models(
         device=first.device,
         seconds=time.perf_counter() - started,
     )
-
-
-class _Stages:
-    """One progress bar over consecutive stages of unknown individual length."""
-
-    def __init__(self, progress: Optional[ProgressCallback], count: int) -> None:
-        self.progress, self.count, self.index = progress, max(count, 1), -1
-
-    def next(self, label: str) -> ProgressCallback:
-        self.index += 1
-        index = self.index
-
-        def forward(done: int, total: int, message: str) -> None:
-            fraction = done / total if total else 0.0
-            report(
-                self.progress,
-                int(1000 * (index + min(fraction, 1.0))),
-                1000 * self.count,
-                f"{label} — {message}" if message else label,
-            )
-
-        return forward

@@ -48,6 +48,7 @@ from pipeline.runs import (
     check_state,
     load_tensors,
     new_run_dir,
+    parse_json_object,
     read_config,
     read_json,
     read_metrics,
@@ -616,7 +617,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{source} is not a resumable checkpoint of this lab")
     try:
-        index = json.loads(metadata["index"])
+        index = parse_json_object(metadata["index"], f"the resume index in {source}")
         weights = {
             name[len("model.") :]: value for name, value in tensors.items() if name.startswith("model.")
         }
@@ -635,7 +636,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         unwrap(model).load_state_dict(weights)
         optimizer.load_state_dict({"state": state, "param_groups": index["optimizer"]["param_groups"]})
         torch.set_rng_state(tensors["rng.cpu"])
-    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # CheckpointError is a ValueError
         raise CheckpointError(
             f"{source} is damaged or belongs to other settings ({error}); "
             "start a new run instead of resuming this one"
