@@ -150,10 +150,11 @@ def test_eight_threads_on_one_shared_model_match_serial_runs(model: nn.Module) -
     warm_memory, warm_tensors = rss_bytes(), live_tensors()
     in_parallel(rounds - 5)
     assert not failures, failures
-    # Flat: no tensor survives an analysis, and the process does not grow with their number (a kept
-    # autograd graph would cost megabytes per analysis; the margin is the allocator settling in).
+    # Flat: no tensor survives an analysis, and the process does not grow with their number. A kept
+    # autograd graph would cost megabytes per analysis, so 160 analyses would add hundreds of MiB;
+    # the margin is glibc's per-thread arenas settling in (measured up to ~70 MiB on a loaded machine).
     assert live_tensors() <= warm_tensors
-    assert rss_bytes() - warm_memory < 64 * 2**20
+    assert rss_bytes() - warm_memory < 128 * 2**20
     for index, reports in results.items():
         assert len(reports) == rounds
         for report in reports:
