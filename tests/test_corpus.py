@@ -600,7 +600,21 @@ def test_dashboard_models_page_with_each_stored_run(lab: Lab) -> None:
     assert_all_handled(rows)
 
 
-def test_dashboard_models_page_imports(lab: Lab) -> None:
+@pytest.fixture
+def streamlit_error_details() -> Iterator[None]:
+    """Show Streamlit's own exceptions in full: its file-type check must be told apart from a crash.
+
+    The lab's config.toml hides exception details from users ("none"), which would redact both alike.
+    """
+    from streamlit import config
+
+    before = config.get_option("client.showErrorDetails")
+    config.set_option("client.showErrorDetails", "full")
+    yield
+    config.set_option("client.showErrorDetails", before)
+
+
+def test_dashboard_models_page_imports(lab: Lab, streamlit_error_details: None) -> None:
     """Run zips and weight files uploaded on the real Models page: a message or a new run, never a traceback."""
     page = REPO / "dashboard" / "pages" / "models.py"
     from streamlit.testing.v1 import AppTest

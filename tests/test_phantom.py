@@ -163,6 +163,6 @@ def test_calcified_nodules_are_brighter_than_soft_tissue_nodules():
 def test_sizes_match_their_class_descriptions(by_class):
     benign = [f.diameter_mm for s in by_class[BENIGN] for f in s.findings]
     malignant = [f.diameter_mm for s in by_class[MALIGNANT] for f in s.findings if f.kind == "mass"]
-    assert 3.0 <= min(benign) and max(benign) <= 12.5
+    assert 5.0 <= min(benign) and max(benign) <= 16.5
     assert np.median(malignant) > 2 * np.median(benign)
-    assert max(malignant) <= 40.5
+    assert max(malignant) <= 55.5

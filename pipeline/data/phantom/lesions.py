@@ -1,8 +1,10 @@
 """What makes a slice benign or malignant: nodules and masses, always inside the lungs.
 
-Benign: one to three small (4-12 mm) smooth round nodules, some calcified. Malignant: usually one
-larger lobulated or spiculated mass, sometimes small, sometimes touching the pleura or cavitating.
-The size ranges overlap on purpose, so size alone does not decide the class.
+Benign: one to four smooth round nodules (6-16 mm), some calcified. Malignant: usually one large
+(20-55 mm) lobulated or spiculated mass, one in ten a small irregular nodule, sometimes touching the
+pleura or cavitating. The size ranges overlap on purpose, so size alone does not decide the class.
+The sizes sit at the upper end of what real slices show (IQ-OTH/NCCD's malignant slices mostly show
+advanced masses) so that a CPU demo at low resolution, where a pixel is several mm, can still see them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def draw_lesions(anatomy: Anatomy, label: int, rng: np.random.Generator,
     depth_mm = cv2.distanceTransform((lung_cover > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
     depth_mm *= anatomy.canvas.mm_per_px
     if label == BENIGN:
-        count = int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2)))
+        count = int(rng.choice((1, 2, 3, 4), p=(0.3, 0.3, 0.25, 0.15)))
         findings = [_nodule(anatomy, rng, depth_mm, lung_cover, cover, slice_mm) for _ in range(count)]
     else:
         findings = [_mass(anatomy, rng, depth_mm, lung_cover, cover, slice_mm)]
@@ -72,8 +74,8 @@ def _place(rng: np.random.Generator, anatomy: Anatomy, depth_mm: np.ndarray, rad
 def _nodule(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lung_cover: np.ndarray,
             cover: np.ndarray, slice_mm: float, *, near: tuple[float, float] | None = None,
             calcify: bool = True) -> Finding:
-    """A small smooth round nodule, 4-12 mm; 40% are calcified (fully or centrally)."""
-    diameter = float(np.exp(rng.uniform(np.log(4.0), np.log(12.0))))
+    """A smooth round nodule, 6-16 mm; 40% are calcified (fully or centrally)."""
+    diameter = float(np.exp(rng.uniform(np.log(6.0), np.log(16.0))))
     centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.12, near=near)
     shape = blob(rng, *centre, radius, radius * rng.uniform(0.85, 1.0), roughness=0.03, harmonics=3,
                  angle_deg=rng.uniform(0.0, 180.0))
@@ -94,9 +96,9 @@ def _nodule(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lu
 
 def _mass(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lung_cover: np.ndarray,
           cover: np.ndarray, slice_mm: float) -> Finding:
-    """A lobulated, often spiculated mass of 10-40 mm; one in five is a small 5-10 mm irregular nodule."""
-    small = rng.random() < 0.2
-    low, high = (5.0, 10.0) if small else (10.0, 40.0)
+    """A lobulated, often spiculated mass of 20-55 mm; one in ten is a small 8-14 mm irregular nodule."""
+    small = rng.random() < 0.1
+    low, high = (8.0, 14.0) if small else (20.0, 55.0)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
     centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.3)
     canvas = anatomy.canvas
