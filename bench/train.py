@@ -7,7 +7,7 @@ epoch, FGSM-RS within 2.2x.
 
     python bench/train.py --quick            # seconds on a CPU: checks that the script runs
     python bench/train.py                    # ResNet50 at 224 px on the best device
-    python bench/train.py --preset-check     # wall time and accuracy of the quick preset (ResNet50, CPU)
+    python bench/train.py --preset-check     # wall time and accuracy of the quick preset (CPU)
 
 Figures on the synthetic phantom are engineering measurements, not medical results.
 """
@@ -69,7 +69,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def preset_check(args: argparse.Namespace) -> None:
-    """The quick preset's promise: ResNet50 on the phantom, minutes on a CPU, clearly above chance."""
+    """The quick preset's promise: minutes on a CPU, clearly above chance on the phantom."""
     device = select_device(args.device)
     print(f"# quick preset check, {datetime.date.today()}, {describe(device)}")
     print("| strategy | wall time (s) | val acc | val PGD acc | test acc | epochs |")
