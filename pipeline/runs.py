@@ -35,6 +35,7 @@ from torch import nn
 
 from pipeline.constants import CLASSES
 from pipeline.errors import CheckpointError, UserInputError
+from pipeline.json_object import parse_json_object
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE, ScanClassifier, build_model
 
 CONFIG = "config.json"
@@ -149,26 +150,6 @@ def _save_failure(path: Path, error: OSError) -> str:
 
 
 # ------------------------------------------------------------------------------ json files
-def parse_json_object(
-    data: bytes | str, source: str, *, error: type[UserInputError] = CheckpointError
-) -> dict[str, Any]:
-    """Decode JSON that must hold an object; anything else raises ``error`` naming ``source``.
-
-    Python's parser recurses once per nesting level, so a file of 100,000 brackets raises
-    RecursionError rather than JSONDecodeError: that is a damaged file too, not a crash.
-    """
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as problem:
-        reason = "nested too deeply" if isinstance(problem, RecursionError) else str(problem)
-        raise error(f"{source} is not valid JSON ({reason}); fix the file or replace it") from None
-    if not isinstance(value, dict):
-        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-        kind = kinds.get(type(value), "a number")
-        raise error(f"{source} must hold a JSON object of name: value pairs, not {kind}")
-    return value
-
-
 def read_json(path: Path, *, default: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
     """Read a JSON object written by this store; missing gives ``default``, damage a CheckpointError."""
     path = Path(path)

@@ -30,8 +30,6 @@ from pipeline.progress import STAGE_STEPS, ProgressCallback, report, staged
 MINIMAL_EPS_ATTACK = "pgd"
 #: The largest budget that search tries: 32 grey levels, far beyond what stays invisible.
 MINIMAL_EPS_HIGH = 32 / 255
-#: Progress units per stage (attack, explanation, minimal budget); must match ``staged``'s.
-STEPS = STAGE_STEPS
 
 
 @dataclass
@@ -151,7 +149,7 @@ def analyse_scan(
         progress=staged(progress, 0, stages, attacker.title),
         return_info=True,
     )
-    report(progress, STEPS, STEPS * stages, "explaining both scans")
+    report(progress, STAGE_STEPS, STAGE_STEPS * stages, "explaining both scans")
     maps = explain(model, torch.cat([x, x_adv]))
     minimal = None
     if find_minimal_eps:
@@ -165,7 +163,7 @@ def analyse_scan(
                 progress=staged(progress, 2, stages, "smallest flipping budget"),
             )[0]
         )
-    report(progress, STEPS * stages, STEPS * stages, "done")
+    report(progress, STAGE_STEPS * stages, STAGE_STEPS * stages, "done")
     return ScanReport(
         attack=attacker.name,
         params=dict(attacker.config),

@@ -18,7 +18,7 @@ from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
 from pipeline.constants import GREY_LEVEL
 from pipeline.errors import UserInputError
-from pipeline.runs import parse_json_object
+from pipeline.json_object import parse_json_object
 from pipeline.units import format_epsilon
 
 CHART = {"displaylogo": False}

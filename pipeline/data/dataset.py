@@ -36,6 +36,7 @@ from pipeline.data.preprocess import check_image_size, preprocess_image
 from pipeline.data.scan import open_scan
 from pipeline.data.sources import discover
 from pipeline.errors import DatasetError, ScanError, UserInputError
+from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
 
 #: Bump when the decoding or preprocessing changes, so that old caches are not reused.
@@ -378,9 +379,6 @@ def _read_cache(key: str, size: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     arrays_path, meta_path = _cache_paths(key)
     if not (arrays_path.is_file() and meta_path.is_file()):
         return None
-    # Imported here: pipeline.runs sits above the data layer (it pulls in models and safetensors).
-    from pipeline.runs import parse_json_object
-
     try:
         meta = parse_json_object(meta_path.read_text(encoding="utf-8"), meta_path.name, error=DatasetError)
         with np.load(arrays_path, allow_pickle=False) as arrays:

@@ -16,7 +16,8 @@ from typing import Any
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
 from pipeline.progress import ProgressCallback, tqdm_progress
-from pipeline.runs import parse_json_object, read_record
+from pipeline.json_object import parse_json_object
+from pipeline.runs import read_record
 from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.loop import EXECUTION_FIELDS, train
 

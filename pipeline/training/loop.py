@@ -37,6 +37,7 @@ from pipeline.data import ScanDataset, Split, load_dataset, split_dataset
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.progress import ProgressCallback, report
+from pipeline.json_object import parse_json_object
 from pipeline.runs import (
     CONFIG,
     LAST,
@@ -48,7 +49,6 @@ from pipeline.runs import (
     check_state,
     load_tensors,
     new_run_dir,
-    parse_json_object,
     read_config,
     read_json,
     read_metrics,

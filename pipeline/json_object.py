@@ -1,0 +1,33 @@
+"""Reading JSON that must hold an object, from files a user or an attacker may have touched.
+
+Every on-disk JSON the lab reads (run records, the dataset cache, settings files, reports) goes
+through this one parser, so a damaged or hostile file is always a clear message, never a crash.
+It sits below the data, run and training layers so that each can use it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.errors import CheckpointError, UserInputError
+
+
+def parse_json_object(
+    data: bytes | str, source: str, *, error: type[UserInputError] = CheckpointError
+) -> dict[str, Any]:
+    """Decode JSON that must hold an object; anything else raises ``error`` naming ``source``.
+
+    Python's parser recurses once per nesting level, so a file of 100,000 brackets raises
+    RecursionError rather than JSONDecodeError: that is a damaged file too, not a crash.
+    """
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as problem:
+        reason = "nested too deeply" if isinstance(problem, RecursionError) else str(problem)
+        raise error(f"{source} is not valid JSON ({reason}); fix the file or replace it") from None
+    if not isinstance(value, dict):
+        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(value), "a number")
+        raise error(f"{source} must hold a JSON object of name: value pairs, not {kind}")
+    return value
