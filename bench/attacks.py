@@ -42,6 +42,7 @@ def catalogue() -> dict[str, tuple[dict, Theirs, str]]:
         "pgdl2": ({}, lambda m: ta.PGDL2(m, eps=0.5, alpha=0.125, steps=10, random_start=True), ""),
         "mifgsm": ({}, lambda m: ta.MIFGSM(m, eps=EPS, alpha=EPS / 4, steps=10, decay=1.0), ""),
         "cw-linf": ({}, None, "no torchattacks counterpart"),
+        "pgd-kl": ({}, None, "TRADES' inner step; no torchattacks counterpart"),
         "apgd": ({}, lambda m: ta.APGD(m, eps=EPS, steps=20, n_restarts=1, loss="ce", seed=0), ""),
         "apgd-dlr": ({}, lambda m: ta.APGD(m, eps=EPS, steps=20, n_restarts=1, loss="dlr", seed=0), ""),
         "apgd-t": ({}, None, "torchattacks' APGD-T needs >= 4 classes"),

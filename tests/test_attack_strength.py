@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchattacks
 from models_fixture import Trained, one_thread, trained_model
 
@@ -110,6 +111,27 @@ def test_restarts_and_targets(trained: Trained) -> None:
     with torch.no_grad():
         reached = model(x_adv).argmax(1) == target
     assert reached.float().mean() >= 0.8
+
+
+def test_pgd_kl_climbs_the_divergence_from_the_clean_prediction(trained: Trained) -> None:
+    """TRADES' inner step must climb the divergence its outer loss penalises, inside the ball."""
+    model, x, y, _ = trained
+    with torch.no_grad():
+        clean = F.log_softmax(model(x), dim=1)
+
+    def divergence(x_adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((clean.exp() * (clean - F.log_softmax(model(x_adv), dim=1))).sum(1).mean())
+
+    def pgd_kl(steps: int) -> torch.Tensor:
+        return get_attack("pgd-kl", eps=2 / 255, alpha=0.5 / 255, steps=steps, seed=0)(model, x, y)
+
+    x_kl = pgd_kl(10)
+    assert (x_kl - x).abs().max() <= 2 / 255 + 1e-6
+    climbed, one_step = divergence(x_kl), divergence(pgd_kl(1))
+    assert climbed > 3 * one_step, f"10 steps reached {climbed:.4f}, one step {one_step:.4f}"
+    noise = (x + (torch.rand_like(x) * 2 - 1) * 2 / 255).clamp(0, 1)
+    assert climbed > 10 * divergence(noise)
 
 
 def test_trace_starts_at_the_clean_scan(trained: Trained) -> None:

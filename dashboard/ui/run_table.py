@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.ui.status import run_label
+from dashboard.ui.status import model_summary
 from pipeline.jobs import JobState, job_state
 from pipeline.runs import RunRecord
 
@@ -17,7 +17,7 @@ def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
     best = record.best or {}
     return {
         "run": record.name,
-        "model": run_label(record).split(" · ")[0],
+        "model": model_summary(record),
         "state": state.phase,
         "epochs": f"{len(record.metrics)}/{record.config.get('epochs', '?')}",
         "best epoch": best.get("epoch"),

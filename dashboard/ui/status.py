@@ -33,14 +33,19 @@ def usable_runs() -> list[RunRecord]:
     return [record for record in list_runs(runs_dir()) if record.error is None and record.has_model]
 
 
-def run_label(record: RunRecord) -> str:
-    """``ResNet-50, adversarial (pgd), 224 px · <run name>``: what matters first, then the name."""
+def model_summary(record: RunRecord) -> str:
+    """``ResNet-50, adversarial (pgd), 224 px``: the model, how it was trained, its input size."""
     config = record.config
     strategy = {"standard": "normal training", "transfer": "transfer-adversarial"}.get(
         config.get("strategy", ""), f"adversarial ({config.get('strategy', '?')})"
     )
     arch = str(config.get("arch", "?")).replace("resnet", "ResNet-")
-    return f"{arch}, {strategy}, {config.get('image_size', '?')} px · {record.name}"
+    return f"{arch}, {strategy}, {config.get('image_size', '?')} px"
+
+
+def run_label(record: RunRecord) -> str:
+    """``ResNet-50, adversarial (pgd), 224 px · <run name>``: what matters first, then the name."""
+    return f"{model_summary(record)} · {record.name}"
 
 
 def is_synthetic(record: Optional[RunRecord]) -> bool:

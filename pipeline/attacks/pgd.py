@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.base import Attack, Param, eps_param, gradient, seed_param, steps_param
@@ -73,10 +74,14 @@ class IterativeAttack(Attack):
     def step_size(self) -> float:
         return self.alpha if self.alpha is not None else self.eps / 4
 
+    @property
+    def starts_at_random(self) -> bool:
+        return self.config.get("random_start", False)
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
              progress: Optional[ProgressCallback]) -> torch.Tensor:
         steps, restarts = self.steps, self.config.get("restarts", 1)
-        random_start = self.config.get("random_start", False)
+        random_start = self.starts_at_random
         generator = self.generator(x.device)
         worst = WorstCase(x)
         index = torch.arange(x.shape[0], device=x.device)
@@ -118,6 +123,42 @@ class PGD(IterativeAttack):
                    "start, projected back into the L∞ ball; the standard first-order attack.")
     params = (eps_param(), alpha_param(), steps_param(10), random_start_param(), restarts_param(),
               seed_param())
+
+
+@register
+class PGDKL(IterativeAttack):
+    """TRADES' inner maximisation (Zhang et al. 2019): PGD on KL(clean prediction || prediction).
+
+    It needs no label: it pushes the prediction away from whatever the model says about the clean
+    scan, which is exactly what TRADES' robustness term penalises. It starts a hair (0.001) from
+    the scan, as the paper does, because at the scan itself the divergence and its gradient are zero.
+    """
+
+    name = "pgd-kl"
+    title = "PGD on the KL divergence (TRADES)"
+    description = ("PGD that maximises the KL divergence between the clean and the attacked prediction, "
+                   "as TRADES trains against; it moves the prediction whether or not it was right.")
+    params = (eps_param(), alpha_param(), steps_param(10), seed_param())
+    supports_target = False
+
+    @property
+    def starts_at_random(self) -> bool:
+        return True
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
+             progress: Optional[ProgressCallback]) -> torch.Tensor:
+        with torch.no_grad():
+            self._clean_log_probs = F.log_softmax(model(x).float(), dim=1)
+        return super()._run(model, x, y, target, progress)
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor,
+                  target: Optional[torch.Tensor]) -> torch.Tensor:
+        clean = self._clean_log_probs
+        return (clean.exp() * (clean - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
+
+    def random_point(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.project(x, x + 0.001 * noise)
 
 
 @register

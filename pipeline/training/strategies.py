@@ -6,9 +6,8 @@ compiled wrapper) in eval mode, as the engine guarantees; the loss is then compu
 forward pass of the training network over everything the step needs, which keeps batch-norm
 statistics and DDP's gradient hooks to one pass per step.
 
-Known deviation: TRADES and MART maximise the cross-entropy in their inner step (the engine's
-PGD), where the TRADES paper maximises the KL divergence to the clean prediction; the outer
-losses are those of the papers.
+Inner maximisations follow the papers: PGD on the cross-entropy for PGD-AT and MART, PGD on
+the KL divergence to the clean prediction (the engine's ``pgd-kl``) for TRADES.
 """
 
 from __future__ import annotations
@@ -108,10 +107,14 @@ class PairedTraining(Strategy):
 
     adversarial = True
 
+    def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """The attacked copy of the batch the pair loss compares with the clean one."""
+        return self.pgd(model, x, y, seed)
+
     def step(
         self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> StepResult:
-        x_adv = self.pgd(model, x, y, seed)
+        x_adv = self.adversary(model, x, y, seed)
         clean, adv = net(torch.cat([x, x_adv])).float().chunk(2)
         return self.pair_loss(clean, adv, y), adv, y
 
@@ -123,6 +126,12 @@ class TradesTraining(PairedTraining):
     """Zhang et al. 2019: clean cross-entropy + beta * KL(clean prediction || adversarial one)."""
 
     name = "trades"
+
+    def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """The paper's inner step: PGD that maximises the KL term the outer loss then penalises."""
+        config = self.config
+        return attack("pgd-kl", model, x, y, eps=config.eps, alpha=config.step_size, steps=config.steps,
+                      seed=seed)
 
     def pair_loss(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         robust = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
