@@ -3,8 +3,9 @@
 The dashboard must return at once, survive a browser refresh and a restart of itself, and never
 show a dead job as running. So a job is a separate process in its own session (started by
 exec, so a parent that already holds CUDA is never forked into the child), writing its output
-to ``job.log`` in the job directory; the launcher records the child's pid, its kernel start time
-and its command line in ``status.json``. Anyone can later read that file, and a job whose
+to ``job.log`` in the job directory; the launcher records the child's pid, the start time the
+operating system gives it (through psutil, so Linux and macOS alike) and its command line in
+``status.json``. Anyone can later read that file, and a job whose
 status says "running" but whose process is gone (or whose pid now belongs to another process)
 is reported, and recorded, as failed with the end of its log.
 
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+import psutil
 
 from pipeline.errors import UserInputError
 from pipeline.runs import STATUS, TERMINAL_PHASES, atomic_write_bytes, read_status, update_status
@@ -86,13 +89,13 @@ def launch(job_dir: Path | str, args: Sequence[str], *, env: Optional[dict[str, 
             env={**os.environ, **(env or {})},
             close_fds=True,
         )
-    # Read before reaping: a child that died at once still has its /proc entry as a zombie.
-    start_ticks = _start_ticks(process.pid)
+    # Read before reaping: a child that died at once is still there, as a zombie, to be asked.
+    start_time = process_start_time(process.pid)
     # Reap the child when it exits so that it does not linger as a zombie in this process.
     threading.Thread(target=process.wait, daemon=True, name=f"reap-{process.pid}").start()
     job = {
         "pid": process.pid,
-        "start_ticks": start_ticks,
+        "start_time": start_time,
         "started_at": time.time(),
         "command": command,
         "log": LOG,
@@ -110,7 +113,7 @@ def register_self(job_dir: Path | str) -> None:
     pid = os.getpid()
     own = {
         "pid": pid,
-        "start_ticks": _start_ticks(pid),
+        "start_time": process_start_time(pid),
         "started_at": time.time(),
         "command": sys.argv,
         "log": None,
@@ -165,22 +168,22 @@ def _mark_ended(job_dir: Path, status: dict[str, Any]) -> Optional[dict[str, Any
     return {**status, "phase": "failed", "finished_at": time.time(), "error": error}
 
 
-def _job_process(job: Any) -> Optional[tuple[int, int]]:
-    """(pid, start ticks) of a well-formed job record, else None: only such a record is ours.
+def _job_process(job: Any) -> Optional[tuple[int, float]]:
+    """(pid, start time) of a well-formed job record, else None: only such a record is ours.
 
     ``status.json`` may be edited by anyone: pid 0, 1 or below would make a signal reach init or
     whole process groups, and a pid without its start time may since belong to any process.
     """
     if not isinstance(job, dict):
         return None
-    pid, start_ticks = job.get("pid"), job.get("start_ticks")
-    if type(pid) is int and pid > 1 and type(start_ticks) is int:
-        return pid, start_ticks
+    pid, start_time = job.get("pid"), job.get("start_time")
+    if type(pid) is int and pid > 1 and type(start_time) is float:
+        return pid, start_time
     return None
 
 
-def _live_process(job: Any) -> Optional[tuple[int, int]]:
-    """The job's (pid, start ticks) while that very process runs; None when it ended or is not ours."""
+def _live_process(job: Any) -> Optional[tuple[int, float]]:
+    """The job's (pid, start time) while that very process runs; None when it ended or is not ours."""
     process = _job_process(job)
     return process if process is not None and process_alive(*process) else None
 
@@ -190,34 +193,31 @@ def _created_at(status: dict[str, Any]) -> float:
     return float(created) if type(created) in (int, float) else 0.0
 
 
-def process_alive(pid: int, start_ticks: Optional[int] = None) -> bool:
-    """Whether ``pid`` runs and is the same process (same kernel start time), not a zombie."""
+def process_alive(pid: int, start_time: Optional[float] = None) -> bool:
+    """Whether ``pid`` runs, is not a zombie, and is the same process (same start time).
+
+    A process this user may not inspect is not one of ours, so it counts as not alive.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        return start_time is None or _same_start(process.create_time(), start_time)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    except PermissionError:
-        pass  # exists, owned by someone else: the start time below tells whether it is ours
-    stat = _proc_stat(pid)
-    if stat is None:
-        return sys.platform != "linux"  # no /proc to ask: trust the signal check
-    state, ticks = stat
-    return state not in ("Z", "X") and (start_ticks is None or ticks == start_ticks)
 
 
-def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
-    """(state, start time in clock ticks since boot) from ``/proc/<pid>/stat``."""
+def process_start_time(pid: int) -> Optional[float]:
+    """When ``pid`` started, in seconds since the epoch as the OS reports it; None if it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # the command name in parentheses may hold spaces
-    return fields[0], int(fields[19])
 
 
-def _start_ticks(pid: int) -> Optional[int]:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
+def _same_start(reported: float, recorded: float) -> bool:
+    """Start times from the OS are exact to its clock tick; a reused pid starts later than that."""
+    return abs(reported - recorded) < 0.005
 
 
 def _log_tail(job_dir: Path) -> str:
@@ -272,15 +272,15 @@ def clear_cancel(job_dir: Path | str) -> None:
         (Path(job_dir) / CANCEL_FLAG).unlink()
 
 
-def _enforce_grace(job_dir: Path, status: dict[str, Any], process: tuple[int, int]) -> None:
+def _enforce_grace(job_dir: Path, status: dict[str, Any], process: tuple[int, float]) -> None:
     """SIGTERM a job past its cancel grace period (covers a dashboard restarted meanwhile)."""
     asked = status.get("cancel_requested_at")
     if asked and cancel_requested(job_dir) and time.time() - asked > float(status.get("cancel_grace_s", 0)):
         _terminate(*process)
 
 
-def _terminate(pid: int, start_ticks: int) -> None:
-    if process_alive(pid, start_ticks):
+def _terminate(pid: int, start_time: float) -> None:
+    if process_alive(pid, start_time):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
 

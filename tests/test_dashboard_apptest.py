@@ -416,6 +416,27 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
         cancel_job(job_dir)
 
 
+def test_train_page_fine_tunes_a_saved_model_and_refuses_a_mismatched_one(lab: Lab) -> None:
+    at = page("train")
+    at.selectbox(key="train:quick:arch").set_value("resnet18")
+    at.selectbox(key="train:quick:strategy").set_value("pgd")
+    at.selectbox(key="train:quick:init_from").set_value(str(lab.first))
+    at.text_input(key="train:quick:device").input("cpu")
+    at.button(key="train:start").click().run()
+    assert_calm(at)
+    run_dir = Path(at.session_state["train.watch"])
+    try:
+        request = json.loads((run_dir / "request.json").read_text())
+        assert request["init_from"] == str(lab.first) and request["strategy"] == "pgd"
+    finally:
+        cancel_job(run_dir)
+    runs_before = sorted(lab.runs.iterdir())
+    at.selectbox(key="train:quick:arch").set_value("resnet50")
+    at.button(key="train:start").click().run()
+    assert any("holds a resnet18" in error.value for error in at.error), [e.value for e in at.error]
+    assert sorted(lab.runs.iterdir()) == runs_before
+
+
 @pytest.mark.slow
 def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> None:
     before = {record.name for record in list_runs(lab.runs)}

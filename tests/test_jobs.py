@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.jobs import LOG, START_TIMEOUT_S, job_state, process_alive
+from pipeline.jobs import LOG, START_TIMEOUT_S, job_state, process_alive, process_start_time
 from pipeline.runs import (
     delete_run,
     list_runs,
@@ -28,10 +28,6 @@ LONG = {**TINY, "epochs": 200}
 def _pid(run_dir: Path) -> int:
     wait_for(lambda: "job" in read_status(run_dir), timeout=30)
     return int(read_status(run_dir)["job"]["pid"])
-
-
-def _ticks(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def _seen_from_another_process(run_dir: Path) -> str:
@@ -104,9 +100,9 @@ def test_reused_or_missing_pid_is_not_running(tmp_path: Path) -> None:
     reused = tmp_path / "reused"
     reused.mkdir()
     me = os.getpid()
-    ticks = _ticks(me)
-    update_status(reused, {"phase": "training", "job": {"pid": me, "start_ticks": ticks + 1}})
-    assert process_alive(me, ticks) and not process_alive(me, ticks + 1)
+    started = process_start_time(me)
+    update_status(reused, {"phase": "training", "job": {"pid": me, "start_time": started + 1.0}})
+    assert process_alive(me, started) and not process_alive(me, started + 1.0)
     assert job_state(reused).phase == "failed"
     never = tmp_path / "never-started"
     never.mkdir()
@@ -118,9 +114,10 @@ def test_malformed_job_records_are_failed_never_running(tmp_path: Path) -> None:
     """A hand-edited status.json must not crash, keep a run running forever, or name pid 1."""
     for name, job in (
         ("text-pid", {"pid": "abc"}),
-        ("init", {"pid": 1, "start_ticks": None, "command": ["rm", "-rf"]}),
+        ("init", {"pid": 1, "start_time": None, "command": ["rm", "-rf"]}),
         ("no-start-time", {"pid": os.getpid()}),
-        ("pid-zero", {"pid": 0, "start_ticks": _ticks(os.getpid())}),
+        ("whole-number-start", {"pid": os.getpid(), "start_time": 12345}),
+        ("pid-zero", {"pid": 0, "start_time": process_start_time(os.getpid())}),
     ):
         run_dir = tmp_path / name
         run_dir.mkdir()
@@ -137,7 +134,7 @@ def test_cancel_signals_only_a_recorded_process(tmp_path: Path) -> None:
     try:
         for process, job in (
             (stranger, {"pid": stranger.pid}),  # a live pid without its start time
-            (ours, {"pid": ours.pid, "start_ticks": _ticks(ours.pid)}),
+            (ours, {"pid": ours.pid, "start_time": process_start_time(ours.pid)}),
         ):
             run_dir = tmp_path / str(process.pid)
             run_dir.mkdir()

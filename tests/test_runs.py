@@ -17,6 +17,7 @@ import torch
 
 from pipeline.__main__ import main
 from pipeline.errors import CheckpointError, UserInputError
+from pipeline.jobs import process_start_time
 from pipeline.models import build_model
 from pipeline.runs import (
     CONFIG,
@@ -311,8 +312,8 @@ def test_delete(tmp_path: Path) -> None:
     run_dir, _ = make_run(tmp_path)
     with pytest.raises(CheckpointError):
         delete_run(tmp_path)  # the runs folder itself is not a run
-    ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    update_status(run_dir, {"phase": "training", "job": {"pid": os.getpid(), "start_ticks": ticks}})
+    job = {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
+    update_status(run_dir, {"phase": "training", "job": job})
     with pytest.raises(UserInputError, match="still running"):
         delete_run(run_dir)
     update_status(run_dir, {"phase": "done"})

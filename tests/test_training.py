@@ -10,6 +10,7 @@ import torch
 from pipeline.attacks import get_attack
 from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import UserInputError
+from pipeline.models import build_model
 from pipeline.runs import load_model, read_config, read_metrics, read_status
 from pipeline.training import PRESETS, STRATEGIES, TrainConfig, train
 from pipeline.training.augment import Augmentation
@@ -146,6 +147,39 @@ def test_every_adversarial_strategy_trains(runs: Path, strategy: str) -> None:
     (line,) = read_metrics(run_dir)
     assert torch.isfinite(torch.tensor(line["train_loss"])) and 0 <= line["train_adv_acc"] <= 1
     load_model(run_dir)
+
+
+def test_eps_warmup_ramps_the_training_budget_and_validates_at_the_full_one(runs: Path) -> None:
+    eps = 8 / 255
+    config = TrainConfig(**{**TINY, "epochs": 3, "strategy": "pgd", "eps": eps, "eps_warmup": 0.5})
+    lines = read_metrics(train(config, runs))
+    # 3 epochs, ramp over half the steps: 2/3 of eps after the first epoch, all of it from the second
+    assert [line["train_eps"] for line in lines] == pytest.approx([2 / 3 * eps, eps, eps])
+    assert all(line["eps"] == eps for line in lines)  # robust validation stays at the real budget
+    strategy = STRATEGY_CLASSES["pgd"](config, None)
+    strategy.budget_scale = 0.25
+    x = torch.rand(4, 1, 32, 32)
+    model = build_model("resnet18").eval()
+    delta = (strategy.pgd(model, x, torch.zeros(4, dtype=torch.long), seed=0) - x).abs().max().item()
+    assert 0.2 * eps < delta <= 0.25 * eps + 1e-6
+
+
+def test_init_from_starts_at_another_runs_model(runs: Path, blobs: str, standard_run: Path) -> None:
+    settings = {**ROBUST, "data": blobs, "strategy": "pgd", "epochs": 1, "lr": 1e-7}
+    tuned = _train({**settings, "init_from": standard_run.name}, runs)  # a name under the runs folder
+    source, _ = load_model(standard_run)
+    started, record = load_model(tuned)
+    assert record.config["init_from"] == str(standard_run)
+    weights = [(a, b) for a, b in zip(source.parameters(), started.parameters()) if a.ndim > 1]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in weights)  # lr 1e-7: still the source's
+    scratch, _ = load_model(_train(settings, runs))
+    assert not torch.allclose(next(scratch.parameters()), next(source.parameters()), atol=1e-2)
+    before = sorted(runs.iterdir())
+    with pytest.raises(UserInputError, match="holds a resnet18"):
+        _train({**settings, "arch": "resnet34", "init_from": str(standard_run)}, runs)
+    assert sorted(runs.iterdir()) == before  # refused before a run directory was made
+    with pytest.raises(UserInputError, match="not both"):
+        TrainConfig(**settings, init_from=str(standard_run), pretrained=True)
 
 
 def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> None:

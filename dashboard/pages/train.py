@@ -44,7 +44,7 @@ MAIN = ("arch", "strategy", "epochs", "eps", "steps", "image_size", "batch_size"
 #: Set from the Data page's choice, not from this form.
 FROM_DATA = ("data", "count", "data_seed", "split_strategy", "window")
 #: Settings given by other widgets or meaningless in the dashboard.
-OTHER = ("transfer_run", "transfer_eps")
+OTHER = ("transfer_run", "transfer_eps", "init_from")
 GREY_FIELDS = ("eps", "alpha")
 
 
@@ -86,6 +86,15 @@ def settings_form(preset: str) -> dict[str, Any]:
             format_func=lambda path: run_label(sources[path]) if path else "no saved model",
             key=f"train:{preset}:transfer_run",
         )
+    starts = {str(record.run_dir): record for record in usable_runs()}
+    values["init_from"] = st.selectbox(
+        "Start from",
+        [None, *starts],
+        format_func=lambda path: run_label(starts[path]) if path else "fresh weights (or ImageNet's, if pretrained)",
+        key=f"train:{preset}:init_from",
+        help="Continue from a saved model of the same architecture, e.g. fine-tune a normally trained "
+        "model adversarially: the cheap way to a robust model when training one from scratch is too slow.",
+    )
     with st.expander("Advanced settings"):
         columns = st.columns(3)
         for number, spec in enumerate(item for name, item in fields.items() if name not in MAIN):

@@ -13,10 +13,12 @@ from pipeline import jobs
 from pipeline.errors import UserInputError
 from pipeline.runs import REQUEST, atomic_write_json, new_run_dir
 from pipeline.training.config import TrainConfig
+from pipeline.training.loop import with_start_run
 
 
 def start_job(config: TrainConfig, runs_dir: Path | str) -> Path:
     """Start training ``config`` in a separate process; return the new run's directory at once."""
+    config = with_start_run(config, runs_dir)  # a mismatched starting run is refused here, not in the job
     run_dir = new_run_dir(runs_dir, f"{config.arch}-{config.strategy}")
     atomic_write_json(run_dir / REQUEST, config.to_dict())
     jobs.launch(

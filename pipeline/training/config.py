@@ -58,6 +58,11 @@ class TrainConfig:
     # model and optimisation
     arch: str = _spec("resnet50", choices=tuple(ARCHITECTURES), help="network architecture")
     pretrained: bool = _spec(False, help="start from ImageNet weights (downloaded once)")
+    init_from: Optional[str] = _spec(
+        None,
+        help="saved run whose kept model is the starting point, e.g. to fine-tune a normally trained "
+        "model adversarially; same architecture and classes",
+    )
     strategy: str = _spec("standard", choices=STRATEGIES, help="training strategy")
     epochs: int = _spec(30, low=1, high=1000, help="number of passes over the training split")
     batch_size: int = _spec(32, low=2, high=4096, help="scans per optimisation step (all GPUs together)")
@@ -87,6 +92,14 @@ class TrainConfig:
         help="attack step size; default eps/4 for PGD, 1.25*eps for FGSM-RS",
     )
     steps: int = _spec(7, low=1, high=100, help="PGD steps during training")
+    eps_warmup: float = _spec(
+        0.0,
+        low=0.0,
+        high=1.0,
+        help="share of the training steps over which the training budget grows linearly from 0 to "
+        "eps (0: the full budget from the first step); lets a network trained from scratch find the "
+        "clean signal before it must hold against attacks",
+    )
     trades_beta: float = _spec(6.0, low=0.0, high=100.0, help="TRADES robustness weight")
     mart_beta: float = _spec(6.0, low=0.0, high=100.0, help="MART robustness weight")
     cw_steps: int = _spec(10, low=1, high=1000, help="CW iterations in the mixed recipe (few, for speed)")
@@ -129,6 +142,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             setattr(self, spec.name, _validate(spec, getattr(self, spec.name)))
+        if self.init_from and self.pretrained:
+            raise UserInputError("start from ImageNet weights (pretrained) or from a saved run (init_from), not both")
         if self.strategy == "transfer" and not self.transfer_run:
             raise UserInputError(
                 "strategy 'transfer' needs transfer_run: the saved run whose model crafts examples"

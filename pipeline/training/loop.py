@@ -47,6 +47,7 @@ from pipeline.runs import (
     append_metrics,
     atomic_write_json,
     check_state,
+    load_model,
     load_tensors,
     new_run_dir,
     read_config,
@@ -93,6 +94,8 @@ def train(
         jobs.clear_cancel(run_dir)
     elif config is None:
         raise UserInputError("give a training configuration (or a run to resume)")
+    else:
+        config = with_start_run(config, runs_dir)
     context = distributed.setup(config.device)
     try:
         if run_dir is None:
@@ -122,6 +125,20 @@ def resolve_run(runs_dir: Path | str, run: Path | str) -> Path:
     raise CheckpointError(
         f"no run {str(run)!r} found (looked for a run directory and for it under {runs_dir})"
     )
+
+
+def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
+    """``config`` with ``init_from`` resolved to a run directory whose model fits, checked before any run exists."""
+    if not config.init_from:
+        return config
+    start = resolve_run(runs_dir, config.init_from)
+    arch = read_config(start).get("arch")
+    if arch != config.arch:
+        raise UserInputError(
+            f"run {start.name} holds a {arch}, this training builds a {config.arch}: start from a "
+            f"{config.arch} run, or set the architecture to {arch}"
+        )
+    return dataclasses.replace(config, init_from=str(start))
 
 
 def _resumed_config(run_dir: Path, override: Optional[TrainConfig]) -> TrainConfig:
@@ -198,6 +215,7 @@ class Trainer:
                 "use more scans or a larger validation fraction"
             )
         self.num_classes = len(dataset.classes)
+        self.classes = dataset.classes
         counts = torch.bincount(y_train, minlength=self.num_classes).float().clamp(min=1)
         class_weights = counts.sum() / (self.num_classes * counts)
         self.strategy: Strategy = build_strategy(
@@ -279,15 +297,29 @@ class Trainer:
         return dataset, split
 
     def _build_model(self) -> ScanClassifier:
-        # The initial weights follow the run's seed (so do all ranks'), not whatever the caller's RNG holds.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            model = build_model(
-                self.config.arch, num_classes=self.num_classes, pretrained=self.config.pretrained
-            )
+        if self.config.init_from and not (self.run_dir / LAST).is_file():  # a resumed run has its own
+            model = self._model_of_run(self.config.init_from)
+        else:
+            # The initial weights follow the run's seed (so do all ranks'), not the caller's RNG.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed)
+                model = build_model(
+                    self.config.arch, num_classes=self.num_classes, pretrained=self.config.pretrained
+                )
         if self.cuda:
             torch.backends.cudnn.benchmark = True
         return self._memory_format(model.to(self.device))
+
+    def _model_of_run(self, run: str) -> ScanClassifier:
+        """The kept model of another run (its architecture checked by ``train``) for these classes."""
+        model, record = load_model(run)
+        classes = record.config.get("classes")
+        if classes != list(self.classes):
+            raise UserInputError(
+                f"run {record.name} tells apart {classes}, this data {list(self.classes)}: "
+                "start from a run trained on the same classes"
+            )
+        return model.train()
 
     def _memory_format(self, value: Any) -> Any:
         if self.cuda and self.config.channels_last:
@@ -360,6 +392,7 @@ class Trainer:
                 **self._measure(self.x_eval, self.y_eval, "train", epoch),
                 **self._measure(self.x_val, self.y_val, "val", epoch),
                 "eps": config.eps,
+                "train_eps": config.eps * self._budget_scale(state["step"] - 1),
                 "time_s": round(time.time() - started, 3),
                 "images_per_s": round(images / max(train_time, 1e-9), 2),
                 "train_images": int(images),
@@ -402,6 +435,7 @@ class Trainer:
                 x = self.augment(x, augment_generator)
             x = self._memory_format(x)
             self._set_lr(self._lr(self.state["step"]))
+            self.strategy.budget_scale = self._budget_scale(self.state["step"])
             with self.autocast():
                 loss, logits, labels = self.strategy.step(
                     self.net, self.attack_model, x, y, _seed(config.seed, epoch, batch, context.rank)
@@ -445,6 +479,11 @@ class Trainer:
         if t < warm:
             return config.lr * (0.04 + 0.96 * t / warm)
         return config.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+
+    def _budget_scale(self, step: int) -> float:
+        """The share of eps the training attacks use at ``step``: a linear ramp under ``eps_warmup``."""
+        ramp = self.config.eps_warmup * self.total_steps
+        return 1.0 if ramp <= 1 else min(1.0, (step + 1) / ramp)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

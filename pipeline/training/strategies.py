@@ -38,6 +38,18 @@ class Strategy:
     def __init__(self, config: TrainConfig, class_weights: Optional[torch.Tensor]) -> None:
         self.config = config
         self.class_weights = class_weights
+        #: Share of the configured budget the training attacks use now (the loop's eps warm-up).
+        self.budget_scale = 1.0
+
+    @property
+    def eps(self) -> float:
+        """The training attacks' budget at this step."""
+        return self.config.eps * self.budget_scale
+
+    @property
+    def step_size(self) -> float:
+        """The training attacks' step at this step: it shrinks with the budget during warm-up."""
+        return self.config.step_size * self.budget_scale
 
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -62,15 +74,14 @@ class Strategy:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, steps: Optional[int] = None
     ) -> torch.Tensor:
         """PGD with a random start at the training budget and step size."""
-        config = self.config
         return attack(
             "pgd",
             model,
             x,
             y,
-            eps=config.eps,
-            alpha=config.step_size,
-            steps=steps or config.steps,
+            eps=self.eps,
+            alpha=self.step_size,
+            steps=steps or self.config.steps,
             random_start=True,
             seed=seed,
         )
@@ -129,8 +140,7 @@ class TradesTraining(PairedTraining):
 
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """The paper's inner step: PGD that maximises the KL term the outer loss then penalises."""
-        config = self.config
-        return attack("pgd-kl", model, x, y, eps=config.eps, alpha=config.step_size, steps=config.steps,
+        return attack("pgd-kl", model, x, y, eps=self.eps, alpha=self.step_size, steps=self.config.steps,
                       seed=seed)
 
     def pair_loss(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,7 +180,7 @@ class MixedTraining(Strategy):
     def step(
         self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> StepResult:
-        x_fgsm = attack("fgsm", model, x, y, eps=self.config.eps)
+        x_fgsm = attack("fgsm", model, x, y, eps=self.eps)
         x_pgd = self.pgd(model, x, y, seed)
         x_cw = attack("cw", model, x, y, steps=self.config.cw_steps, binary_search_steps=1)
         everything, labels = torch.cat([x, x_fgsm, x_pgd, x_cw]), y.repeat(4)

@@ -658,7 +658,7 @@ def _checkpoint_items(root: Path) -> list[CorpusItem]:
         metrics=("\n".join(json.dumps(line) for line in junk) + "\nnot json\n").encode())
     run("run-status-not-object", valid, ACCEPTED, "status.json holding a list", status=b"[1, 2, 3]")
     run("run-status-foreign-job", valid, ACCEPTED, "status.json claiming a running job with process id 1",
-        status=json.dumps({"phase": "running", "job": {"pid": 1, "start_ticks": None, "command": ["rm", "-rf"]},
+        status=json.dumps({"phase": "running", "job": {"pid": 1, "start_time": None, "command": ["rm", "-rf"]},
                            "progress": "abc", "eta_s": -5}).encode())
     run("run-status-bad-job", valid, ACCEPTED, "status.json whose job record has a non-numeric process id",
         status=json.dumps({"phase": "running", "job": {"pid": "abc"}}).encode())
