@@ -216,8 +216,13 @@ def process_start_time(pid: int) -> Optional[float]:
 
 
 def _same_start(reported: float, recorded: float) -> bool:
-    """Start times from the OS are exact to its clock tick; a reused pid starts later than that."""
-    return abs(reported - recorded) < 0.005
+    """Whether two readings of a start time name the same process.
+
+    Linux counts a start time in clock ticks since boot, and psutil adds the boot time, which
+    shifts when the wall clock is stepped; a second of slack absorbs that. A pid reused within
+    the same second as its first process's start is not a practical risk.
+    """
+    return abs(reported - recorded) < 1.0
 
 
 def _log_tail(job_dir: Path) -> str:

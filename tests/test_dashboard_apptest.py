@@ -24,11 +24,12 @@ from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
 from dashboard.ui.checkpoints import import_checkpoint
+from dashboard.ui.resources import _run_data, cached_dataset
 from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
 from pipeline.data import load_dataset
 from pipeline.jobs import cancel_job
 from pipeline.models import build_model
-from pipeline.runs import export_run, list_runs, load_model, save_model
+from pipeline.runs import export_run, list_runs, load_model, read_config, save_model
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
@@ -305,6 +306,14 @@ def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
     assert any("no such folder" in item.value for item in at.error)
 
 
+def test_a_runs_data_is_the_data_pages_dataset_not_a_second_copy(lab: Lab) -> None:
+    config = read_config(lab.first)
+    dataset, split = _run_data("one-copy", config)
+    shown = cached_dataset(config["data"], config["image_size"], config["data_seed"], config["count"],
+                           config["window"])
+    assert dataset is shown and len(split.test) > 0
+
+
 def test_data_page_reads_a_class_folder(lab: Lab, tmp_path: Path) -> None:
     scans = load_dataset("synthetic", image_size=40, count=24)
     for index, (image, label) in enumerate(zip(scans.images.numpy(), scans.labels)):
@@ -419,8 +428,10 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
 def test_train_page_fine_tunes_a_saved_model_and_refuses_a_mismatched_one(lab: Lab) -> None:
     at = page("train")
     at.selectbox(key="train:quick:arch").set_value("resnet18")
-    at.selectbox(key="train:quick:strategy").set_value("pgd")
-    at.selectbox(key="train:quick:init_from").set_value(str(lab.first))
+    at.selectbox(key="train:quick:strategy").set_value("pgd").run()
+    assert any("start from it here" in info.value for info in at.info)
+    at.selectbox(key="train:quick:init_from").set_value(str(lab.first)).run()
+    assert not any("start from it here" in info.value for info in at.info)
     at.text_input(key="train:quick:device").input("cpu")
     at.button(key="train:start").click().run()
     assert_calm(at)

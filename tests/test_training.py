@@ -9,7 +9,7 @@ import torch
 
 from pipeline.attacks import get_attack
 from pipeline.data import load_dataset, split_dataset
-from pipeline.errors import UserInputError
+from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import build_model
 from pipeline.runs import load_model, read_config, read_metrics, read_status
 from pipeline.training import PRESETS, STRATEGIES, TrainConfig, train
@@ -180,6 +180,9 @@ def test_init_from_starts_at_another_runs_model(runs: Path, blobs: str, standard
     assert sorted(runs.iterdir()) == before  # refused before a run directory was made
     with pytest.raises(UserInputError, match="not both"):
         TrainConfig(**settings, init_from=str(standard_run), pretrained=True)
+    with pytest.raises(CheckpointError, match="no run 'no-such-run' found"):
+        _train({**settings, "init_from": "no-such-run"}, runs)
+    assert sorted(runs.iterdir()) == before
 
 
 def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> None:

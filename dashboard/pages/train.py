@@ -90,11 +90,18 @@ def settings_form(preset: str) -> dict[str, Any]:
     values["init_from"] = st.selectbox(
         "Start from",
         [None, *starts],
-        format_func=lambda path: run_label(starts[path]) if path else "fresh weights (or ImageNet's, if pretrained)",
+        format_func=lambda path: run_label(starts[path]) if path else "new weights (ImageNet's if pretrained)",
         key=f"train:{preset}:init_from",
         help="Continue from a saved model of the same architecture, e.g. fine-tune a normally trained "
         "model adversarially: the cheap way to a robust model when training one from scratch is too slow.",
     )
+    if preset == "quick" and values["strategy"] not in ("standard", "transfer") and not values["init_from"]:
+        st.info(
+            "On a CPU, adversarial training from scratch rarely gets past answering one class within "
+            "the quick preset. Train a normal model first and start from it here: a few adversarial "
+            "epochs then make it robust (bench/RESULTS.md).",
+            icon=":material/lightbulb:",
+        )
     with st.expander("Advanced settings"):
         columns = st.columns(3)
         for number, spec in enumerate(item for name, item in fields.items() if name not in MAIN):

@@ -77,7 +77,14 @@ def loaded_dataset(
 def _run_data(
     key: str, _config: dict[str, Any], _progress: Optional[ProgressCallback] = None
 ) -> tuple[ScanDataset, Split]:
-    return stored_run_data(_config, progress=_progress)
+    return stored_run_data(_config, progress=_progress, load=_shared_dataset)
+
+
+def _shared_dataset(
+    source: str, *, image_size: int, seed: int, count: int, window: str, progress: Optional[ProgressCallback]
+) -> ScanDataset:
+    """:func:`cached_dataset` with :func:`load_dataset`'s keywords: one copy per process for every page."""
+    return cached_dataset(source, image_size, seed, count, window, _progress=progress)
 
 
 def run_data(config: dict[str, Any]) -> Optional[tuple[ScanDataset, Split]]:

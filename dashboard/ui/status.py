@@ -34,11 +34,13 @@ def usable_runs() -> list[RunRecord]:
 
 
 def model_summary(record: RunRecord) -> str:
-    """``ResNet-50, adversarial (pgd), 224 px``: the model, how it was trained, its input size."""
+    """``ResNet-50, adversarial (pgd) fine-tuned, 224 px``: the model, how it was trained, its input size."""
     config = record.config
     strategy = {"standard": "normal training", "transfer": "transfer-adversarial"}.get(
         config.get("strategy", ""), f"adversarial ({config.get('strategy', '?')})"
     )
+    if config.get("init_from"):
+        strategy += " fine-tuned"
     arch = str(config.get("arch", "?")).replace("resnet", "ResNet-")
     return f"{arch}, {strategy}, {config.get('image_size', '?')} px"
 

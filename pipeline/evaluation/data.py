@@ -8,7 +8,7 @@ not change since.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -21,15 +21,23 @@ SPLIT_SIDES = ("test", "val", "train", "all")
 
 
 def run_data(
-    config: dict[str, Any], *, run: str = "", progress: Optional[ProgressCallback] = None
+    config: dict[str, Any],
+    *,
+    run: str = "",
+    progress: Optional[ProgressCallback] = None,
+    load: Callable[..., ScanDataset] = load_dataset,
 ) -> tuple[ScanDataset, Split]:
-    """Load the dataset a run was trained on and the split it stored (``run`` names it in errors)."""
+    """Load the dataset a run was trained on and the split it stored (``run`` names it in errors).
+
+    ``load`` takes :func:`load_dataset`'s arguments; the dashboard passes its process-wide cache so a
+    run's data and the Data page's are one object in memory, not two.
+    """
     if "split" not in config or "data" not in config:
         raise CheckpointError(
             "this run stored no data source or split (imported from elsewhere, or still starting); evaluate "
             "a finished run of this lab"
         )
-    dataset = load_dataset(
+    dataset = load(
         str(config["data"]),
         image_size=int(config["image_size"]),
         seed=int(config.get("data_seed", 0)),

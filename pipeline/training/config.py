@@ -143,7 +143,9 @@ class TrainConfig:
         for spec in dataclasses.fields(self):
             setattr(self, spec.name, _validate(spec, getattr(self, spec.name)))
         if self.init_from and self.pretrained:
-            raise UserInputError("start from ImageNet weights (pretrained) or from a saved run (init_from), not both")
+            raise UserInputError(
+                "start from ImageNet weights (pretrained) or from a saved run (init_from), not both"
+            )
         if self.strategy == "transfer" and not self.transfer_run:
             raise UserInputError(
                 "strategy 'transfer' needs transfer_run: the saved run whose model crafts examples"

@@ -128,11 +128,12 @@ def resolve_run(runs_dir: Path | str, run: Path | str) -> Path:
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
-    """``config`` with ``init_from`` resolved to a run directory whose model fits, checked before any run exists."""
+    """``config`` with ``init_from`` resolved to a run whose model fits; checked before any run exists."""
     if not config.init_from:
         return config
     start = resolve_run(runs_dir, config.init_from)
-    arch = read_config(start).get("arch")
+    _, record = load_model(start)  # a missing, truncated or tampered model is refused here too
+    arch = record.config.get("arch")
     if arch != config.arch:
         raise UserInputError(
             f"run {start.name} holds a {arch}, this training builds a {config.arch}: start from a "
