@@ -62,14 +62,25 @@ class ScanClassifier(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
-def build_model(arch: str = "resnet50", num_classes: int = NUM_CLASSES, pretrained: bool = False) -> ScanClassifier:
-    """Build a one-channel ResNet; ``pretrained`` adapts torchvision's ImageNet weights."""
+def build_model(
+    arch: str = "resnet50",
+    num_classes: int = NUM_CLASSES,
+    pretrained: bool = False,
+    zero_init_residual: bool = False,
+) -> ScanClassifier:
+    """Build a one-channel ResNet; ``pretrained`` adapts torchvision's ImageNet weights.
+
+    ``zero_init_residual`` starts every residual branch at zero (Goyal et al. 2017), so a deep
+    network begins as a shallow one; it matters only from scratch (pretrained weights replace it).
+    """
     if arch not in ARCHITECTURES:
         raise UserInputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if not 2 <= num_classes <= 1000:
         raise UserInputError(f"num_classes must be between 2 and 1000, got {num_classes}")
     constructor, weights = ARCHITECTURES[arch]
-    backbone = constructor(weights=_download_weights(arch, weights) if pretrained else None)
+    backbone = constructor(
+        weights=_download_weights(arch, weights) if pretrained else None, zero_init_residual=zero_init_residual
+    )
     rgb_conv = backbone.conv1
     grey_conv = nn.Conv2d(1, rgb_conv.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     with torch.no_grad():

@@ -185,6 +185,17 @@ def test_init_from_starts_at_another_runs_model(runs: Path, blobs: str, standard
     assert sorted(runs.iterdir()) == before
 
 
+def test_zero_init_residual_starts_every_block_as_its_shortcut(runs: Path) -> None:
+    run_dir = train(TrainConfig(**{**TINY, "epochs": 1, "lr": 1e-7, "zero_init_residual": True}), runs)
+    model, _ = load_model(run_dir)
+    backbone = model.backbone
+    blocks = [block for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+              for block in layer]
+    assert all(block.bn2.weight.abs().max() < 1e-4 for block in blocks)  # lr 1e-7: still zero
+    default = build_model("resnet18").backbone.layer1[0].bn2.weight
+    assert (default == 1).all()
+
+
 def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> None:
     config = TrainConfig(
         **{

@@ -58,6 +58,11 @@ class TrainConfig:
     # model and optimisation
     arch: str = _spec("resnet50", choices=tuple(ARCHITECTURES), help="network architecture")
     pretrained: bool = _spec(False, help="start from ImageNet weights (downloaded once)")
+    zero_init_residual: bool = _spec(
+        False,
+        help="start each residual branch at zero, so a deep ResNet trained from scratch on little data "
+        "begins as a shallow one and learns sooner",
+    )
     init_from: Optional[str] = _spec(
         None,
         help="saved run whose kept model is the starting point, e.g. to fine-tune a normally trained "

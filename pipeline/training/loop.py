@@ -305,7 +305,10 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config.seed)
                 model = build_model(
-                    self.config.arch, num_classes=self.num_classes, pretrained=self.config.pretrained
+                    self.config.arch,
+                    num_classes=self.num_classes,
+                    pretrained=self.config.pretrained,
+                    zero_init_residual=self.config.zero_init_residual,
                 )
         if self.cuda:
             torch.backends.cudnn.benchmark = True
