@@ -425,6 +425,16 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
         cancel_job(job_dir)
 
 
+def test_train_page_says_how_a_deep_model_learns_on_a_cpu(lab: Lab) -> None:
+    at = page("train")
+    assert not any("zero_init_residual" in info.value for info in at.info)  # the quick preset's ResNet18
+    at.selectbox(key="train:quick:arch").set_value("resnet50").run()
+    assert any("zero_init_residual" in info.value for info in at.info)
+    at.toggle(key="train:quick:zero_init_residual").set_value(True).run()
+    assert_calm(at)
+    assert not any("zero_init_residual" in info.value for info in at.info)
+
+
 def test_train_page_fine_tunes_a_saved_model_and_refuses_a_mismatched_one(lab: Lab) -> None:
     at = page("train")
     at.selectbox(key="train:quick:arch").set_value("resnet18")

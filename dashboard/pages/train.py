@@ -46,6 +46,8 @@ FROM_DATA = ("data", "count", "data_seed", "split_strategy", "window")
 #: Settings given by other widgets or meaningless in the dashboard.
 OTHER = ("transfer_run", "transfer_eps", "init_from")
 GREY_FIELDS = ("eps", "alpha")
+#: Architectures too deep to learn from scratch in the quick preset without help.
+DEEP = ("resnet50", "resnet101")
 
 
 def as_param(spec: dataclasses.Field, default: Any) -> Param:
@@ -111,6 +113,14 @@ def settings_form(preset: str) -> dict[str, Any]:
                 )
                 if value is not None:
                     values[spec.name] = value
+    from_scratch = not (values["init_from"] or values["pretrained"] or values.get("zero_init_residual"))
+    if preset == "quick" and values["arch"] in DEEP and from_scratch:
+        st.info(
+            "A ResNet50 or ResNet101 trained from scratch on a CPU stays near chance within the quick "
+            "preset. Turn on zero_init_residual under Advanced settings and give it about 12 epochs "
+            "(bench/RESULTS.md).",
+            icon=":material/lightbulb:",
+        )
     return values
 
 
