@@ -78,9 +78,8 @@ def build_model(
     if not 2 <= num_classes <= 1000:
         raise UserInputError(f"num_classes must be between 2 and 1000, got {num_classes}")
     constructor, weights = ARCHITECTURES[arch]
-    backbone = constructor(
-        weights=_download_weights(arch, weights) if pretrained else None, zero_init_residual=zero_init_residual
-    )
+    chosen = _download_weights(arch, weights) if pretrained else None
+    backbone = constructor(weights=chosen, zero_init_residual=zero_init_residual)
     rgb_conv = backbone.conv1
     grey_conv = nn.Conv2d(1, rgb_conv.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     with torch.no_grad():

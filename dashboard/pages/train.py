@@ -92,7 +92,7 @@ def settings_form(preset: str) -> dict[str, Any]:
     values["init_from"] = st.selectbox(
         "Start from",
         [None, *starts],
-        format_func=lambda path: run_label(starts[path]) if path else "new weights (ImageNet's if pretrained)",
+        format_func=lambda path: run_label(starts[path]) if path else "new weights",
         key=f"train:{preset}:init_from",
         help="Continue from a saved model of the same architecture, e.g. fine-tune a normally trained "
         "model adversarially: the cheap way to a robust model when training one from scratch is too slow.",

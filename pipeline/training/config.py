@@ -280,9 +280,9 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
     # A CPU demo: ResNet18 from scratch on 1,200 64 px phantoms, light robust validation (PGD-3).
     # Small batches because from scratch the number of steps, not of images, decides whether it
     # learns at all. On 2 CPU cores: about 3 minutes, validation accuracy about 0.6 against a 0.51
-    # majority class. A ResNet50 with the same settings takes about 10 minutes and stays nearer
-    # chance (bench/RESULTS.md), so ResNet50 belongs to the GPU preset or to --pretrained. A robust
-    # model on a CPU comes from fine-tuning the standard one (init_from), not from scratch.
+    # majority class. A ResNet50 with the same settings stays at chance (about 6 minutes); with
+    # zero_init_residual and 12 epochs it learns in about 7.5 (bench/RESULTS.md). A robust model on
+    # a CPU comes from fine-tuning the standard one (init_from), not from scratch.
     "quick": {
         "arch": "resnet18",
         "image_size": 64,
