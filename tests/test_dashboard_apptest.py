@@ -314,6 +314,24 @@ def test_a_runs_data_is_the_data_pages_dataset_not_a_second_copy(lab: Lab) -> No
     assert dataset is shown and len(split.test) > 0
 
 
+def test_data_page_downloads_in_the_background_and_explains_a_failure(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")  # nothing listens there: Kaggle is unreachable
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    at = page("data")
+    before = at.session_state[DATASET_KEY]
+    at.radio(key="data:kind").set_value("kaggle")
+    at.button[0].click().run()
+    run_until(at, lambda app: bool(app.error), timeout=120)
+    assert not at.exception
+    assert any("by hand" in item.value and "kaggle.com" in item.value for item in at.error)
+    assert at.session_state[DATASET_KEY] == before  # the failed download changed nothing
+    at.run()
+    assert not at.error  # the failure was reported once, not retried on every rerun
+
+
 def test_data_page_reads_a_class_folder(lab: Lab, tmp_path: Path) -> None:
     scans = load_dataset("synthetic", image_size=40, count=24)
     for index, (image, label) in enumerate(zip(scans.images.numpy(), scans.labels)):

@@ -6,6 +6,7 @@ leakage report, and draws what they return.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ import streamlit as st
 from dashboard.ui import figures
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.images import enlarge, grey8, show
+from dashboard.ui.progress_view import background
 from dashboard.ui.resources import cached_split, loaded_dataset
 from dashboard.ui.session import DatasetChoice, dataset_choice, set_dataset_choice
 from dashboard.ui.status import SYNTHETIC_HELP, synthetic_badge
 from pipeline.data import ScanDataset, download_iqothnccd, open_scan, preprocess_image
+from pipeline.data.kaggle import KAGGLE_URL
 
 SOURCES = {
     "synthetic": "Synthetic phantom (built in)",
@@ -26,6 +29,8 @@ SOURCES = {
 }
 IMAGE_SIZES = (64, 128, 224, 256)
 GALLERY = 6
+#: Session keys: the settings a Kaggle download was asked with, and the download's background task.
+KAGGLE_REQUEST, KAGGLE_TASK = "data.kaggle.request", "data.kaggle.task"
 
 
 def choose_source(current: DatasetChoice) -> None:
@@ -83,14 +88,36 @@ def choose_source(current: DatasetChoice) -> None:
             if not source:
                 st.warning("Type the path of a dataset folder first.")
                 return
-        elif kind == "kaggle":
-            with st.spinner("Downloading IQ-OTH/NCCD from Kaggle (about 100 MB)…"):
-                source = str(download_iqothnccd())
-        set_dataset_choice(
-            DatasetChoice(
-                source=source, image_size=int(size), count=int(count), strategy=strategy, seed=int(seed)
-            )
+        settings = DatasetChoice(
+            source=source, image_size=int(size), count=int(count), strategy=strategy, seed=int(seed)
         )
+        if kind == "kaggle":
+            # the download runs in the background: this page, and every other one, stays usable
+            st.session_state[KAGGLE_REQUEST] = settings
+        else:
+            set_dataset_choice(settings)
+        st.rerun()
+
+
+def kaggle_download() -> None:
+    """While a requested download runs, its progress; once done, the downloaded folder becomes the data."""
+    settings: DatasetChoice | None = st.session_state.get(KAGGLE_REQUEST)
+    if settings is None:
+        return
+    folder = None
+    with shown_errors("download IQ-OTH/NCCD"):
+        try:
+            folder = background(
+                KAGGLE_TASK,
+                "Downloading IQ-OTH/NCCD from Kaggle (about 100 MB)",
+                lambda progress: str(download_iqothnccd()),
+                inputs={"dataset": KAGGLE_URL},
+            )
+        finally:
+            if folder is not None or KAGGLE_TASK not in st.session_state:  # finished, or failed
+                del st.session_state[KAGGLE_REQUEST]
+    if folder is not None:
+        set_dataset_choice(dataclasses.replace(settings, source=folder))
         st.rerun()
 
 
@@ -193,6 +220,7 @@ st.title("Data")
 st.caption("Which scans the models learn from and are tested on, and whether the test is fair.")
 choice = dataset_choice()
 choose_source(choice)
+kaggle_download()
 if choice.synthetic:
     synthetic_badge()
     st.caption(SYNTHETIC_HELP)
