@@ -113,10 +113,11 @@ def kaggle_download() -> None:
                 lambda progress: str(download_iqothnccd()),
                 inputs={"dataset": KAGGLE_URL},
             )
-        finally:
-            if folder is not None or KAGGLE_TASK not in st.session_state:  # finished, or failed
-                del st.session_state[KAGGLE_REQUEST]
+        except Exception:
+            del st.session_state[KAGGLE_REQUEST]  # a failure is shown once, not retried on every rerun
+            raise
     if folder is not None:
+        del st.session_state[KAGGLE_REQUEST]
         set_dataset_choice(dataclasses.replace(settings, source=folder))
         st.rerun()
 

@@ -215,10 +215,9 @@ class Trainer:
                 f"the split leaves {len(x_train)} training and {len(val)} validation scans; "
                 "use more scans or a larger validation fraction"
             )
-        self.num_classes = len(dataset.classes)
-        self.classes = dataset.classes
-        counts = torch.bincount(y_train, minlength=self.num_classes).float().clamp(min=1)
-        class_weights = counts.sum() / (self.num_classes * counts)
+        self.classes = list(dataset.classes)
+        counts = torch.bincount(y_train, minlength=len(self.classes)).float().clamp(min=1)
+        class_weights = counts.sum() / (len(self.classes) * counts)
         self.strategy: Strategy = build_strategy(
             config, class_weights if config.imbalance == "weights" else None
         )
@@ -306,7 +305,7 @@ class Trainer:
                 torch.manual_seed(self.config.seed)
                 model = build_model(
                     self.config.arch,
-                    num_classes=self.num_classes,
+                    num_classes=len(self.classes),
                     pretrained=self.config.pretrained,
                     zero_init_residual=self.config.zero_init_residual,
                 )
@@ -318,9 +317,9 @@ class Trainer:
         """The kept model of another run (its architecture checked by ``train``) for these classes."""
         model, record = load_model(run)
         classes = record.config.get("classes")
-        if classes != list(self.classes):
+        if classes != self.classes:
             raise UserInputError(
-                f"run {record.name} tells apart {classes}, this data {list(self.classes)}: "
+                f"run {record.name} tells apart {classes}, this data {self.classes}: "
                 "start from a run trained on the same classes"
             )
         return model.train()
