@@ -159,7 +159,9 @@ def test_dicom_file_window_and_its_fallback(tmp_path: Path) -> None:
     ds = pydicom.dcmread(CT_SMALL)
     ds.WindowWidth, ds.WindowCenter = 350, 40
     ds.save_as(tmp_path / "windowed.dcm")
-    assert np.array_equal(read_scan(tmp_path / "windowed.dcm", window="file"), apply_window(hu, 350, 40))
+    # the file's window is DICOM's LINEAR function (PS3.3 C.11.2.1.2.1): centre - 0.5, width - 1
+    linear = np.clip(np.rint(((hu - (40 - 0.5)) / (350 - 1) + 0.5) * 255), 0, 255).astype(np.uint8)
+    assert np.array_equal(read_scan(tmp_path / "windowed.dcm", window="file"), linear)
 
 
 def test_non_ct_dicom_falls_back_to_its_own_window_and_rle_decodes() -> None:

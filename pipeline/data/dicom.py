@@ -1,51 +1,111 @@
-"""DICOM slices: pixel data to Hounsfield units, a CT window to 8-bit, and back again for export.
+"""DICOM slices as a viewer shows them: Hounsfield units, a window to 8-bit, and back again for export.
 
-Privacy: only image-describing attributes (modality, geometry, rescale, window, photometric
-interpretation) are ever read from a file. Nothing here returns, logs or puts into an error
-message a patient-identifying tag, and the exported attacked image is a new object that copies
-no attribute of the original except its modality.
+The display pipeline of PS3.3 C.11 (and PS3.4 N.2), applied to the frame that is shown:
 
-Windows: the lung (1500/-600) and mediastinal (350/40) presets are in Hounsfield units and
-apply to CT; other modalities fall back to the file's own window, and a file without one shows
-its full value range, each with a note. Colour DICOMs become grey with no window.
+1. **Modality LUT**: Rescale Slope/Intercept or a Modality LUT Sequence turn stored values
+   into modality units (Hounsfield units for CT), through ``pydicom.pixels.apply_modality_lut``.
+   Enhanced (multi-frame) objects keep these per frame in the functional groups (Pixel Value
+   Transformation Sequence, PS3.3 C.7.6.16.2.9); :func:`frame_view` lifts the frame's
+   functional groups (per-frame over shared over top level) into one flat data set, so the same
+   pydicom helpers apply to classic and enhanced objects alike.
+2. **VOI**: the window. The lung (1500/-600) and mediastinal (350/40) presets are in Hounsfield
+   units and apply to CT. ``"file"``, and any modality other than CT, use the file's own VOI:
+   a VOI LUT Sequence, or Window Center/Width with its VOI LUT Function (LINEAR, LINEAR_EXACT or
+   SIGMOID; Frame VOI LUT Sequence in enhanced objects), through ``pydicom.pixels.apply_voi_lut``.
+   A file without one shows its full value range, with a note.
+3. **Presentation**: MONOCHROME1, or Presentation LUT Shape INVERSE, shows low values white.
+4. **Pixel aspect**: non-square pixels (Pixel Spacing, Pixel Aspect Ratio) are resampled to
+   square ones, as viewers draw them.
+
+Colour DICOMs (palette, RGB, YBR) become grey with no window. A CT without any rescale whose
+stored values run 0..4095 gets a note: its -1024 offset was most likely lost in an export.
+
+Files: DICOM Part 10 (128-byte preamble, ``DICM``) and bare data sets written without that header
+(read as pydicom's ``force=True`` does, with a note). A DICOMDIR is named as what it is.
 
 Multi-frame files: the middle frame is taken and a note says so (a multi-frame CT is a volume,
 and its middle slice is the most likely to cut through both lungs); only that frame is decoded.
 Compressed transfer syntaxes with no installed decoder are refused with what to install.
+
+Privacy: only image-describing attributes (modality, geometry, rescale, window, photometric
+interpretation) are read as values. The identifiers that group slices by patient are read as
+raw bytes and replaced at once by keyed digests (``pipeline.data.studies``). Nothing here
+returns, logs or puts into an error message a patient-identifying tag, and the exported attacked
+image is a new object that copies no attribute of the original except its modality.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Final, Optional, Union
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from pipeline.constants import LUNG_WINDOW, MEDIASTINAL_WINDOW
 from pipeline.data.pixels import check_dimensions, failure_reason, to_grey, to_uint8
+from pipeline.data.studies import SliceIdentity, slice_identity
 from pipeline.errors import ScanError, UserInputError
 
 #: A window: a name, or ``(width, level)`` in the file's units (Hounsfield units for CT).
 Window = Union[str, tuple[float, float]]
 
 NAMED_WINDOWS: Final[dict[str, tuple[float, float]]] = {"lung": LUNG_WINDOW, "mediastinal": MEDIASTINAL_WINDOW}
-#: "file" means the window stored in the DICOM itself (WindowWidth / WindowCenter).
+#: "file" means the VOI stored in the DICOM itself (VOI LUT, or Window Center/Width and function).
 WINDOW_NAMES: Final[tuple[str, ...]] = (*NAMED_WINDOWS, "file")
-#: Maps 0..255 onto itself: used for colour DICOMs, whose grey levels are not Hounsfield units.
+#: Maps 0..255 onto itself: for values that are already display grey levels (colour, VOI LUT, sigmoid).
 IDENTITY_WINDOW: Final[tuple[float, float]] = (255.0, 127.5)
 PIXEL_DATA_TAGS: Final[tuple[str, ...]] = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 ATTACKED_DESCRIPTION: Final[str] = "ADVERSARIALLY PERTURBED - research artefact, not for diagnosis"
+#: Functional groups (PS3.3 C.7.6.16) that hold per frame what classic objects hold at the top level.
+FRAME_GROUPS: Final[tuple[str, ...]] = (
+    "PixelValueTransformationSequence", "FrameVOILUTSequence", "PixelMeasuresSequence", "PlanePositionSequence",
+    "PlaneOrientationSequence",
+)
+#: Top-level attributes a frame's display needs (and that the functional groups may override).
+DISPLAY_KEYWORDS: Final[tuple[str, ...]] = (
+    "Modality", "PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope",
+    "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "VOILUTSequence", "PresentationLUTShape", "PixelSpacing", "PixelAspectRatio", "ImagePositionPatient",
+    "ImageOrientationPatient", "SliceLocation", "InstanceNumber",
+)
+#: A CT stored as unsigned 12-bit with no rescale most likely lost its -1024 offset in an export.
+CT_TWELVE_BIT_MAX: Final[int] = 4095
+#: Pixel aspect ratios closer to 1 than this are drawn as square (no resampling).
+ASPECT_TOLERANCE: Final[float] = 0.01
 
 
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file: 128-byte preamble, then the magic ``DICM``."""
     return data[128:132] == b"DICM"
+
+
+def is_bare_dicom(data: bytes) -> bool:
+    """Bytes that start like a DICOM data set written without the Part 10 header.
+
+    Such files begin with a File Meta (0002,xxxx) or Identifying (0008,xxxx) element, little or
+    big endian; no JPEG, PNG, BMP or TIFF starts that way.
+    """
+    if len(data) < 8:
+        return False
+    little = int.from_bytes(data[0:2], "little"), int.from_bytes(data[2:4], "little")
+    big = int.from_bytes(data[0:2], "big"), int.from_bytes(data[2:4], "big")
+    return any(group in (0x0002, 0x0008) and element < 0x0100 for group, element in (little, big))
 
 
 def check_window(window: Window) -> Window:
@@ -66,20 +126,37 @@ def check_window(window: Window) -> Window:
 
 
 def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
-    """Linear window as viewers show it: ``level - width/2`` -> 0, ``level + width/2`` -> 255."""
+    """Linear window as viewers show it: ``level - width/2`` -> 0, ``level + width/2`` -> 255.
+
+    This is DICOM's LINEAR_EXACT VOI function (PS3.3 C.11.2.1.3.2) onto 8 bits, rounded:
+    float ``values`` of any shape in the file's units -> uint8 of the same shape.
+    """
     scaled = (np.asarray(values, dtype=np.float64) - (level - width / 2.0)) * (255.0 / width)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
-class _Slice:
-    """One decoded frame in modality units, with the window that turns it into 8-bit."""
+class DicomImage:
+    """One decoded DICOM frame: uint8 ``[H, W]`` as shown, notes, and whose slice it is (hashed)."""
+
+    image: np.ndarray
+    notes: tuple[str, ...]
+    identity: SliceIdentity
+
+
+@dataclass(frozen=True)
+class _Display:
+    """One decoded frame in ``values``' units, with the LINEAR_EXACT window that turns it into 8-bit.
+
+    ``hounsfield`` says whether ``values`` are Hounsfield units (else display levels or other units).
+    """
 
     values: np.ndarray
     width: float
     level: float
     invert: bool
     modality: str
+    hounsfield: bool
     notes: tuple[str, ...]
 
     def to_uint8(self) -> np.ndarray:
@@ -87,10 +164,15 @@ class _Slice:
         return 255 - image if self.invert else image
 
 
-def read_dicom(data: bytes, window: Window = "lung") -> tuple[np.ndarray, list[str]]:
-    """Decode one DICOM Part 10 slice to uint8 ``[H, W]`` through ``window``; returns it and notes."""
-    decoded = _decode(_parse(data), check_window(window))
-    return decoded.to_uint8(), list(decoded.notes)
+def read_dicom(data: bytes, window: Window = "lung") -> DicomImage:
+    """Decode one DICOM slice (Part 10 or a bare data set) to uint8 ``[H, W]`` through ``window``.
+
+    Raises ``ScanError`` (what the file is and what to do) for anything that is not a readable
+    image object, and ``UserInputError`` for an unknown window.
+    """
+    ds, notes = _parse(data)
+    display, view = _decode(ds, check_window(window))
+    return DicomImage(display.to_uint8(), (*notes, *display.notes), slice_identity(ds, view))
 
 
 def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "lung") -> bytes:
@@ -99,13 +181,14 @@ def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "l
     The pixels are stored as 0..255 with ``RescaleSlope = width/255`` and ``RescaleIntercept =
     level - width/2``: exactly the inverse of the window (and the source's MONOCHROME1/2 sense),
     so a viewer shows Hounsfield units and reading the file with the same window gives back
-    ``image_uint8`` unchanged. The object
-    is a Secondary Capture with fresh UIDs, empty patient attributes and a SeriesDescription
-    that says it is adversarially perturbed; nothing but the modality is copied.
+    ``image_uint8`` unchanged (the stored window is LINEAR_EXACT). When the source's own display
+    is not linear (a VOI LUT or sigmoid) or it is a colour image, the pixels are its display grey
+    levels. The object is a Secondary Capture with fresh UIDs, empty patient attributes and a
+    SeriesDescription that says it is adversarially perturbed; nothing but the modality is copied.
     """
     if not isinstance(image_uint8, np.ndarray) or image_uint8.ndim != 2 or image_uint8.dtype != np.uint8:
         raise UserInputError("attacked_dicom needs the attacked image as a 2-D uint8 array")
-    source = _decode(_parse(original), check_window(window))
+    source, _ = _decode(_parse(original)[0], check_window(window))
     width, level = source.width, source.level
     stored = (255 - image_uint8) if source.invert else image_uint8
 
@@ -138,9 +221,10 @@ def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "l
     out.BitsAllocated, out.BitsStored, out.HighBit, out.PixelRepresentation = 16, 16, 15, 0
     out.RescaleSlope = f"{width / 255.0:.10g}"
     out.RescaleIntercept = f"{level - width / 2.0:.10g}"
-    out.RescaleType = "HU" if source.modality == "CT" else "US"
+    out.RescaleType = "HU" if source.hounsfield else "US"
     out.WindowWidth = f"{width:.10g}"
     out.WindowCenter = f"{level:.10g}"
+    out.VOILUTFunction = "LINEAR_EXACT"
     out.BurnedInAnnotation = "NO"
     out.PixelData = stored.astype("<u2").tobytes()
     buffer = io.BytesIO()
@@ -148,52 +232,132 @@ def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "l
     return buffer.getvalue()
 
 
-def _parse(data: bytes) -> Dataset:
-    try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:  # a hostile header can make the parser fail in many ways
-        raise ScanError(
-            f"the DICOM file could not be parsed ({type(exc).__name__}); it is damaged or truncated. "
-            "Export the slice again from the viewer or PACS"
-        ) from None
+def frame_view(ds: Dataset, frame: int = 0) -> Dataset:
+    """The attributes that say how ``frame`` is shown, as one flat data set.
+
+    Top-level attributes first, then the shared functional groups, then the frame's own
+    (PS3.3 C.7.6.16: per-frame values override shared ones). The result carries the source's
+    file meta, so LUTs stored as OW keep their byte order; pydicom's pixel helpers take it as a
+    classic single-frame data set.
+    """
+    view = Dataset()
+    for keyword in DISPLAY_KEYWORDS:
+        if keyword in ds:
+            view.add(ds[keyword])
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for groups in (shared[0] if shared else None, per_frame[frame] if frame < len(per_frame) else None):
+        for sequence in FRAME_GROUPS:
+            items = groups.get(sequence) if groups is not None else None
+            if items:
+                for element in items[0]:
+                    view.add(element)
+    view.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    return view
 
 
-def _decode(ds: Dataset, window: Window) -> _Slice:
-    if not any(tag in ds for tag in PIXEL_DATA_TAGS):
-        kind = str(getattr(ds.get("SOPClassUID"), "name", "") or "not stated")
-        if "Image Storage" in kind:
+def _parse(data: bytes) -> tuple[Dataset, list[str]]:
+    """The data set, and a note when it had no Part 10 header (then its transfer syntax is inferred)."""
+    if is_dicom(data):
+        try:
+            return pydicom.dcmread(io.BytesIO(data)), []
+        except Exception as exc:  # a hostile header can make the parser fail in many ways
             raise ScanError(
-                f"the DICOM file is truncated: a {kind} object must hold pixel data and this one ends "
-                "before it. Copy or export the file again"
-            )
+                f"the DICOM file could not be parsed ({type(exc).__name__}); it is damaged or truncated. "
+                "Export the slice again from the viewer or PACS"
+            ) from None
+    try:
+        with warnings.catch_warnings():  # pydicom warns about the missing header, quoting nothing useful
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if len(ds) == 0:
+            raise ValueError("no data elements")
+    except Exception as exc:
         raise ScanError(
-            f"the DICOM file holds no image (no Pixel Data; object type: {kind}). "
-            "Choose an image slice (for example CT Image Storage) from the series instead"
+            f"the file starts like a DICOM data set without the Part 10 header, but could not be parsed "
+            f"({type(exc).__name__}); it is damaged or not DICOM. Export the slice again as a DICOM file"
+        ) from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
+    return ds, [
+        "no DICOM file header (128-byte preamble and 'DICM'): read as a bare data set, transfer syntax "
+        f"taken as {ds.file_meta.TransferSyntaxUID.name}"
+    ]
+
+
+def _object_kind(ds: Dataset) -> str:
+    """What the object is, from its SOP class (or its file meta's), for messages."""
+    uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    return str(getattr(uid, "name", "") or "not stated")
+
+
+def _check_image_object(ds: Dataset) -> None:
+    """Refuse, saying what it is, an object that holds no image."""
+    if any(tag in ds for tag in PIXEL_DATA_TAGS):
+        return
+    media = getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    if media == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        raise ScanError(
+            "this is a DICOMDIR: the index of a DICOM disc or folder, which lists images but holds none. "
+            "Open one of the image files it indexes, or load the folder that holds them as a dataset"
+        )
+    kind = _object_kind(ds)
+    if "Image Storage" in kind:
+        raise ScanError(
+            f"the DICOM file is truncated: a {kind} object must hold pixel data and this one ends "
+            "before it. Copy or export the file again"
+        )
+    raise ScanError(
+        f"the DICOM file holds no image (no Pixel Data; object type: {kind}). "
+        "Choose an image slice (for example CT Image Storage) from the series instead"
+    )
+
+
+def _decode(ds: Dataset, window: Window) -> tuple[_Display, Dataset]:
+    """The shown frame through the display pipeline, and that frame's flat view."""
+    _check_image_object(ds)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     check_dimensions(columns, rows)
     notes: list[str] = []
     frames = int(ds.get("NumberOfFrames") or 1)
+    index = (frames - 1) // 2
     if frames > 1:
-        index = (frames - 1) // 2
         ds.pixel_array_options(index=index)
         notes.append(
             f"multi-frame DICOM with {frames} frames: frame {index + 1} (the middle one) is shown; "
             "export single slices to choose another"
         )
+    view = frame_view(ds, index)
     pixels = _pixel_array(ds)
-    modality = str(ds.get("Modality") or "")
-    photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2")
+    modality = str(view.get("Modality") or "")
+    photometric = str(view.get("PhotometricInterpretation") or "MONOCHROME2")
     if not photometric.startswith("MONOCHROME"):
         colour = apply_color_lut(pixels, ds) if photometric == "PALETTE COLOR" else pixels
         notes.append(f"{photometric} DICOM converted to grey; CT windows do not apply to colour images")
-        grey = to_uint8(to_grey(colour), notes)
-        return _Slice(grey, *IDENTITY_WINDOW, invert=False, modality=modality, notes=tuple(notes))
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        grey = _square_pixels(to_uint8(to_grey(colour), notes).astype(np.float64), view, notes)
+        return _Display(grey, *IDENTITY_WINDOW, invert=False, modality=modality, hounsfield=False,
+                        notes=tuple(notes)), view
+    rescaled = any(keyword in view for keyword in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
+    values = np.asarray(apply_modality_lut(pixels, view), dtype=np.float64)
     if not np.isfinite(values).all():
         raise ScanError("the DICOM pixel data contains NaN or infinite values; export the slice again")
-    width, level = _resolve_window(ds, values, window, modality, notes)
-    return _Slice(values, width, level, photometric == "MONOCHROME1", modality, tuple(notes))
+    if modality == "CT" and not rescaled and values.size and 0 <= values.min() and 0 < values.max() <= CT_TWELVE_BIT_MAX:
+        notes.append(
+            f"CT without Rescale Slope/Intercept whose stored values run {values.min():g}..{values.max():g}: "
+            "the usual -1024 offset was probably lost when the file was exported, so air reads near 0 instead "
+            "of -1000 HU and CT windows show the slice washed out. The values are used as stored; export the "
+            "slice again with its rescale tags"
+        )
+    values = _square_pixels(values, view, notes)
+    values, width, level, hounsfield = _resolve_window(view, values, window, modality, notes)
+    shape = str(view.get("PresentationLUTShape") or "").strip().upper()
+    invert = photometric == "MONOCHROME1" or shape == "INVERSE"
+    if shape == "INVERSE" and photometric != "MONOCHROME1":
+        notes.append("Presentation LUT Shape INVERSE: low values are shown white, as viewers show them")
+    return _Display(values, width, level, invert, modality, hounsfield, tuple(notes)), view
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray:
@@ -218,37 +382,118 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
         ) from None
 
 
-def _resolve_window(
-    ds: Dataset, values: np.ndarray, window: Window, modality: str, notes: list[str]
-) -> tuple[float, float]:
-    """(width, level) for ``window``; Hounsfield presets apply to CT only, else the file's own."""
+def _square_pixels(values: np.ndarray, view: Dataset, notes: list[str]) -> np.ndarray:
+    """Resample non-square pixels (Pixel Spacing row/column, or Pixel Aspect Ratio) to square ones."""
+    ratio = _aspect(view)
+    if ratio is None or abs(ratio - 1.0) <= ASPECT_TOLERANCE:
+        return values
+    height, width = values.shape
+    new_height, new_width = (round(height * ratio), width) if ratio > 1 else (height, round(width / ratio))
+    check_dimensions(new_width, new_height)
+    notes.append(
+        f"pixels are {ratio:.3g} times taller than wide: resampled to square pixels "
+        f"({width}x{height} -> {new_width}x{new_height}), as viewers draw them"
+    )
+    return cv2.resize(values, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+
+
+def _aspect(view: Dataset) -> Optional[float]:
+    """Pixel height over width from Pixel Spacing (row, column spacing) or Pixel Aspect Ratio."""
+    for keyword in ("PixelSpacing", "PixelAspectRatio"):
+        value = view.get(keyword)
+        try:
+            vertical, horizontal = (float(part) for part in value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(vertical) and math.isfinite(horizontal) and vertical > 0 and horizontal > 0:
+            return vertical / horizontal
+    return None
+
+
+def _resolve_window(view: Dataset, values: np.ndarray, window: Window, modality: str,
+                    notes: list[str]) -> tuple[np.ndarray, float, float, bool]:
+    """(values, width, level, hounsfield) for ``window``: the presets apply to CT only, else the file's VOI."""
+    hounsfield = modality == "CT"
     if isinstance(window, tuple):
-        return window
+        return values, *window, hounsfield
     if window in NAMED_WINDOWS:
         if modality == "CT":
-            return NAMED_WINDOWS[window]
+            return values, *NAMED_WINDOWS[window], hounsfield
         notes.append(
             f"modality is {modality or 'not stated'}, not CT: the {window} window is in Hounsfield units "
             "and does not apply; the file's own window is used"
         )
-    stored = _file_window(ds)
+    stored = _file_voi(view, values, notes)
     if stored is not None:
-        return stored
+        shown, width, level, linear = stored
+        return shown, width, level, hounsfield and linear
     low, high = float(values.min()), float(values.max())
     notes.append(f"the file stores no usable window; its full value range {low:g}..{high:g} is shown")
-    return (max(high - low, 1e-6), (high + low) / 2.0)
+    return values, max(high - low, 1e-6), (high + low) / 2.0, hounsfield
 
 
-def _file_window(ds: Dataset) -> tuple[float, float] | None:
-    """The first WindowWidth/WindowCenter pair stored in the file, if it is usable."""
-    width, centre = ds.get("WindowWidth"), ds.get("WindowCenter")
+def _file_voi(view: Dataset, values: np.ndarray, notes: list[str]) -> Optional[tuple[np.ndarray, float, float, bool]]:
+    """The file's own VOI as (values, LINEAR_EXACT width, level, linear), or None when it stores none usable.
+
+    Linear windows keep the values in modality units with the equivalent LINEAR_EXACT window
+    (LINEAR's ``c - 0.5``, ``w - 1``: PS3.3 C.11.2.1.2.1), so an export can invert them exactly.
+    A VOI LUT Sequence or a SIGMOID window is applied with pydicom, giving display levels 0..255.
+    """
+    lut = view.get("VOILUTSequence")
+    if lut and "LUTDescriptor" in lut[0] and "LUTData" in lut[0]:
+        try:
+            return _voi_lut(view, values), *IDENTITY_WINDOW, False
+        except Exception as exc:  # a malformed LUT: viewers fall back to the window, and so do we
+            notes.append(f"the file's VOI LUT cannot be used ({failure_reason(exc)}); its window is tried instead")
+    centre, width, count = _first_window(view)
+    if centre is None or width is None:
+        return None
+    if count > 1:
+        notes.append(f"the file offers {count} windows; the first is used")
+    function = str(view.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        flat = Dataset()
+        flat.PhotometricInterpretation, flat.BitsStored, flat.PixelRepresentation = "MONOCHROME2", 8, 0
+        flat.WindowCenter, flat.WindowWidth, flat.VOILUTFunction = centre, width, "SIGMOID"
+        return np.asarray(apply_voi_lut(values, flat), dtype=np.float64), *IDENTITY_WINDOW, False
+    if function not in ("LINEAR", "LINEAR_EXACT"):
+        notes.append(f"VOI LUT Function {function[:16]!r} is not a DICOM function; the window is applied as LINEAR")
+        function = "LINEAR"
+    if function == "LINEAR":
+        if width < 1:
+            return None
+        return values, max(width - 1.0, 1e-6), centre - 0.5, True
+    return values, width, centre, True
+
+
+def _first_window(view: Dataset) -> tuple[Optional[float], Optional[float], int]:
+    """The first Window Center and Width when both are usable numbers, and how many windows there are."""
+    width, centre = view.get("WindowWidth"), view.get("WindowCenter")
     if width is None or centre is None:
-        return None
-    first = [value[0] if isinstance(value, pydicom.multival.MultiValue) else value for value in (width, centre)]
+        return None, None, 0
+    count = len(width) if isinstance(width, MultiValue) else 1
+    first = [value[0] if isinstance(value, MultiValue) and len(value) else value for value in (centre, width)]
     try:
-        width_value, centre_value = float(first[0]), float(first[1])
+        centre_value, width_value = float(first[0]), float(first[1])
     except (TypeError, ValueError):
-        return None
+        return None, None, 0
     if not (math.isfinite(width_value) and math.isfinite(centre_value) and width_value > 0):
-        return None
-    return (width_value, centre_value)
+        return None, None, 0
+    return centre_value, width_value, count
+
+
+def _voi_lut(view: Dataset, values: np.ndarray) -> np.ndarray:
+    """The first VOI LUT applied through pydicom, as display levels 0..255.
+
+    The LUT's output range is taken from the bits its entries use, capped by the bit depth its
+    descriptor declares (many files declare 16 bits for a 12-bit LUT; viewers show those in full).
+    """
+    entries, first, _ = (int(value) for value in view.VOILUTSequence[0].LUTDescriptor)
+    entries = entries or 2**16
+    if first < -(2**16) or first > 2**16:
+        raise ValueError(f"first mapped value {first} is out of range")
+    table = apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), view)
+    depth = int(view.VOILUTSequence[0].LUTDescriptor[2])
+    top = 2 ** min(depth, max(int(table.max(initial=0)), 1).bit_length()) - 1
+    indices = np.clip(np.rint(values), first, first + entries - 1).astype(np.int64)
+    return np.asarray(apply_voi_lut(indices, view), dtype=np.float64) * (255.0 / top)

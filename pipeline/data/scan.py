@@ -1,45 +1,49 @@
-"""Read one scan from a path or raw bytes into a 2-D uint8 grey image.
+"""Read one scan from a path or raw bytes into a 2-D uint8 grey image, as a viewer shows it.
 
-Accepted: JPEG, PNG (8- and 16-bit), TIFF (integer or float), BMP and DICOM. Every failure is a
-``ScanError`` saying what is wrong and what to do. The size limits are checked from the header
-before any pixel is decoded, so a decompression bomb costs nothing. Decoding goes through
-Pillow (strict about truncation, where OpenCV silently returns a half-grey image) and tifffile
-for TIFF; both release the GIL, so a thread pool decodes a folder in parallel.
+Accepted: JPEG, PNG (8- and 16-bit), TIFF (integer or float), BMP and DICOM (Part 10, or a bare
+data set without its header). Whatever the file records about how its pixels are to be shown is
+applied (EXIF orientation, TIFF photometric interpretation, palettes, DICOM rescale, VOI and
+presentation; see ``raster`` and ``dicom``), and every change is listed in the scan's notes.
+Every failure is a ``ScanError`` saying what is wrong and what to do. The size limits are checked
+from the header before any pixel is decoded, so a decompression bomb costs nothing. Decoding goes
+through Pillow (strict about truncation, where OpenCV silently returns a half-grey image),
+tifffile and pydicom; they release the GIL, so a thread pool decodes a folder in parallel.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Union
+from typing import Final, Optional, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from pipeline.data.dicom import Window, is_dicom, read_dicom
-from pipeline.data.pixels import check_dimensions, failure_reason, to_grey, to_uint8
+from pipeline.data.dicom import Window, is_bare_dicom, is_dicom, read_dicom
+from pipeline.data.pixels import to_grey, to_uint8
+from pipeline.data.raster import ACCEPTED_FORMATS, NotRaster, decode_raster
+from pipeline.data.studies import SliceIdentity
 from pipeline.errors import ScanError
 
 ScanSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-ACCEPTED_FORMATS: Final[str] = "JPEG, PNG (8- or 16-bit), TIFF, BMP or DICOM"
-#: Pillow format names we decode; MPO is a JPEG with extra pictures (some cameras write it).
-PIL_FORMATS: Final[frozenset[str]] = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF"})
 #: Largest file read at all (a 50-megapixel 16-bit TIFF is 100 MB; multi-frame DICOMs get big).
 MAX_FILE_BYTES: Final[int] = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Scan:
-    """A decoded scan: the grey image, the format it came in, and notes on what was done to it."""
+    """A decoded scan: the grey image, the format it came in, and notes on what was done to it.
+
+    ``identity`` says, for a DICOM slice, which patient, study and series it belongs to (as keyed
+    digests, never the identifiers) and where it lies; None for other formats.
+    """
 
     image: np.ndarray
     format: str
     notes: tuple[str, ...] = ()
+    identity: Optional[SliceIdentity] = None
 
 
 def read_scan(source: ScanSource, *, window: Window = "lung") -> np.ndarray:
@@ -90,64 +94,16 @@ def _read_bytes(source: ScanSource) -> tuple[bytes, str]:
 
 
 def _decode(data: bytes, window: Window) -> Scan:
-    if is_dicom(data):
-        image, notes = read_dicom(data, window)
-        return Scan(image, "DICOM", tuple(notes))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise ScanError(
-            "the image header declares an enormous size (a decompression bomb?); it was not decoded"
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ScanError(
-            f"not a readable image. Accepted formats: {ACCEPTED_FORMATS} (DICOM as a standard Part 10 file "
-            "with its 'DICM' header). If it is one of these, the file is damaged or truncated; export it again"
-        ) from None
-    if picture.format not in PIL_FORMATS:
-        raise ScanError(f"{picture.format} images are not accepted; save the scan as {ACCEPTED_FORMATS}")
-    check_dimensions(*picture.size)
+    if is_dicom(data) or is_bare_dicom(data):
+        dicom = read_dicom(data, window)
+        return Scan(dicom.image, "DICOM", dicom.notes, dicom.identity)
     notes: list[str] = []
-    pixels = _tiff_pixels(data, notes) if picture.format == "TIFF" else _pil_pixels(picture)
-    image = to_uint8(to_grey(pixels), notes)
-    return Scan(np.ascontiguousarray(image), "JPEG" if picture.format == "MPO" else picture.format, tuple(notes))
-
-
-def _pil_pixels(picture: Image.Image) -> np.ndarray:
-    """Decode with Pillow; palette, 1-bit and CMYK/YCbCr become RGB(A) or L first."""
     try:
-        picture.load()
-        if picture.mode == "P":
-            picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
-        elif picture.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-            picture = picture.convert("L" if picture.mode == "1" else "RGB")
-        elif picture.mode in ("PA", "La", "RGBa"):
-            picture = picture.convert("RGBA")
-        return np.asarray(picture)
-    except Exception as exc:  # Pillow decoders raise OSError, SyntaxError, ValueError... on bad data
+        pixels, kind = decode_raster(data, notes)
+    except NotRaster:
         raise ScanError(
-            f"the {picture.format} file is damaged or truncated ({failure_reason(exc)}); export it again"
+            f"not a readable image. Accepted formats: {ACCEPTED_FORMATS}. If it is one of these, the file is "
+            "damaged or truncated; export it again"
         ) from None
-
-
-def _tiff_pixels(data: bytes, notes: list[str]) -> np.ndarray:
-    """Decode TIFF with tifffile (float and 16-bit samples Pillow cannot); a stack gives its middle page."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            pages = tiff.series[0].pages
-            page = pages[(len(pages) - 1) // 2]
-            check_dimensions(int(page.imagewidth), int(page.imagelength))
-            if len(pages) > 1:
-                notes.append(f"TIFF stack of {len(pages)} pages: page {(len(pages) - 1) // 2 + 1} (the middle one) is shown")
-            pixels = page.asarray()
-    except ScanError:
-        raise
-    except Exception as exc:  # tifffile raises many kinds on malformed files
-        raise ScanError(f"the TIFF file is damaged or uses an unsupported layout ({failure_reason(exc)})") from None
-    if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] not in (1, 2, 3, 4):
-        pixels = np.moveaxis(pixels, 0, -1)  # planar RGB(A)
-    return pixels
+    image = to_uint8(to_grey(pixels), notes)
+    return Scan(np.ascontiguousarray(image), kind, tuple(notes))
