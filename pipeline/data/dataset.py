@@ -35,6 +35,7 @@ from pipeline.data.dicom import Window, check_window
 from pipeline.data.preprocess import check_image_size, preprocess_image
 from pipeline.data.scan import open_scan
 from pipeline.data.sources import discover
+from pipeline.data.studies import SliceIdentity, Studies, index_studies
 from pipeline.errors import DatasetError, ScanError, UserInputError
 from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
@@ -83,7 +84,9 @@ class ScanDataset(Dataset):
     """Scans in memory: ``ds[i] -> (float32 [1, S, S] in [0, 1], label)``.
 
     ``images`` is a uint8 tensor ``[N, S, S]``; conversion to float happens per item (or once in
-    ``tensors()``), so the dataset costs a quarter of its float size in memory.
+    ``tensors()``), so the dataset costs a quarter of its float size in memory. ``studies``, for
+    a folder holding DICOM slices, numbers each scan's patient, study, series and slice (never an
+    identifier; see ``pipeline.data.studies``); None otherwise.
     """
 
     classes: tuple[str, ...] = CLASSES
@@ -100,11 +103,13 @@ class ScanDataset(Dataset):
         fingerprint: str,
         is_synthetic: bool,
         report: Optional[LoadReport] = None,
+        studies: Optional[Studies] = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 3 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be uint8 [N, S, S], got {images.dtype} {tuple(images.shape)}")
-        if len(labels) != len(images) or (paths is not None and len(paths) != len(images)):
-            raise ValueError("images, labels and paths must have the same length")
+        if len(labels) != len(images) or any(column is not None and len(column) != len(images)
+                                             for column in (paths, studies)):
+            raise ValueError("images, labels, paths and studies must have the same length")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.name = name
@@ -114,6 +119,7 @@ class ScanDataset(Dataset):
         self.fingerprint = fingerprint
         self.is_synthetic = is_synthetic
         self.report = report if report is not None else LoadReport()
+        self.studies = studies
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -151,6 +157,7 @@ class ScanDataset(Dataset):
             fingerprint=digest,
             is_synthetic=self.is_synthetic,
             report=self.report,
+            studies=None if self.studies is None else self.studies.take(rows),
         )
 
     def __repr__(self) -> str:
@@ -231,18 +238,20 @@ def _load_folder(folder: Path, size: int, window: Window, progress: Optional[Pro
 
     load_report = LoadReport(notes=list(layout.notes))
     results = _decode_all([path for path, _ in entries], size, window, progress)
-    kept_images, kept_labels, kept_rel, digests = [], [], [], []
+    kept = []
     for (path, label), rel, result in zip(entries, rel_paths, results):
         if isinstance(result, str):
             load_report.skipped.append(SkippedFile(str(path), result))
             continue
-        image, digest, notes = result
-        kept_images.append(image)
-        kept_labels.append(label)
-        kept_rel.append(rel)
-        digests.append(digest)
-        if notes:
-            load_report.file_notes[str(path)] = list(notes)
+        kept.append((result, label, rel))
+        if result[2]:
+            load_report.file_notes[str(path)] = list(result[2])
+    order, studies, study_notes = _order_by_study(kept)
+    load_report.notes += study_notes
+    kept_images = [kept[i][0][0] for i in order]
+    digests = [kept[i][0][1] for i in order]
+    kept_labels = [kept[i][1] for i in order]
+    kept_rel = [kept[i][2] for i in order]
     _check_classes(layout.folders, entries, kept_labels, load_report.skipped)
     groups = _duplicate_groups(digests)
     labels = np.asarray(kept_labels, dtype=np.int64)
@@ -262,8 +271,10 @@ def _load_folder(folder: Path, size: int, window: Window, progress: Optional[Pro
         "rel_paths": kept_rel,
         "duplicate_groups": groups,
         "fingerprint": _hash_json({"size": size, "window": window, "files": kept_rel,
-                                   "labels": labels.tolist(), "pixels": digests}),
+                                   "labels": labels.tolist(), "pixels": digests,
+                                   **({"studies": studies.to_dict()} if studies is not None else {})}),
         "report": load_report.to_dict(),
+        "studies": None if studies is None else studies.to_dict(),
     }
     images = np.stack(kept_images)
     if cache:
@@ -271,17 +282,21 @@ def _load_folder(folder: Path, size: int, window: Window, progress: Optional[Pro
     return _build(images, labels, meta, [str(layout.root / rel) for rel in kept_rel], source)
 
 
-def _decode_one(path: Path, size: int, window: Window) -> tuple[np.ndarray, str, tuple[str, ...]] | str:
+#: What decoding one file gives: the preprocessed image, its pixel digest, notes and DICOM identity.
+Decoded = tuple[np.ndarray, str, tuple[str, ...], Optional[SliceIdentity]]
+
+
+def _decode_one(path: Path, size: int, window: Window) -> Decoded | str:
     """Decode and preprocess one file; a string is the reason it was skipped."""
     try:
         scan = open_scan(path, window=window)
     except ScanError as exc:
         return str(exc)
-    return preprocess_image(scan.image, size), _pixel_digest(scan.image), scan.notes
+    return preprocess_image(scan.image, size), _pixel_digest(scan.image), scan.notes, scan.identity
 
 
 def _decode_all(paths: list[Path], size: int, window: Window,
-                progress: Optional[ProgressCallback]) -> list[tuple[np.ndarray, str, tuple[str, ...]] | str]:
+                progress: Optional[ProgressCallback]) -> list[Decoded | str]:
     total = len(paths)
     step = max(1, total // 100)
     results = []
@@ -292,6 +307,20 @@ def _decode_all(paths: list[Path], size: int, window: Window,
             if done % step == 0 or done == total:
                 report(progress, done, total, f"decoding scans {done}/{total}")
     return results
+
+
+def _order_by_study(kept: list[tuple[Decoded, int, str]]) -> tuple[np.ndarray, Optional[Studies], list[str]]:
+    """DICOM slices in patient, study, series and position order, numbered (see ``studies.index_studies``).
+
+    ``kept`` holds (decoded, label, path relative to the dataset root, which starts with the class folder).
+    """
+    parts = [Path(rel).parts for _, _, rel in kept]
+    return index_studies(
+        [decoded[3] for decoded, _, _ in kept],
+        [label for _, label, _ in kept],
+        patient_folders=["/".join(part[:2]) if len(part) > 2 else None for part in parts],
+        series_folders=["/".join(part[:-1]) for part in parts],
+    )
 
 
 def _check_classes(folders: dict[str, Path], entries: list[tuple[Path, int]], kept_labels: list[int],
@@ -329,6 +358,7 @@ def _build(images: np.ndarray, labels: np.ndarray, meta: dict[str, Any], paths: 
         fingerprint=meta["fingerprint"],
         is_synthetic=bool(meta["is_synthetic"]),
         report=load_report,
+        studies=None if meta.get("studies") is None else Studies.from_dict(meta["studies"]),
     )
 
 
@@ -389,11 +419,22 @@ def _read_cache(key: str, size: int) -> tuple[np.ndarray, np.ndarray, dict[str, 
     consistent = (
         meta.get("key") == key and images.dtype == np.uint8 and images.shape == (count, size, size)
         and labels.dtype == np.int64 and (meta.get("rel_paths") is None or len(meta["rel_paths"]) == count)
+        and _studies_fit(meta.get("studies"), count)
     )
     if not consistent:
         return None
     meta["report"]["from_cache"] = True
     return images, labels, meta
+
+
+def _studies_fit(stored: Any, count: int) -> bool:
+    """Whether a cached study index is absent or readable with one row per scan."""
+    if stored is None:
+        return True
+    try:
+        return len(Studies.from_dict(stored)) == count
+    except DatasetError:
+        return False
 
 
 def _write_cache(key: str, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ TEST_FOLDER: Final[re.Pattern[str]] = re.compile(r"^tests?(?:[\s_-]*cases?)?$", 
 IMAGE_SUFFIXES: Final[frozenset[str]] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".dic", ""}
 )
+#: The index file of a DICOM disc or folder: it lists images but holds none.
+DICOMDIR: Final[str] = "DICOMDIR"
 #: How deep below the given folder class folders are looked for (Kaggle copies nest two levels).
 MAX_DEPTH: Final[int] = 6
 EXPECTED: Final[str] = "Bengin cases/, Malignant cases/, Normal cases/ (as Kaggle ships them) or benign/, malignant/, normal/"
@@ -153,6 +155,7 @@ def _images_in(folder: Path) -> tuple[list[Path], list[str]]:
     for path in folder.rglob("*"):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue
-        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+        is_image = path.suffix.lower() in IMAGE_SUFFIXES and path.name.upper() != DICOMDIR
+        (images if is_image else others).append(path)
     images.sort(key=lambda path: natural_key(path.relative_to(folder).as_posix()))
     return images, sorted(path.name for path in others)

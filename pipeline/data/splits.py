@@ -9,6 +9,9 @@ memory, not diagnosis. The grouped split joins into one group:
 - near-duplicates: z-normalised 32x32 thumbnails whose RMS difference is below a threshold
   (0.15 by default, a correlation above ~0.989), which ignores brightness and contrast changes
   and JPEG noise but not a different slice of a different body;
+- every slice of one patient, when the scans are DICOM slices that say whose they are
+  (``pipeline.data.studies``: hashed identifiers, numbered patients); such slices take no part
+  in the file-number runs below, and their neighbours are the next slices of their series;
 - runs of consecutive file numbers in a class folder. Patient boundaries are not recorded, so
   each numbered chain is cut into runs of about ``block_length`` scans (10 by default: 1,097
   images over the 110 described cases is about 10 slices per patient). Fixed borders every 10
@@ -39,6 +42,7 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.constants import CLASSES
 from pipeline.data.dataset import ScanDataset, count_classes
 from pipeline.data.sources import file_number
+from pipeline.data.studies import side_report
 from pipeline.errors import UserInputError
 
 NEAR_THRESHOLD: Final[float] = 0.15
@@ -116,12 +120,14 @@ def split_dataset(
         sizes={name: int(len(indices)) for name, indices in parts.items()},
         class_counts={name: count_classes(labels[indices]) for name, indices in parts.items()},
     )
+    if ds.studies is not None:
+        report["studies"] = side_report(ds.studies, parts)
     return Split(**parts, strategy=strategy, leaky=strategy == "random", seed=seed, report=report)
 
 
 def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,
                 near_threshold: float = NEAR_THRESHOLD) -> tuple[np.ndarray, dict[str, Any]]:
-    """A group id per scan (exact ∪ near duplicates ∪ runs of numbers) and a summary of the grouping."""
+    """A group id per scan (exact ∪ near duplicates ∪ patients ∪ runs of numbers) and a summary of the grouping."""
     count = len(ds)
     if count == 0:
         raise UserInputError("cannot split an empty dataset")
@@ -129,7 +135,8 @@ def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,
     exact = _exact_pairs(ds.duplicate_groups)
     near = _near_pairs(thumbs, near_threshold)
     runs = _run_pairs(ds, thumbs, block_length, near_threshold)
-    edges = np.concatenate([exact, near, runs])
+    patients = ds.studies.patient_pairs() if ds.studies is not None else np.zeros((0, 2), dtype=np.int64)
+    edges = np.concatenate([exact, near, runs, patients])
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count))
     _, groups = connected_components(graph, directed=False)
     sizes = np.bincount(groups)
@@ -147,6 +154,8 @@ def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,
         "slice_links": int(len(runs)),
         "mixed_label_groups": int(((label_sets > 0).sum(axis=1) > 1).sum()),
     }
+    if ds.studies is not None:
+        summary["dicom"] = ds.studies.counts()
     if count >= 50 and sizes.max() > GIANT_GROUP_SHARE * count:
         summary["warning"] = (
             f"one group holds {sizes.max()} of {count} scans, so the split cannot be balanced well; "
@@ -168,6 +177,8 @@ def leakage_report(ds: ScanDataset, split: Split, *, near_threshold: float = NEA
     exact = _exact_pairs(ds.duplicate_groups, all_pairs=True)
     near = near_duplicate_pairs(ds, near_threshold)
     adjacent = _adjacent_pairs(ds)
+    if ds.studies is not None:
+        adjacent = np.concatenate([adjacent, ds.studies.neighbour_pairs()])
 
     def across(pairs: np.ndarray) -> np.ndarray:
         return pairs[(side[pairs[:, 0]] != side[pairs[:, 1]]) & (side[pairs[:, 0]] >= 0) & (side[pairs[:, 1]] >= 0)]
@@ -176,7 +187,7 @@ def leakage_report(ds: ScanDataset, split: Split, *, near_threshold: float = NEA
     train, test = side == 0, side == 2
     test_hit = _has_partner(similar, test, train)
     train_hit = _has_partner(similar, train, test)
-    return {
+    report = {
         "strategy": split.strategy,
         "leaky": split.leaky,
         "exact_pairs_across": int(len(across(exact))),
@@ -188,6 +199,10 @@ def leakage_report(ds: ScanDataset, split: Split, *, near_threshold: float = NEA
         "near_threshold": near_threshold,
         "grouping": split.report,
     }
+    if ds.studies is not None:
+        sides = {name: getattr(split, name) for name in SIDES}
+        report["patients_on_two_sides"] = side_report(ds.studies, sides)["patients_on_two_sides"]
+    return report
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -280,13 +295,18 @@ def _exact_pairs(duplicate_groups: list[list[int]], *, all_pairs: bool = False) 
 
 
 def _slice_positions(ds: ScanDataset) -> tuple[np.ndarray, np.ndarray]:
-    """Per scan: a code of its (class, folder) and its file number (-1 when it has none)."""
+    """Per scan: a code of its (class, folder) and its file number (-1 when it has none).
+
+    DICOM slices with a known patient get -1: their patient and series say more than file names.
+    """
     if ds.paths is None:
         return np.zeros(len(ds), dtype=np.int64), np.full(len(ds), -1, dtype=np.int64)
     folders = [f"{label}|{Path(path).parent}" for label, path in zip(ds.labels.tolist(), ds.paths)]
     _, codes = np.unique(np.asarray(folders), return_inverse=True)
     numbers = np.array([-1 if number is None else number for number in map(file_number, ds.paths)],
                        dtype=np.int64)
+    if ds.studies is not None:
+        numbers[ds.studies.patient >= 0] = -1
     return codes.astype(np.int64), numbers
 
 
