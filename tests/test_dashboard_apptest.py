@@ -33,6 +33,7 @@ from pipeline.runs import export_run, list_runs, load_model, read_config, save_m
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
+from tests.dicom_studies import make_dicom_studies
 
 WATCH_EVALUATION = "evaluate.watch"
 
@@ -494,3 +495,17 @@ def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> N
     assert charts(at) == 2  # loss, accuracy
     record = next(record for record in list_runs(lab.runs) if record.run_dir == watched)
     assert record.config["arch"] == "resnet18" and record.config["count"] == 36 and len(record.metrics) == 1
+
+
+def test_data_page_splits_dicom_studies_by_patient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
+    studies = make_dicom_studies(tmp_path / "export", patients_per_class=3)
+    at = page("data", state={DATASET_KEY: DatasetChoice(source=str(studies.root), image_size=32)})
+    assert_calm(at)
+    assert any(item.value.startswith("**DICOM studies:** 9 patients") for item in at.markdown)
+    sides = at.dataframe[-1].value
+    assert list(sides["side"]) == ["train", "val", "test"] and sides["patients"].sum() == 9
+    assert any("No patient is on two sides" in item.value for item in at.success)
+    shown = " ".join(str(getattr(element, "proto", "")) for root in (at.main, at.sidebar) for element in root)
+    assert "No patient is on two sides" in shown  # the text of every element is searched
+    assert not [value for value in studies.identifiers if value in shown]

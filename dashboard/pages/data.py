@@ -133,6 +133,13 @@ def overview(dataset: ScanDataset) -> None:
         help="Byte-identical images; the grouped split keeps each group on one side",
     )
     columns[3].metric("Files skipped", len(dataset.report.skipped))
+    if dataset.studies is not None:
+        dicom = dataset.studies.counts()
+        st.markdown(
+            f"**DICOM studies:** {dicom['patients']} patients, {dicom['studies']} studies, "
+            f"{dicom['series']} series, {dicom['slices']} slices, each series in slice-position order. "
+            "Patient and study identifiers are used only as hashed keys; they are never shown or stored."
+        )
     left, right = st.columns([1, 1.4])
     with left:
         st.plotly_chart(figures.class_balance(counts), key="data:balance", config={"displaylogo": False})
@@ -215,6 +222,26 @@ def split_view(choice: DatasetChoice) -> None:
             st.info(f"{100 * share:.0f}% of test scans resemble a training scan.", icon=":material/info:")
         if "warning" in split.report:
             st.caption(split.report["warning"])
+    if "studies" in split.report:
+        patients(split.report["studies"])
+
+
+def patients(studies: dict) -> None:
+    """Patients, series and slices per side of the split, and whether any patient is on two sides."""
+    st.dataframe(
+        [{"side": side, **counts} for side, counts in studies["sides"].items()],
+        hide_index=True,
+        column_order=("side", "patients", "studies", "series", "slices"),
+    )
+    across = studies["patients_on_two_sides"]
+    if across:
+        st.warning(
+            f"{across} patient(s) have slices on two sides of this split: the test measures recognition of "
+            "patients seen in training. Use the grouped split.",
+            icon=":material/warning:",
+        )
+    else:
+        st.success("No patient is on two sides of the split.", icon=":material/verified:")
 
 
 st.title("Data")
