@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import attacked_dicom, load_dataset, open_scan, preprocess_image, read_scan
-from pipeline.data.sources import IMAGE_SUFFIXES
+from pipeline.data import attacked_dicom, load_dataset, open_scan, preprocess_image, read_scan, split_dataset
+from pipeline.data.sources import is_image_name
 from pipeline.errors import UserInputError
 from pipeline.__main__ import main
 from pipeline.runs import import_run, list_runs, load_model
@@ -328,7 +328,7 @@ def test_dataset_with_every_scan_skips_or_keeps_each(lab: Lab) -> None:
             outcome, detail = ACCEPTED, "; ".join(notes[0]) if notes else "kept"
         elif name in skipped:
             outcome, detail = SKIPPED, skipped[name]
-        elif item.path.suffix.lower() not in IMAGE_SUFFIXES:
+        elif not is_image_name(item.path):
             ignored = [note for note in first.report.notes if "non-image file" in note]
             outcome, detail = (SKIPPED, ignored[0]) if ignored else ("ignored without a note", "")
         else:
@@ -343,7 +343,12 @@ def test_load_dataset_folders(lab: Lab) -> None:
         assert all(count > 0 for count in dataset.class_counts().values()), "a class is empty"
         text = json.dumps(dataset.report.to_dict()) + dataset.name + repr(dataset)
         assert not _markers_in(text), f"dataset report leaks {_markers_in(text)}"
-        return f"{len(dataset)} scans, {len(dataset.report.skipped)} skipped"
+        if dataset.studies is None:
+            return f"{len(dataset)} scans, {len(dataset.report.skipped)} skipped"
+        studies = split_dataset(dataset, val_fraction=0.25, test_fraction=0.25).report["studies"]
+        assert studies["patients_on_two_sides"] == 0, "a patient is on two sides of the split"
+        assert not _markers_in(json.dumps(studies)), "the split report leaks a patient marker"
+        return f"{len(dataset)} scans; split by patient: {studies['summary']}"
 
     items = [item for item in lab.of(FOLDER) if SCAN not in item.kinds]
     rows = [attempt(lab, item, "load_dataset", lambda item=item: load_dataset(item.path, image_size=32), check)

@@ -84,6 +84,11 @@ DISPLAY_KEYWORDS: Final[tuple[str, ...]] = (
     "VOILUTSequence", "PresentationLUTShape", "PixelSpacing", "PixelAspectRatio", "ImagePositionPatient",
     "ImageOrientationPatient", "SliceLocation", "InstanceNumber",
 )
+# Files are untrusted and their values are never shown. pydicom's reading validation quotes the
+# offending value in its warnings and log records (a malformed Patient's Age or UID would land in
+# the log verbatim), so it is turned off; every value used here is checked where it is used.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 #: A CT stored as unsigned 12-bit with no rescale most likely lost its -1024 offset in an export.
 CT_TWELVE_BIT_MAX: Final[int] = 4095
 #: Pixel aspect ratios closer to 1 than this are drawn as square (no resampling).
@@ -277,6 +282,11 @@ def _parse(data: bytes) -> tuple[Dataset, list[str]]:
             f"the file starts like a DICOM data set without the Part 10 header, but could not be parsed "
             f"({type(exc).__name__}); it is damaged or not DICOM. Export the slice again as a DICOM file"
         ) from None
+    if not any(tag in ds for tag in (*PIXEL_DATA_TAGS, "SOPClassUID")):
+        raise ScanError(
+            "the file starts like a DICOM data set without the Part 10 header, but holds neither an image nor "
+            "an object type; it is damaged or not DICOM. Export the slice again as a DICOM file"
+        )
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (

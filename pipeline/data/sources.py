@@ -56,6 +56,12 @@ def file_number(path: str | Path) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
+def is_image_name(path: str | Path) -> bool:
+    """Whether a file's name says it may be a scan (DICOM series often have no extension; a DICOMDIR never is)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.name.upper() != DICOMDIR
+
+
 def class_of_folder(name: str) -> str | None:
     """The class a folder name stands for, or None."""
     match = CLASS_FOLDER.match(name.strip())
@@ -155,7 +161,6 @@ def _images_in(folder: Path) -> tuple[list[Path], list[str]]:
     for path in folder.rglob("*"):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue
-        is_image = path.suffix.lower() in IMAGE_SUFFIXES and path.name.upper() != DICOMDIR
-        (images if is_image else others).append(path)
+        (images if is_image_name(path) else others).append(path)
     images.sort(key=lambda path: natural_key(path.relative_to(folder).as_posix()))
     return images, sorted(path.name for path in others)

@@ -8,6 +8,7 @@ end of the session, so CI logs show what happened to every input.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from tests.corpus.build import (
@@ -58,8 +59,10 @@ def format_table(rows: list[Row], *, width: int = 96) -> str:
         detail = detail if len(detail) <= width else detail[: width - 3] + "..."
         lines.append(f"{row.item:<{name_w}}  {row.entry_point:<{entry_w}}  {outcome:<{outcome_w}}  {detail}")
     handled = sum(row.ok for row in rows)
+    outcomes = Counter(row.outcome for row in rows)
     lines.append(f"{handled}/{len(rows)} (input, entry point) pairs handled; "
-                 f"{len({row.item for row in rows})} inputs")
+                 f"{len({row.item for row in rows})} inputs; "
+                 + ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items())))
     return "\n".join(lines)
 
 

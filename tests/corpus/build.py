@@ -29,7 +29,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Mapping
+from typing import Callable, Final, Mapping
 
 import cv2
 import numpy as np
@@ -41,11 +41,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline.data import load_dataset, split_dataset
 from pipeline.models import build_model
+from tests.dicom_studies import MARK as STUDY_MARK
+from tests.dicom_studies import make_dicom_studies
 
 # kinds of entry point
 SCAN: Final[str] = "scan"
@@ -90,6 +92,7 @@ PATIENT_MARKERS: Final[tuple[str, ...]] = (
     "QZXPATNAME", "QZXGIVEN", "QZXPID4711", "19110311", "QZXADDRESS", "QZXCOMMENT", "QZXPHONE",
     "QZXINSTITUTE", "QZXINSTADDR", "QZXREFDOC", "QZXPERFDOC", "QZXOPERATOR", "QZXACC99", "QZXSTUDYID",
     "QZXSTUDYDESC", "QZXSERIESDESC", "QZXOTHERID", "QZXSEX", "QZXAGE", PRIVATE_MARKER,
+    STUDY_MARK,  # every Patient ID, name and accession number of the DICOM study tree
 )
 
 #: Settings that make an accidentally accepted training finish in seconds (never meant to run).
@@ -509,6 +512,7 @@ def _scan_items(folder: Path) -> list[CorpusItem]:
     overflow.RescaleSlope = "1e308"
     add("rescale-overflow.dcm", _dicom_bytes(overflow), REFUSED, "RescaleSlope 1e308: Hounsfield units overflow",
         reason="infinite")
+    _display_items(add, folder)
     (folder / "folder.png").mkdir()
     items.append(CorpusItem("folder.png", folder / "folder.png", (SCAN,), REFUSED, "a folder named .png",
                             reason="folder"))
@@ -518,6 +522,98 @@ def _scan_items(folder: Path) -> list[CorpusItem]:
 def _tiff(path: Path, array: np.ndarray, **options: object) -> None:
     """Write a TIFF; ``add`` is then given ``None`` as data (the file is already there)."""
     tifffile.imwrite(path, array, **options)
+
+
+def _display_items(add: Callable[..., Path], folder: Path) -> None:
+    """Files that record how their pixels are to be shown (issue 14): each must read as a viewer shows it."""
+    grey = _phantom()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    add("exif-rotated.jpg", _pil_bytes(Image.fromarray(grey[:, 8:]), "JPEG", exif=exif.tobytes()), ACCEPTED,
+        "grey JPEG with EXIF orientation 6 (turn 90 degrees to view)")
+    add("exif-rotated.png", _pil_bytes(Image.fromarray(grey[:, 8:]), "PNG", exif=exif.tobytes()), ACCEPTED,
+        "PNG with an eXIf orientation 6")
+    exif[0x0112] = 99
+    add("exif-orientation-99.jpg", _pil_bytes(Image.fromarray(grey), "JPEG", exif=exif.tobytes()), ACCEPTED,
+        "JPEG with an EXIF orientation outside 1..8 (ignored, as viewers do)")
+    add("tiff-miniswhite-8.tif", _tiff(folder / "tiff-miniswhite-8.tif", 255 - grey, photometric="miniswhite"),
+        ACCEPTED, "8-bit MinIsWhite TIFF")
+    add("tiff-miniswhite-16.tif", _tiff(folder / "tiff-miniswhite-16.tif", (255 - grey).astype(np.uint16) * 257,
+                                        photometric="miniswhite"), ACCEPTED, "16-bit MinIsWhite TIFF")
+    add("tiff-miniswhite-1bit.tif", _tiff(folder / "tiff-miniswhite-1bit.tif", grey < 100, photometric="miniswhite"),
+        ACCEPTED, "bilevel MinIsWhite TIFF")
+    colormap = np.stack([(255 - np.arange(256)) * 257] * 3).astype(np.uint16)
+    add("tiff-palette.tif", _tiff(folder / "tiff-palette.tif", grey, photometric="palette", colormap=colormap),
+        ACCEPTED, "palette TIFF with an inverted grey colour map")
+    add("tiff-orientation-8.tif", _tiff(folder / "tiff-orientation-8.tif", grey[:, 8:],
+                                        extratags=[(274, 3, 1, 8, True)]), ACCEPTED, "TIFF with Orientation 8")
+    add("tiff-cmyk.tif", _tiff(folder / "tiff-cmyk.tif", np.dstack([np.zeros_like(grey)] * 3 + [255 - grey]),
+                               photometric="separated"), ACCEPTED, "CMYK TIFF")
+    add("tiff-cielab.tif", _tiff(folder / "tiff-cielab.tif", np.dstack([grey] * 3), photometric="cielab"), REFUSED,
+        "CIE L*a*b* TIFF", reason="L*a*b*")
+    hu = _hu_slice()
+    enhanced = _ct(np.stack([hu] * 3))
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    del enhanced.RescaleSlope, enhanced.RescaleIntercept
+    enhanced.SharedFunctionalGroupsSequence = [_item(PixelValueTransformationSequence=[
+        _item(RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")])]
+    add("enhanced-ct.dcm", _dicom_bytes(enhanced), ACCEPTED,
+        "Enhanced CT whose rescale is only in the functional groups")
+    groups = _ct(np.stack([hu] * 4), patient=True)
+    groups.PerFrameFunctionalGroupsSequence = [_item(FrameVOILUTSequence=[_item(WindowCenter="40", WindowWidth="-5")])]
+    groups.SharedFunctionalGroupsSequence = []
+    add("enhanced-short-groups.dcm", _dicom_bytes(groups), ACCEPTED,
+        "4 frames but 1 per-frame group holding a negative window width, an empty shared group, patient tags",
+        markers=PATIENT_MARKERS)
+    inverse = _ct(hu)
+    inverse.PresentationLUTShape = "INVERSE"
+    add("presentation-inverse.dcm", _dicom_bytes(inverse), ACCEPTED, "MONOCHROME2 with Presentation LUT Shape INVERSE")
+    mono1 = _ct(hu)
+    mono1.PhotometricInterpretation = "MONOCHROME1"
+    add("monochrome1.dcm", _dicom_bytes(mono1), ACCEPTED, "MONOCHROME1 CT")
+    sigmoid = _ct(hu, modality="MR")
+    sigmoid.WindowCenter, sigmoid.WindowWidth, sigmoid.VOILUTFunction = "40", "400", "SIGMOID"
+    add("sigmoid-window.dcm", _dicom_bytes(sigmoid), ACCEPTED, "MR with a SIGMOID VOI LUT Function")
+    unknown = _ct(hu, modality="MR")
+    unknown.WindowCenter, unknown.WindowWidth, unknown.VOILUTFunction = "40", "400", "CUBIC"
+    add("voi-function-unknown.dcm", _dicom_bytes(unknown), ACCEPTED, "MR with VOI LUT Function 'CUBIC'")
+    lut = _ct(hu, modality="MR")
+    lut.VOILUTSequence = [_item(LUTDescriptor=[256, 0, 16], LUTData=list(range(0, 4096, 16)))]
+    lut.VOILUTSequence[0]["LUTData"].VR = "US"
+    add("voi-lut.dcm", _dicom_bytes(lut), ACCEPTED, "MR with a VOI LUT Sequence")
+    bad_lut = _ct(hu, modality="MR")
+    bad_lut.VOILUTSequence = [_item(LUTDescriptor=[256, 0, 3], LUTData=list(range(256)))]
+    bad_lut.VOILUTSequence[0]["LUTData"].VR = "US"
+    add("voi-lut-3-bits.dcm", _dicom_bytes(bad_lut), ACCEPTED, "VOI LUT declaring 3-bit entries (not allowed)")
+    tall = _ct(hu)
+    tall.PixelSpacing = [1.4, 0.7]
+    add("non-square-pixels.dcm", _dicom_bytes(tall), ACCEPTED, "CT whose pixels are twice as tall as wide")
+    thin = _ct(hu)
+    thin.PixelSpacing = [1000, 0.001]
+    add("aspect-bomb.dcm", _dicom_bytes(thin), REFUSED, "Pixel Spacing 1000 x 0.001 mm: a million-fold aspect",
+        reason="pixels")
+    no_rescale = _ct(hu)
+    del no_rescale.RescaleSlope, no_rescale.RescaleIntercept
+    add("ct-no-rescale.dcm", _dicom_bytes(no_rescale), ACCEPTED, "CT stored as HU + 1024 without rescale tags")
+    bare = _ct(hu, patient=True)
+    del bare.file_meta
+    bare.preamble = None
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, bare, implicit_vr=True, little_endian=True)
+    add("headerless-ct.dcm", buffer.getvalue(), ACCEPTED, "CT data set without preamble, DICM and file meta",
+        markers=PATIENT_MARKERS)
+    add("headerless-garbage.dcm", b"\x08\x00\x16\x00" + bytes(range(256)) * 4, REFUSED,
+        "starts like a bare DICOM data set, then garbage")
+    add("DICOMDIR", Path(get_testdata_file("DICOMDIR", download=False)).read_bytes(), REFUSED,
+        "a DICOMDIR (index of a DICOM disc)", reason="DICOMDIR")
+
+
+def _item(**values: object) -> Dataset:
+    """A sequence item with the given attributes."""
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
 
 
 def _folder_items(folder: Path, scans: list[CorpusItem]) -> list[CorpusItem]:
@@ -568,6 +664,8 @@ def _folder_items(folder: Path, scans: list[CorpusItem]) -> list[CorpusItem]:
                         for i in range(2)} for label in three}
     add("folder-patient-dicoms", dataset("patient-dicoms", patients), ACCEPTED,
         "DICOM dataset full of patient tags", markers=PATIENT_MARKERS)
+    add("folder-dicom-studies", make_dicom_studies(folder / "dicom-studies", patients_per_class=2).root, ACCEPTED,
+        "a folder tree of DICOM series per patient, identifiers in every file", markers=PATIENT_MARKERS)
     # every scan of the corpus beside good ones: the loader keeps the readable ones and skips the rest
     mixed = dataset("every-scan", three)
     for index, item in enumerate(scan for scan in scans if FOLDER in scan.kinds):
