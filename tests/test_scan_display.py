@@ -148,6 +148,16 @@ def test_grey_png_with_a_transparent_value_shows_it_as_background(tmp_path: Path
     assert image[5, 5] == 0 and image[30, 30] == 20
 
 
+def test_palette_bmp_with_an_inverted_grey_palette(tmp_path: Path) -> None:
+    """An 8-bit palette BMP whose entry i is grey 255 - i: the viewer shows the palette, not the index."""
+    indices = np.add.outer(np.arange(48), np.arange(64)).astype(np.uint8)
+    picture = Image.fromarray(indices, "P")
+    picture.putpalette([level for index in range(256) for level in (255 - index,) * 3])
+    picture.save(tmp_path / "p.bmp")
+    assert Image.open(tmp_path / "p.bmp").mode == "P"
+    assert np.array_equal(read_scan(tmp_path / "p.bmp"), 255 - indices)
+
+
 # --- DICOM ----------------------------------------------------------------------------------------
 
 
@@ -214,6 +224,18 @@ def test_enhanced_ct_per_frame_groups_override_shared_ones() -> None:
     ds.PerFrameFunctionalGroupsSequence = Sequence([item(), own, item()])
     scan = open_scan(dicom_bytes(ds), window="file")
     assert scan.image[0, 0] == AIR_IN_LUNG_WINDOW and any("frame 2" in note for note in scan.notes)
+
+
+def test_modality_lut_sequence_is_applied() -> None:
+    """A Modality LUT that doubles stored values (first mapped 0), then the file's LINEAR_EXACT window 0..2000."""
+    ds = ct_dataset(np.tile(np.arange(0, 960, 20, dtype=np.int32), (48, 1)), rescale=False)
+    ds.Modality = "OT"
+    ds.ModalityLUTSequence = Sequence([item(LUTDescriptor=[4096, 0, 16], LUTData=list(range(0, 8192, 2)),
+                                            ModalityLUTType="US")])
+    ds.ModalityLUTSequence[0]["LUTData"].VR = "US"
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = "1000", "2000", "LINEAR_EXACT"
+    image = read_scan(dicom_bytes(ds), window="file")
+    assert image[0, 25] == round(2 * 500 * 255 / 2000)  # stored 500 -> 1000 -> the window's middle, 127.5 -> 128
 
 
 def test_monochrome1_shows_low_values_white() -> None:
