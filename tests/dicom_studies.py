@@ -95,7 +95,8 @@ def _anatomy(rng: np.random.Generator, size: int) -> np.ndarray:
     return hu
 
 
-def _slice(anatomy: np.ndarray, index: int, z: float, study_uid: str, series_uid: str, instance_uid: str) -> FileDataset:
+def _slice(anatomy: np.ndarray, index: int, z: float, study_uid: str, series_uid: str,
+           instance_uid: str) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian

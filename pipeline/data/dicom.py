@@ -354,7 +354,7 @@ def _decode(ds: Dataset, window: Window) -> tuple[_Display, Dataset]:
     values = np.asarray(apply_modality_lut(pixels, view), dtype=np.float64)
     if not np.isfinite(values).all():
         raise ScanError("the DICOM pixel data contains NaN or infinite values; export the slice again")
-    if modality == "CT" and not rescaled and values.size and 0 <= values.min() and 0 < values.max() <= CT_TWELVE_BIT_MAX:
+    if modality == "CT" and not rescaled and 0 <= values.min() and 0 < values.max() <= CT_TWELVE_BIT_MAX:
         notes.append(
             f"CT without Rescale Slope/Intercept whose stored values run {values.min():g}..{values.max():g}: "
             "the usual -1024 offset was probably lost when the file was exported, so air reads near 0 instead "
@@ -442,7 +442,8 @@ def _resolve_window(view: Dataset, values: np.ndarray, window: Window, modality:
     return values, max(high - low, 1e-6), (high + low) / 2.0, hounsfield
 
 
-def _file_voi(view: Dataset, values: np.ndarray, notes: list[str]) -> Optional[tuple[np.ndarray, float, float, bool]]:
+def _file_voi(view: Dataset, values: np.ndarray,
+              notes: list[str]) -> Optional[tuple[np.ndarray, float, float, bool]]:
     """The file's own VOI as (values, LINEAR_EXACT width, level, linear), or None when it stores none usable.
 
     Linear windows keep the values in modality units with the equivalent LINEAR_EXACT window

@@ -127,7 +127,7 @@ def split_dataset(
 
 def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,
                 near_threshold: float = NEAR_THRESHOLD) -> tuple[np.ndarray, dict[str, Any]]:
-    """A group id per scan (exact ∪ near duplicates ∪ patients ∪ runs of numbers) and a summary of the grouping."""
+    """A group id per scan (exact ∪ near duplicates ∪ patients ∪ runs of numbers) and a summary of it."""
     count = len(ds)
     if count == 0:
         raise UserInputError("cannot split an empty dataset")

@@ -134,7 +134,8 @@ class Studies:
     def __post_init__(self) -> None:
         arrays = [np.asarray(getattr(self, level), dtype=np.int64).reshape(-1) for level in (*LEVELS, "slice")]
         if len({len(array) for array in arrays}) != 1:
-            raise DatasetError("the stored study index is damaged (its columns differ in length); load the folder again")
+            raise DatasetError(
+                "the stored study index is damaged (its columns differ in length); load the folder again")
         for level, array in zip((*LEVELS, "slice"), arrays):
             object.__setattr__(self, level, array)
 
