@@ -14,6 +14,9 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 os.environ.setdefault(
     "LUNGLAB_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "test", _WORKER or "main")
 )
+#: MLflow tracking is on by default, and opening a SQLite store costs seconds; the suite's many
+#: trainings run untracked, and tests/test_tracking.py turns it on against real local stores.
+os.environ.setdefault("LUNGLAB_TRACKING", "off")
 if _WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""Models: every run with its settings and results; compare, export, import, delete.
+"""Models: every run with its settings and results; compare, export, import, delete; each run's
+entry in MLflow and the switch that turns tracking on or off.
 
 Each action is one call into :mod:`pipeline.runs`; uploads are screened there (zip entries,
 sizes, safetensors only, shapes checked against the architecture) before anything is kept.
@@ -18,6 +19,7 @@ from dashboard.ui.job_view import training_curves
 from dashboard.ui.run_table import job_states, runs_table
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next
+from pipeline import tracking
 from pipeline.models import ARCHITECTURES
 from pipeline.runs import RunRecord, delete_run, export_run, import_run, list_runs
 from pipeline.units import format_epsilon
@@ -61,6 +63,40 @@ def details(record: RunRecord) -> None:
             st.json(record.status, expanded=False)
     with right:
         training_curves(record.run_dir, key=f"models:{record.name}")
+
+
+def tracker_entry(record: RunRecord) -> None:
+    """The run's entry in MLflow, or why it has none."""
+    entry = record.status.get("tracking") or {}
+    link = tracking.run_link(entry)
+    if link:
+        st.link_button("Open in MLflow", link, icon=":material/open_in_new:")
+        serve = tracking.ui_command(str(entry.get("uri", "")))
+        if serve:
+            st.caption(f"The run is in a local MLflow store; serve it with `{serve}` (the `mlflow` package).")
+    elif entry.get("error"):
+        st.caption(f"Not in MLflow: {entry['error']}")
+
+
+def tracking_switch() -> None:
+    """Whether new trainings and evaluations of this runs folder are logged to MLflow, and where."""
+    folder = runs_dir()
+    current = tracking.setting(folder)
+    uri = tracking.tracking_uri(folder)
+    title = f"Experiment tracking: {'on' if current.enabled else 'off'}"
+    with st.expander(title, icon=":material/monitoring:"):
+        st.toggle(
+            "Log new trainings and evaluations to MLflow",
+            value=current.enabled,
+            key="models:tracking",
+            disabled=current.source.startswith("environment"),
+            on_change=lambda: tracking.save_switch(folder, st.session_state["models:tracking"]),
+            help="Parameters, per-epoch metrics, the kept model's location and the report files",
+        )
+        if current.source.startswith("environment"):
+            st.caption(f"Set by {tracking.ENV} in the environment the dashboard was started with.")
+        st.caption(f"Tracker: `{uri}` (MLFLOW_TRACKING_URI chooses another), experiment "
+                   f"`{tracking.experiment_name()}`.")
 
 
 def compare(records: list[RunRecord]) -> None:
@@ -193,8 +229,11 @@ if records:
             export(record)
     with actions[2]:
         delete(record)
+    with actions[3]:
+        tracker_entry(record)
     details(record)
 else:
     st.info("No runs yet: train one on the Train page or import one below.", icon=":material/info:")
+tracking_switch()
 st.subheader("Import")
 imports()

@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard.ui.status import model_summary
 from pipeline.jobs import JobState, job_state
 from pipeline.runs import RunRecord
+from pipeline.tracking import run_link
 
 ACCURACY = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
 
@@ -26,6 +27,7 @@ def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
         # the run itself is readable even when its job record is not: that goes to its own column
         "problem": record.error or "",
         "job": state.error or "",
+        "MLflow": run_link(record.status.get("tracking") or {}),
     }
 
 
@@ -39,5 +41,9 @@ def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
     st.dataframe(
         [run_row(record, states[str(record.run_dir)]) for record in records],
         hide_index=True,
-        column_config={"clean val. acc.": ACCURACY, "val. acc. under PGD": ACCURACY},
+        column_config={
+            "clean val. acc.": ACCURACY,
+            "val. acc. under PGD": ACCURACY,
+            "MLflow": st.column_config.LinkColumn(display_text="open", help="The run in the MLflow UI"),
+        },
     )

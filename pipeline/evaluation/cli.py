@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline import jobs
+from pipeline import jobs, tracking
 from pipeline.errors import UserInputError
 from pipeline.evaluation.certify import check_settings
 from pipeline.evaluation.data import SPLIT_SIDES, run_data, split_indices
@@ -111,6 +111,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--job-dir", type=Path, help="write status and progress there (background jobs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    tracking.add_tracking_flag(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         suite, paths = _as_job(args, settings)
     _print(suite, paths)
+    _track(args, settings, suite, paths)
     return 0
 
 
@@ -335,6 +337,21 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
             )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+
+
+def _track(
+    args: argparse.Namespace, settings: SuiteSettings, suite: EvaluationSuite, paths: dict[str, Path]
+) -> None:
+    """The finished evaluation as an MLflow run in the store of its first run's runs folder."""
+    runs_dir = Path(suite.models[0].info["run_dir"]).parent
+    name = "evaluation of " + ", ".join(model.name for model in suite.models)
+    entry = tracking.log_evaluation(
+        runs_dir, suite, settings.to_dict(), paths.values(), name=name[:250], flag=args.track
+    )
+    if entry:
+        print(tracking.describe(entry))
+        if args.job_dir is not None:
+            update_status(args.job_dir, {"tracking": entry})
 
 
 def _shown(value: float, spec: str) -> str:

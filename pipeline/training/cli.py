@@ -18,6 +18,7 @@ from pipeline.jobs import raise_on_sigterm
 from pipeline.progress import ProgressCallback, tqdm_progress
 from pipeline.json_object import parse_json_object
 from pipeline.runs import read_record
+from pipeline.tracking import add_tracking_flag, describe
 from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.loop import EXECUTION_FIELDS, train
 
@@ -44,6 +45,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--run-dir", type=Path, help=argparse.SUPPRESS
     )  # a prepared directory (background jobs)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_flag(parser)
     for spec in dataclasses.fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         meta = spec.metadata
@@ -87,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
                 f"given with it (got {', '.join(changed) or '--preset/--config-json'})"
             )
         override = TrainConfig(**explicit) if explicit else None
-        run_dir = train(override, args.runs_dir, progress=progress, resume=args.resume)
+        run_dir = train(override, args.runs_dir, progress=progress, resume=args.resume, track=args.track)
     else:
         values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
         if args.config_json:
             values.update(_read_settings(args.config_json))
         config = TrainConfig.from_dict({**values, **explicit}, strict=True)
-        run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir)
+        run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir, track=args.track)
     if is_main:
         _print_outcome(run_dir)
     return 0
@@ -130,5 +132,7 @@ def _print_outcome(run_dir: Path) -> None:
             f"kept epoch {best['epoch']}: validation accuracy {best['val_acc']:.3f}, "
             f"under PGD {best['val_robust_acc']:.3f} (eps {best['eps']:.4f})"
         )
+    if record.status.get("tracking"):
+        print(describe(record.status["tracking"]))
     if record.config.get("dataset", {}).get("is_synthetic"):
         print("note: trained on the synthetic phantom; these figures are not medical results")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import jobs
+from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
 from pipeline.data import ScanDataset, Split, load_dataset, split_dataset
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
@@ -42,6 +42,7 @@ from pipeline.runs import (
     CONFIG,
     LAST,
     LAST_META,
+    METRICS,
     MODEL,
     REQUEST,
     append_metrics,
@@ -53,6 +54,7 @@ from pipeline.runs import (
     read_config,
     read_json,
     read_metrics,
+    read_status,
     remove_partial_writes,
     save_model,
     save_tensors,
@@ -80,13 +82,15 @@ def train(
     progress: Optional[ProgressCallback] = None,
     resume: Path | str | None = None,
     run_dir: Path | str | None = None,
+    track: Optional[bool] = None,
 ) -> Path:
     """Train a model and return its run directory.
 
     ``resume`` continues a run (a directory or a name under ``runs_dir``) from its last finished
     epoch with its stored settings; ``config`` may then be None, or give new execution settings
     (device, amp, compile). ``run_dir`` writes a new run into a prepared directory (background
-    jobs create it first so that the dashboard can show it at once).
+    jobs create it first so that the dashboard can show it at once). ``track`` turns MLflow
+    tracking on or off for this run (None: the usual settings, see :mod:`pipeline.tracking`).
     """
     if resume is not None:
         run_dir = resolve_run(runs_dir, resume)
@@ -111,7 +115,7 @@ def train(
             remove_partial_writes(run_dir)
             if not (run_dir / CONFIG).is_file():
                 atomic_write_json(run_dir / REQUEST, config.to_dict())  # resumable from the first instant
-        Trainer(config, run_dir, context, progress).run()
+        Trainer(config, run_dir, context, progress, track).run()
     finally:
         distributed.teardown(context)
     return run_dir
@@ -154,9 +158,16 @@ class Trainer:
     """One training run in one process (one rank of a distributed run)."""
 
     def __init__(
-        self, config: TrainConfig, run_dir: Path, context: DistContext, progress: Optional[ProgressCallback]
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        context: DistContext,
+        progress: Optional[ProgressCallback],
+        track: Optional[bool] = None,
     ) -> None:
         self.config, self.run_dir, self.context, self.progress = config, run_dir, context, progress
+        self.track = track
+        self.tracker = tracking.TrackedRun()  # the MLflow run, opened by run() on the main rank
         self.device = context.device
         self.cuda = self.device.type == "cuda"
         self._status_time = 0.0
@@ -176,7 +187,10 @@ class Trainer:
             started_at=self._started,
         )
         try:
-            self._train()
+            with self._tracked() as self.tracker:
+                if self.tracker.entry:
+                    self.status(tracking=self.tracker.entry)
+                self._train()
         except (jobs.JobCancelled, KeyboardInterrupt) as error:
             self._final_status(
                 phase="cancelled", message="cancelled; the last finished epoch is kept (resume to continue)"
@@ -187,6 +201,26 @@ class Trainer:
             text = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
             self._final_status(phase="failed", error=text)
             raise
+        finally:
+            if self.tracker.entry.get("error"):  # the tracker failed during the run: say so
+                self._final_status(tracking=self.tracker.entry)
+
+    def _tracked(self) -> contextlib.AbstractContextManager[tracking.TrackedRun]:
+        """This run in MLflow (main rank only), continuing the MLflow run of an earlier attempt."""
+        if not self.context.is_main:
+            return contextlib.nullcontext(tracking.TrackedRun())
+        return tracking.tracked(
+            self.run_dir.parent,
+            name=self.run_dir.name,
+            kind="training",
+            params=self.config.to_dict(),
+            synthetic=self.config.data == "synthetic",
+            tags={"lunglab.run_dir": str(self.run_dir)},
+            flag=self.track,
+            resume=read_status(self.run_dir).get("tracking"),
+            files=(self.run_dir / CONFIG, self.run_dir / METRICS),
+            cancelled=(jobs.JobCancelled, KeyboardInterrupt),
+        )
 
     def _final_status(self, **fields: Any) -> None:
         """Best effort: when the disk is full, the error that says so matters more than the status."""
@@ -576,6 +610,8 @@ class Trainer:
         if self.context.is_main:
             append_metrics(self.run_dir, {**line, "best": False, "rolled_back": True})
             save_checkpoint(self.run_dir, self.model, self.optimizer, self.state)
+            self.tracker.log_metrics(line, step=line["epoch"])
+            self.tracker.set_tags({"lunglab.stop_reason": reason})
         self.status(stop_reason=reason, message=reason)
 
     def _finish_epoch(self, line: dict[str, Any]) -> None:
@@ -598,6 +634,10 @@ class Trainer:
             if improved:
                 save_model(self.run_dir / MODEL, self.model)
             save_checkpoint(self.run_dir, self.model, self.optimizer, state)
+            self.tracker.log_metrics(line, step=line["epoch"])
+            if improved:  # the kept model's location and epoch, kept current in the tracker
+                kept = {"lunglab.model": self.run_dir / MODEL, "lunglab.kept_epoch": line["epoch"]}
+                self.tracker.set_tags(kept)
         self.status(
             epoch=line["epoch"],
             best_epoch=state["best_epoch"],
