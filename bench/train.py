@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -33,24 +34,54 @@ from pipeline.runs import load_model, read_metrics, read_record  # noqa: E402
 from pipeline.training import TrainConfig, train  # noqa: E402
 
 
-def throughput(args: argparse.Namespace) -> None:
-    device = select_device(args.device)
+def strategy_rates(
+    device: torch.device,
+    *,
+    arch: str,
+    image_size: int,
+    batch_size: int,
+    count: int,
+    steps: int,
+    compile: bool = False,
+    epochs: int = 3,
+    **settings: object,
+) -> Iterator[tuple[str, float]]:
+    """``(label, images/s)`` of standard, FGSM-RS and PGD-``steps`` training, in that order.
+
+    Each trains ``epochs`` epochs through the real loop (untracked: MLflow is not what is timed);
+    the rate is the training phase of the fastest epoch after the first, which pays for autotuning
+    and compilation. ``settings`` override the other training fields (e.g. a cheaper validation).
+    """
     base = dict(
-        arch=args.arch,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        count=args.count,
-        epochs=3,
+        arch=arch,
+        image_size=image_size,
+        batch_size=batch_size,
+        count=count,
+        epochs=epochs,
         val_steps=1,
         eval_size=8,
         device=str(device),
-        compile=args.compile,
+        compile=compile,
         val_fraction=0.05,
         test_fraction=0.05,
         optimizer="sgd",
         lr=0.01,
+        **settings,
     )
-    strategies = [("standard", "standard"), ("fgsm-rs", "fgsm-rs"), (f"pgd-{args.steps}", "pgd")]
+    with tempfile.TemporaryDirectory() as runs:
+        for label, strategy in (("standard", "standard"), ("fgsm-rs", "fgsm-rs"), (f"pgd-{steps}", "pgd")):
+            run_dir = train(TrainConfig(**base, strategy=strategy, steps=steps), runs, track=False)
+            # the fastest epoch after the first: least disturbed by other load
+            yield label, max(line["images_per_s"] for line in read_metrics(run_dir)[1:])
+
+
+def epoch_target(label: str, steps: int) -> str:
+    """The cost target of a strategy's epoch relative to standard training's."""
+    return {"standard": "-", "fgsm-rs": "<= 2.2"}.get(label, f"<= {1.1 * (steps + 1):.1f}")
+
+
+def throughput(args: argparse.Namespace) -> None:
+    device = select_device(args.device)
     print(
         f"# training throughput, {datetime.date.today()}, {describe(device)}, "
         f"{args.arch} at {args.image_size} px, batch {args.batch_size}, {args.count} synthetic scans"
@@ -58,14 +89,12 @@ def throughput(args: argparse.Namespace) -> None:
     print("| strategy | images/s | epoch cost vs standard | target |")
     print("|---|---|---|---|")
     rates: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as runs:
-        for label, strategy in strategies:
-            run_dir = train(TrainConfig(**base, strategy=strategy, steps=args.steps), runs)
-            # the fastest epoch after the first (which pays for autotuning): least disturbed by other load
-            rates[label] = max(line["images_per_s"] for line in read_metrics(run_dir)[1:])
-            ratio = rates["standard"] / rates[label]
-            target = {"standard": "-", "fgsm-rs": "<= 2.2"}.get(label, f"<= {1.1 * (args.steps + 1):.1f}")
-            print(f"| {label} | {rates[label]:.1f} | {ratio:.2f}x | {target} |", flush=True)
+    rows = strategy_rates(device, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+                          count=args.count, steps=args.steps, compile=args.compile)
+    for label, rate in rows:
+        rates[label] = rate
+        ratio = rates["standard"] / rate
+        print(f"| {label} | {rate:.1f} | {ratio:.2f}x | {epoch_target(label, args.steps)} |", flush=True)
 
 
 #: Adversarial fine-tuning of the quick preset's standard model: PGD-3 for 5 epochs at a lower rate.
@@ -88,7 +117,7 @@ def preset_check(args: argparse.Namespace) -> None:
         def row(label: str, settings: dict) -> Path:
             config = TrainConfig.from_preset("quick", eps=eps, device=str(device), **settings)
             started = time.perf_counter()
-            run_dir = train(config, runs)
+            run_dir = train(config, runs, track=False)
             wall = time.perf_counter() - started
             best = read_record(run_dir).best
             clean, attacked = held_out_accuracy(run_dir, device, eps)

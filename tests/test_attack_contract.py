@@ -23,8 +23,8 @@ NAMES = available()
 #: Cost parameters, turned down to these values (or the lowest the schema allows) for every attack.
 CHEAP = {"steps": 2, "n_queries": 20, "restarts": 1, "binary_search_steps": 1, "popsize": 8,
          "n_target_classes": 2}
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="no CUDA"))]
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
 
 
 def fast_params(name: str) -> dict[str, Any]:
@@ -39,6 +39,14 @@ def fast_params(name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deterministic_cudnn() -> Iterator[None]:
+    """On CUDA, "deterministic under a seed" needs cuDNN's deterministic kernels: some of its default
+    backward kernels add up with atomics, in a different order from run to run."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
         yield
 
 
