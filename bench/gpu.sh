@@ -9,12 +9,12 @@
 # It installs nothing from the network. On a CUDA machine that has PyTorch (and numpy, scipy,
 # opencv, scikit-image, tifffile, safetensors, psutil, tqdm, pytest, pytest-timeout,
 # pytest-xdist) but not the rest of requirements.txt, the missing pure-Python packages travel as
-# wheels in the folder .whl/ (git-ignored) and are installed from there into a private folder,
-# offline (.whl/ must travel with the working tree). Fetch them once, on a machine with PyPI, from
-# the repository root (Python 3.12 is the
-# device image's; name each package the image lacks, at the versions you test with):
+# wheels in the folder .whl/ (git-ignored; it must travel with the working tree) and are installed
+# from there into a private folder, offline. Fetch them once, from the repository root, on a
+# machine with PyPI (Python 3.12 is the device image's; name each package the image lacks, at the
+# version you test with):
 #
-#   #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl pydicom==3.0.2
 #
