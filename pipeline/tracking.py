@@ -245,7 +245,7 @@ def start(
     if not setting(runs_dir, flag).enabled:
         return TrackedRun()
     uri = tracking_uri(runs_dir)
-    tracked = TrackedRun(entry={"uri": uri})
+    run = TrackedRun(entry={"uri": uri})
     try:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
@@ -265,11 +265,11 @@ def start(
                 run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
                 _log_params(client, run_id, params)
     except Exception as error:  # noqa: BLE001 - unreachable server, locked database, missing package
-        tracked._fail(f"could not open an MLflow run at {uri}", error)
-        return tracked
-    tracked.client = client
-    tracked.entry.update(experiment_id=experiment_id, run_id=run_id)
-    return tracked
+        run._fail(f"could not open an MLflow run at {uri}", error)
+        return run
+    run.client = client
+    run.entry.update(experiment_id=experiment_id, run_id=run_id)
+    return run
 
 
 @contextlib.contextmanager
