@@ -337,7 +337,8 @@ def log_evaluation(
 
 def metric_key(text: str) -> str:
     """``text`` with the characters MLflow refuses in names replaced (ε, ∞, =, +, ...)."""
-    return _UNSAFE.sub("_", text.replace("ε", "eps").replace("∞", "inf").replace("=", " ")).strip()[:250] or "_"
+    readable = text.replace("ε", "eps").replace("∞", "inf").replace("=", " ")
+    return _UNSAFE.sub("_", readable).strip()[:250] or "_"
 
 
 # --------------------------------------------------------------------------------- helpers

@@ -33,7 +33,8 @@ def test_dry_pass_runs_every_step_and_writes_the_table(tmp_path: Path) -> None:
     assert "DRY PASS (no CUDA)" in table and "not a medical result" in table
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert set(ROWS) <= set(rows), table
-    assert "skipped" in rows["contract tests marked cuda"] and "failed" not in rows["contract tests marked cuda"]
+    tests_row = rows["contract tests marked cuda"]
+    assert "skipped" in tests_row and "failed" not in tests_row
     assert not any("FAILED" in row or "NOT met" in row for row in rows.values())
     assert all(row in done.stdout for row in rows.values())  # the same table was printed
     assert (tmp_path / "gpu-tests.log").is_file()
