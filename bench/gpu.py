@@ -130,8 +130,10 @@ def training(report: Report, sizes: Sizes, device: torch.device, out: Path, budg
         if label == "standard":
             target = f">= {TARGET:.0f} (goal {GOAL:.0f})" if full else "dry pass"
             verdict = ("met" if rate >= TARGET else "NOT met") if full else ""
+            path = ("bf16 autocast, channels_last, data on the GPU" if device.type == "cuda"
+                    else "fp32 on the CPU: autocast and channels_last are CUDA-only")
             report.add("standard training (images/s)", f"{rate:.0f}", target,
-                       f"{setting}; bf16 autocast, channels_last, data on the device; {verdict}".rstrip("; "))
+                       f"{setting}; {path}; {verdict}".rstrip("; "))
         else:
             ratio, limit = rates["standard"] / rate, epoch_limit(label, sizes.pgd_steps)
             verdict = ("met" if ratio <= limit else "NOT met") if full else "dry pass"
