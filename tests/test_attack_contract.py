@@ -200,3 +200,94 @@ def test_every_requested_attack_is_registered() -> None:
     wanted = {"fgsm", "bim", "pgd", "pgdl2", "mifgsm", "apgd", "apgd-dlr", "apgd-t", "cw", "cw-linf",
               "deepfool", "ead", "autoattack"}
     assert wanted <= set(NAMES)
+
+
+# ------------------------------------------------------------------ input checks, once, in the base
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_scans_are_run_in_the_models_dtype_and_returned_as_float64(name: str, model: nn.Module) -> None:
+    model.eval()
+    x, y = scans(2)
+    x64 = x.double()
+    x_adv, info = get_attack(name, **fast_params(name))(model, x64, y, return_info=True)
+    assert x_adv.dtype == torch.float64 and x_adv.shape == x64.shape
+    assert 0 <= x_adv.min() and x_adv.max() <= 1
+    # the same attack as on the float32 scans, up to the rounding of the last projection in float64
+    torch.testing.assert_close(x_adv.float(), get_attack(name, **fast_params(name))(model, x, y),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_out_of_range_labels_and_targets_are_refused_before_any_work(name: str, model: nn.Module) -> None:
+    """Label 5 for a 3-class model: a clear error naming the range, never an IndexError or the scan
+    returned unchanged (which DeepFool used to do, reading as "robust")."""
+    x, y = scans(2)
+    attack = get_attack(name, **fast_params(name))
+    for labels in (torch.tensor([0, 5]), torch.tensor([-1, 0])):
+        with pytest.raises(AttackParameterError, match=r"out of range.*3 classes, numbered 0\.\.2"):
+            attack(model, x, labels)
+    if attack.supports_target:
+        with pytest.raises(AttackParameterError, match=r"target 3 is out of range"):
+            attack(model, x, y[:2], target=torch.tensor([3, 1]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_scans_and_labels_get_a_message_saying_what_to_do(name: str, model: nn.Module) -> None:
+    x, y = scans(2)
+    y = y[:2]
+    attack = get_attack(name, **fast_params(name))
+    broken = x.clone()
+    broken[1, 0, 3, 3] = float("nan")
+    cases = [
+        ((x * 255).to(torch.uint8), y, "divide 8-bit pixels by 255"),
+        (broken, y, "1 of 2 scans contain NaN"),
+        (x * 2, y, r"must lie in \[0, 1\]"),
+        (x[0], y, r"\[N, 1, H, W\]"),
+        (x[:0], y[:0], "empty"),
+        (x, torch.tensor([0.5, 1.0]), "whole class numbers"),
+        (x, torch.eye(3)[y], "not one-hot"),
+        (x, y[:1], "2 scans but 1 labels"),
+    ]
+    for scans_, labels, message in cases:
+        with pytest.raises(AttackParameterError, match=message):
+            attack(model, scans_, labels)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scans_on_another_device_than_the_model_are_refused(name: str) -> None:
+    on_meta = build_model("resnet18").to("meta")
+    x, y = scans(2)
+    with pytest.raises(AttackParameterError, match="the scans are on cpu but the model is on meta"):
+        get_attack(name, **fast_params(name))(on_meta, x, y[:2])
+
+
+class Outputs(nn.Module):
+    """A stand-in model whose output is whatever ``make`` builds from the batch size."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.make = make
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.make(x.shape[0]) + self.weight * x.flatten(1)[:, :1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_whose_output_no_attack_can_use_is_refused(name: str) -> None:
+    x, y = scans(2)
+    cases = [
+        (lambda n: torch.zeros(n, 3, 2), r"logits shaped \[N, classes\]"),
+        (lambda n: torch.zeros(n, 1), "at least 2"),
+        (lambda n: torch.full((n, 3), float("nan")), "NaN or infinite scores"),
+    ]
+    for make, message in cases:
+        with pytest.raises(AttackParameterError, match=message):
+            get_attack(name, **fast_params(name))(Outputs(make), x, y[:2])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "deepfool", "square"])
+def test_a_model_that_cannot_read_the_scans_is_named_as_such(name: str) -> None:
+    three_channels = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x, y = scans(2)
+    with pytest.raises(AttackParameterError, match=r"cannot read scans shaped \(1, 32, 32\)"):
+        get_attack(name, **fast_params(name))(three_channels, x, y[:2])

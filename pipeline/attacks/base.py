@@ -2,8 +2,10 @@
 
 ``attack(model, x, y)`` returns a new tensor in ``[0, 1]`` (and inside the attack's norm ball,
 where it has one); ``x``, the model's mode and its parameters' ``requires_grad`` are untouched.
-Subclasses implement ``_run`` and nothing else; this class validates input, borrows the model
-through :func:`pipeline.guard.exclusive_eval`, projects the result a last time, and measures it.
+Subclasses implement ``_run`` and nothing else; this class checks every input once
+(:meth:`Attack.check_inputs`: dtype, device, range, NaN, labels and targets against the model's
+own output), borrows the model through :func:`pipeline.guard.exclusive_eval`, projects the result
+a last time, and measures it. No subclass re-checks what the base has checked.
 """
 
 from __future__ import annotations
@@ -137,16 +139,16 @@ class Attack:
         progress: Optional[ProgressCallback] = None,
         return_info: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, AttackInfo]:
-        x, y, target = self._check_inputs(x, y, target)
-        self._trace = []
-        self._tracing = return_info
-        self._queries = None
         with exclusive_eval(model):
-            x_adv = self._run(model, x.detach().clone(), y, target, progress)
-            x_adv = self._finalise(x, x_adv.detach())
+            x_run, y, target = self.check_inputs(model, x, y, target)
+            self._trace = []
+            self._tracing = return_info
+            self._queries = None
+            x_adv = self._run(model, x_run.detach().clone(), y, target, progress)
+            x_adv = self._finalise(x.detach(), x_adv.detach())
             if not return_info:
                 return x_adv
-            return x_adv, self._measure(model, x, x_adv, y, target)
+            return x_adv, self._measure(model, x_run, x_adv.to(x_run.dtype), y, target)
 
     def _run(
         self,
@@ -200,24 +202,60 @@ class Attack:
         x_adv = torch.nan_to_num(x_adv.to(dtype=x.dtype), nan=0.0).clamp(0.0, 1.0)
         return self.project(x, x_adv)
 
-    def _check_inputs(
-        self, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor]
+    def check_inputs(
+        self, model: nn.Module, x: torch.Tensor, y: Any, target: Optional[Any] = None
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise AttackParameterError("scans must be a float tensor shaped [N, 1, H, W]")
+        """Check a call's inputs once, before any work; return them ready for :meth:`_run`.
+
+        ``x`` must be a floating tensor ``[N, C, H, W]`` in ``[0, 1]`` without NaN or infinity, on the
+        model's device; it is cast to the model's floating dtype (a float64 scan runs in float32 and
+        comes back as float64). ``y`` and ``target`` are class numbers, one per scan, in the range of
+        the model's output; they are moved to the model's device as int64. One forward pass on the
+        first scan checks that the model returns finite logits shaped ``[N, classes]`` with at least
+        two classes. Raises :class:`AttackParameterError` saying what is wrong and what to do.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise AttackParameterError(
+                f"scans must be a tensor shaped [N, 1, H, W] (one scan is [1, 1, H, W]), got {shape}"
+            )
+        if not x.is_floating_point():
+            raise AttackParameterError(
+                f"scans must be floating point in [0, 1], got {x.dtype}; divide 8-bit pixels by 255 first"
+            )
         if x.shape[0] == 0:
-            raise AttackParameterError("the batch is empty")
-        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise AttackParameterError("scans must be finite and lie in [0, 1]")
-        y = torch.as_tensor(y, device=x.device).long().reshape(-1)
-        if y.shape[0] != x.shape[0]:
-            raise AttackParameterError(f"got {x.shape[0]} scans but {y.shape[0]} labels")
+            raise AttackParameterError("the batch is empty: give at least one scan")
+        device, dtype = _model_device_dtype(model)
+        if device is not None and x.device != device:
+            raise AttackParameterError(
+                f"the scans are on {x.device} but the model is on {device}; move the scans with x.to({str(device)!r})"
+            )
+        finite = torch.isfinite(x.flatten(1)).all(dim=1)
+        if not bool(finite.all()):
+            raise AttackParameterError(
+                f"{int((~finite).sum())} of {x.shape[0]} scans contain NaN or infinite pixels; "
+                "fix or drop them before attacking"
+            )
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise AttackParameterError(
+                f"scans must lie in [0, 1], got values from {low:.4g} to {high:.4g}; "
+                "rescale them (8-bit pixels: divide by 255)"
+            )
+        x = x.to(dtype=dtype or x.dtype)
+        y = _class_numbers(y, x, "labels")
         if target is not None:
             if not self.supports_target:
                 raise AttackParameterError(f"{self.name} is untargeted; leave target unset")
-            target = torch.as_tensor(target, device=x.device).long().reshape(-1)
-            if target.shape[0] != x.shape[0]:
-                raise AttackParameterError(f"got {x.shape[0]} scans but {target.shape[0]} targets")
+            target = _class_numbers(target, x, "targets")
+        classes = _output_classes(model, x[:1])
+        for name, values in (("label", y), ("target", target)):
+            if values is not None and (int(values.min()) < 0 or int(values.max()) >= classes):
+                bad = sorted({int(v) for v in values.tolist() if not 0 <= v < classes})
+                raise AttackParameterError(
+                    f"{name} {', '.join(map(str, bad))} is out of range: the model predicts {classes} classes, "
+                    f"numbered 0..{classes - 1}"
+                )
         return x, y, target
 
     @torch.no_grad()
@@ -245,6 +283,57 @@ class Attack:
             trace=torch.stack(self._trace).cpu(),
             queries=self._queries,
         )
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[Optional[torch.device], Optional[torch.dtype]]:
+    """The device and floating dtype of the model's first floating tensor (None for a stateless model)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return None, None
+
+
+def _class_numbers(values: Any, x: torch.Tensor, what: str) -> torch.Tensor:
+    """``values`` as int64 class numbers ``[N]`` on ``x``'s device, one per scan; refuse anything else."""
+    try:
+        values = torch.as_tensor(values, device=x.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise AttackParameterError(f"{what} must be class numbers, one per scan, got {type(values).__name__}") from None
+    if values.dtype == torch.bool or values.is_complex() or (
+        values.is_floating_point() and not bool((values == values.round()).all())
+    ):
+        raise AttackParameterError(f"{what} must be whole class numbers, got {values.dtype} values")
+    values = values.reshape(-1)
+    if values.shape[0] != x.shape[0]:
+        raise AttackParameterError(
+            f"got {x.shape[0]} scans but {values.shape[0]} {what}; give one class number per scan (not one-hot)"
+        )
+    return values.long()
+
+
+@torch.no_grad()
+def _output_classes(model: nn.Module, probe: torch.Tensor) -> int:
+    """Run ``model`` on one scan and return its number of classes, refusing outputs an attack cannot use."""
+    with exclusive_eval(model):
+        try:
+            logits = model(probe)
+        except RuntimeError as error:
+            raise AttackParameterError(
+                f"the model cannot read scans shaped {tuple(probe.shape[1:])} ({probe.dtype}): {error}"
+            ) from error
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != probe.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise AttackParameterError(
+            f"the model returned {shape} for one scan; attacks need logits shaped [N, classes]"
+        )
+    if logits.shape[1] < 2:
+        raise AttackParameterError(f"the model returns {logits.shape[1]} class score; attacks need at least 2")
+    if not bool(torch.isfinite(logits).all()):
+        raise AttackParameterError(
+            "the model returned NaN or infinite scores for a valid scan; its weights are broken: retrain or "
+            "reload the checkpoint"
+        )
+    return int(logits.shape[1])
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, norm: Optional[Norm], eps: Optional[float]) -> torch.Tensor:

@@ -52,7 +52,7 @@ def minimal_epsilon(
     if not (math.isfinite(precision) and precision > 0):
         raise AttackParameterError(f"precision must be a positive number, got {precision}")
     # Fail now on a bad parameter or input, not after the first round.
-    x, y, _ = get_attack(attack, eps=high, **attack_params)._check_inputs(x, y, None)
+    x, y, _ = get_attack(attack, eps=high, **attack_params).check_inputs(model, x, y)
     rounds = max(math.ceil(math.log2((high - low) / precision)), 0)
     result = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
 

@@ -83,6 +83,6 @@ def universal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
     Add it to any scan (and clamp to ``[0, 1]``) to apply it, also to scans it was not computed on.
     """
     attack = UniversalPerturbation(**params)
-    x, y, _ = attack._check_inputs(x, y, None)
+    checked, y, _ = attack.check_inputs(model, x, y)
     with exclusive_eval(model):
-        return attack.delta(model, x.detach(), y, progress)
+        return attack.delta(model, checked.detach(), y, progress).to(x.dtype)
