@@ -6,6 +6,7 @@ person can picture, with what that means in Hounsfield units under the lung wind
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import streamlit as st
@@ -80,6 +81,8 @@ def _starting_value(param: Param) -> Any:
     if param.grey_levels:
         return GREY_LEVEL
     if param.low is not None and param.high is not None:
+        if param.kind is float and param.low > 0 and param.high / param.low >= 1e3:
+            return math.sqrt(param.low * param.high)  # a range over decades (CW's c): its geometric middle
         middle = (param.low + param.high) / 2
         return int(round(middle)) if param.kind is int else middle
     return param.kind()

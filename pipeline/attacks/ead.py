@@ -51,9 +51,9 @@ class EAD(ConstantSearch):
         return elastic, elastic if self.decision_rule == "en" else l1
 
     def _optimise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
-                  c: torch.Tensor, tick: Tick) -> torch.Tensor:
+                  c: torch.Tensor, steps: int, tick: Tick) -> torch.Tensor:
         found = torch.zeros_like(c, dtype=torch.bool)
-        abort = EarlyAbort(self.steps)
+        abort = EarlyAbort(steps)  # one row: the batch's summed loss, as in Carlini's code
         current, slack = x.clone(), x.clone()
 
         def offer(point: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -64,11 +64,11 @@ class EAD(ConstantSearch):
             self.record(logits, y)
             return elastic + self.penalty(logits, y, target, c)
 
-        for step in range(self.steps):
+        for step in range(steps):
             grad, logits = gradient(model, slack, self.penalty, y, target, c)
             if not self.fista:
                 loss = offer(slack, logits)  # without momentum the slack point is the iterate
-            rate = self.lr * (1 - step / self.steps) ** 0.5
+            rate = self.lr * (1 - step / steps) ** 0.5
             new = shrink(slack - rate * (grad + 2 * (slack - x)), x, self.beta)
             slack = new + step / (step + 3) * (new - current) if self.fista else new
             current = new
@@ -76,7 +76,7 @@ class EAD(ConstantSearch):
                 with torch.no_grad():
                     loss = offer(current, model(current))
             tick(step + 1)
-            if abort(step, loss):
+            if abort.due(step) and bool(abort.stalled(loss.sum()[None]).all()):
                 break
         if not self.fista:
             with torch.no_grad():
