@@ -48,9 +48,13 @@ class ScanClassifier(nn.Module):
         return self.backbone.fc.out_features
 
     @property
-    def cam_target_layer(self) -> nn.Module:
-        """The last residual block: the usual Grad-CAM layer for ResNets."""
-        return self.backbone.layer4[-1]
+    def cam_layers(self) -> dict[str, nn.Module]:
+        """The four residual stages, shallow to deep, by torchvision's names: where Grad-CAM can look.
+
+        The last is the usual Grad-CAM layer at 224 px; at small inputs its grid is too coarse
+        (2x2 at 64 px) and :func:`pipeline.explain.default_layer` picks an earlier one.
+        """
+        return {f"layer{k}": getattr(self.backbone, f"layer{k}") for k in range(1, 5)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:

@@ -2,8 +2,10 @@
 
 ``analyse_scan`` composes existing pieces and adds no math of its own: the attack (with its
 step-by-step trace), the model's probabilities before and after, Grad-CAM of both scans with
-the explanation shift, perturbation sizes, PSNR/SSIM and, optionally, the minimal PGD budget
-that flips the scan. Keeping the composition here keeps the page thin and lets the CLI, tests
+the explanation shift (only when both maps can be read), perturbation sizes, PSNR/SSIM,
+optionally the minimal PGD budget that flips the scan, and, given the run's validation profile,
+whether the scan is out of the model's training distribution and whether the model is a trained
+classifier at all. Keeping the composition here keeps the page thin and lets the CLI, tests
 and the concurrency checks run exactly what the dashboard runs.
 """
 
@@ -21,7 +23,10 @@ from torch import nn
 
 from pipeline.attacks import get_attack, minimal_epsilon
 from pipeline.errors import UserInputError
+from pipeline.evaluation.degenerate import AnswerCheck
 from pipeline.evaluation.metrics import psnr, ssim
+from pipeline.evaluation.ood import OODResult
+from pipeline.evaluation.profile import ValidationProfile
 from pipeline.explain import explain, explanation_shift
 from pipeline.guard import exclusive_eval
 from pipeline.progress import STAGE_STEPS, ProgressCallback, report, staged
@@ -55,10 +60,17 @@ class ScanReport:
     ssim: float
     cam_clean: np.ndarray
     cam_attacked: np.ndarray
-    shift: dict[str, float]
+    cam_method: str
+    cam_layer: str  #: the layer explained, one of :func:`pipeline.explain.cam_layers`
+    cam_grid: tuple[int, int]  #: its grid (rows, columns) at this input size
+    cam_problem: Optional[str]  #: why the maps must not be read or compared, with what to do
+    shift: Optional[dict[str, float]]  #: None when ``cam_problem`` is set: never measured then
     minimal_eps: Optional[float] = None  #: inf when even the search's largest budget fails
     queries: Optional[int] = None
     seconds: float = 0.0
+    ood: Optional[OODResult] = None  #: the clean scan against the model's training distribution
+    trained: Optional[AnswerCheck] = None  #: the model's answers on its validation split
+    unchecked: Optional[str] = None  #: why ``ood`` and ``trained`` are missing
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,7 +109,16 @@ class ScanReport:
             "l0": self.l0,
             "psnr_db": number(self.psnr),
             "ssim": self.ssim,
+            "explanation": {
+                "method": self.cam_method,
+                "layer": self.cam_layer,
+                "grid": list(self.cam_grid),
+                "readable": self.cam_problem is None,
+                "problem": self.cam_problem,
+            },
             "explanation_shift": self.shift,
+            "out_of_distribution": self.ood.to_dict() if self.ood else {"checked": False, "why": self.unchecked},
+            "model_check": self.trained.to_dict() if self.trained else {"checked": False, "why": self.unchecked},
             "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
             #: False when even the largest budget searched left the answer unchanged (JSON has no infinity)
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
@@ -117,12 +138,18 @@ def analyse_scan(
     target: Optional[int] = None,
     classes: tuple[str, ...],
     find_minimal_eps: bool = False,
+    cam_layer: Optional[str] = None,
+    profile: Optional[ValidationProfile] = None,
+    unchecked: Optional[str] = None,
     progress: Optional[ProgressCallback] = None,
 ) -> ScanReport:
     """Attack ``image`` (``[1, H, W]`` or ``[H, W]`` in ``[0, 1]``) on ``model`` and measure everything.
 
     ``label`` is the scan's true class when known; without it the attack moves the scan away
     from the model's own clean prediction. ``target`` asks a targeted attack for that class.
+    ``cam_layer`` is the layer Grad-CAM explains (default: the deepest fine enough to localise).
+    ``profile`` is the run's :func:`pipeline.evaluation.profile.validation_profile`; without it
+    the report says ``unchecked`` (why) instead of the out-of-distribution and model checks.
     """
     started = time.monotonic()
     params = dict(params or {})
@@ -150,7 +177,8 @@ def analyse_scan(
         return_info=True,
     )
     report(progress, STAGE_STEPS, STAGE_STEPS * stages, "explaining both scans")
-    maps = explain(model, torch.cat([x, x_adv]))
+    explained = explain(model, torch.cat([x, x_adv]), layer=cam_layer)
+    problem = explained.problem(0) or explained.problem(1)
     minimal = None
     if find_minimal_eps:
         minimal = float(
@@ -182,12 +210,19 @@ def analyse_scan(
         l0=float(info.l0[0]),
         psnr=float(psnr(x, x_adv)[0]),
         ssim=float(ssim(x, x_adv)[0]),
-        cam_clean=maps[0],
-        cam_attacked=maps[1],
-        shift=explanation_shift(maps[0], maps[1]),
+        cam_clean=explained.maps[0],
+        cam_attacked=explained.maps[1],
+        cam_method=explained.method,
+        cam_layer=explained.layer,
+        cam_grid=explained.grid,
+        cam_problem=problem,
+        shift=None if problem else explanation_shift(explained.maps[0], explained.maps[1]),
         minimal_eps=minimal,
         queries=None if info.queries is None else int(info.queries[0]),
         seconds=time.monotonic() - started,
+        ood=profile.detector.judge(model, x) if profile else None,
+        trained=profile.trained if profile else None,
+        unchecked=None if profile else unchecked or "the model's validation profile was not computed",
     )
 
 

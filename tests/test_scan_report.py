@@ -162,3 +162,60 @@ def test_eight_threads_on_one_shared_model_match_serial_runs(model: nn.Module) -
             assert np.allclose(report.probs_attacked, serial[index].probs_attacked, atol=1e-6)
             assert np.allclose(report.cam_attacked, serial[index].cam_attacked, atol=1e-6)
     assert state(model) == before  # no hook left, modes, flags and weights as they were
+
+
+def test_a_blank_explanation_is_named_and_never_measured(model: nn.Module) -> None:
+    """At 32 px ResNet's last stage is 1x1: both maps are blank, which must not read as "stable"."""
+    report = analyse_scan(model, scans(1)[0], "fgsm", {"eps": 4 * GREY_LEVEL}, label=0, classes=CLASSES,
+                          cam_layer="layer4")
+    assert report.cam_grid == (1, 1) and report.shift is None
+    assert "too coarse" in report.cam_problem and "earlier layer" in report.cam_problem
+    record = json.loads(json.dumps(report.to_dict()))
+    assert record["explanation_shift"] is None
+    assert record["explanation"] == {"method": "gradcam", "layer": "layer4", "grid": [1, 1], "readable": False,
+                                     "problem": report.cam_problem}
+    default = analyse_scan(model, scans(1)[0], "fgsm", {"eps": 4 * GREY_LEVEL}, label=0, classes=CLASSES)
+    assert default.cam_layer == "layer1" and default.cam_grid == (8, 8)  # the deepest stage with >= 7x7
+
+
+def ct_small(size: int) -> torch.Tensor:
+    """pydicom's CT_small.dcm (a 128x128 crop of the mediastinum) as the model sees it: [1, S, S]."""
+    from pydicom.data import get_testdata_file
+
+    from pipeline.data import open_scan, preprocess_image
+
+    scan = open_scan(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    return torch.from_numpy(preprocess_image(scan.image, size)).float().div(255.0)[None]
+
+
+def test_a_scan_unlike_the_training_data_is_flagged_beside_the_answer_and_in_the_json() -> None:
+    """A model that learnt nodule images reads a mediastinal CT crop with some confidence; the
+    Mahalanobis check, fitted on its training scans and thresholded on validation scans, says the
+    scan is out of distribution, while held-out scans of its own kind pass."""
+    from pipeline.evaluation.degenerate import check_answers
+    from pipeline.evaluation.ood import fit_detector
+    from pipeline.evaluation.profile import ValidationProfile
+    from tests.models_fixture import nodule_images, trained_model
+
+    tiny = trained_model()
+    x_train, y_train = nodule_images(300, seed=0)
+    x_val, y_val = nodule_images(60, seed=1)
+    with torch.no_grad():
+        answers = tiny.model(x_val).argmax(1)
+    profile = ValidationProfile(check_answers(answers, y_val), fit_detector(tiny.model, x_train, y_train, x_val))
+    assert not profile.trained.flagged
+    outside = analyse_scan(tiny.model, ct_small(SIZE), "fgsm", {"eps": GREY_LEVEL}, classes=CLASSES,
+                           profile=profile)
+    assert outside.ood is not None and outside.ood.flagged and "unlike the scans" in outside.ood.text
+    record = json.loads(json.dumps(outside.to_dict()))
+    assert record["out_of_distribution"]["out_of_distribution"] is True
+    assert record["out_of_distribution"]["validation_scans"] == 60
+    assert record["model_check"]["flagged"] is False
+    held_out = nodule_images(12, seed=9)[0]
+    flagged = [analyse_scan(tiny.model, scan, "fgsm", {"eps": GREY_LEVEL}, classes=CLASSES,
+                            profile=profile).ood.flagged for scan in held_out]
+    assert sum(flagged) <= 2  # about 5% of in-distribution scans are flagged by design
+    unchecked = analyse_scan(tiny.model, ct_small(SIZE), "fgsm", {"eps": GREY_LEVEL}, classes=CLASSES,
+                             unchecked="no validation scans were stored with this model")
+    assert json.loads(json.dumps(unchecked.to_dict()))["out_of_distribution"] == {
+        "checked": False, "why": "no validation scans were stored with this model"}

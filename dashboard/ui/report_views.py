@@ -65,6 +65,7 @@ def reference_tables(report: dict[str, Any]) -> None:
                     for column in table["columns"]
                 },
                 "worst case, all attacks": percent(row.get("worst_case_all_attacks")),
+                "trained classifier?": trained_cell(row.get("trained_classifier")),
             }
             for row in table["rows"]
         ]
@@ -77,6 +78,7 @@ def reference_tables(report: dict[str, Any]) -> None:
                     for column, value in values.items()
                 },
                 "worst case, all attacks": "—",
+                "trained classifier?": "—",
             }
             for name, values in study["rows"].items()
         ]
@@ -85,6 +87,21 @@ def reference_tables(report: dict[str, Any]) -> None:
             f"Share of scans each model still reads correctly under each attack. The study's rows "
             f"({study['source']}) are printed for comparison only: {study['caveat']}"
         )
+
+
+def trained_cell(check: Optional[dict[str, Any]]) -> str:
+    """The table cell for :mod:`pipeline.evaluation.degenerate`'s judgment ("—" in older reports)."""
+    if not check:
+        return "—"
+    return f"⚠ {check['reason']}" if check["flagged"] else "yes"
+
+
+def untrained_warnings(report: dict[str, Any]) -> None:
+    """Above every figure: each model whose answers show it is not a trained classifier."""
+    for model in report["models"]:
+        check = model["report"].get("trained_classifier")
+        if check and check["flagged"]:
+            st.error(f"**{model['name']}**: {check['reason']}.", icon=":material/block:")
 
 
 def confusion_matrices(report: dict[str, Any]) -> None:
@@ -200,7 +217,7 @@ def strength(report: dict[str, Any]) -> None:
     for model in report["models"]:
         for check in model.get("strength") or []:
             found = True
-            flagged = check["masking"] or check["weak_attack"]
+            flagged = check["masking"] or check["weak_attack"] or check.get("degenerate", False)
             (st.warning if flagged else st.success)(
                 f"**{model['name']}** at ε = {format_epsilon(check['eps'])}: {check['verdict']}",
                 icon=":material/warning:" if flagged else ":material/verified:",
@@ -273,6 +290,7 @@ def downloads(outputs: dict[str, str]) -> None:
 
 def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     header(report)
+    untrained_warnings(report)
     tabs = st.tabs(
         ["Reference table", "Confusion matrices", "Robustness curves", "Strength checks", "Certified"]
     )

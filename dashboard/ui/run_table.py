@@ -7,6 +7,8 @@ from typing import Any
 import streamlit as st
 
 from dashboard.ui.status import model_summary
+from pipeline.constants import CLASSES
+from pipeline.evaluation.degenerate import check_epoch
 from pipeline.jobs import JobState, job_state
 from pipeline.runs import RunRecord
 from pipeline.tracking import run_link
@@ -16,6 +18,7 @@ ACCURACY = st.column_config.ProgressColumn(format="percent", min_value=0, max_va
 
 def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
     best = record.best or {}
+    trained = check_epoch(best, record.config.get("classes") or CLASSES)
     return {
         "run": record.name,
         "model": model_summary(record),
@@ -25,7 +28,7 @@ def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
         "clean val. acc.": best.get("val_acc"),
         "val. acc. under PGD": best.get("val_robust_acc"),
         # the run itself is readable even when its job record is not: that goes to its own column
-        "problem": record.error or "",
+        "problem": record.error or (trained.reason if trained is not None and trained.flagged else ""),
         "job": state.error or "",
         "MLflow": run_link(record.status.get("tracking") or {}),
     }

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from pipeline.evaluation.degenerate import AnswerCheck
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, combine, same_eps
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.units import format_epsilon
@@ -53,9 +54,12 @@ class ReferenceRow:
     values: dict[str, float]
     scans: int
     strength: Optional[StrengthReport] = None
+    trained: Optional[AnswerCheck] = None  #: whether the clean answers show a trained classifier
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"model": self.model, "scans": self.scans, **self.values}
+        if self.trained is not None:
+            row["trained_classifier"] = self.trained.to_dict()
         if self.strength is not None:
             row["strength"] = self.strength.to_dict()
             row["worst_case_all_attacks"] = self.strength.worst_case.accuracy
@@ -101,6 +105,8 @@ class ReferenceTable:
         lines += [header, "-" * len(header)]
         for row in self.rows:
             lines.append(f"{row.model:<{width}}  " + "  ".join(_percent(row.values[c]) for c in COLUMNS))
+            if row.trained is not None and row.trained.flagged:
+                lines.append(f"{'':<{width}}  !! {row.trained.reason}")
             if row.strength is not None:
                 lines.append(
                     f"{'':<{width}}  worst case over all {len(row.strength.accuracies)} attacks at this ε: "
@@ -147,7 +153,7 @@ def reference_table(
         check = strength.get(report.model) if strength else None
         if check is not None and not same_eps(check.eps, eps):
             raise ValueError(f"strength checks of {report.model} were run at a different epsilon")
-        rows.append(ReferenceRow(report.model, values, report.size, check))
+        rows.append(ReferenceRow(report.model, values, report.size, check, report.trained))
     first = reports[0]
     return ReferenceTable(eps, first.dataset, any(report.synthetic for report in reports), rows)
 

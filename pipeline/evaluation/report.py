@@ -104,6 +104,7 @@ CSV_FIELDS = (
     "seconds",
     *(f"recall_{name}" for name in CLASSES),
     "strength_verdict",
+    "trained_classifier",
 )
 
 
@@ -119,7 +120,13 @@ def report_csv(suite: EvaluationSuite) -> str:
 
 def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
     for model in suite.models:
-        base = {"source": OURS, "synthetic": suite.synthetic, "model": model.name}
+        trained = model.report.trained
+        base = {
+            "source": OURS,
+            "synthetic": suite.synthetic,
+            "model": model.name,
+            "trained_classifier": trained.reason if trained.flagged else "yes",
+        }
         clean = model.report.clean
         yield {
             **base,
@@ -263,11 +270,13 @@ def _reference_table(table: ReferenceTable) -> list[str]:
     for row in table.rows:
         check = row.strength
         verdict = (
-            f"<span class='{'flag' if check.masking or check.weak else 'ok'}'>{_e(check.verdict)}</span>"
+            f"<span class='{'flag' if check.flagged else 'ok'}'>{_e(check.verdict)}</span>"
             "<ul>" + "".join(_check_item(c) for c in check.checks) + "</ul>"
             if check
             else "not run"
         )
+        if row.trained is not None and row.trained.flagged and not (check and check.degenerate):
+            verdict = f"<span class='flag'>{_e(row.trained.reason)}</span><br>{verdict}"
         rows.append(
             f"<tr><td class='l'>{_e(row.model)}</td>"
             + "".join(f"<td>{_pct(row.values[c])}</td>" for c in COLUMNS)
@@ -327,6 +336,7 @@ def _model_section(model: ModelEvaluation) -> list[str]:
     parts = [
         f"<h2>Model: {_e(model.name)}</h2>" + (f"<p class='note'>{facts}</p>" if facts else ""),
         f"<p>Clean accuracy {_pct(report.clean.accuracy)} on {report.size} scans.</p>",
+        _trained_note(model),
         "<table><tr><th class='l'>attack</th><th>accuracy</th><th>success rate</th><th>fooled / "
         "attacked</th><th>L∞ mean / median (k/255)</th><th>L2 mean / median</th><th>PSNR "
         f"dB</th><th>SSIM</th><th>time s</th>{recall_head}</tr>{rows}</table>",
@@ -350,6 +360,14 @@ def _model_section(model: ModelEvaluation) -> list[str]:
         parts += [_example(result, example) for result, example in examples]
         parts.append("</div>")
     return parts
+
+
+def _trained_note(model: ModelEvaluation) -> str:
+    """The "not a trained classifier" flag above a model's figures, or one quiet line when it passes."""
+    trained = model.report.trained
+    if trained.flagged:
+        return f"<p class='flag'>{_e(trained.reason.capitalize())}.</p><p class='note'>{_e(trained.advice)}</p>"
+    return f"<p class='note'>A trained classifier: {_e(trained.reason)}.</p>"
 
 
 def _attack_row(result: AttackResult) -> str:

@@ -27,6 +27,7 @@ from pipeline.attacks.base import batch_norms
 from pipeline.constants import CLASSES
 from pipeline.errors import AttackParameterError
 from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices, stopwatch
+from pipeline.evaluation.degenerate import AnswerCheck, check_answers
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
@@ -219,6 +220,11 @@ class RobustnessReport:
         """The first result of the registry attack ``name`` run at ``eps``, if any."""
         return next((r for r in self.attacks if r.spec.name == name and same_eps(r.spec.eps, eps)), None)
 
+    @property
+    def trained(self) -> AnswerCheck:
+        """Whether the clean answers show a trained classifier (see :mod:`.degenerate`)."""
+        return check_answers(self.clean.predictions, self.clean.labels)
+
     def combined_at(self, eps: Optional[float]) -> CombinedResult:
         for result in self.combined:
             if same_eps(result.eps, eps):
@@ -236,6 +242,7 @@ class RobustnessReport:
             "classes": list(CLASSES),
             "device": self.device,
             "clean": {**self.clean.to_dict(), "seconds": self.clean_seconds},
+            "trained_classifier": self.trained.to_dict(),
             "attacks": [result.to_dict() for result in self.attacks],
             "combined": [result.to_dict() for result in self.combined],
         }

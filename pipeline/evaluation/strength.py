@@ -10,6 +10,8 @@ al. 2019 ("On evaluating adversarial robustness") and Croce & Hein 2020 (AutoAtt
 - FGSM versus PGD, the black-box Square attack versus white-box PGD, accuracy along a ladder of
   growing epsilons, and accuracy at the largest epsilon (which must be near zero): failures are
   the classic signs of gradient masking (a masking flag).
+- Before all of them: is the model a trained classifier at all (:mod:`.degenerate`)? One that
+  answers (nearly) one class for every scan has no robustness to measure (a degenerate flag).
 
 Every check carries a plain-language explanation, whether it passes or not.
 """
@@ -25,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.attacks import attack_schema
-from pipeline.constants import CLASSES
+from pipeline.evaluation.degenerate import NOT_TRAINED, check_answers
 from pipeline.evaluation.robustness import (
     AttackResult,
     AttackSpec,
@@ -94,6 +96,11 @@ class StrengthReport:
         return any(check.flagged and check.kind == "weak-attack" for check in self.checks)
 
     @property
+    def flagged(self) -> bool:
+        """Any check failed: the figure needs its warning beside it."""
+        return any(check.flagged for check in self.checks)
+
+    @property
     def degenerate(self) -> bool:
         return any(check.flagged and check.kind == "degenerate" for check in self.checks)
 
@@ -102,7 +109,7 @@ class StrengthReport:
         """One short line for tables: what a reader must know before quoting the number."""
         flagged = [f"{check.title} ({check.detail})" for check in self.checks if check.flagged]
         if self.degenerate:
-            return "NO ROBUSTNESS TO MEASURE: " + "; ".join(flagged)
+            return f"{NOT_TRAINED.upper()}: " + "; ".join(flagged)
         if self.masking:
             return "GRADIENT MASKING SUSPECTED: " + "; ".join(flagged)
         if self.weak:
@@ -188,7 +195,7 @@ def strength_checks(
     return StrengthReport(
         model=model_name,
         eps=eps,
-        checks=[_one_class_check(extra.clean), *_judge(by_role, ladder, extra.size)],
+        checks=[_trained_check(extra.clean), *_judge(by_role, ladder, extra.size)],
         accuracies={result.label: result.accuracy for result in at_eps},
         ladder=ladder,
         worst_case=combine(extra.clean, at_eps)[0],
@@ -196,24 +203,17 @@ def strength_checks(
     )
 
 
-def _one_class_check(clean: Outcome) -> StrengthCheck:
-    """A model that answers one class for every scan cannot be fooled, and is not robust either."""
-    answers = np.unique(clean.predictions)
-    flagged = answers.size == 1 and np.unique(clean.labels).size > 1
-    counts = ", ".join(
-        f"{CLASSES[c]} {int(n)}" for c, n in zip(*np.unique(clean.predictions, return_counts=True))
-    )
+def _trained_check(clean: Outcome) -> StrengthCheck:
+    """A model whose answers do not depend on the scan cannot be fooled, and is not robust either."""
+    answers = check_answers(clean.predictions, clean.labels)
     return StrengthCheck(
-        "one-class",
-        "variety of the model's answers",
+        "trained",
+        "a trained classifier",
         "degenerate",
-        bool(flagged),
-        f"clean predictions: {counts}",
-        "The model gives the same class for every scan, whatever it shows. No attack can change that "
-        "answer, so every accuracy under attack equals its clean accuracy and says nothing about "
-        "robustness; train longer or check the data."
-        if flagged
-        else "The model's answers depend on the scan, so the attacks have something to change.",
+        answers.flagged,
+        answers.reason,
+        answers.advice if answers.flagged else "The model's answers depend on the scan and beat always "
+        "answering the most common class, so the attacks have something to change.",
     )
 
 

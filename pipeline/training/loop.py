@@ -540,12 +540,14 @@ class Trainer:
             self.status(progress=round(done / self.total_steps, 4), eta_s=round(eta, 1))
 
     # -------------------------------------------------------------------------- measuring
-    def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, float]:
-        """Clean and PGD accuracy (and clean loss) on fixed scans, shared out over the ranks."""
+    def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, Any]:
+        """Clean and PGD accuracy (and clean loss and answer counts) on fixed scans, shared out over the ranks."""
         config, context = self.config, self.context
         mine = torch.arange(context.rank, len(x), context.world_size, device=self.device)
         alpha = max(config.eps / 4, 2.5 * config.eps / config.val_steps)
-        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, clean, robust
+        classes = len(self.classes)
+        # loss, clean, robust, then per class: the clean answers and the labels
+        totals = torch.zeros(3 + 2 * classes, device=self.device, dtype=torch.float64)
         count = 0
         self.model.eval()
         for start in range(0, len(mine), self.batch_size):
@@ -565,19 +567,30 @@ class Trainer:
                 x_adv = pgd(self.attack_model, xb, yb)
                 with torch.no_grad():
                     robust = self.attack_model(x_adv).argmax(1)
-            totals += torch.stack(
+            answers = logits.argmax(1)
+            totals += torch.cat(
                 [
-                    F.cross_entropy(logits, yb, reduction="sum").double(),
-                    (logits.argmax(1) == yb).sum().double(),
-                    (robust == yb).sum().double(),
+                    torch.stack(
+                        [
+                            F.cross_entropy(logits, yb, reduction="sum").double(),
+                            (answers == yb).sum().double(),
+                            (robust == yb).sum().double(),
+                        ]
+                    ),
+                    torch.bincount(answers, minlength=classes).double(),
+                    torch.bincount(yb, minlength=classes).double(),
                 ]
             )
             count += len(yb)
-        loss, clean, robust_correct, count = distributed.all_sum(_with_count(totals, count), context).tolist()
+        summed = distributed.all_sum(_with_count(totals, count), context).tolist()
+        loss, clean, robust_correct, count = summed[:3] + summed[-1:]
         count = max(count, 1.0)
-        values = {f"{side}_acc": clean / count, f"{side}_robust_acc": robust_correct / count}
+        values: dict[str, Any] = {f"{side}_acc": clean / count, f"{side}_robust_acc": robust_correct / count}
         if side == "val":
             values["val_loss"] = loss / count
+            # what pipeline.evaluation.degenerate judges "a trained classifier" from, for the runs table
+            values["val_answers"] = [int(n) for n in summed[3 : 3 + classes]]
+            values["val_labels"] = [int(n) for n in summed[3 + classes : 3 + 2 * classes]]
         return values
 
     # --------------------------------------------------------------------- epoch results

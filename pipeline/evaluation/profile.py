@@ -1,0 +1,117 @@
+"""What a run's model does on its own held-out scans, computed once per checkpoint and kept beside the run.
+
+Where a model is used one scan at a time (the Attack page, the scan report), two judgments need
+more than the one scan: whether the model is a trained classifier at all (:mod:`.degenerate`,
+from its answers on the validation split) and whether the scan is out of its training
+distribution (:mod:`.ood`, fitted on training scans, thresholded on validation scans). Both come
+from one pass over the run's stored split, saved as ``validation.safetensors`` in the run
+directory (tensors plus JSON metadata; nothing is unpickled) and keyed on the checkpoint file's
+size and modification time, so a retrained or replaced model is profiled anew. It is derived
+data: a damaged file is recomputed, and it does not travel in an export.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.constants import CLASSES
+from pipeline.data import ScanDataset, load_dataset
+from pipeline.errors import CheckpointError
+from pipeline.evaluation.data import run_data
+from pipeline.evaluation.degenerate import AnswerCheck, check_answers
+from pipeline.evaluation.ood import MahalanobisDetector, fit_detector
+from pipeline.guard import exclusive_eval
+from pipeline.progress import ProgressCallback, staged
+from pipeline.runs import MODEL, load_tensors, read_config, save_tensors
+
+PROFILE = "validation.safetensors"
+FORMAT = "lunglab-validation-profile"
+#: Training scans the detector is fitted on at most (evenly spread over the training split).
+MAX_FIT_SCANS = 2000
+
+
+@dataclass
+class ValidationProfile:
+    """The model's answers on the validation split and its out-of-distribution detector."""
+
+    trained: AnswerCheck
+    detector: MahalanobisDetector
+
+
+def checkpoint_key(run_dir: Path) -> str:
+    """The identity of the run's saved model: its size and modification time in nanoseconds."""
+    stat = (Path(run_dir) / MODEL).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def validation_profile(
+    run_dir: Path | str,
+    model: nn.Module,
+    *,
+    progress: Optional[ProgressCallback] = None,
+    load: Callable[..., ScanDataset] = load_dataset,
+) -> ValidationProfile:
+    """The profile of the model saved in ``run_dir`` (``model`` is that model, loaded), from the cache
+    when it belongs to the current checkpoint, else computed now and cached.
+
+    Raises CheckpointError for a run without a saved model or without a stored split (weights
+    imported from elsewhere): there are no held-out scans to compare with.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL).is_file():
+        raise CheckpointError(f"run {run_dir.name} has no saved model to profile")
+    key = checkpoint_key(run_dir)
+    cached = _read(run_dir / PROFILE, key)
+    if cached is not None:
+        return cached
+    config = read_config(run_dir)
+    classes = tuple(config.get("classes") or CLASSES)
+    dataset, split = run_data(config, run=run_dir.name, progress=staged(progress, 0, 2, "loading scans"),
+                              load=load)
+    x, y = dataset.tensors()
+    device = next(model.parameters()).device
+    train = split.train[np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)]
+    x_val, y_val = x[split.val].to(device), y[split.val]
+    detector = fit_detector(model, x[train].to(device), y[train], x_val,
+                            progress=staged(progress, 1, 2, "out-of-distribution detector"))
+    with exclusive_eval(model), torch.no_grad():
+        answers = torch.cat([model(chunk).argmax(1).cpu() for chunk in x_val.split(64)])
+    profile = ValidationProfile(check_answers(answers.numpy(), y_val.numpy(), classes), detector)
+    _write(run_dir / PROFILE, key, profile)
+    return profile
+
+
+def _write(path: Path, key: str, profile: ValidationProfile) -> None:
+    trained = profile.trained
+    facts = {
+        **profile.detector.facts(),
+        "classes": list(trained.classes),
+        "answers": list(trained.answers),
+        "labels": list(trained.labels),
+        "correct": trained.correct,
+    }
+    save_tensors(path, profile.detector.tensors(), {"format": FORMAT, "checkpoint": key,
+                                                      "facts": json.dumps(facts)})
+
+
+def _read(path: Path, key: str) -> Optional[ValidationProfile]:
+    """The cached profile, or None when there is none, it belongs to another checkpoint, or is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        tensors, metadata = load_tensors(path)
+        if metadata.get("format") != FORMAT or metadata.get("checkpoint") != key:
+            return None
+        facts: dict[str, Any] = json.loads(metadata["facts"])
+        trained = AnswerCheck(tuple(facts["classes"]), tuple(facts["answers"]), tuple(facts["labels"]),
+                              int(facts["correct"]))
+        return ValidationProfile(trained, MahalanobisDetector.from_parts(tensors, facts))
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
