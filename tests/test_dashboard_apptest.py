@@ -27,6 +27,7 @@ from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.resources import _run_data, cached_dataset
 from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
 from pipeline.data import load_dataset
+from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import cancel_job
 from pipeline.models import build_model
 from pipeline.runs import export_run, list_runs, load_model, read_config, save_model
@@ -293,6 +294,43 @@ def test_attack_page_runs_pgd_with_advanced_settings(lab: Lab) -> None:
     assert len(report.trace) >= 4  # the clean scan, then every step
 
 
+def test_attack_page_names_what_it_cannot_vouch_for(lab: Lab) -> None:
+    """The lab's one-epoch models barely learned: flagged beside the model. CT_small.dcm (a crop of the
+    mediastinum) is unlike the phantom: flagged beside the answer and in the JSON. A 1x1 Grad-CAM layer
+    is named too coarse and never measured."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    at = page("attack", state={"attack:source": "Upload"})
+    at.file_uploader(key="attack:upload").upload("CT_small.dcm", data).run()
+    assert_calm(at)
+    assert any(NOT_TRAINED in item.value for item in at.warning)
+    layer = at.selectbox(key="attack:cam-layer")
+    assert layer.value == "layer1"  # the deepest stage with >= 7x7 cells at 32 px
+    assert "layer4 · 1×1 cells (too coarse to localise)" in layer.options
+    layer.set_value("layer4")
+    at.toggle(key="attack:minimal").set_value(False)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    _, ((_, report),) = at.session_state["attack.result"]
+    assert report.shift is None and "too coarse" in report.cam_problem
+    assert "Map correlation" not in {metric.label for metric in at.metric}
+    assert any("too coarse to localise" in item.value for item in at.warning)
+    assert report.ood is not None and report.ood.flagged
+    assert any("unlike the scans the model learnt from" in item.value for item in at.warning)
+    record = report.to_dict()
+    assert record["out_of_distribution"]["out_of_distribution"] is True
+    assert record["model_check"]["flagged"] is True and record["explanation_shift"] is None
+    assert (lab.first / "validation.safetensors").is_file()  # profiled once, kept beside the run
+
+
+def test_runs_table_says_which_models_are_not_trained_classifiers(lab: Lab) -> None:
+    at = page("models")
+    assert_calm(at)
+    table = next(frame.value for frame in at.dataframe if "problem" in frame.value.columns)
+    problems = dict(zip(table["run"], table["problem"]))
+    assert problems[lab.first.name].startswith(NOT_TRAINED)
+
+
 def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
     at = page("data")
     assert_calm(at)
@@ -407,6 +445,8 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     histogram = charts(at) - (1 + 2 * 4 + 1 + 1)
     no_flip = any("No correctly read scan flipped" in item.value for item in at.caption)
     assert (histogram, no_flip) in ((1, False), (0, True))
+    assert any(NOT_TRAINED in item.value for item in at.warning)  # the lab's one-epoch models
+    assert "trained classifier?" in table.columns
     verdicts = [item.value for item in (*at.success, *at.warning) if " at ε = " in item.value]
     assert len(verdicts) == 2 * 2  # strength checks: two models at two budgets
     assert len(at.dataframe) == 2 + 4  # reference tables at two budgets, then the four strength check tables

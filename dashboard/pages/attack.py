@@ -19,13 +19,15 @@ from dashboard.ui.controls import attack_controls
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import show_progress, take_finished
-from dashboard.ui.resources import cached_model, run_data
+from dashboard.ui.resources import cached_model, cam_grids, run_data, run_profile
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available
 from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
 from pipeline.errors import UserInputError
+from pipeline.evaluation.degenerate import check_epoch
+from pipeline.explain import MIN_GRID
 from pipeline.progress import ProgressCallback, staged
 from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan
 from pipeline.units import format_epsilon
@@ -160,33 +162,39 @@ def choose_attack() -> tuple[str, dict[str, Any]]:
 
 
 def start(
-    models: list[tuple[str, Any]],
+    models: list[tuple[str, str, Any]],
     scan: ScanChoice,
     name: str,
     params: dict[str, Any],
     target: Optional[int],
     minimal: bool,
+    cam_layer: str,
     classes: tuple[str, ...],
     inputs: dict[str, Any],
 ) -> None:
     def work(progress: ProgressCallback) -> list[tuple[str, ScanReport]]:
-        return [
-            (
-                title,
-                analyse_scan(
-                    model,
-                    scan.image,
-                    name,
-                    params,
-                    label=scan.label,
-                    target=target,
-                    classes=classes,
-                    find_minimal_eps=minimal,
-                    progress=staged(progress, number, len(models), title),
-                ),
+        reports = []
+        for number, (title, run_dir, model) in enumerate(models):
+            # first use of a model: one pass over its held-out scans, then read from beside the run
+            profile, why = run_profile(
+                run_dir, model, staged(progress, 2 * number, 2 * len(models), f"{title}: validation scans")
             )
-            for number, (title, model) in enumerate(models)
-        ]
+            report = analyse_scan(
+                model,
+                scan.image,
+                name,
+                params,
+                label=scan.label,
+                target=target,
+                classes=classes,
+                find_minimal_eps=minimal,
+                cam_layer=cam_layer,
+                profile=profile,
+                unchecked=why,
+                progress=staged(progress, 2 * number + 1, 2 * len(models), title),
+            )
+            reports.append((title, report))
+        return reports
 
     st.session_state[TASK_KEY] = Task(f"Running {attack_class(name).title}", work, inputs).start()
 
@@ -283,6 +291,21 @@ with attack_column:
 with model_column:
     st.markdown("##### 3 · The model")
     st.caption(run_label(record))
+    trained = check_epoch(record.best or {}, classes)
+    if trained is not None and trained.flagged:
+        st.warning(f"This model is {trained.reason}.", icon=":material/block:")
+    grids, default_cam = cam_grids(run, int(record.config["image_size"]))
+    layers = list(grids)
+    cam_layer = st.selectbox(
+        "Grad-CAM layer",
+        layers,
+        index=layers.index(default_cam),
+        key="attack:cam-layer",
+        format_func=lambda layer: f"{layer} · {grids[layer][0]}×{grids[layer][1]} cells"
+        + (" (too coarse to localise)" if min(grids[layer]) < MIN_GRID else ""),
+        help=f"Where in the network to look. Deeper layers see more but on a coarser grid; "
+        f"{default_cam} is the deepest with at least {MIN_GRID}×{MIN_GRID} cells at this image size.",
+    )
     others = {str(other.run_dir): other for other in usable_runs() if str(other.run_dir) != run}
     compare = st.selectbox(
         "Compare with a second model",
@@ -325,10 +348,11 @@ current = {
     "params": params,
     "target": target,
     "minimal": minimal,
+    "cam_layer": cam_layer,
 }
 if clicked and scan is not None:
     with shown_errors("start the attack"):
-        models = [(record.name, model)]
+        models = [(record.name, run, model)]
         if compare is not None:
             second, second_record = cached_model(compare)
             if second_record.config.get("image_size") != record.config.get("image_size"):
@@ -336,7 +360,7 @@ if clicked and scan is not None:
                     f"the two models read scans of different sizes ({record.config.get('image_size')} and "
                     f"{second_record.config.get('image_size')} px); compare models trained at one image size"
                 )
-            models.append((second_record.name, second))
+            models.append((second_record.name, compare, second))
         start(
             models,
             scan,
@@ -344,6 +368,7 @@ if clicked and scan is not None:
             params,
             target,
             minimal,
+            cam_layer,
             classes,
             {"current": current, "scan": scan, "synthetic": is_synthetic(record)},
         )

@@ -90,12 +90,36 @@ def minimal_eps_sentence(value: Optional[float], high_text: str) -> str:
     )
 
 
-def shift_sentence(shift: dict[str, float]) -> str:
-    pearson = shift.get("pearson", float("nan"))
-    if pearson >= 0.8:
-        how = "barely moved"
-    elif pearson >= 0.4:
-        how = "moved partly"
-    else:
-        how = "moved to a different place"
-    return f"Where the model looks {how} under the attack."
+#: How each explanation-shift measure reads: (name, value -> "same" / "partly" / "moved").
+SHIFT_READINGS = ("barely moved", "moved partly", "moved to a different place")
+
+
+def _reading(value: float, same: float, partly: float, higher_is_same: bool = True) -> int:
+    """0 (same), 1 (partly) or 2 (moved) for one measure against its two wording thresholds."""
+    if higher_is_same:
+        return 0 if value >= same else 1 if value >= partly else 2
+    return 0 if value <= same else 1 if value <= partly else 2
+
+
+def shift_sentence(shift: dict[str, float], size: int) -> str:
+    """What the three measures say together, naming them when they disagree.
+
+    Correlation reads "same" from 0.8 and "moved" below 0.4; the overlap of the hottest 10% from 50%
+    and below 20%; the centre's move up to 5% and beyond 15% of the scan's width (``size`` pixels).
+    """
+    correlation, overlap, centre = shift["pearson"], shift["top_iou"], shift["centre_shift"]
+    readings = {
+        f"correlation {correlation:.2f}": _reading(correlation, 0.8, 0.4),
+        f"overlap of the hottest 10% {percent(overlap)}": _reading(overlap, 0.5, 0.2),
+        f"centre moved {centre:.1f} px ({percent(centre / size)} of the width)": _reading(
+            centre, 0.05 * size, 0.15 * size, higher_is_same=False
+        ),
+    }
+    values = set(readings.values())
+    if len(values) == 1:
+        return f"Where the model looks {SHIFT_READINGS[values.pop()]} under the attack: all three measures agree."
+    parts = "; ".join(f"{text}: {SHIFT_READINGS[reading]}" for text, reading in readings.items())
+    return (
+        f"The measures disagree ({parts}), so no one word fits: the broad pattern and its hottest spots "
+        "moved by different amounts; compare the two maps themselves."
+    )

@@ -101,7 +101,7 @@ def untrained_warnings(report: dict[str, Any]) -> None:
     for model in report["models"]:
         check = model["report"].get("trained_classifier")
         if check and check["flagged"]:
-            st.error(f"**{model['name']}**: {check['reason']}.", icon=":material/block:")
+            st.warning(f"**{model['name']}**: {check['reason']}.", icon=":material/block:")
 
 
 def confusion_matrices(report: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from dashboard.ui.progress_view import background
 from pipeline.data import ScanDataset, Split, leakage_report, load_dataset, split_dataset
 from pipeline.device import select_device
 from pipeline.evaluation.data import run_data as stored_run_data
+from pipeline.evaluation.profile import ValidationProfile, validation_profile
+from pipeline.explain import default_layer, feature_grids
 from pipeline.progress import ProgressCallback
 from pipeline.runs import MODEL, RunRecord, load_model
 
@@ -109,3 +111,26 @@ def cached_split(
     dataset = cached_dataset(source, image_size, seed, count)
     split = split_dataset(dataset, seed=seed, strategy=strategy)
     return split, leakage_report(dataset, split)
+
+
+def run_profile(
+    run_dir: str | Path, model: nn.Module, progress: Optional[ProgressCallback] = None
+) -> tuple[Optional[ValidationProfile], Optional[str]]:
+    """The run's validation profile (computed on first use, then read from beside the run), or None and
+    why there is none: weights imported from elsewhere come without held-out scans."""
+    record = _load_model(str(Path(run_dir).resolve()), model_version(run_dir))[1]
+    if "split" not in record.config:
+        return None, "this model came without its training data, so there is nothing to compare the scan with"
+    return validation_profile(run_dir, model, progress=progress, load=_shared_dataset), None
+
+
+@st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)
+def _cam_grids(run_dir: str, version: float, size: int) -> tuple[dict[str, tuple[int, int]], str]:
+    model = _load_model(run_dir, version)[0]
+    return feature_grids(model, size), default_layer(model, size)
+
+
+def cam_grids(run_dir: str | Path, size: int) -> tuple[dict[str, tuple[int, int]], str]:
+    """The layers Grad-CAM can explain on this run's model with their grids at ``size`` px, and the
+    default one (the deepest with a grid fine enough to localise)."""
+    return _cam_grids(str(Path(run_dir).resolve()), model_version(run_dir), size)

@@ -31,6 +31,20 @@ def verdict_box(report: ScanReport) -> None:
         badge = ":green-badge[:material/verified: The answer held]"
     with st.container(border=True):
         st.markdown(f"{badge}  \n{captions.summary(report)}")
+        trust_notes(report)
+
+
+def trust_notes(report: ScanReport) -> None:
+    """Beside the answer: whether the scan is like the training data and the model a trained classifier."""
+    if report.trained is not None and report.trained.flagged:
+        st.warning(f"The model is {report.trained.reason}.", icon=":material/block:")
+    if report.ood is not None:
+        if report.ood.flagged:
+            st.warning(report.ood.text, icon=":material/travel_explore:")
+        else:
+            st.caption(report.ood.text)
+    elif report.unchecked:
+        st.caption(f"Not checked whether this scan is like the training data: {report.unchecked}.")
 
 
 SCAN_WIDTH = 300
@@ -88,6 +102,8 @@ def answers_row(report: ScanReport, key: str) -> None:
 def gradcam_row(report: ScanReport) -> None:
     clean, attacked = grey8(report.clean), grey8(report.attacked)
     names = report.classes
+    rows, cols = report.cam_grid
+    source = f"Grad-CAM of {report.cam_layer}, a {rows}×{cols} grid stretched over the scan"
     left, middle, right = st.columns([1, 1, 1.15])
     show(
         enlarge(overlay(clean, report.cam_clean)),
@@ -100,11 +116,17 @@ def gradcam_row(report: ScanReport) -> None:
         caption=f"Attacked: where it looked to answer {names[report.prediction_attacked]}",
     )
     with right:
+        if report.shift is None:
+            st.warning(report.cam_problem or "These maps cannot be compared.", icon=":material/blur_on:")
+            st.caption(f"{source}. Nothing is measured on maps that cannot localise.")
+            return
         st.metric("Map correlation", f"{report.shift['pearson']:.2f}", help="1 means the same pattern")
         st.metric("Overlap of the hottest 10%", captions.percent(report.shift["top_iou"]))
         st.metric("Centre moved", f"{report.shift['centre_shift']:.1f} px")
         st.caption(
-            captions.shift_sentence(report.shift) + " Red areas weigh most in the decision (Grad-CAM)."
+            captions.shift_sentence(report.shift, report.clean.shape[-1])
+            + f" Red areas weigh most in the decision ({source}; choose another layer under "
+            "**3 · The model**)."
         )
 
 
@@ -208,10 +230,12 @@ def report_summary(report: ScanReport, title: str, key: str) -> None:
     """A compact column for side-by-side comparison of two models on the same scan."""
     st.markdown(f"#### {title}")
     verdict_box(report)
+    rows, cols = report.cam_grid
     show(
         enlarge(overlay(grey8(report.attacked), report.cam_attacked)),
         width=SCAN_WIDTH,
-        caption="Attacked scan with Grad-CAM",
+        caption=f"Attacked scan with Grad-CAM of {report.cam_layer} ({rows}×{cols} cells)"
+        + (": cannot localise, see the model's tab" if report.cam_problem else ""),
     )
     st.plotly_chart(
         figures.probabilities(report.classes, report.probs_clean, report.probs_attacked),
