@@ -232,5 +232,7 @@ def test_strength_checks_flag_a_gradient_masking_model(model: nn.Module, scans: 
     assert report.masking
     flagged = {check.key for check in report.checks if check.flagged}
     assert "black-box" in flagged  # the score-based attack needs no gradient and wins
-    assert "GRADIENT MASKING" in report.verdict
+    # Quantised to 8 levels it also never answers "normal": that verdict leads, the masking flags follow.
+    assert report.degenerate and report.verdict.startswith("NOT A TRAINED CLASSIFIER")
+    assert "black-box Square vs white-box PGD" in report.verdict
     assert report.worst_case.accuracy < report.accuracies[f"PGD ε={format_epsilon(EPS)}"]
