@@ -317,7 +317,12 @@ def log_evaluation(
         kind="evaluation",
         params={"settings": settings, "models": {key: model.info for key, model in models.items()}},
         synthetic=bool(suite.synthetic),
-        tags={"lunglab.evaluated_runs": ", ".join(str(m.info.get("run_dir", m.name)) for m in suite.models)},
+        tags={
+            "lunglab.evaluated_runs": ", ".join(str(m.info.get("run_dir", m.name)) for m in suite.models),
+            # pipeline.evaluation.degenerate's judgment, beside the figures as everywhere else
+            **{metric_key(f"lunglab.not_trained.{m.name}"): m.report.trained.reason for m in suite.models
+               if m.report.trained.flagged},
+        },
         flag=flag,
     )
     for model_name, model in models.items():

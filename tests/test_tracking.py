@@ -86,6 +86,10 @@ def test_evaluation_logs_its_figures_and_reports(tracked: Tracked, capsys: pytes
     fgsm = [key for key in run.data.metrics if key.startswith(f"{model}/FGSM")]
     assert any(key.endswith("/attack_success_rate") for key in fgsm)
     assert run.data.params["settings.attacks"] == "['fgsm']"
+    trained = report["models"][0]["report"]["trained_classifier"]  # a two-epoch run: judged as everywhere
+    assert run.data.tags.get(tracking.metric_key(f"lunglab.not_trained.{model}")) == (
+        trained["reason"] if trained["flagged"] else None
+    )
     files = {item.path for item in tracked.client.list_artifacts(entry["run_id"], "reports")}
     assert files == {"reports/report.json", "reports/report.csv", "reports/report.html"}
 
