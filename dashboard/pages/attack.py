@@ -162,7 +162,7 @@ def choose_attack() -> tuple[str, dict[str, Any]]:
 
 
 def start(
-    models: list[tuple[str, str, Any]],
+    models: list[tuple[str, str, Any, dict[str, Any]]],
     scan: ScanChoice,
     name: str,
     params: dict[str, Any],
@@ -174,10 +174,13 @@ def start(
 ) -> None:
     def work(progress: ProgressCallback) -> list[tuple[str, ScanReport]]:
         reports = []
-        for number, (title, run_dir, model) in enumerate(models):
+        for number, (title, run_dir, model, config) in enumerate(models):
             # first use of a model: one pass over its held-out scans, then read from beside the run
             profile, why = run_profile(
-                run_dir, model, staged(progress, 2 * number, 2 * len(models), f"{title}: validation scans")
+                run_dir,
+                model,
+                config,
+                staged(progress, 2 * number, 2 * len(models), f"{title}: validation scans"),
             )
             report = analyse_scan(
                 model,
@@ -352,7 +355,7 @@ current = {
 }
 if clicked and scan is not None:
     with shown_errors("start the attack"):
-        models = [(record.name, run, model)]
+        models = [(record.name, run, model, record.config)]
         if compare is not None:
             second, second_record = cached_model(compare)
             if second_record.config.get("image_size") != record.config.get("image_size"):
@@ -360,7 +363,7 @@ if clicked and scan is not None:
                     f"the two models read scans of different sizes ({record.config.get('image_size')} and "
                     f"{second_record.config.get('image_size')} px); compare models trained at one image size"
                 )
-            models.append((second_record.name, compare, second))
+            models.append((second_record.name, compare, second, second_record.config))
         start(
             models,
             scan,

@@ -114,12 +114,11 @@ def cached_split(
 
 
 def run_profile(
-    run_dir: str | Path, model: nn.Module, progress: Optional[ProgressCallback] = None
+    run_dir: str | Path, model: nn.Module, config: dict[str, Any], progress: Optional[ProgressCallback] = None
 ) -> tuple[Optional[ValidationProfile], Optional[str]]:
     """The run's validation profile (computed on first use, then read from beside the run), or None and
     why there is none: weights imported from elsewhere come without held-out scans."""
-    record = _load_model(str(Path(run_dir).resolve()), model_version(run_dir))[1]
-    if "split" not in record.config:
+    if "split" not in config:
         return None, "this model came without its training data, so there is nothing to compare the scan with"
     return validation_profile(run_dir, model, progress=progress, load=_shared_dataset), None
 

@@ -53,7 +53,7 @@ class EAD(ConstantSearch):
     def _optimise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
                   c: torch.Tensor, steps: int, tick: Tick) -> torch.Tensor:
         found = torch.zeros_like(c, dtype=torch.bool)
-        abort = EarlyAbort(steps)  # one row: the batch's summed loss, as in Carlini's code
+        abort = EarlyAbort(steps, 1, x.device)  # one row: the batch's summed loss, as in Carlini's code
         current, slack = x.clone(), x.clone()
 
         def offer(point: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -75,17 +75,25 @@ def validation_profile(
     classes = tuple(config.get("classes") or CLASSES)
     dataset, split = run_data(config, run=run_dir.name, progress=staged(progress, 0, 2, "loading scans"),
                               load=load)
-    x, y = dataset.tensors()
     device = next(model.parameters()).device
     train = split.train[np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)]
-    x_val, y_val = x[split.val].to(device), y[split.val]
-    detector = fit_detector(model, x[train].to(device), y[train], x_val,
+    x_train, y_train = _scans(dataset, train, device)
+    x_val, y_val = _scans(dataset, split.val, device)
+    detector = fit_detector(model, x_train, y_train, x_val,
                             progress=staged(progress, 1, 2, "out-of-distribution detector"))
     with exclusive_eval(model), torch.no_grad():
         answers = torch.cat([model(chunk).argmax(1).cpu() for chunk in x_val.split(64)])
     profile = ValidationProfile(check_answers(answers.numpy(), y_val.numpy(), classes), detector)
     _write(run_dir / PROFILE, key, profile)
     return profile
+
+
+def _scans(dataset: ScanDataset, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scans ``indices`` as float ``[N, 1, S, S]`` in ``[0, 1]`` on ``device``, labels int64 on the CPU
+    (only these are converted from the dataset's 8-bit images, not the whole dataset)."""
+    rows = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    images = dataset.images[rows].unsqueeze(1).to(device).float().div_(255.0)
+    return images, torch.from_numpy(np.asarray(dataset.labels)[rows.numpy()].copy())
 
 
 def _write(path: Path, key: str, profile: ValidationProfile) -> None:
