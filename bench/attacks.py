@@ -88,7 +88,8 @@ def outcome(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: tor
     with torch.no_grad():
         fooled = (model(x_adv).argmax(1) != y).cpu()
     sizes = (x_adv - x).flatten(1).norm(dim=1).cpu()
-    return f"{int(fooled.sum())}/{len(fooled)}", f"{float(sizes[fooled].median()):.3f}" if fooled.any() else "-"
+    median = f"{float(sizes[fooled].median()):.3f}" if fooled.any() else "-"
+    return f"{int(fooled.sum())}/{len(fooled)}", median
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, passes: int) -> None:

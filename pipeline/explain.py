@@ -86,14 +86,14 @@ class Explanation:
         where = f"{self.layer} ({rows}×{cols} cells)"
         return {
             "ok": None,
-            "nan": f"The {self.method} map of {where} is not a number (NaN): the model's gradients broke down; "
-            "try another method or layer.",
-            "coarse": f"{where} is too coarse to localise anything (fewer than {MIN_GRID}×{MIN_GRID} cells): "
-            "choose an earlier layer, or use a model trained on larger images.",
-            "empty": f"The {self.method} map of {where} is empty: no region of the scan speaks for the class "
-            "explained; choose another layer or method.",
-            "constant": f"The {self.method} map of {where} is the same everywhere: it does not localise; choose "
-            "another layer or method.",
+            "nan": f"The {self.method} map of {where} is not a number (NaN): the model's gradients broke "
+            "down; try another method or layer.",
+            "coarse": f"{where} is too coarse to localise anything (fewer than {MIN_GRID}×{MIN_GRID} "
+            "cells): choose an earlier layer, or use a model trained on larger images.",
+            "empty": f"The {self.method} map of {where} is empty: no region of the scan speaks for the "
+            "class explained; choose another layer or method.",
+            "constant": f"The {self.method} map of {where} is the same everywhere: it does not localise; "
+            "choose another layer or method.",
         }[self.quality[index]]
 
     @property
@@ -281,7 +281,9 @@ def explanation_shift(cam_clean: np.ndarray, cam_adv: np.ndarray,
         )
     for name, cam in (("first", clean), ("second", adv)):
         if not np.isfinite(cam).all() or cam.max() == cam.min():
-            raise UserInputError(f"the {name} map is NaN or flat: it has no pattern whose shift could be measured")
+            raise UserInputError(
+                f"the {name} map is NaN or flat: it has no pattern whose shift could be measured"
+            )
     if not 0.0 < top_fraction <= 1.0:
         raise UserInputError(f"top_fraction must lie in (0, 1], got {top_fraction}")
     return {

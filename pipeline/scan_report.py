@@ -92,6 +92,8 @@ class ScanReport:
         def number(value: float) -> Optional[float]:
             return float(value) if math.isfinite(value) else None
 
+        unchecked = {"checked": False, "why": self.unchecked}
+
         return {
             "attack": self.attack,
             "params": self.params,
@@ -117,8 +119,8 @@ class ScanReport:
                 "problem": self.cam_problem,
             },
             "explanation_shift": self.shift,
-            "out_of_distribution": self.ood.to_dict() if self.ood else {"checked": False, "why": self.unchecked},
-            "model_check": self.trained.to_dict() if self.trained else {"checked": False, "why": self.unchecked},
+            "out_of_distribution": self.ood.to_dict() if self.ood else unchecked,
+            "model_check": self.trained.to_dict() if self.trained else unchecked,
             "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
             #: False when even the largest budget searched left the answer unchanged (JSON has no infinity)
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),

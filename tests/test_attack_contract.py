@@ -204,7 +204,8 @@ def test_every_requested_attack_is_registered() -> None:
 
 # ------------------------------------------------------------------ input checks, once, in the base
 @pytest.mark.parametrize("name", NAMES)
-def test_float64_scans_are_run_in_the_models_dtype_and_returned_as_float64(name: str, model: nn.Module) -> None:
+def test_float64_scans_are_run_in_the_models_dtype_and_returned_as_float64(name: str,
+                                                                          model: nn.Module) -> None:
     model.eval()
     x, y = scans(2)
     x64 = x.double()

@@ -86,8 +86,8 @@ def test_one_answer_for_every_scan_and_chance_accuracy_are_flagged_a_skilled_mod
 
 def test_strength_checks_call_a_one_answer_model_not_a_trained_classifier() -> None:
     dataset = nodule_dataset(12)
-    quick = StrengthSettings(pgd_steps=2, strong_steps=3, strong_restarts=2, square_queries=5, ensemble_steps=2,
-                             ladder=())
+    quick = StrengthSettings(pgd_steps=2, strong_steps=3, strong_restarts=2, square_queries=5,
+                             ensemble_steps=2, ladder=())
     report = strength_checks(OneAnswer(MALIGNANT), dataset, None, 4 / 255, settings=quick)
     assert report.degenerate and report.verdict.startswith(NOT_TRAINED.upper())
     trained = next(check for check in report.checks if check.key == "trained")
@@ -137,11 +137,12 @@ def no_data(*args: object, **kwargs: object) -> None:
     raise AssertionError("loaded the data")
 
 
-def test_a_trained_runs_validation_answers_are_stored_and_profiled_once_per_checkpoint(tmp_path: Path) -> None:
+def test_validation_answers_are_stored_and_profiled_once_per_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     run_dir = train(TrainConfig(**{**TINY, "image_size": 32}), tmp_path / "runs")
     line = read_record(run_dir).best
-    assert sum(line["val_answers"]) == sum(line["val_labels"]) == len(read_record(run_dir).config["split"]["val"])
+    validation = len(read_record(run_dir).config["split"]["val"])
+    assert sum(line["val_answers"]) == sum(line["val_labels"]) == validation
     model, _ = load_model(run_dir)
     first = validation_profile(run_dir, model)
     assert (run_dir / PROFILE).is_file()
@@ -159,7 +160,8 @@ def test_a_trained_runs_validation_answers_are_stored_and_profiled_once_per_chec
     imported.mkdir()
     save_model(imported / MODEL, build_model("resnet18"))
     config = read_record(run_dir).config
-    atomic_write_json(imported / "config.json", {key: value for key, value in config.items() if key != "split"})
+    without_split = {key: value for key, value in config.items() if key != "split"}
+    atomic_write_json(imported / "config.json", without_split)
     with pytest.raises(CheckpointError):
         validation_profile(imported, model)
 
@@ -172,6 +174,7 @@ def test_the_shift_sentence_follows_from_all_three_measures() -> None:
     assert "correlation 0.86: barely moved" in disagreeing
     assert "overlap of the hottest 10% 0%: moved to a different place" in disagreeing
     agreeing = shift_sentence({"pearson": 0.95, "top_iou": 0.8, "centre_shift": 1.0}, 64)
-    assert agreeing.startswith("Where the model looks barely moved") and "all three measures agree" in agreeing
+    assert agreeing.startswith("Where the model looks barely moved")
+    assert "all three measures agree" in agreeing
     moved = shift_sentence({"pearson": 0.1, "top_iou": 0.05, "centre_shift": 20.0}, 64)
     assert moved.startswith("Where the model looks moved to a different place")

@@ -137,7 +137,8 @@ def test_target_none_explains_the_prediction_and_targets_are_checked(corner_mode
 def test_the_layer_explained_has_a_grid_fine_enough_to_localise(resnet: nn.Module) -> None:
     """ResNet's last stage is 2x2 at 64 px and 1x1 at 32 px: an earlier stage is chosen there."""
     assert list(cam_layers(resnet)) == ["layer1", "layer2", "layer3", "layer4"]
-    assert feature_grids(resnet, 64) == {"layer1": (16, 16), "layer2": (8, 8), "layer3": (4, 4), "layer4": (2, 2)}
+    grids = {"layer1": (16, 16), "layer2": (8, 8), "layer3": (4, 4), "layer4": (2, 2)}
+    assert feature_grids(resnet, 64) == grids
     assert default_layer(resnet, 224) == "layer4"  # 7x7: the usual choice at the usual size
     assert default_layer(resnet, 64) == "layer2"
     assert default_layer(resnet, 32) == "layer1"

@@ -172,8 +172,13 @@ def test_a_blank_explanation_is_named_and_never_measured(model: nn.Module) -> No
     assert "too coarse" in report.cam_problem and "earlier layer" in report.cam_problem
     record = json.loads(json.dumps(report.to_dict()))
     assert record["explanation_shift"] is None
-    assert record["explanation"] == {"method": "gradcam", "layer": "layer4", "grid": [1, 1], "readable": False,
-                                     "problem": report.cam_problem}
+    assert record["explanation"] == {
+        "method": "gradcam",
+        "layer": "layer4",
+        "grid": [1, 1],
+        "readable": False,
+        "problem": report.cam_problem,
+    }
     default = analyse_scan(model, scans(1)[0], "fgsm", {"eps": 4 * GREY_LEVEL}, label=0, classes=CLASSES)
     assert default.cam_layer == "layer1" and default.cam_grid == (8, 8)  # the deepest stage with >= 7x7
 
@@ -202,7 +207,8 @@ def test_a_scan_unlike_the_training_data_is_flagged_beside_the_answer_and_in_the
     x_val, y_val = nodule_images(60, seed=1)
     with torch.no_grad():
         answers = tiny.model(x_val).argmax(1)
-    profile = ValidationProfile(check_answers(answers, y_val), fit_detector(tiny.model, x_train, y_train, x_val))
+    detector = fit_detector(tiny.model, x_train, y_train, x_val)
+    profile = ValidationProfile(check_answers(answers, y_val), detector)
     assert not profile.trained.flagged
     outside = analyse_scan(tiny.model, ct_small(SIZE), "fgsm", {"eps": GREY_LEVEL}, classes=CLASSES,
                            profile=profile)

@@ -117,7 +117,8 @@ def shift_sentence(shift: dict[str, float], size: int) -> str:
     }
     values = set(readings.values())
     if len(values) == 1:
-        return f"Where the model looks {SHIFT_READINGS[values.pop()]} under the attack: all three measures agree."
+        how = SHIFT_READINGS[values.pop()]
+        return f"Where the model looks {how} under the attack: all three measures agree."
     parts = "; ".join(f"{text}: {SHIFT_READINGS[reading]}" for text, reading in readings.items())
     return (
         f"The measures disagree ({parts}), so no one word fits: the broad pattern and its hottest spots "

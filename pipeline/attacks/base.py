@@ -228,7 +228,8 @@ class Attack:
         device, dtype = _model_device_dtype(model)
         if device is not None and x.device != device:
             raise AttackParameterError(
-                f"the scans are on {x.device} but the model is on {device}; move the scans with x.to({str(device)!r})"
+                f"the scans are on {x.device} but the model is on {device}; "
+                f"move the scans with x.to({str(device)!r})"
             )
         finite = torch.isfinite(x.flatten(1)).all(dim=1)
         if not bool(finite.all()):
@@ -253,8 +254,8 @@ class Attack:
             if values is not None and (int(values.min()) < 0 or int(values.max()) >= classes):
                 bad = sorted({int(v) for v in values.tolist() if not 0 <= v < classes})
                 raise AttackParameterError(
-                    f"{name} {', '.join(map(str, bad))} is out of range: the model predicts {classes} classes, "
-                    f"numbered 0..{classes - 1}"
+                    f"{name} {', '.join(map(str, bad))} is out of range: the model predicts "
+                    f"{classes} classes, numbered 0..{classes - 1}"
                 )
         return x, y, target
 
@@ -298,7 +299,9 @@ def _class_numbers(values: Any, x: torch.Tensor, what: str) -> torch.Tensor:
     try:
         values = torch.as_tensor(values, device=x.device)
     except (TypeError, ValueError, RuntimeError):
-        raise AttackParameterError(f"{what} must be class numbers, one per scan, got {type(values).__name__}") from None
+        raise AttackParameterError(
+            f"{what} must be class numbers, one per scan, got {type(values).__name__}"
+        ) from None
     if values.dtype == torch.bool or values.is_complex() or (
         values.is_floating_point() and not bool((values == values.round()).all())
     ):
@@ -306,7 +309,8 @@ def _class_numbers(values: Any, x: torch.Tensor, what: str) -> torch.Tensor:
     values = values.reshape(-1)
     if values.shape[0] != x.shape[0]:
         raise AttackParameterError(
-            f"got {x.shape[0]} scans but {values.shape[0]} {what}; give one class number per scan (not one-hot)"
+            f"got {x.shape[0]} scans but {values.shape[0]} {what}; "
+            "give one class number per scan (not one-hot)"
         )
     return values.long()
 
@@ -327,7 +331,9 @@ def _output_classes(model: nn.Module, probe: torch.Tensor) -> int:
             f"the model returned {shape} for one scan; attacks need logits shaped [N, classes]"
         )
     if logits.shape[1] < 2:
-        raise AttackParameterError(f"the model returns {logits.shape[1]} class score; attacks need at least 2")
+        raise AttackParameterError(
+            f"the model returns {logits.shape[1]} class score; attacks need at least 2"
+        )
     if not bool(torch.isfinite(logits).all()):
         raise AttackParameterError(
             "the model returned NaN or infinite scores for a valid scan; its weights are broken: retrain or "

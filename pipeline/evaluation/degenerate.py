@@ -94,7 +94,7 @@ class AnswerCheck:
             f"(95% interval {low:.0%}–{high:.0%} on {self.scans} scans)"
         )
         if not self.flagged:
-            return f"answers vary with the scan ({self.answers_text}); accuracy {self.accuracy:.0%}, " + chance
+            return f"answers vary with the scan ({self.answers_text}); accuracy {self.accuracy:.0%}, {chance}"
         why = []
         if self.never_answered:
             why.append(f"it never answers {' or '.join(self.never_answered)} (answers: {self.answers_text})")
@@ -136,9 +136,12 @@ def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
 
 
 def check_answers(
-    predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray, classes: Sequence[str] = CLASSES
+    predictions: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    classes: Sequence[str] = CLASSES,
 ) -> AnswerCheck:
-    """Judge a model from its answers ``predictions`` ``[N]`` on scans labelled ``labels`` ``[N]`` (class numbers)."""
+    """Judge a model from its answers ``predictions`` ``[N]`` on scans labelled ``labels`` ``[N]``
+    (class numbers)."""
     predictions, labels = np.asarray(predictions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     count = len(classes)
     return AnswerCheck(
@@ -166,7 +169,7 @@ def check_epoch(line: Mapping[str, Any], classes: Sequence[str] = CLASSES) -> Op
     None for an epoch written before the answers were stored (or a damaged line): not judged.
     """
     answers, labels, accuracy = line.get("val_answers"), line.get("val_labels"), line.get("val_acc")
-    if not isinstance(answers, list) or not isinstance(labels, list) or not isinstance(accuracy, (int, float)):
+    if not (isinstance(answers, list) and isinstance(labels, list) and isinstance(accuracy, (int, float))):
         return None
     try:
         return check_counts(answers, labels, float(accuracy), classes)

@@ -147,7 +147,8 @@ def fit_detector(
     batch_size: int = 64,
     progress: Optional[ProgressCallback] = None,
 ) -> MahalanobisDetector:
-    """Fit class means and the shared covariance on ``x_train`` (labels ``y_train``), the threshold on ``x_val``.
+    """Fit class means and the shared covariance on ``x_train`` (labels ``y_train``), the threshold on
+    ``x_val``.
 
     Scans are ``[N, 1, H, W]`` in ``[0, 1]`` on the model's device; every class needs a training scan.
     """

@@ -76,7 +76,8 @@ def validation_profile(
     dataset, split = run_data(config, run=run_dir.name, progress=staged(progress, 0, 2, "loading scans"),
                               load=load)
     device = next(model.parameters()).device
-    train = split.train[np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)]
+    spread = np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)
+    train = split.train[spread]
     x_train, y_train = _scans(dataset, train, device)
     x_val, y_val = _scans(dataset, split.val, device)
     detector = fit_detector(model, x_train, y_train, x_val,
@@ -88,7 +89,9 @@ def validation_profile(
     return profile
 
 
-def _scans(dataset: ScanDataset, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _scans(
+    dataset: ScanDataset, indices: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The scans ``indices`` as float ``[N, 1, S, S]`` in ``[0, 1]`` on ``device``, labels int64 on the CPU
     (only these are converted from the dataset's 8-bit images, not the whole dataset)."""
     rows = torch.as_tensor(np.asarray(indices, dtype=np.int64))

@@ -366,7 +366,8 @@ def _trained_note(model: ModelEvaluation) -> str:
     """The "not a trained classifier" flag above a model's figures, or one quiet line when it passes."""
     trained = model.report.trained
     if trained.flagged:
-        return f"<p class='flag'>{_e(trained.reason.capitalize())}.</p><p class='note'>{_e(trained.advice)}</p>"
+        reason, advice = _e(trained.reason.capitalize()), _e(trained.advice)
+        return f"<p class='flag'>{reason}.</p><p class='note'>{advice}</p>"
     return f"<p class='note'>A trained classifier: {_e(trained.reason)}.</p>"
 
 

@@ -541,7 +541,8 @@ class Trainer:
 
     # -------------------------------------------------------------------------- measuring
     def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, Any]:
-        """Clean and PGD accuracy (and clean loss and answer counts) on fixed scans, shared out over the ranks."""
+        """Clean and PGD accuracy (and clean loss and answer counts) on fixed scans, shared out over
+        the ranks."""
         config, context = self.config, self.context
         mine = torch.arange(context.rank, len(x), context.world_size, device=self.device)
         alpha = max(config.eps / 4, 2.5 * config.eps / config.val_steps)
