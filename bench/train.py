@@ -30,7 +30,7 @@ from bench.common import describe  # noqa: E402
 from pipeline.device import select_device  # noqa: E402
 from pipeline.evaluation import AttackSpec, evaluate  # noqa: E402
 from pipeline.evaluation.data import run_data  # noqa: E402
-from pipeline.runs import load_model, read_metrics, read_record  # noqa: E402
+from pipeline.store import load_model, read_metrics, read_record  # noqa: E402
 from pipeline.training import TrainConfig, train  # noqa: E402
 
 

@@ -30,7 +30,14 @@ from typing import Any, Optional, Sequence
 import psutil
 
 from pipeline.errors import UserInputError
-from pipeline.runs import STATUS, TERMINAL_PHASES, atomic_write_bytes, read_status, update_status
+from pipeline.store import (
+    STATUS,
+    TERMINAL_PHASES,
+    atomic_write_bytes,
+    read_status,
+    remove_run,
+    update_status,
+)
 
 CANCEL_FLAG = "cancel"
 LOG = "job.log"
@@ -288,6 +295,14 @@ def _terminate(pid: int, start_time: float) -> None:
     if process_alive(pid, start_time):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
+
+
+def delete_run(run_dir: Path | str) -> None:
+    """Remove a run; refused while its job is still running (cancel it first)."""
+    run_dir = Path(run_dir)
+    if job_state(run_dir).running:
+        raise UserInputError(f"run {run_dir.name} is still running; cancel it and wait for it to stop first")
+    remove_run(run_dir)
 
 
 def raise_on_sigterm() -> None:

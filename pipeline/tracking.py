@@ -112,7 +112,7 @@ def setting(runs_dir: Path | str, flag: Optional[bool] = None) -> Setting:
 
 def save_switch(runs_dir: Path | str, enabled: bool) -> None:
     """Save the dashboard's switch for ``runs_dir`` (read by every job started on it)."""
-    from pipeline.runs import atomic_write_json
+    from pipeline.store import atomic_write_json
 
     folder = store_dir(runs_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.evaluation import StrengthSettings, SuiteSettings, evaluate_models
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.report import save_report
-from pipeline.runs import load_model
+from pipeline.store import load_model
 
 #: ResNet-18s on 36 phantom scans, one epoch: seconds to train, enough for every page to draw.
 TINY = dict(

@@ -33,7 +33,7 @@ from pipeline.data import attacked_dicom, load_dataset, open_scan, preprocess_im
 from pipeline.data.sources import is_image_name
 from pipeline.errors import UserInputError
 from pipeline.__main__ import main
-from pipeline.runs import import_run, list_runs, load_model
+from pipeline.store import import_run, list_runs, load_model
 from tests.corpus import (
     ACCEPTED,
     CHECKPOINT,

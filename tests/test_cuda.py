@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.runs import list_runs, load_model, read_metrics, read_status
+from pipeline.store import list_runs, load_model, read_metrics, read_status
 from pipeline.training import TrainConfig, train
 from pipeline.training.distributed import DistContext
 from pipeline.training.loop import Trainer

@@ -30,7 +30,7 @@ from pipeline.data import load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import cancel_job
 from pipeline.models import build_model
-from pipeline.runs import export_run, list_runs, load_model, read_config, save_model
+from pipeline.store import export_run, list_runs, load_model, read_config, save_model
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation

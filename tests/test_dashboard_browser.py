@@ -33,7 +33,7 @@ from pydicom.data import get_testdata_file
 
 from pipeline.constants import GREY_LEVEL
 from pipeline.evaluation.data import run_data
-from pipeline.runs import load_model
+from pipeline.store import load_model
 from pipeline.scan_report import analyse_scan
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN

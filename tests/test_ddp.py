@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.runs import list_runs, load_model, read_status
+from pipeline.store import list_runs, load_model, read_status
 from tests.training_helpers import REPO, TINY, child_env, cli_args, metric_epochs
 
 

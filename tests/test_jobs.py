@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.jobs import LOG, START_TIMEOUT_S, job_state, process_alive, process_start_time
-from pipeline.runs import (
-    delete_run,
+from pipeline.jobs import LOG, START_TIMEOUT_S, delete_run, job_state, process_alive, process_start_time
+from pipeline.store import (
     list_runs,
     load_model,
     read_config,
@@ -33,7 +32,7 @@ def _pid(run_dir: Path) -> int:
 def _seen_from_another_process(run_dir: Path) -> str:
     """What a freshly started dashboard process would report for this run."""
     code = (
-        "import sys; from pipeline.runs import list_runs; from pipeline.jobs import job_state;"
+        "import sys; from pipeline.store import list_runs; from pipeline.jobs import job_state;"
         "r = [r for r in list_runs(sys.argv[1]) if r.name == sys.argv[2]][0];"
         "s = job_state(r.run_dir); print(s.phase, s.running)"
     )

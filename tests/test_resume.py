@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.runs import LAST, load_model, read_metrics, read_status
+from pipeline.store import LAST, load_model, read_metrics, read_status
 from pipeline.training import TrainConfig, train
 from tests.training_helpers import (
     TINY,

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline import tracking
 from pipeline.__main__ import main
-from pipeline.runs import METRICS, MODEL, read_metrics, read_status
+from pipeline.store import METRICS, MODEL, read_metrics, read_status
 from pipeline.training import TrainConfig, train
 from tests.training_helpers import TINY
 

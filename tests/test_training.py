@@ -11,7 +11,7 @@ from pipeline.attacks import get_attack
 from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import build_model
-from pipeline.runs import load_model, read_config, read_metrics, read_status
+from pipeline.store import load_model, read_config, read_metrics, read_status
 from pipeline.training import PRESETS, STRATEGIES, TrainConfig, train
 from pipeline.training.augment import Augmentation
 from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from pipeline.constants import CLASSES
-from pipeline.runs import LAST, METRICS, MODEL, load_model, load_tensors, read_config, read_status
+from pipeline.store import LAST, METRICS, MODEL, load_model, load_tensors, read_config, read_status
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from pipeline.attacks import attack_class, available
 from pipeline.evaluation.cli import start_evaluation_job
 from pipeline.evaluation.report import FILES
 from pipeline.jobs import list_jobs
-from pipeline.runs import RunRecord
+from pipeline.store import RunRecord
 from pipeline.units import parse_epsilons
 
 #: The reference table's attacks first; then every other attack with an L∞ budget.

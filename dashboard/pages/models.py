@@ -1,7 +1,7 @@
 """Models: every run with its settings and results; compare, export, import, delete; each run's
 entry in MLflow and the switch that turns tracking on or off.
 
-Each action is one call into :mod:`pipeline.runs`; uploads are screened there (zip entries,
+Each action is one call into :mod:`pipeline.store`; uploads are screened there (zip entries,
 sizes, safetensors only, shapes checked against the architecture) before anything is kept.
 """
 
@@ -20,8 +20,9 @@ from dashboard.ui.run_table import job_states, runs_table
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next
 from pipeline import tracking
+from pipeline.jobs import delete_run
 from pipeline.models import ARCHITECTURES
-from pipeline.runs import RunRecord, delete_run, export_run, import_run, list_runs
+from pipeline.store import RunRecord, export_run, import_run, list_runs
 from pipeline.units import format_epsilon
 
 #: Runs and weights may be larger than scans: up to the server's cap (a ResNet-101 is about 170 MB).

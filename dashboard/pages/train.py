@@ -22,7 +22,7 @@ from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next, synthetic_badge, usable_runs
 from pipeline.attacks import Param
 from pipeline.jobs import JobState, job_state
-from pipeline.runs import list_runs
+from pipeline.store import list_runs
 from pipeline.training import PRESETS, TrainConfig, field_spec, resume_job, start_job
 
 STRATEGY_WORDS = {

@@ -1,8 +1,8 @@
 """Adopting weights trained elsewhere: a bare ``.safetensors`` file becomes a run of this lab.
 
-Composition only, from :mod:`pipeline.runs`: the file is read as safetensors (never unpickled),
+Composition only, from :mod:`pipeline.store`: the file is read as safetensors (never unpickled),
 its tensors are checked by name, shape, dtype and finiteness against a freshly built model, and
-only then is a run directory written (model, config, status). A run made this way stores no
+only then is a run directory written (model, record, status). A run made this way stores no
 split, so the Attack page offers uploads for it, not "test scans" it may have been trained on.
 """
 
@@ -14,15 +14,14 @@ from pathlib import Path
 
 from pipeline.constants import CLASSES
 from pipeline.models import build_model
-from pipeline.runs import (
-    CONFIG,
+from pipeline.store import (
     MODEL,
-    atomic_write_json,
     check_state,
     load_tensors,
     new_run_dir,
     save_model,
     update_status,
+    write_config,
 )
 from pipeline.training import TrainConfig
 
@@ -40,15 +39,11 @@ def import_checkpoint(path: Path, runs_dir: Path, *, arch: str, image_size: int)
     run_dir = new_run_dir(runs_dir, f"{arch}-imported")
     try:
         save_model(run_dir / MODEL, model)
-        atomic_write_json(
-            run_dir / CONFIG,
-            {
-                **config.to_dict(),
-                "classes": list(CLASSES),
-                "num_classes": len(CLASSES),
-                "created_at": time.time(),
-                "imported": "weights uploaded as safetensors; training unknown",
-            },
+        write_config(
+            run_dir,
+            config.to_dict(),
+            classes=CLASSES,
+            note="weights uploaded as safetensors; training unknown",
         )
         update_status(
             run_dir,

@@ -8,7 +8,7 @@ from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.settings import runs_dir
 from pipeline.jobs import job_state
-from pipeline.runs import list_runs
+from pipeline.store import list_runs
 from pipeline.training import TrainConfig, start_job
 
 DEMO_RUN_KEY = "demo.run"

@@ -15,7 +15,7 @@ from dashboard.ui import figures
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.progress_view import remaining_words
 from pipeline.jobs import cancel_job, job_state
-from pipeline.runs import read_metrics
+from pipeline.store import read_metrics
 
 POLL_SECONDS = 2.0
 

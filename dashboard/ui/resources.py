@@ -23,7 +23,7 @@ from pipeline.evaluation.data import run_data as stored_run_data
 from pipeline.evaluation.profile import ValidationProfile, validation_profile
 from pipeline.explain import default_layer, feature_grids
 from pipeline.progress import ProgressCallback
-from pipeline.runs import MODEL, RunRecord, load_model
+from pipeline.store import MODEL, RunRecord, load_model
 
 MODEL_CACHE_ENTRIES = 4
 #: What identifies a run's data and split in its config (the cache key of its test scans).

@@ -10,7 +10,7 @@ from dashboard.ui.status import model_summary
 from pipeline.constants import CLASSES
 from pipeline.evaluation.degenerate import check_epoch
 from pipeline.jobs import JobState, job_state
-from pipeline.runs import RunRecord
+from pipeline.store import RunRecord
 from pipeline.tracking import run_link
 
 ACCURACY = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)

@@ -10,7 +10,7 @@ import torch
 from dashboard.ui.session import RUN_KEY, dataset_choice
 from dashboard.ui.settings import runs_dir
 from pipeline.device import select_device
-from pipeline.runs import RunRecord, list_runs
+from pipeline.store import RunRecord, list_runs
 
 #: Set by a page to select a run on the next script run (a widget's value cannot change mid-run).
 PENDING_RUN_KEY = "lunglab.run.pending"
@@ -51,9 +51,7 @@ def run_label(record: RunRecord) -> str:
 
 
 def is_synthetic(record: Optional[RunRecord]) -> bool:
-    return record is not None and bool(
-        record.config.get("dataset", {}).get("is_synthetic", record.config.get("data") == "synthetic")
-    )
+    return record is not None and record.is_synthetic
 
 
 def synthetic_badge() -> None:

@@ -25,8 +25,7 @@ from pipeline.evaluation.report import SYNTHETIC_BANNER, save_report
 from pipeline.evaluation.strength import StrengthSettings
 from pipeline.evaluation.suite import EvaluationSuite, SuiteSettings, attack_specs, evaluate_models
 from pipeline.progress import ProgressCallback, tqdm_progress
-from pipeline.runs import RunRecord, load_model, update_status
-from pipeline.training.loop import resolve_run
+from pipeline.store import RunRecord, load_model, resolve_run, update_status
 from pipeline.units import format_epsilon, parse_epsilons
 
 #: Seconds between two progress writes to a job's status.json.

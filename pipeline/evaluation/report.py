@@ -36,7 +36,7 @@ from pipeline.evaluation.reference import (
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
-from pipeline.runs import atomic_write_bytes
+from pipeline.store import atomic_write_bytes
 from pipeline.units import format_epsilon
 
 SYNTHETIC_BANNER = "Synthetic data — not a medical result"

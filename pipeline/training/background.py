@@ -1,7 +1,7 @@
 """Training as a background job: the dashboard starts it, returns at once and watches the run directory.
 
 The run directory is created here, before the child process starts, so a page refresh (or a
-restarted dashboard) finds the job through :func:`pipeline.runs.list_runs` immediately; the
+restarted dashboard) finds the job through :func:`pipeline.store.list_runs` immediately; the
 child reads its settings from ``request.json`` in that directory.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline import jobs
 from pipeline.errors import UserInputError
-from pipeline.runs import REQUEST, atomic_write_json, new_run_dir
+from pipeline.store import REQUEST, new_run_dir, write_request
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import with_start_run
 
@@ -20,7 +20,7 @@ def start_job(config: TrainConfig, runs_dir: Path | str) -> Path:
     """Start training ``config`` in a separate process; return the new run's directory at once."""
     config = with_start_run(config, runs_dir)  # a mismatched starting run is refused here, not in the job
     run_dir = new_run_dir(runs_dir, f"{config.arch}-{config.strategy}")
-    atomic_write_json(run_dir / REQUEST, config.to_dict())
+    write_request(run_dir, config.to_dict())
     jobs.launch(
         run_dir, ["train", "--quiet", "--config-json", str(run_dir / REQUEST), "--run-dir", str(run_dir)]
     )

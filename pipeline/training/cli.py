@@ -17,7 +17,7 @@ from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
 from pipeline.progress import ProgressCallback, tqdm_progress
 from pipeline.json_object import parse_json_object
-from pipeline.runs import read_record
+from pipeline.store import read_record
 from pipeline.tracking import add_tracking_flag, describe
 from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.loop import EXECUTION_FIELDS, train
@@ -134,5 +134,5 @@ def _print_outcome(run_dir: Path) -> None:
         )
     if record.status.get("tracking"):
         print(describe(record.status["tracking"]))
-    if record.config.get("dataset", {}).get("is_synthetic"):
+    if record.is_synthetic:
         print("note: trained on the synthetic phantom; these figures are not medical results")

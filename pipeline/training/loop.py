@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,30 +36,28 @@ from pipeline.data import ScanDataset, Split, load_dataset, split_dataset
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.progress import ProgressCallback, report
-from pipeline.json_object import parse_json_object
-from pipeline.runs import (
+from pipeline.store import (
     CONFIG,
-    LAST,
-    LAST_META,
     METRICS,
     MODEL,
-    REQUEST,
     append_metrics,
-    atomic_write_json,
-    check_state,
+    has_checkpoint,
+    has_config,
+    load_checkpoint,
     load_model,
-    load_tensors,
     new_run_dir,
     read_config,
-    read_json,
     read_metrics,
+    read_settings,
     read_status,
     remove_partial_writes,
+    resolve_run,
+    save_checkpoint,
     save_model,
-    save_tensors,
-    unwrap,
     update_status,
+    write_config,
     write_metrics,
+    write_request,
 )
 from pipeline.training import distributed
 from pipeline.training.augment import Augmentation
@@ -68,8 +65,6 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import DistContext
 from pipeline.training.strategies import Strategy, build_strategy
 
-CHECKPOINT_FORMAT = "lunglab-checkpoint"
-RUN_FORMAT = "lunglab-run"
 #: Settings of how to run, not what to train: a resumed run may change them.
 EXECUTION_FIELDS = ("device", "amp", "channels_last", "compile")
 STATUS_INTERVAL_S = 1.0
@@ -113,22 +108,12 @@ def train(
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             remove_partial_writes(run_dir)
-            if not (run_dir / CONFIG).is_file():
-                atomic_write_json(run_dir / REQUEST, config.to_dict())  # resumable from the first instant
+            if not has_config(run_dir):
+                write_request(run_dir, config.to_dict())  # resumable from the first instant
         Trainer(config, run_dir, context, progress, track).run()
     finally:
         distributed.teardown(context)
     return run_dir
-
-
-def resolve_run(runs_dir: Path | str, run: Path | str) -> Path:
-    """A run given as a path or as a name under ``runs_dir``."""
-    for candidate in (Path(run), Path(runs_dir) / str(run)):
-        if candidate.is_dir() and any((candidate / name).is_file() for name in (CONFIG, REQUEST)):
-            return candidate
-    raise CheckpointError(
-        f"no run {str(run)!r} found (looked for a run directory and for it under {runs_dir})"
-    )
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
@@ -147,8 +132,14 @@ def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
 
 
 def _resumed_config(run_dir: Path, override: Optional[TrainConfig]) -> TrainConfig:
-    stored = read_config(run_dir) if (run_dir / CONFIG).is_file() else read_json(run_dir / REQUEST)
-    config = TrainConfig.from_dict(stored)
+    try:
+        config = TrainConfig.from_dict(read_settings(run_dir))
+    except CheckpointError:
+        raise
+    except UserInputError as error:
+        raise CheckpointError(
+            f"the stored settings of run {run_dir.name} are damaged ({error}); start a new run"
+        ) from None
     if override is not None:
         config = dataclasses.replace(config, **{name: getattr(override, name) for name in EXECUTION_FIELDS})
     return config
@@ -289,7 +280,7 @@ class Trainer:
             window=config.window,
             progress=self._phase_progress("loading data"),
         )
-        stored = read_json(self.run_dir / CONFIG)
+        stored = read_config(self.run_dir) if has_config(self.run_dir) else None
         if stored is not None:
             if "split" not in stored:
                 raise CheckpointError(
@@ -309,29 +300,18 @@ class Trainer:
             strategy=config.split_strategy,
         )  # type: ignore[arg-type]
         if self.context.is_main:
-            atomic_write_json(
-                self.run_dir / CONFIG,
-                {
-                    **config.to_dict(),
-                    "format": RUN_FORMAT,
-                    "num_classes": len(dataset.classes),
-                    "classes": list(dataset.classes),
-                    "dataset": {
-                        "name": dataset.name,
-                        "fingerprint": dataset.fingerprint,
-                        "size": len(dataset),
-                        "is_synthetic": dataset.is_synthetic,
-                        "class_counts": dataset.class_counts(),
-                    },
-                    "split": split.to_dict(),
-                    "created_at": self._started,
-                    "versions": {"torch": torch.__version__},
-                },
+            write_config(
+                self.run_dir,
+                config.to_dict(),
+                classes=dataset.classes,
+                dataset=dataset,
+                split=split,
+                created_at=self._started,
             )
         return dataset, split
 
     def _build_model(self) -> ScanClassifier:
-        if self.config.init_from and not (self.run_dir / LAST).is_file():  # a resumed run has its own
+        if self.config.init_from and not has_checkpoint(self.run_dir):  # a resumed run has its own
             model = self._model_of_run(self.config.init_from)
         else:
             # The initial weights follow the run's seed (so do all ranks'), not the caller's RNG.
@@ -400,7 +380,7 @@ class Trainer:
             "guard_best": None,
             "stopped": None,
         }
-        if not (self.run_dir / LAST).is_file():
+        if not has_checkpoint(self.run_dir):
             if self.context.is_main:
                 write_metrics(self.run_dir, [])
             return fresh
@@ -673,71 +653,6 @@ class Trainer:
             report(self.progress, done, total, message or phase)
 
         return forward
-
-
-# ------------------------------------------------------------------------- checkpoints
-def save_checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
-    """``last.safetensors`` (model, optimizer tensors, RNG) with its JSON index inside, plus ``last.json``.
-
-    The index travels inside the safetensors metadata so tensors and index are replaced by one
-    rename; ``last.json`` is a readable copy for people and the dashboard.
-    """
-    tensors = {f"model.{name}": value for name, value in unwrap(model).state_dict().items()}
-    saved = optimizer.state_dict()
-    optimizer_state: dict[str, dict[str, Any]] = {}
-    for param_id, entries in saved["state"].items():
-        optimizer_state[str(param_id)] = {}
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{param_id}.{key}"] = value
-                optimizer_state[str(param_id)][key] = {"tensor": f"optim.{param_id}.{key}"}
-            else:
-                optimizer_state[str(param_id)][key] = value
-    tensors["rng.cpu"] = torch.get_rng_state()
-    index = {
-        "format": CHECKPOINT_FORMAT,
-        **state,
-        "saved_at": time.time(),
-        "optimizer": {"param_groups": saved["param_groups"], "state": optimizer_state},
-    }
-    save_tensors(run_dir / LAST, tensors, {"format": CHECKPOINT_FORMAT, "index": json.dumps(index)})
-    atomic_write_json(run_dir / LAST_META, {key: value for key, value in index.items() if key != "optimizer"})
-
-
-def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from ``last.safetensors``; return the loop state saved with them."""
-    tensors, metadata = load_tensors(run_dir / LAST)
-    source = f"{LAST} of run {run_dir.name}"
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{source} is not a resumable checkpoint of this lab")
-    try:
-        index = parse_json_object(metadata["index"], f"the resume index in {source}")
-        weights = {
-            name[len("model.") :]: value for name, value in tensors.items() if name.startswith("model.")
-        }
-        check_state(weights, unwrap(model), source)
-        state = {
-            int(param_id): {
-                key: tensors[value["tensor"]] if isinstance(value, dict) else value
-                for key, value in entries.items()
-            }
-            for param_id, entries in index["optimizer"]["state"].items()
-        }
-        for entries in state.values():
-            for value in entries.values():
-                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-                    raise CheckpointError(f"{source}: the optimizer state contains NaN or infinite values")
-        unwrap(model).load_state_dict(weights)
-        optimizer.load_state_dict({"state": state, "param_groups": index["optimizer"]["param_groups"]})
-        torch.set_rng_state(tensors["rng.cpu"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # CheckpointError is a ValueError
-        raise CheckpointError(
-            f"{source} is damaged or belongs to other settings ({error}); "
-            "start a new run instead of resuming this one"
-        ) from None
-    return {key: value for key, value in index.items() if key not in ("optimizer", "format", "saved_at")}
 
 
 def _with_count(totals: torch.Tensor, count: int) -> torch.Tensor:

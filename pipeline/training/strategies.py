@@ -21,7 +21,7 @@ from torch import nn
 from pipeline.attacks import get_attack
 from pipeline.errors import UserInputError
 from pipeline.progress import ProgressCallback, report
-from pipeline.runs import load_model
+from pipeline.store import load_model
 from pipeline.training.config import TrainConfig
 
 #: Returned by a step: the loss to minimise, logits and labels to count training accuracy on.

@@ -17,14 +17,13 @@ import torch
 
 from pipeline.__main__ import main
 from pipeline.errors import CheckpointError, UserInputError
-from pipeline.jobs import process_start_time
+from pipeline.jobs import delete_run, process_start_time
 from pipeline.models import build_model
-from pipeline.runs import (
+from pipeline.store import (
     CONFIG,
     MODEL,
     STATUS,
     atomic_write_bytes,
-    delete_run,
     export_run,
     import_run,
     list_runs,
@@ -34,7 +33,7 @@ from pipeline.runs import (
     save_model,
     update_status,
 )
-from pipeline.training.config import TrainConfig
+from pipeline.training import TrainConfig, train
 
 
 def make_run(runs_dir: Path, name: str = "run-a", **config_changes) -> tuple[Path, torch.nn.Module]:
@@ -136,8 +135,6 @@ def test_wrong_shapes_dtypes_and_nan_are_refused(tmp_path: Path) -> None:
         ({"num_classes": 10**9}, "num_classes"),
         ({"image_size": 10**6}, "image_size"),
         ({"arch": "../../evil"}, "architecture"),
-        ({"eps": float("nan")}, "eps"),
-        ({"epochs": -5}, "epochs"),
         ({"classes": ["a", "b"]}, "classes"),
     ],
 )
@@ -145,6 +142,16 @@ def test_absurd_configs_are_refused(tmp_path: Path, change: dict, words: str) ->
     run_dir, _ = make_run(tmp_path, **change)
     _expect_error(run_dir, words)
     assert list_runs(tmp_path)[0].error  # listed (so it can be deleted), marked unreadable
+
+
+@pytest.mark.parametrize("change", [{"eps": float("nan")}, {"epochs": -5}, {"strategy": "magic"}])
+def test_absurd_training_settings_are_refused_on_resume(tmp_path: Path, change: dict) -> None:
+    """The store checks what rebuilds the model; training checks its own settings when it reads them."""
+    run_dir, _ = make_run(tmp_path, **change)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
+    with pytest.raises(CheckpointError, match=f"stored settings of run run-a.*{next(iter(change))}"):
+        train(None, tmp_path, resume=run_dir)
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 
 #: Python's json parser recurses once per bracket, so this raises RecursionError, not JSONDecodeError.

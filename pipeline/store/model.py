@@ -1,0 +1,62 @@
+"""A run's kept model: saved with its architecture, loaded only after every tensor is checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import torch
+from torch import nn
+
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.models import ScanClassifier, build_model
+from pipeline.store.layout import LAST, MODEL
+from pipeline.store.record import RunRecord, read_record
+from pipeline.store.tensors import check_state, load_tensors, save_tensors, unwrap
+
+MODEL_FORMAT: Final[str] = "lunglab-model"
+
+
+def save_model(path: Path, model: nn.Module) -> None:
+    """Save the weights of ``model`` (a ScanClassifier, possibly wrapped) with its architecture."""
+    inner = unwrap(model)
+    metadata = {"format": MODEL_FORMAT, "arch": inner.arch, "num_classes": str(inner.num_classes)}
+    save_tensors(path, inner.state_dict(), metadata)
+
+
+def load_model(
+    run_dir: Path | str, *, device: str | torch.device = "cpu", which: str = "best"
+) -> tuple[ScanClassifier, RunRecord]:
+    """Build the run's model and load its best (or ``which="last"``) weights, in eval mode.
+
+    Raises :class:`CheckpointError` when the run, its record or its weights are missing,
+    damaged or do not fit the recorded architecture.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run {run_dir} does not exist")
+    if which not in ("best", "last"):
+        raise UserInputError(f"which must be 'best' or 'last', got {which!r}")
+    record = read_record(run_dir)
+    if record.error:
+        raise CheckpointError(record.error)
+    config = record.config
+    path = run_dir / (MODEL if which == "best" else LAST)
+    if not path.is_file():
+        raise CheckpointError(
+            f"run {record.name} has no saved model yet ({path.name} is missing); "
+            "wait until its first epoch has finished"
+        )
+    tensors, metadata = load_tensors(path)
+    if which == "last":
+        tensors = {
+            name[len("model.") :]: tensor for name, tensor in tensors.items() if name.startswith("model.")
+        }
+    elif metadata.get("format") != MODEL_FORMAT or metadata.get("arch") != config["arch"]:
+        raise CheckpointError(
+            f"{path.name} of run {record.name} was not written for a {config['arch']} of this lab"
+        )
+    model = build_model(config["arch"], num_classes=len(record.classes))
+    check_state(tensors, model, f"{path.name} of run {record.name}")
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), record

@@ -1,0 +1,249 @@
+"""The run record (``config.json``), finding runs, and naming new ones.
+
+The record is written once, when training has its data and split: the training settings as the
+trainer gives them, plus what the store itself vouches for and checks on every read: the
+architecture, the classes, the image size, the dataset's identity and the split. Training
+settings are validated by whoever turns them back into a training configuration (resuming,
+fine-tuning); the store validates what it needs to rebuild and feed the model.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Mapping, Optional, Sequence
+
+import torch
+
+from pipeline.constants import CLASSES
+from pipeline.data import ScanDataset, Split
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
+from pipeline.store.files import atomic_write_json, read_json
+from pipeline.store.layout import CONFIG, MARKERS, MODEL, REQUEST
+from pipeline.store.metrics import read_metrics
+from pipeline.store.status import read_status
+
+RUN_FORMAT: Final[str] = "lunglab-run"
+MAX_IMAGE_SIZE: Final[int] = 1024
+
+
+@dataclass
+class RunRecord:
+    """What the store knows about one run; ``error`` is set when the run cannot be read."""
+
+    run_dir: Path
+    name: str
+    #: ``config.json`` (or, before it exists, ``request.json``) as validated by :func:`validate_config`.
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    #: ``status.json`` as last written; :func:`pipeline.jobs.job_state` adds process liveness.
+    status: dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+
+    @property
+    def has_model(self) -> bool:
+        return (self.run_dir / MODEL).is_file()
+
+    @property
+    def best(self) -> Optional[dict[str, Any]]:
+        """The metrics line of the epoch whose model was kept, if any."""
+        chosen = [line for line in self.metrics if line.get("best")]
+        return chosen[-1] if chosen else None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in the model's output order."""
+        return tuple(self.config.get("classes", CLASSES))
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether the run was trained on the synthetic phantom (never a medical result)."""
+        dataset = self.config.get("dataset") or {}
+        return bool(dataset.get("is_synthetic", self.config.get("data") == "synthetic"))
+
+
+def validate_config(config: Any, *, source: str = CONFIG) -> dict[str, Any]:
+    """Check the fields the store needs to rebuild a run's model; return ``config`` unchanged.
+
+    Raises :class:`CheckpointError` naming ``source`` and the field: an unknown architecture,
+    a class list that does not fit ``num_classes``, an image size outside
+    ``[MIN_INPUT_SIZE, MAX_IMAGE_SIZE]`` pixels.
+    """
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source} must hold a JSON object")
+    arch = config.get("arch")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{source}: unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}"
+        )
+    classes = config.get("classes", list(CLASSES))
+    num_classes = config.get("num_classes", len(classes) if isinstance(classes, list) else None)
+    if not (isinstance(num_classes, int) and 2 <= num_classes <= 1000):
+        raise CheckpointError(f"{source}: num_classes must be an integer in [2, 1000], got {num_classes!r}")
+    if not (
+        isinstance(classes, list)
+        and len(classes) == num_classes
+        and all(isinstance(name, str) and 0 < len(name) <= 64 for name in classes)
+    ):
+        raise CheckpointError(f"{source}: classes must list {num_classes} short names, got {classes!r}")
+    image_size = config.get("image_size")
+    if not (isinstance(image_size, int) and MIN_INPUT_SIZE <= image_size <= MAX_IMAGE_SIZE):
+        raise CheckpointError(
+            f"{source}: image_size must be an integer in [{MIN_INPUT_SIZE}, {MAX_IMAGE_SIZE}], "
+            f"got {image_size!r}"
+        )
+    return config
+
+
+def write_config(
+    run_dir: Path,
+    settings: Mapping[str, Any],
+    *,
+    classes: Sequence[str],
+    dataset: Optional[ScanDataset] = None,
+    split: Optional[Split] = None,
+    created_at: Optional[float] = None,
+    note: Optional[str] = None,
+) -> dict[str, Any]:
+    """Write the run record: ``settings`` (JSON-ready) plus classes, dataset identity and split.
+
+    ``dataset`` and ``split`` are absent for weights trained elsewhere (``note`` then says so);
+    without a split, no scan is known to be unseen by the model. Returns the record written.
+    """
+    record: dict[str, Any] = {
+        **settings,
+        "format": RUN_FORMAT,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "created_at": time.time() if created_at is None else created_at,
+        "versions": {"torch": torch.__version__},
+    }
+    if dataset is not None:
+        record["dataset"] = {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint,
+            "size": len(dataset),
+            "is_synthetic": dataset.is_synthetic,
+            "class_counts": dataset.class_counts(),
+        }
+    if split is not None:
+        record["split"] = split.to_dict()
+    if note is not None:
+        record["imported"] = note
+    atomic_write_json(Path(run_dir) / CONFIG, validate_config(record))
+    return record
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The validated run record; a run without one raises :class:`CheckpointError`."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG)
+    if config is None:
+        raise CheckpointError(f"{run_dir} has no {CONFIG}; it is not a finished or running training run")
+    return validate_config(config)
+
+
+def write_request(run_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Record the settings a run is started with, so it is listed and resumable from the first instant."""
+    atomic_write_json(Path(run_dir) / REQUEST, dict(settings))
+
+
+def read_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings a run trains with: its record once written, else the request it was started with."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).is_file():
+        return read_config(run_dir)
+    request = read_json(run_dir / REQUEST)
+    if request is None:
+        raise CheckpointError(f"{run_dir} has neither {CONFIG} nor {REQUEST}; it is not a run of this lab")
+    return request
+
+
+def has_config(run_dir: Path) -> bool:
+    """Whether the run's record is written (its data and split are fixed)."""
+    return (Path(run_dir) / CONFIG).is_file()
+
+
+def read_record(run_dir: Path) -> RunRecord:
+    """Read one run; a damaged run yields a record with ``error`` set instead of raising."""
+    run_dir = Path(run_dir)
+    record = RunRecord(run_dir=run_dir, name=run_dir.name)
+    try:
+        record.status = read_status(run_dir)
+        record.metrics = read_metrics(run_dir)
+        if (run_dir / CONFIG).is_file():
+            record.config = read_config(run_dir)
+        else:
+            record.config = read_json(run_dir / REQUEST, default={}) or {}
+    except (UserInputError, OSError) as error:
+        record.error = f"run {run_dir.name} cannot be read: {error}"
+    return record
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: a visible folder holding a record or a status."""
+    path = Path(path)
+    return path.is_dir() and not path.name.startswith(".") and any((path / n).is_file() for n in MARKERS)
+
+
+def list_runs(runs_dir: Path | str) -> list[RunRecord]:
+    """Every run under ``runs_dir``, newest first; queued and running ones included."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    runs = [read_record(path) for path in runs_dir.iterdir() if is_run_dir(path)]
+    return sorted(runs, key=_created, reverse=True)
+
+
+def _created(record: RunRecord) -> float:
+    for value in (record.config.get("created_at"), record.status.get("created_at")):
+        if isinstance(value, (int, float)):
+            return float(value)
+    return record.run_dir.stat().st_mtime
+
+
+def resolve_run(runs_dir: Path | str, run: Path | str) -> Path:
+    """A run given as a path or as a name under ``runs_dir``; CheckpointError when there is none."""
+    for candidate in (Path(run), Path(runs_dir) / str(run)):
+        if has_config(candidate) or (candidate / REQUEST).is_file():
+            return candidate
+    raise CheckpointError(
+        f"no run {str(run)!r} found (looked for a run directory and for it under {runs_dir})"
+    )
+
+
+def new_run_dir(runs_dir: Path | str, label: str) -> Path:
+    """Create a fresh, uniquely named run directory like ``20250101-120000-resnet50-pgd``."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y%m%d-%H%M%S") + "-" + safe_name(label)
+    for attempt in range(1000):
+        path = runs_dir / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise CheckpointError(f"could not find a free run name under {runs_dir}")
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to a file name of letters, digits, ``.``, ``_`` and ``-`` (at most 80)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")[:80]
+    return name or "run"
+
+
+def remove_run(run_dir: Path | str) -> None:
+    """Delete a run directory and everything in it; refuses a folder that is not a run.
+
+    It does not look at the run's process: :func:`pipeline.jobs.delete_run` refuses running jobs
+    first and is what callers use.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any((run_dir / name).exists() for name in MARKERS):
+        raise CheckpointError(f"{run_dir} is not a run directory; nothing was deleted")
+    shutil.rmtree(run_dir)

@@ -1,0 +1,79 @@
+"""Safetensors files read without trust: never unpickled, checked tensor by tensor against a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from pipeline.errors import CheckpointError
+from pipeline.models import ScanClassifier
+from pipeline.store.files import atomic_write_bytes, read_limited
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file atomically (contiguous CPU copies; shared storage is fine)."""
+    plain = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
+    atomic_write_bytes(path, save_safetensors_bytes(plain, metadata=dict(metadata)))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file: (CPU tensors, string metadata); anything else raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    data = read_limited(path)
+    try:
+        tensors = load_safetensors_bytes(data)
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file ({error}); it is truncated, damaged or not a "
+            "checkpoint of this lab (pickled .pt files are never loaded)"
+        ) from None
+    return tensors, metadata
+
+
+def unwrap(model: nn.Module) -> ScanClassifier:
+    """The ScanClassifier inside DistributedDataParallel and ``torch.compile`` wrappers."""
+    while not isinstance(model, ScanClassifier):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a ScanClassifier, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def check_state(tensors: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Compare a checkpoint's tensors with ``model``'s by name, shape and dtype; reject NaN/inf.
+
+    Raises :class:`CheckpointError` naming ``source`` and the first tensor that does not fit.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match the architecture: "
+            f"missing {_few(missing)}, unexpected {_few(unexpected)}"
+        )
+    for name, reference in expected.items():
+        tensor = tensors[name]
+        if tensor.shape != reference.shape or tensor.dtype != reference.dtype:
+            raise CheckpointError(
+                f"{source}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, the architecture needs "
+                f"{tuple(reference.shape)} {reference.dtype}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source}: tensor {name} contains NaN or infinite values")
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names else "none"
