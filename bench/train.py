@@ -70,7 +70,8 @@ def strategy_rates(
     )
     with tempfile.TemporaryDirectory() as runs:
         for label, strategy in (("standard", "standard"), ("fgsm-rs", "fgsm-rs"), (f"pgd-{steps}", "pgd")):
-            run_dir = train(TrainConfig(**base, strategy=strategy, steps=steps), runs, track=False)
+            config = TrainConfig.from_dict({**base, "strategy": strategy, "steps": steps})
+            run_dir = train(config, runs, track=False)
             # the fastest epoch after the first: least disturbed by other load
             yield label, max(line["images_per_s"] for line in read_metrics(run_dir)[1:])
 
@@ -137,7 +138,7 @@ def preset_check(args: argparse.Namespace) -> None:
 def held_out_accuracy(run_dir: Path, device: torch.device, eps: float) -> tuple[float, float]:
     """Clean and PGD-10 accuracy of the kept model on the run's own held-out test split."""
     model, record = load_model(run_dir, device=device)
-    dataset, split = run_data(record.config)
+    dataset, split = run_data(record)
     pgd = AttackSpec("pgd", {"eps": eps, "steps": 10}, "pgd")
     report = evaluate(model, dataset, split.test, [pgd], device=device)
     return report.clean.accuracy, report.attacks[0].outcome.accuracy

@@ -42,7 +42,7 @@ def finished_evaluation(run_dirs: list[Path]) -> Path:
     for run_dir in run_dirs:
         model, record = load_model(run_dir)
         loaded[record.name] = model
-    dataset, split = run_data(load_model(run_dirs[0])[1].config)
+    dataset, split = run_data(load_model(run_dirs[0])[1])
     folder = run_dirs[0] / "evaluations" / "20260101-000000"
     save_report(evaluate_models(loaded, dataset, split.test, SMALL_SUITE), folder)
     return folder

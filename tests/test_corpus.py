@@ -29,7 +29,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import attacked_dicom, load_dataset, open_scan, preprocess_image, read_scan, split_dataset
+from pipeline.data import (
+    DataSpec,
+    attacked_dicom,
+    load_dataset,
+    open_scan,
+    preprocess_image,
+    read_scan,
+    split_dataset,
+)
 from pipeline.data.sources import is_image_name
 from pipeline.errors import UserInputError
 from pipeline.__main__ import main
@@ -492,12 +500,12 @@ def test_dashboard_data_page_with_each_folder(lab: Lab) -> None:
     page = REPO / "dashboard" / "pages" / "data.py"
     from streamlit.testing.v1 import AppTest
 
-    from dashboard.ui.session import DATASET_KEY, DatasetChoice
+    from dashboard.ui.session import DATASET_KEY
 
     app = AppTest.from_file(str(page), default_timeout=120)
     rows = []
     for item in (item for item in lab.of(FOLDER) if SCAN not in item.kinds):
-        app.session_state[DATASET_KEY] = DatasetChoice(source=str(item.path), image_size=64)
+        app.session_state[DATASET_KEY] = DataSpec(source=str(item.path), image_size=64)
         with _captured(lab.logs):
             app.run()
         shown = _shown(app)

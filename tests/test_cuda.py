@@ -34,7 +34,7 @@ def assert_finished_with_a_portable_model(run_dir: Path) -> None:
                          if isinstance(value, float))
     on_gpu, record = load_model(run_dir, device="cuda")
     on_cpu, _ = load_model(run_dir, device="cpu")
-    x = torch.rand(8, 1, record.config["image_size"], record.config["image_size"],
+    x = torch.rand(8, 1, record.data.image_size, record.data.image_size,
                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         gpu_logits = on_gpu(x.cuda().contiguous(memory_format=torch.channels_last)).float().cpu()
@@ -44,7 +44,7 @@ def assert_finished_with_a_portable_model(run_dir: Path) -> None:
 
 
 def test_training_uses_bf16_autocast_on_cuda(tmp_path: Path) -> None:
-    trainer = Trainer(TrainConfig(**ON_GPU), tmp_path, DistContext(0, 1, torch.device("cuda")), None)
+    trainer = Trainer(TrainConfig.from_dict(ON_GPU), tmp_path, DistContext(0, 1, torch.device("cuda")), None)
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert trainer.amp_dtype == expected
     with trainer.autocast():
@@ -54,13 +54,13 @@ def test_training_uses_bf16_autocast_on_cuda(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("strategy", ["standard", "pgd", "trades"])
 def test_bf16_channels_last_training_keeps_the_store_promises(tmp_path: Path, strategy: str) -> None:
-    run_dir = train(TrainConfig(**ON_GPU, strategy=strategy), tmp_path)
+    run_dir = train(TrainConfig.from_dict({**ON_GPU, "strategy": strategy}), tmp_path)
     assert_finished_with_a_portable_model(run_dir)
 
 
 @pytest.mark.timeout(300)  # compiling the training and the attack graphs takes a minute or two
 def test_compiled_adversarial_training(tmp_path: Path) -> None:
-    run_dir = train(TrainConfig(**{**ON_GPU, "compile": True, "strategy": "pgd"}), tmp_path)
+    run_dir = train(TrainConfig.from_dict({**ON_GPU, "compile": True, "strategy": "pgd"}), tmp_path)
     assert_finished_with_a_portable_model(run_dir)
 
 

@@ -7,6 +7,7 @@ Models are ResNet-18s trained for one epoch on 32-pixel phantoms, so the whole f
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -24,13 +25,13 @@ from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
 from dashboard.ui.checkpoints import import_checkpoint
-from dashboard.ui.resources import _run_data, cached_dataset
-from dashboard.ui.session import DATASET_KEY, RUN_KEY, DatasetChoice
-from pipeline.data import load_dataset
+from dashboard.ui.resources import _run_data, cached_dataset, cached_split
+from dashboard.ui.session import DATASET_KEY, RUN_KEY
+from pipeline.data import DataSpec, load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import cancel_job
 from pipeline.models import build_model
-from pipeline.store import export_run, list_runs, load_model, read_config, save_model
+from pipeline.store import export_run, list_runs, load_model, read_record, save_model
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
@@ -62,15 +63,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
         save_model(weights, build_model("resnet18"))
         foreign = import_checkpoint(weights, runs, arch="resnet18", image_size=64)
         torch.manual_seed(0)
-        second = train(TrainConfig(**TINY, seed=1), runs)
-        first = train(TrainConfig(**TINY), runs)  # the newest run: the one the sidebar selects
+        second = train(TrainConfig.from_dict({**TINY, "seed": 1}), runs)
+        first = train(TrainConfig.from_dict(TINY), runs)  # the newest run: the one the sidebar selects
         yield Lab(runs, first, second, foreign, finished_evaluation([first, second]))
 
 
 def page(name: str, *, state: dict | None = None) -> AppTest:
     """The app opened on ``pages/<name>.py`` with a tiny dataset chosen (and any extra state)."""
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state[DATASET_KEY] = DatasetChoice(image_size=32, count=36)
+    at.session_state[DATASET_KEY] = DataSpec(image_size=32, count=36)
     for key, value in (state or {}).items():
         at.session_state[key] = value
     at.run()  # the entry point registers the pages; only then can a page be chosen by file
@@ -346,11 +347,20 @@ def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
 
 
 def test_a_runs_data_is_the_data_pages_dataset_not_a_second_copy(lab: Lab) -> None:
-    config = read_config(lab.first)
-    dataset, split = _run_data("one-copy", config)
-    shown = cached_dataset(config["data"], config["image_size"], config["data_seed"], config["count"],
-                           config["window"])
-    assert dataset is shown and len(split.test) > 0
+    record = read_record(lab.first)
+    dataset, split = _run_data("one-copy", record)
+    assert dataset is cached_dataset(record.data) and len(split.test) > 0
+
+
+def test_the_data_page_previews_the_split_training_stores(lab: Lab) -> None:
+    """With a split seed other than the training seed, the Data page's split is still the stored one."""
+    record = read_record(lab.second)  # trained with seed 1; its data's split seed is 0
+    spec = dataclasses.replace(record.data, split_seed=7)
+    config = TrainConfig.from_dict({**record.config, "data": spec.to_dict(), "epochs": 1})
+    stored = read_record(train(config, lab.runs / "previewed")).config["split"]
+    previewed, _ = cached_split(spec)
+    assert previewed.to_dict()["test"] == stored["test"] and previewed.seed == 7
+    assert cached_split(record.data)[0].to_dict()["test"] != stored["test"]  # the seed matters
 
 
 def test_data_page_downloads_in_the_background_and_explains_a_failure(
@@ -377,7 +387,7 @@ def test_data_page_reads_a_class_folder(lab: Lab, tmp_path: Path) -> None:
         folder = tmp_path / "data" / scans.classes[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image[:, 4:]).save(folder / f"case ({index + 1}).png")  # not square: padding shows
-    at = page("data", state={DATASET_KEY: DatasetChoice(source=str(tmp_path / "data"), image_size=32)})
+    at = page("data", state={DATASET_KEY: DataSpec(source=str(tmp_path / "data"), image_size=32)})
     assert_calm(at)
     assert {metric.label: metric.value for metric in at.metric}["Scans"] == "24"
     assert any(caption.startswith("As stored: 36×40") for caption in captions(at))
@@ -522,7 +532,6 @@ def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> N
     before = {record.name for record in list_runs(lab.runs)}
     at = page("train")
     at.selectbox(key="train:quick:arch").set_value("resnet18")
-    at.number_input(key="train:quick:image_size").set_value(32)
     at.number_input(key="train:quick:epochs").set_value(1)
     at.number_input(key="train:quick:batch_size").set_value(8)
     at.text_input(key="train:quick:device").input("cpu")
@@ -534,13 +543,14 @@ def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> N
     assert_calm(at)
     assert charts(at) == 2  # loss, accuracy
     record = next(record for record in list_runs(lab.runs) if record.run_dir == watched)
-    assert record.config["arch"] == "resnet18" and record.config["count"] == 36 and len(record.metrics) == 1
+    assert record.config["arch"] == "resnet18" and len(record.metrics) == 1
+    assert record.data == DataSpec(image_size=32, count=36)  # exactly the Data page's choice
 
 
 def test_data_page_splits_dicom_studies_by_patient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
     studies = make_dicom_studies(tmp_path / "export", patients_per_class=3)
-    at = page("data", state={DATASET_KEY: DatasetChoice(source=str(studies.root), image_size=32)})
+    at = page("data", state={DATASET_KEY: DataSpec(source=str(studies.root), image_size=32)})
     assert_calm(at)
     assert any(item.value.startswith("**DICOM studies:** 9 patients") for item in at.markdown)
     sides = at.dataframe[-1].value

@@ -107,8 +107,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LUNGLAB_CACHE_DIR", str(cache))
         torch.manual_seed(0)
-        second = train(TrainConfig(**TINY, seed=1), runs)
-        run_dir = train(TrainConfig(**TINY), runs)  # the newest: the model the sidebar selects
+        second = train(TrainConfig.from_dict({**TINY, "seed": 1}), runs)
+        run_dir = train(TrainConfig.from_dict(TINY), runs)  # the newest: the model the sidebar selects
         finished_evaluation([run_dir, second])
     port = _free_port()
     log = home / "streamlit.log"
@@ -258,7 +258,7 @@ def choose_test_scan(page, position: int) -> None:
 def first_correct(server: Server) -> int:
     """The position in the test split of the first scan the model reads correctly (0 if none)."""
     model, record = load_model(server.run_dir)
-    dataset, split = run_data(record.config)
+    dataset, split = run_data(record)
     x, y = dataset.tensors()
     with torch.no_grad():
         right = (model(x[split.test]).argmax(1) == y[split.test]).nonzero().flatten()
@@ -379,7 +379,7 @@ def test_several_people_attack_different_scans_at_once(browser, server: Server) 
     for page in pages:
         page.get_by_role("button", name="Run the attack").click()
     model, record = load_model(server.run_dir)
-    dataset, split = run_data(record.config)
+    dataset, split = run_data(record)
     for offset, page in enumerate(pages):
         page.wait_for_function(FRESH_RESULTS, timeout=RESULT_MS)
         wait_idle(page)

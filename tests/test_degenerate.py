@@ -28,7 +28,7 @@ from pipeline.evaluation.profile import PROFILE, validation_profile
 from pipeline.evaluation.report import report_csv, report_html
 from pipeline.jobs import job_state
 from pipeline.models import build_model
-from pipeline.runs import METRICS, MODEL, atomic_write_json, load_model, read_record, save_model
+from pipeline.store import METRICS, MODEL, atomic_write_json, load_model, read_record, save_model
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY
 from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401 (autouse fixture)

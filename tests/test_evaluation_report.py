@@ -160,7 +160,7 @@ def test_csv_has_one_row_per_figure_and_labels_the_study(suite) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs_dir = tmp_path_factory.mktemp("runs")
     for strategy in ("standard", "pgd"):
-        train(TrainConfig(**{**TINY, "epochs": 1, "strategy": strategy}), runs_dir)
+        train(TrainConfig.from_dict({**TINY, "epochs": 1, "strategy": strategy}), runs_dir)
     return runs_dir
 
 
@@ -260,7 +260,7 @@ def test_cli_refuses_a_run_whose_stored_split_was_tampered_with(
 def test_runs_with_different_splits_are_not_compared(
     runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    other = train(TrainConfig(**{**TINY, "epochs": 1, "seed": 1}), tmp_path)
+    other = train(TrainConfig.from_dict({**TINY, "epochs": 1, "split_seed": 1}), tmp_path)
     code = main(["evaluate", "--run", str(sorted(runs.iterdir())[0]), "--run", str(other), "--quiet"])
     assert code == 2 and "split the data differently" in capsys.readouterr().err
 

@@ -47,7 +47,7 @@ def _seen_from_another_process(run_dir: Path) -> str:
 
 
 def test_start_progress_cancel(tmp_path: Path) -> None:
-    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    run_dir = start_job(TrainConfig.from_dict(LONG), tmp_path)
     assert [record.run_dir for record in list_runs(tmp_path)] == [
         run_dir
     ]  # visible before the child has started
@@ -66,7 +66,7 @@ def test_start_progress_cancel(tmp_path: Path) -> None:
 
 
 def test_crash_is_reported_in_status(tmp_path: Path) -> None:
-    run_dir = start_job(TrainConfig(**{**TINY, "data": str(tmp_path / "no-such-folder")}), tmp_path)
+    run_dir = start_job(TrainConfig.from_dict({**TINY, "data": str(tmp_path / "no-such-folder")}), tmp_path)
     wait_for(lambda: not job_state(run_dir).running, timeout=60)
     state = job_state(run_dir)
     assert state.phase == "failed"
@@ -75,7 +75,7 @@ def test_crash_is_reported_in_status(tmp_path: Path) -> None:
 
 
 def test_killed_process_is_shown_failed_not_running(tmp_path: Path) -> None:
-    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    run_dir = start_job(TrainConfig.from_dict(LONG), tmp_path)
     pid = _pid(run_dir)
     wait_for(lambda: read_status(run_dir).get("phase") == "training", timeout=120)
     os.killpg(pid, signal.SIGKILL)
@@ -87,7 +87,7 @@ def test_killed_process_is_shown_failed_not_running(tmp_path: Path) -> None:
 
 
 def test_sigterm_ends_the_job_as_cancelled(tmp_path: Path) -> None:
-    run_dir = start_job(TrainConfig(**LONG), tmp_path)
+    run_dir = start_job(TrainConfig.from_dict(LONG), tmp_path)
     pid = _pid(run_dir)
     wait_for(lambda: read_status(run_dir).get("phase") == "training", timeout=120)
     os.killpg(pid, signal.SIGTERM)
@@ -148,9 +148,9 @@ def test_cancel_signals_only_a_recorded_process(tmp_path: Path) -> None:
 
 
 def test_two_trainings_at_once_do_not_mix(tmp_path: Path) -> None:
-    first = start_job(TrainConfig(**{**TINY, "count": 30, "epochs": 2, "seed": 1}), tmp_path)
+    first = start_job(TrainConfig.from_dict({**TINY, "count": 30, "epochs": 2, "seed": 1}), tmp_path)
     second = start_job(
-        TrainConfig(**{**TINY, "count": 30, "epochs": 2, "seed": 2, "strategy": "pgd"}), tmp_path
+        TrainConfig.from_dict({**TINY, "count": 30, "epochs": 2, "seed": 2, "strategy": "pgd"}), tmp_path
     )
     assert first != second
     wait_for(lambda: not job_state(first).running and not job_state(second).running, timeout=240)

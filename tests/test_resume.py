@@ -60,7 +60,7 @@ def _start_and_kill(run_dir: Path, trial: int, rng: random.Random) -> None:
 
 @pytest.mark.slow
 def test_random_kills_keep_runs_loadable_and_resume_exactly(tmp_path: Path) -> None:
-    expected = read_metrics(train(TrainConfig(**SETTINGS), tmp_path / "reference"))
+    expected = read_metrics(train(TrainConfig.from_dict(SETTINGS), tmp_path / "reference"))
     rng = random.Random(20240607)
     runs, finished, outcomes = tmp_path / "runs", [], []
     run_dir = runs / "run-0"
@@ -95,7 +95,7 @@ def test_random_kills_keep_runs_loadable_and_resume_exactly(tmp_path: Path) -> N
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = TrainConfig(**{**SETTINGS, "epochs": 2})
+    config = TrainConfig.from_dict({**SETTINGS, "epochs": 2})
     run_dir = tmp_path / "run"
     real_replace = os.replace
 

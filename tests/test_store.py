@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from pipeline.__main__ import main
+from pipeline.data import DataSpec
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.jobs import delete_run, process_start_time
 from pipeline.models import build_model
 from pipeline.store import (
     CONFIG,
     MODEL,
+    REQUEST,
     STATUS,
     atomic_write_bytes,
     export_run,
@@ -29,11 +31,14 @@ from pipeline.store import (
     list_runs,
     load_model,
     read_metrics,
+    read_record,
     read_status,
     save_model,
     update_status,
 )
+from pipeline.evaluation.data import run_data
 from pipeline.training import TrainConfig, train
+from tests.training_helpers import TINY
 
 
 def make_run(runs_dir: Path, name: str = "run-a", **config_changes) -> tuple[Path, torch.nn.Module]:
@@ -41,7 +46,7 @@ def make_run(runs_dir: Path, name: str = "run-a", **config_changes) -> tuple[Pat
     run_dir = runs_dir / name
     run_dir.mkdir(parents=True)
     config = {
-        **TrainConfig(arch="resnet18", image_size=32).to_dict(),
+        **TrainConfig(arch="resnet18", data=DataSpec(image_size=32)).to_dict(),
         "num_classes": 3,
         "classes": ["benign", "malignant", "normal"],
         **config_changes,
@@ -133,7 +138,10 @@ def test_wrong_shapes_dtypes_and_nan_are_refused(tmp_path: Path) -> None:
     "change, words",
     [
         ({"num_classes": 10**9}, "num_classes"),
-        ({"image_size": 10**6}, "image_size"),
+        ({"data": {**DataSpec().to_dict(), "image_size": 10**6}}, "image_size"),
+        ({"data": {**DataSpec().to_dict(), "image_size": 16}}, "at least 32"),
+        ({"data": {"source": "synthetic"}}, "no image_size"),
+        ({"data": {**DataSpec().to_dict(), "split_seed": -1}}, "split_seed"),
         ({"arch": "../../evil"}, "architecture"),
         ({"classes": ["a", "b"]}, "classes"),
     ],
@@ -340,3 +348,41 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [path.name for path in tmp_path.iterdir()] == [STATUS]
+
+
+def _flat_as_before_the_data_spec(settings: dict) -> dict:
+    """Settings as the lab wrote them before DataSpec: data settings flat, no split seed (the training
+    seed chose the split)."""
+    data = settings.pop("data")
+    data.pop("split_seed")
+    return {**settings, "data": data.pop("source"), "data_seed": data.pop("seed"), **data}
+
+
+def test_runs_written_before_the_data_spec_load_evaluate_and_resume(tmp_path: Path) -> None:
+    settings = {**TINY, "count": 30, "epochs": 1, "seed": 3}
+    run_dir = train(TrainConfig.from_dict(settings), tmp_path)
+    config = json.loads((run_dir / CONFIG).read_text())
+    split = config["split"]
+    old = _flat_as_before_the_data_spec({**config, "epochs": 2})  # as if stopped after epoch 1 of 2
+    old["split"]["seed"] = 3
+    (run_dir / CONFIG).write_text(json.dumps(old))
+    assert "image_size" in old and "split_seed" not in json.dumps(old)
+
+    _, record = load_model(run_dir)
+    assert record.data == DataSpec(source="synthetic", image_size=32, count=30, val_fraction=0.2,
+                                   test_fraction=0.1, split_seed=3)
+    dataset, stored = run_data(record)  # the same held-out scans as before
+    assert stored.test.tolist() == split["test"] and len(dataset) == 30
+    train(None, tmp_path, resume=run_dir)
+    assert [line["epoch"] for line in read_metrics(run_dir)] == [1, 2]
+
+    started = tmp_path / "killed-before-its-record"  # an older job that only wrote its request
+    started.mkdir()
+    flat = _flat_as_before_the_data_spec(TrainConfig.from_dict({**settings, "seed": 5}).to_dict())
+    (started / REQUEST).write_text(json.dumps(flat))
+    train(None, tmp_path, resume=started)
+    assert read_record(started).data.split_seed == 5 and load_model(started)[0] is not None
+
+    (run_dir / CONFIG).write_text(json.dumps({key: value for key, value in old.items() if key != "image_size"}))
+    with pytest.raises(CheckpointError, match="config.json: the data settings give no image_size"):
+        load_model(run_dir)

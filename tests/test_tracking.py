@@ -39,7 +39,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
     with pytest.MonkeyPatch.context() as patch:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "LUNGLAB_TRACKING"):
             patch.delenv(name, raising=False)
-        run_dir = train(TrainConfig(**{**TINY, "epochs": 2}), runs)  # on by default
+        run_dir = train(TrainConfig.from_dict({**TINY, "epochs": 2}), runs)  # on by default
         yield Tracked(runs, run_dir, MlflowClient(tracking.tracking_uri(runs)))
 
 
@@ -112,7 +112,7 @@ def test_an_unreachable_tracker_is_a_warning_and_the_run_completes(
     uri = f"http://127.0.0.1:{closed_port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.warns(tracking.TrackingWarning, match=f"could not open an MLflow run at {uri}"):
-        run_dir = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path, track=True)
+        run_dir = train(TrainConfig.from_dict({**TINY, "epochs": 1}), tmp_path, track=True)
     status = read_status(run_dir)
     assert status["phase"] == "done" and len(read_metrics(run_dir)) == 1
     assert status["tracking"]["uri"] == uri and "goes on untracked" in status["tracking"]["error"]

@@ -66,7 +66,7 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _train(settings: dict, runs: Path) -> Path:
     torch.set_num_threads(1)  # module fixtures run outside the function-scoped fixture
-    return train(TrainConfig(**settings), runs)
+    return train(TrainConfig.from_dict(settings), runs)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,7 @@ def _held_out_accuracy(run_dir: Path, *, attacked: bool) -> float:
     """Accuracy of the kept model on the run's own validation and test scans, clean or under PGD-10."""
     model, record = load_model(run_dir)
     config = record.config
-    dataset = load_dataset(
-        config["data"], image_size=config["image_size"], seed=config["data_seed"], count=config["count"]
-    )
+    dataset = load_dataset(record.data)
     x, y = dataset.tensors()
     index = torch.as_tensor(config["split"]["val"] + config["split"]["test"])
     x, y = x[index], y[index]
@@ -132,8 +130,8 @@ def test_pgd_training_raises_pgd_accuracy(standard_run: Path, pgd_run: Path) -> 
 
 @pytest.mark.parametrize("strategy", ["fgsm-rs", "trades", "mart", "mixed"])
 def test_every_adversarial_strategy_trains(runs: Path, strategy: str) -> None:
-    config = TrainConfig(
-        **{
+    config = TrainConfig.from_dict(
+        {
             **TINY,
             "count": 30,
             "epochs": 1,
@@ -151,7 +149,7 @@ def test_every_adversarial_strategy_trains(runs: Path, strategy: str) -> None:
 
 def test_eps_warmup_ramps_the_training_budget_and_validates_at_the_full_one(runs: Path) -> None:
     eps = 8 / 255
-    config = TrainConfig(**{**TINY, "epochs": 3, "strategy": "pgd", "eps": eps, "eps_warmup": 0.5})
+    config = TrainConfig.from_dict({**TINY, "epochs": 3, "strategy": "pgd", "eps": eps, "eps_warmup": 0.5})
     lines = read_metrics(train(config, runs))
     # 3 epochs, ramp over half the steps: 2/3 of eps after the first epoch, all of it from the second
     assert [line["train_eps"] for line in lines] == pytest.approx([2 / 3 * eps, eps, eps])
@@ -179,14 +177,14 @@ def test_init_from_starts_at_another_runs_model(runs: Path, blobs: str, standard
         _train({**settings, "arch": "resnet34", "init_from": str(standard_run)}, runs)
     assert sorted(runs.iterdir()) == before  # refused before a run directory was made
     with pytest.raises(UserInputError, match="not both"):
-        TrainConfig(**settings, init_from=str(standard_run), pretrained=True)
+        TrainConfig.from_dict({**settings, "init_from": str(standard_run), "pretrained": True})
     with pytest.raises(CheckpointError, match="no run 'no-such-run' found"):
         _train({**settings, "init_from": "no-such-run"}, runs)
     assert sorted(runs.iterdir()) == before
 
 
 def test_zero_init_residual_starts_every_block_as_its_shortcut(runs: Path) -> None:
-    run_dir = train(TrainConfig(**{**TINY, "epochs": 1, "lr": 1e-7, "zero_init_residual": True}), runs)
+    run_dir = train(TrainConfig.from_dict({**TINY, "epochs": 1, "lr": 1e-7, "zero_init_residual": True}), runs)
     model, _ = load_model(run_dir)
     backbone = model.backbone
     blocks = [block for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
@@ -197,8 +195,8 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut(runs: Path) -> No
 
 
 def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> None:
-    config = TrainConfig(
-        **{
+    config = TrainConfig.from_dict(
+        {
             **TINY,
             "count": 30,
             "epochs": 1,
@@ -213,7 +211,7 @@ def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> Non
     assert line["train_images"] > 2 * train_scans  # the originals plus one crafted copy per budget
     assert read_config(run_dir)["transfer_run"] == str(standard_run)
     with pytest.raises(UserInputError, match="does not exist"):
-        train(TrainConfig(**{**TINY, "strategy": "transfer", "transfer_run": str(runs / "missing")}), runs)
+        train(TrainConfig.from_dict({**TINY, "strategy": "transfer", "transfer_run": str(runs / "missing")}), runs)
 
 
 class _CollapsingFastTraining(FastTraining):
@@ -251,7 +249,7 @@ def test_catastrophic_overfitting_guard_rolls_back_and_stops(
     batches = len(split.train) // settings["batch_size"]
     monkeypatch.setattr(_CollapsingFastTraining, "steps_before_collapse", 2 * batches)  # two good epochs
     monkeypatch.setitem(STRATEGY_CLASSES, "fgsm-rs", _CollapsingFastTraining)
-    run_dir = train(TrainConfig(**settings), runs)
+    run_dir = train(TrainConfig.from_dict(settings), runs)
     lines = read_metrics(run_dir)
     status = read_status(run_dir)
     assert "catastrophic overfitting" in (status["stop_reason"] or ""), lines

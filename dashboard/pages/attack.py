@@ -30,6 +30,7 @@ from pipeline.evaluation.degenerate import check_epoch
 from pipeline.explain import MIN_GRID
 from pipeline.progress import ProgressCallback, staged
 from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan
+from pipeline.store import RunRecord
 from pipeline.units import format_epsilon
 
 #: The largest scan upload in MB (one slice is well under 1 MB; a multi-frame DICOM can be tens of MB).
@@ -56,15 +57,15 @@ class ScanChoice:
     dicom: Optional[bytes] = None  #: the uploaded DICOM, kept in memory for the DICOM download
 
 
-def choose_test_scan(config: dict[str, Any], classes: tuple[str, ...]) -> Optional[ScanChoice]:
-    if "split" not in config:
+def choose_test_scan(record: RunRecord, classes: tuple[str, ...]) -> Optional[ScanChoice]:
+    if "split" not in record.config:
         st.info(
             "This model came without its training data, so there are no held-out test scans to pick from. "
             "Upload a scan instead.",
             icon=":material/info:",
         )
         return None
-    loaded = run_data(config)
+    loaded = run_data(record)
     if loaded is None:
         return None
     dataset, split = loaded
@@ -284,9 +285,9 @@ with scan_column:
     )
     with shown_errors("read the scan"):
         scan = (
-            choose_upload(int(record.config["image_size"]), classes)
+            choose_upload(record.data.image_size, classes)
             if source == "Upload"
-            else choose_test_scan(record.config, classes)
+            else choose_test_scan(record, classes)
         )
 with attack_column:
     st.markdown("##### 2 · The attack")
@@ -297,7 +298,7 @@ with model_column:
     trained = check_epoch(record.best or {}, classes)
     if trained is not None and trained.flagged:
         st.warning(f"This model is {trained.reason}.", icon=":material/block:")
-    grids, default_cam = cam_grids(run, int(record.config["image_size"]))
+    grids, default_cam = cam_grids(run, record.data.image_size)
     layers = list(grids)
     cam_layer = st.selectbox(
         "Grad-CAM layer",
@@ -358,10 +359,10 @@ if clicked and scan is not None:
         models = [(record.name, run, model, record.config)]
         if compare is not None:
             second, second_record = cached_model(compare)
-            if second_record.config.get("image_size") != record.config.get("image_size"):
+            if second_record.data.image_size != record.data.image_size:
                 raise UserInputError(
-                    f"the two models read scans of different sizes ({record.config.get('image_size')} and "
-                    f"{second_record.config.get('image_size')} px); compare models trained at one image size"
+                    f"the two models read scans of different sizes ({record.data.image_size} and "
+                    f"{second_record.data.image_size} px); compare models trained at one image size"
                 )
             models.append((second_record.name, compare, second, second_record.config))
         start(

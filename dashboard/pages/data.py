@@ -1,7 +1,8 @@
 """Data: choose the scans, see what is in them, and check that the split does not leak.
 
-The page calls :func:`pipeline.data.load_dataset` (through the shared cache) and the split's
-leakage report, and draws what they return.
+The choice is a :class:`pipeline.data.DataSpec`, the one training takes: the page loads its
+scans (through the shared cache), makes the very split training will make, and draws the split's
+leakage report.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dashboard.ui.feedback import shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import background
 from dashboard.ui.resources import cached_split, loaded_dataset
-from dashboard.ui.session import DatasetChoice, dataset_choice, set_dataset_choice
+from dashboard.ui.session import dataset_choice, set_dataset_choice
 from dashboard.ui.status import SYNTHETIC_HELP, synthetic_badge
-from pipeline.data import ScanDataset, download_iqothnccd, open_scan, preprocess_image
+from pipeline.data import DataSpec, ScanDataset, download_iqothnccd, open_scan, preprocess_image
+from pipeline.data.spec import SPLIT_STRATEGIES
 from pipeline.data.kaggle import KAGGLE_URL
 
 SOURCES = {
@@ -33,7 +35,7 @@ GALLERY = 6
 KAGGLE_REQUEST, KAGGLE_TASK = "data.kaggle.request", "data.kaggle.task"
 
 
-def choose_source(current: DatasetChoice) -> None:
+def choose_source(current: DataSpec) -> None:
     """The form that picks a dataset; applying it makes every page use the new choice."""
     with st.form("data:choose"):
         kind = st.radio(
@@ -52,12 +54,13 @@ def choose_source(current: DatasetChoice) -> None:
             key="data:folder",
             help="IQ-OTH/NCCD as Kaggle ships it, or benign/ malignant/ normal/ folders, at any depth",
         )
+        sizes = sorted({*IMAGE_SIZES, current.image_size})
         size = middle.selectbox(
             "Image size (px)",
-            IMAGE_SIZES,
+            sizes,
             key="data:size",
-            index=IMAGE_SIZES.index(current.image_size) if current.image_size in IMAGE_SIZES else 1,
-            help="Scans are padded to a square and resized to this size",
+            index=sizes.index(current.image_size),
+            help="Scans are padded to a square and resized to this size, the models' input size",
         )
         count = right.number_input(
             "Phantom scans",
@@ -68,17 +71,40 @@ def choose_source(current: DatasetChoice) -> None:
             key="data:count",
             help="How many synthetic scans to generate (synthetic source only)",
         )
-        strategy = left.selectbox(
+        seed = left.number_input(
+            "Phantom seed", 0, 2**31 - 1, current.seed, key="data:seed", help="Which phantom scans"
+        )
+        strategy = middle.selectbox(
             "Split",
-            ["grouped", "random"],
+            list(SPLIT_STRATEGIES),
             key="data:strategy",
-            index=0 if current.strategy == "grouped" else 1,
+            index=SPLIT_STRATEGIES.index(current.split_strategy),
             format_func={
                 "grouped": "grouped (no leaks; recommended)",
                 "random": "random by image (leaky, for comparison)",
             }.get,
         )
-        seed = middle.number_input("Seed", 0, 2**31 - 1, current.seed, key="data:seed")
+        split_seed = right.number_input(
+            "Split seed", 0, 2**31 - 1, current.split_seed, key="data:split-seed", help="Which scans go where"
+        )
+        val_fraction = left.number_input(
+            "Validation share",
+            0.05,
+            0.5,
+            current.val_fraction,
+            step=0.05,
+            key="data:val-fraction",
+            help="Scans that choose the best epoch during training",
+        )
+        test_fraction = middle.number_input(
+            "Test share",
+            0.0,
+            0.5,
+            current.test_fraction,
+            step=0.05,
+            key="data:test-fraction",
+            help="Scans no model sees before it is tested",
+        )
         if not st.form_submit_button("Use this dataset", type="primary", icon=":material/check:"):
             return
     with shown_errors("use this dataset"):
@@ -88,8 +114,16 @@ def choose_source(current: DatasetChoice) -> None:
             if not source:
                 st.warning("Type the path of a dataset folder first.")
                 return
-        settings = DatasetChoice(
-            source=source, image_size=int(size), count=int(count), strategy=strategy, seed=int(seed)
+        settings = dataclasses.replace(
+            current,
+            source=source,
+            image_size=int(size),
+            count=int(count),
+            seed=int(seed),
+            split_strategy=strategy,
+            split_seed=int(split_seed),
+            val_fraction=float(val_fraction),
+            test_fraction=float(test_fraction),
         )
         if kind == "kaggle":
             # the download runs in the background: this page, and every other one, stays usable
@@ -101,7 +135,7 @@ def choose_source(current: DatasetChoice) -> None:
 
 def kaggle_download() -> None:
     """While a requested download runs, its progress; once done, the downloaded folder becomes the data."""
-    settings: DatasetChoice | None = st.session_state.get(KAGGLE_REQUEST)
+    settings: DataSpec | None = st.session_state.get(KAGGLE_REQUEST)
     if settings is None:
         return
     folder = None
@@ -197,9 +231,10 @@ def duplicates(dataset: ScanDataset) -> None:
             )
 
 
-def split_view(choice: DatasetChoice) -> None:
+def split_view(choice: DataSpec) -> None:
     st.subheader("The split, and whether it leaks")
-    split, leaks = cached_split(choice.source, choice.image_size, choice.seed, choice.count, choice.strategy)
+    st.caption("Exactly the split a model trained on this dataset is trained, validated and tested on.")
+    split, leaks = cached_split(choice)
     left, right = st.columns([1.2, 1])
     with left:
         st.plotly_chart(
@@ -253,7 +288,7 @@ if choice.synthetic:
     synthetic_badge()
     st.caption(SYNTHETIC_HELP)
 with shown_errors("load the dataset"):
-    dataset = loaded_dataset(choice.source, choice.image_size, choice.seed, choice.count)
+    dataset = loaded_dataset(choice)
     if dataset is None:
         st.stop()
     st.markdown(f"**{dataset.name}**")

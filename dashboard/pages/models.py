@@ -34,19 +34,21 @@ COMPARED = (
     "eps",
     "steps",
     "epochs",
-    "image_size",
+    "data.image_size",
     "batch_size",
     "optimizer",
     "lr",
-    "data",
-    "split_strategy",
+    "data.source",
+    "data.split_strategy",
+    "data.split_seed",
     "seed",
 )
 
 
 def setting(record: RunRecord, key: str) -> str:
-    """One setting as a person reads it: budgets as k/255, anything missing as a dash."""
-    value = record.config.get(key)
+    """One setting (``data.x`` for the data's) as a person reads it: budgets as k/255, a dash if missing."""
+    group, _, name = key.rpartition(".")
+    value = (record.config.get(group) or {} if group else record.config).get(name)
     if key == "eps" and isinstance(value, (int, float)):
         return format_epsilon(value)
     return "—" if value is None else str(value)

@@ -17,13 +17,13 @@ from dashboard.ui.controls import param_control
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.run_table import job_states, runs_table
-from dashboard.ui.session import dataset_choice
+from dashboard.ui.session import dataset_choice, dataset_summary
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next, synthetic_badge, usable_runs
-from pipeline.attacks import Param
 from pipeline.jobs import JobState, job_state
+from pipeline.params import params_of
 from pipeline.store import list_runs
-from pipeline.training import PRESETS, TrainConfig, field_spec, resume_job, start_job
+from pipeline.training import PRESETS, TrainConfig, resume_job, start_job
 
 STRATEGY_WORDS = {
     "standard": "Normal training: no attacks. Accurate on clean scans, usually fragile under attack.",
@@ -40,45 +40,26 @@ PRESET_WORDS = {
     "full": "Full — the reference study's scale, for a GPU",
 }
 #: Shown directly; every other training setting sits under "Advanced settings".
-MAIN = ("arch", "strategy", "epochs", "eps", "steps", "image_size", "batch_size", "device", "pretrained")
-#: Set from the Data page's choice, not from this form.
-FROM_DATA = ("data", "count", "data_seed", "split_strategy", "window")
-#: Settings given by other widgets or meaningless in the dashboard.
+MAIN = ("arch", "strategy", "epochs", "eps", "steps", "batch_size", "device", "pretrained")
+#: Settings given by other widgets or meaningless in the dashboard (the data comes from the Data page).
 OTHER = ("transfer_run", "transfer_eps", "init_from")
-GREY_FIELDS = ("eps", "alpha")
 #: Architectures too deep to learn from scratch in the quick preset without help.
 DEEP = ("resnet50", "resnet101")
-
-
-def as_param(spec: dataclasses.Field, default: Any) -> Param:
-    """A training setting described as a parameter, so the attack controls can draw it."""
-    meta = field_spec(spec.name)
-    kind = type(default) if default is not None else float
-    return Param(
-        spec.name,
-        kind,
-        default,
-        meta["help"],
-        low=meta["low"],
-        high=meta["high"],
-        choices=meta["choices"],
-        grey_levels=spec.name in GREY_FIELDS,
-    )
 
 
 def settings_form(preset: str) -> dict[str, Any]:
     defaults = TrainConfig.from_preset(preset)
     fields = {
-        spec.name: spec for spec in dataclasses.fields(TrainConfig) if spec.name not in FROM_DATA + OTHER
+        name: dataclasses.replace(param, default=getattr(defaults, name))
+        for name, param in params_of(TrainConfig).items()
+        if name not in OTHER
     }
     values: dict[str, Any] = {}
-    for number, spec in enumerate(fields[name] for name in MAIN):
+    for number, param in enumerate(fields[name] for name in MAIN):
         if number % 3 == 0:
             columns = st.columns(3)
         with columns[number % 3]:
-            values[spec.name] = param_control(
-                as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}"
-            )
+            values[param.name] = param_control(param, f"train:{preset}:{param.name}")
     st.caption(STRATEGY_WORDS.get(values["strategy"], ""))
     if values["strategy"] == "transfer":
         sources = {str(record.run_dir): record for record in usable_runs()}
@@ -106,13 +87,11 @@ def settings_form(preset: str) -> dict[str, Any]:
         )
     with st.expander("Advanced settings"):
         columns = st.columns(3)
-        for number, spec in enumerate(item for name, item in fields.items() if name not in MAIN):
+        for number, param in enumerate(item for name, item in fields.items() if name not in MAIN):
             with columns[number % 3]:
-                value = param_control(
-                    as_param(spec, getattr(defaults, spec.name)), f"train:{preset}:{spec.name}"
-                )
+                value = param_control(param, f"train:{preset}:{param.name}")
                 if value is not None:
-                    values[spec.name] = value
+                    values[param.name] = value
     from_scratch = not (values["init_from"] or values["pretrained"] or values.get("zero_init_residual"))
     if preset == "quick" and values["arch"] in DEEP and from_scratch:
         st.info(
@@ -125,16 +104,19 @@ def settings_form(preset: str) -> dict[str, Any]:
 
 
 def start(preset: str, values: dict[str, Any]) -> None:
-    choice = dataset_choice()
-    config = TrainConfig.from_preset(
-        preset,
-        **values,
-        data=choice.source,
-        count=choice.count,
-        data_seed=choice.seed,
-        split_strategy=choice.strategy,
-    )
+    config = TrainConfig.from_preset(preset, **values, data=dataset_choice())
     st.session_state["train.watch"] = str(start_job(config, runs_dir()))
+
+
+def data_line(preset: str) -> None:
+    """The data the model will train on: the Data page's choice, split as the Data page shows it."""
+    choice = dataset_choice()
+    st.markdown(f"**Data** · {dataset_summary(choice)} (change it on the Data page)")
+    if choice.synthetic:
+        synthetic_badge()
+    suggested = TrainConfig.from_preset(preset).data.image_size
+    if choice.image_size != suggested:
+        st.caption(f"The {preset} preset is tuned for {suggested} px scans; the Data page sets the size.")
 
 
 def resume_stopped(states: dict[str, JobState]) -> None:
@@ -158,17 +140,13 @@ st.title("Train")
 st.caption(
     "Teach a model to read the scans — normally, or with attacks mixed in so it learns to resist them."
 )
-choice = dataset_choice()
-st.markdown(f"**Data** · {choice.label}, {choice.strategy} split (change it on the Data page)")
-if choice.synthetic:
-    synthetic_badge()
-
 preset = (
     st.segmented_control(
         "Preset", list(PRESETS), default="quick", format_func=PRESET_WORDS.get, key="train:preset"
     )
     or "quick"
 )
+data_line(preset)
 values = settings_form(preset)
 if st.button("Start training", type="primary", icon=":material/play_arrow:", key="train:start"):
     with shown_errors("start the training"):

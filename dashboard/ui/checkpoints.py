@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from pipeline.constants import CLASSES
+from pipeline.data import DataSpec
 from pipeline.models import build_model
 from pipeline.store import (
     MODEL,
@@ -31,7 +32,7 @@ FOREIGN_DATA = "(trained elsewhere)"
 
 def import_checkpoint(path: Path, runs_dir: Path, *, arch: str, image_size: int) -> Path:
     """Check the weights at ``path`` against ``arch`` and store them as a new run; returns its directory."""
-    config = TrainConfig(arch=arch, image_size=image_size, data=FOREIGN_DATA)  # validates arch and size
+    config = TrainConfig(arch=arch, data=DataSpec(source=FOREIGN_DATA, image_size=image_size))  # validated
     tensors, _ = load_tensors(path)
     model = build_model(arch)
     check_state(tensors, model, path.name)

@@ -17,7 +17,7 @@ import streamlit as st
 from torch import nn
 
 from dashboard.ui.progress_view import background
-from pipeline.data import ScanDataset, Split, leakage_report, load_dataset, split_dataset
+from pipeline.data import DataSpec, ScanDataset, Split, leakage_report, load_dataset, split_for
 from pipeline.device import select_device
 from pipeline.evaluation.data import run_data as stored_run_data
 from pipeline.evaluation.profile import ValidationProfile, validation_profile
@@ -26,8 +26,8 @@ from pipeline.progress import ProgressCallback
 from pipeline.store import MODEL, RunRecord, load_model
 
 MODEL_CACHE_ENTRIES = 4
-#: What identifies a run's data and split in its config (the cache key of its test scans).
-RUN_DATA_FIELDS = ("data", "image_size", "data_seed", "count", "window", "split", "dataset")
+#: What identifies a run's data and split in its record (the cache key of its test scans).
+RUN_DATA_FIELDS = ("data", "split", "dataset")
 DATASET_CACHE_ENTRIES = 4
 
 
@@ -48,68 +48,51 @@ def cached_model(run_dir: str | Path) -> tuple[nn.Module, RunRecord]:
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
-def cached_dataset(
-    source: str,
-    image_size: int,
-    seed: int = 0,
-    count: int = 600,
-    window: str = "lung",
-    _progress: Optional[ProgressCallback] = None,
-) -> ScanDataset:
-    """A dataset held once per process; ``_progress`` (not part of the key) reports a first load."""
-    return load_dataset(
-        source, image_size=image_size, seed=seed, count=count, window=window, progress=_progress
-    )
+def _cached_scans(scans: tuple[Any, ...], _spec: DataSpec, _progress: Optional[ProgressCallback]) -> ScanDataset:
+    return load_dataset(_spec, progress=_progress)
 
 
-def loaded_dataset(
-    source: str, image_size: int, seed: int = 0, count: int = 600, window: str = "lung"
-) -> Optional[ScanDataset]:
+def cached_dataset(spec: DataSpec, progress: Optional[ProgressCallback] = None) -> ScanDataset:
+    """The scans of ``spec``, held once per process whatever its split; ``progress`` reports a first load."""
+    return _cached_scans(spec.scans, spec, progress)
+
+
+def loaded_dataset(spec: DataSpec) -> Optional[ScanDataset]:
     """The dataset, loaded in the background with live progress on a first load; None until ready."""
-    key = (source, image_size, seed, count, window)
     return background(
         "dataset.load",
         "Loading scans",
-        lambda progress: cached_dataset(*key, _progress=progress),
-        inputs={"dataset": key},
+        lambda progress: cached_dataset(spec, progress),
+        inputs={"dataset": spec.scans},
     )
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
 def _run_data(
-    key: str, _config: dict[str, Any], _progress: Optional[ProgressCallback] = None
+    key: str, _record: RunRecord, _progress: Optional[ProgressCallback] = None
 ) -> tuple[ScanDataset, Split]:
-    return stored_run_data(_config, progress=_progress, load=_shared_dataset)
+    return stored_run_data(_record, progress=_progress, load=cached_dataset)
 
 
-def _shared_dataset(
-    source: str, *, image_size: int, seed: int, count: int, window: str, progress: Optional[ProgressCallback]
-) -> ScanDataset:
-    """:func:`cached_dataset` with :func:`load_dataset`'s keywords: one copy per process for every page."""
-    return cached_dataset(source, image_size, seed, count, window, _progress=progress)
-
-
-def run_data(config: dict[str, Any]) -> Optional[tuple[ScanDataset, Split]]:
+def run_data(record: RunRecord) -> Optional[tuple[ScanDataset, Split]]:
     """The dataset a run was trained on and the split it stored, so "test scans" means unseen ones.
 
     Loaded in the background (live progress on a first load); None until ready.
     """
-    key = json.dumps({name: config.get(name) for name in RUN_DATA_FIELDS}, sort_keys=True)
+    key = json.dumps({name: record.config.get(name) for name in RUN_DATA_FIELDS}, sort_keys=True)
     return background(
         "run.data",
         "Loading the model's test scans",
-        lambda progress: _run_data(key, config, _progress=progress),
+        lambda progress: _run_data(key, record, _progress=progress),
         inputs={"run": key},
     )
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner="Splitting and checking for leaks…")
-def cached_split(
-    source: str, image_size: int, seed: int, count: int, strategy: str
-) -> tuple[Split, dict[str, Any]]:
-    """The split the Data page shows and its leakage report (how many test scans have a twin in training)."""
-    dataset = cached_dataset(source, image_size, seed, count)
-    split = split_dataset(dataset, seed=seed, strategy=strategy)
+def cached_split(spec: DataSpec) -> tuple[Split, dict[str, Any]]:
+    """The split ``spec`` names (the one training will use) and its leakage report."""
+    dataset = cached_dataset(spec)
+    split = split_for(dataset, spec)
     return split, leakage_report(dataset, split)
 
 
@@ -120,7 +103,7 @@ def run_profile(
     why there is none: weights imported from elsewhere come without held-out scans."""
     if "split" not in config:
         return None, "this model came without its training data, so there is nothing to compare the scan with"
-    return validation_profile(run_dir, model, progress=progress, load=_shared_dataset), None
+    return validation_profile(run_dir, model, progress=progress, load=cached_dataset), None
 
 
 @st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)

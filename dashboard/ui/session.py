@@ -1,52 +1,49 @@
 """The choices a person makes on one page and the others follow: which dataset, which model.
 
 Kept under plain (non-widget) keys: Streamlit forgets a widget's state when its page is not
-shown, and the sidebar and every page must agree on the current dataset and model.
+shown, and the sidebar and every page must agree on the current dataset and model. The dataset
+is a :class:`pipeline.data.DataSpec`: the Data page previews it and training trains on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import Optional
 
 import streamlit as st
 
 from dashboard.ui.settings import default_source
+from pipeline.data import DataSpec
+from pipeline.training import TrainConfig
 
 DATASET_KEY = "lunglab.dataset"
 RUN_KEY = "lunglab.run"
-#: The image size the Data page browses at; models use their own training size.
-BROWSE_SIZE = 128
+#: A fresh session starts with the data of the preset a first training uses.
+DEFAULT_PRESET = "quick"
 
 
-@dataclass(frozen=True)
-class DatasetChoice:
-    """A dataset as the user chose it on the Data page (or the configured default)."""
-
-    source: str = "synthetic"
-    image_size: int = BROWSE_SIZE
-    count: int = 600  #: phantom scans (synthetic only)
-    strategy: str = "grouped"
-    seed: int = 0
-
-    @property
-    def synthetic(self) -> bool:
-        return self.source.strip().lower() == "synthetic"
-
-    @property
-    def label(self) -> str:
-        return "Synthetic phantom" if self.synthetic else self.source
-
-
-def dataset_choice() -> DatasetChoice:
+def dataset_choice() -> DataSpec:
+    """The dataset chosen on the Data page, or the quick preset's data from the configured source."""
     choice = st.session_state.get(DATASET_KEY)
     if choice is None:
-        choice = st.session_state[DATASET_KEY] = DatasetChoice(source=default_source())
+        preset = TrainConfig.from_preset(DEFAULT_PRESET).data
+        choice = st.session_state[DATASET_KEY] = dataclasses.replace(preset, source=default_source())
     return choice
 
 
-def set_dataset_choice(choice: DatasetChoice) -> None:
+def set_dataset_choice(choice: DataSpec) -> None:
     st.session_state[DATASET_KEY] = choice
+
+
+def dataset_label(spec: DataSpec) -> str:
+    """``Synthetic phantom`` or the folder's path."""
+    return "Synthetic phantom" if spec.synthetic else spec.source
+
+
+def dataset_summary(spec: DataSpec) -> str:
+    """``Synthetic phantom, 1200 scans at 64 px, grouped split (seed 0)``: what a model trains on."""
+    scans = f"{spec.count} scans at {spec.image_size} px" if spec.synthetic else f"{spec.image_size} px"
+    return f"{dataset_label(spec)}, {scans}, {spec.split_strategy} split (seed {spec.split_seed})"
 
 
 def selected_run() -> Optional[str]:

@@ -7,7 +7,7 @@ from typing import Optional
 import streamlit as st
 import torch
 
-from dashboard.ui.session import RUN_KEY, dataset_choice
+from dashboard.ui.session import RUN_KEY, dataset_choice, dataset_label
 from dashboard.ui.settings import runs_dir
 from pipeline.device import select_device
 from pipeline.store import RunRecord, list_runs
@@ -42,7 +42,7 @@ def model_summary(record: RunRecord) -> str:
     if config.get("init_from"):
         strategy += " fine-tuned"
     arch = str(config.get("arch", "?")).replace("resnet", "ResNet-")
-    return f"{arch}, {strategy}, {config.get('image_size', '?')} px"
+    return f"{arch}, {strategy}, {config.get('data', {}).get('image_size', '?')} px"
 
 
 def run_label(record: RunRecord) -> str:
@@ -86,7 +86,7 @@ def sidebar() -> None:
                 "No trained model yet. The Attack page can train a quick demo model.", icon=":material/info:"
             )
         choice = dataset_choice()
-        st.markdown(f"**Dataset** · {choice.label}")
+        st.markdown(f"**Dataset** · {dataset_label(choice)}")
         record = by_dir.get(st.session_state.get(RUN_KEY) or "")
         if choice.synthetic or is_synthetic(record):
             synthetic_badge()

@@ -31,12 +31,13 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.constants import CLASSES
-from pipeline.data.dicom import Window, check_window
-from pipeline.data.preprocess import check_image_size, preprocess_image
+from pipeline.data.dicom import Window
+from pipeline.data.preprocess import preprocess_image
 from pipeline.data.scan import open_scan
 from pipeline.data.sources import discover
+from pipeline.data.spec import DataSpec
 from pipeline.data.studies import SliceIdentity, Studies, index_studies
-from pipeline.errors import DatasetError, ScanError, UserInputError
+from pipeline.errors import DatasetError, ScanError
 from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
 
@@ -165,32 +166,28 @@ class ScanDataset(Dataset):
 
 
 def load_dataset(
-    source: str | os.PathLike = "synthetic",
+    spec: DataSpec | str | os.PathLike = "synthetic",
     *,
-    image_size: int = 224,
-    seed: int = 0,
-    count: int = 600,
-    window: Window = "lung",
     progress: Optional[ProgressCallback] = None,
     cache: bool = True,
+    **fields: Any,
 ) -> ScanDataset:
-    """Load ``"synthetic"`` (the phantom: ``count`` scans from ``seed``) or a dataset folder.
+    """Load the scans ``spec`` names: the phantom (``count`` scans from ``seed``) or a dataset folder.
 
-    ``window`` applies to DICOM files in a folder. With ``cache``, the decoded result is read
-    from and written to the on-disk cache.
+    ``load_dataset("data/iq", image_size=224)`` is short for
+    ``load_dataset(DataSpec(source="data/iq", image_size=224))``; the split settings of a spec
+    do not change the scans. ``window`` applies to DICOM files in a folder. With ``cache``, the
+    decoded result is read from and written to the on-disk cache. Raises
+    :class:`UserInputError` for out-of-range settings and :class:`DatasetError` for a folder
+    that is missing, empty or laid out in a way that cannot be read.
     """
-    size = check_image_size(image_size)
-    window = check_window(window)
-    if str(source).strip().lower() == "synthetic":
-        return _load_synthetic(size, _whole("seed", seed, 0), _whole("count", count, 1), progress, cache)
-    return _load_folder(Path(source), size, window, progress, cache)
-
-
-def _whole(name: str, value: int, minimum: int) -> int:
-    """A whole-number setting that goes into the cache key, checked before anything is rendered."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserInputError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec(source=str(spec), **fields)
+    elif fields:
+        raise TypeError("give either a DataSpec or a source with settings, not both")
+    if spec.synthetic:
+        return _load_synthetic(spec.image_size, spec.seed, spec.count, progress, cache)
+    return _load_folder(Path(spec.source), spec.image_size, spec.window, progress, cache)
 
 
 def _load_synthetic(size: int, seed: int, count: int, progress: Optional[ProgressCallback],

@@ -42,6 +42,7 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.constants import CLASSES
 from pipeline.data.dataset import ScanDataset, count_classes
 from pipeline.data.sources import file_number
+from pipeline.data.spec import DataSpec
 from pipeline.data.studies import side_report
 from pipeline.errors import UserInputError
 
@@ -123,6 +124,17 @@ def split_dataset(
     if ds.studies is not None:
         report["studies"] = side_report(ds.studies, parts)
     return Split(**parts, strategy=strategy, leaky=strategy == "random", seed=seed, report=report)
+
+
+def split_for(ds: ScanDataset, spec: DataSpec) -> Split:
+    """The split ``spec`` names for its dataset: the one training stores and the Data page previews."""
+    return split_dataset(
+        ds,
+        val_fraction=spec.val_fraction,
+        test_fraction=spec.test_fraction,
+        seed=spec.split_seed,
+        strategy=spec.split_strategy,  # type: ignore[arg-type]
+    )
 
 
 def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,

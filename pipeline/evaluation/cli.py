@@ -207,7 +207,7 @@ def _evaluate(
             **{key: record.config.get(key) for key in ("arch", "strategy", "epochs")},
             "training_eps": format_epsilon(record.config.get("eps")),
         }
-    dataset, split = run_data(loaded[0][1].config, run=loaded[0][1].name)
+    dataset, split = run_data(loaded[0][1])
     indices = split_indices(split, args.split, dataset.labels, limit=args.limit)
     suite = evaluate_models(
         models, dataset, indices, settings, split=args.split, info=info, device=args.device, progress=progress
@@ -220,7 +220,7 @@ def _check_same_data(first: RunRecord, other: RunRecord, side: str) -> None:
     """Side-by-side figures are only fair on the same held-out scans."""
     a, b = first.config, other.config
     fingerprints = (a.get("dataset", {}).get("fingerprint"), b.get("dataset", {}).get("fingerprint"))
-    if fingerprints[0] != fingerprints[1] or a.get("image_size") != b.get("image_size"):
+    if fingerprints[0] != fingerprints[1] or first.data.image_size != other.data.image_size:
         raise UserInputError(
             f"runs {first.name} and {other.name} were trained on different data or image sizes; evaluate "
             "them separately (one --run each)"

@@ -1,14 +1,14 @@
 """The scans a saved run must be evaluated on: its own data, its own stored split.
 
 Evaluating on scans the model trained on (or on a fresh split that overlaps its training set)
-would inflate every figure, so the run's ``config.json`` decides: same source, same image size,
-same phantom seed, the split stored at training time, and a fingerprint check that the data did
-not change since.
+would inflate every figure, so the run's record decides: its ``DataSpec`` (same source,
+image size, phantom seed, window), the split stored at training time, and a fingerprint check
+that the data did not change since.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -16,43 +16,39 @@ from pipeline.data import ScanDataset, Split, load_dataset
 from pipeline.data.splits import SIDES
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.progress import ProgressCallback
+from pipeline.store import RunRecord
 
 SPLIT_SIDES = ("test", "val", "train", "all")
 
 
 def run_data(
-    config: dict[str, Any],
+    record: RunRecord,
     *,
-    run: str = "",
     progress: Optional[ProgressCallback] = None,
     load: Callable[..., ScanDataset] = load_dataset,
 ) -> tuple[ScanDataset, Split]:
-    """Load the dataset a run was trained on and the split it stored (``run`` names it in errors).
+    """Load the dataset a run was trained on and the split it stored.
 
-    ``load`` takes :func:`load_dataset`'s arguments; the dashboard passes its process-wide cache so a
-    run's data and the Data page's are one object in memory, not two.
+    ``load(spec, progress=...)`` loads a :class:`DataSpec` as :func:`load_dataset` does; the dashboard passes its process-wide cache
+    so a run's data and the Data page's are one object in memory, not two. Raises
+    :class:`CheckpointError` for a run without a stored split or whose data changed since.
     """
-    if "split" not in config or "data" not in config:
+    config = record.config
+    if "split" not in config or not config.get("data"):
         raise CheckpointError(
             "this run stored no data source or split (imported from elsewhere, or still starting); evaluate "
             "a finished run of this lab"
         )
-    dataset = load(
-        str(config["data"]),
-        image_size=int(config["image_size"]),
-        seed=int(config.get("data_seed", 0)),
-        count=int(config.get("count", 600)),
-        window=str(config.get("window", "lung")),
-        progress=progress,
-    )
+    spec = record.data
+    dataset = load(spec, progress=progress)
     stored = config.get("dataset", {}).get("fingerprint")
     if stored and stored != dataset.fingerprint:
         raise CheckpointError(
-            f"the data at {config['data']} changed since this run was trained, so its stored split no longer "
+            f"the data at {spec.source} changed since this run was trained, so its stored split no longer "
             "points at the same scans; evaluate on the original data or train a new run"
         )
     split = Split.from_dict(config["split"])
-    _check_split(split, len(dataset), run)
+    _check_split(split, len(dataset), record.name)
     return dataset, split
 
 

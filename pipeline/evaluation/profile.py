@@ -29,7 +29,7 @@ from pipeline.evaluation.degenerate import AnswerCheck, check_answers
 from pipeline.evaluation.ood import MahalanobisDetector, fit_detector
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, staged
-from pipeline.runs import MODEL, load_tensors, read_config, save_tensors
+from pipeline.store import MODEL, load_tensors, read_record, save_tensors
 
 PROFILE = "validation.safetensors"
 FORMAT = "lunglab-validation-profile"
@@ -71,10 +71,11 @@ def validation_profile(
     cached = _read(run_dir / PROFILE, key)
     if cached is not None:
         return cached
-    config = read_config(run_dir)
-    classes = tuple(config.get("classes") or CLASSES)
-    dataset, split = run_data(config, run=run_dir.name, progress=staged(progress, 0, 2, "loading scans"),
-                              load=load)
+    record = read_record(run_dir)
+    if record.error:
+        raise CheckpointError(record.error)
+    classes = record.classes
+    dataset, split = run_data(record, progress=staged(progress, 0, 2, "loading scans"), load=load)
     device = next(model.parameters()).device
     spread = np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)
     train = split.train[spread]

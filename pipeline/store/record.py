@@ -2,9 +2,12 @@
 
 The record is written once, when training has its data and split: the training settings as the
 trainer gives them, plus what the store itself vouches for and checks on every read: the
-architecture, the classes, the image size, the dataset's identity and the split. Training
-settings are validated by whoever turns them back into a training configuration (resuming,
-fine-tuning); the store validates what it needs to rebuild and feed the model.
+architecture, the classes, the data (a :class:`DataSpec`), the dataset's fingerprint and the
+split. Training settings are validated by whoever turns them back into a training configuration
+(resuming, fine-tuning); the store validates what it needs to rebuild and feed the model.
+
+Records written before the ``DataSpec`` existed name the data settings flat and split with the
+training seed; :func:`upgrade_record` reads them in the current layout, so they still load.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Final, Mapping, Optional, Sequence
 import torch
 
 from pipeline.constants import CLASSES
-from pipeline.data import ScanDataset, Split
+from pipeline.data import DataSpec, ScanDataset, Split, fold_data_settings
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pipeline.store.files import atomic_write_json, read_json
@@ -28,7 +31,6 @@ from pipeline.store.metrics import read_metrics
 from pipeline.store.status import read_status
 
 RUN_FORMAT: Final[str] = "lunglab-run"
-MAX_IMAGE_SIZE: Final[int] = 1024
 
 
 @dataclass
@@ -60,21 +62,42 @@ class RunRecord:
         return tuple(self.config.get("classes", CLASSES))
 
     @property
+    def data(self) -> DataSpec:
+        """The scans and split the run was trained on; KeyError for a record without data settings."""
+        return DataSpec.from_dict(self.config["data"])
+
+    @property
     def is_synthetic(self) -> bool:
         """Whether the run was trained on the synthetic phantom (never a medical result)."""
         dataset = self.config.get("dataset") or {}
-        return bool(dataset.get("is_synthetic", self.config.get("data") == "synthetic"))
+        data = self.config.get("data")
+        return bool(dataset.get("is_synthetic", isinstance(data, Mapping) and data.get("source") == "synthetic"))
+
+
+def upgrade_record(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` in the current layout: flat data settings of an older record nested under ``data``.
+
+    Before the ``DataSpec``, one ``seed`` chose both the training randomness and the split, so
+    an older record's split seed is its ``seed``.
+    """
+    if isinstance(config.get("data"), Mapping):
+        return dict(config)
+    flat = dict(config)
+    if "seed" in flat:
+        flat.setdefault("split_seed", flat["seed"])
+    return fold_data_settings(flat)
 
 
 def validate_config(config: Any, *, source: str = CONFIG) -> dict[str, Any]:
-    """Check the fields the store needs to rebuild a run's model; return ``config`` unchanged.
+    """Check the fields the store needs to rebuild and feed a run's model; return it upgraded.
 
     Raises :class:`CheckpointError` naming ``source`` and the field: an unknown architecture,
-    a class list that does not fit ``num_classes``, an image size outside
-    ``[MIN_INPUT_SIZE, MAX_IMAGE_SIZE]`` pixels.
+    a class list that does not fit ``num_classes``, missing or out-of-range data settings (an
+    image size below the models' ``MIN_INPUT_SIZE`` pixels included).
     """
     if not isinstance(config, dict):
         raise CheckpointError(f"{source} must hold a JSON object")
+    config = upgrade_record(config)
     arch = config.get("arch")
     if arch not in ARCHITECTURES:
         raise CheckpointError(
@@ -90,11 +113,15 @@ def validate_config(config: Any, *, source: str = CONFIG) -> dict[str, Any]:
         and all(isinstance(name, str) and 0 < len(name) <= 64 for name in classes)
     ):
         raise CheckpointError(f"{source}: classes must list {num_classes} short names, got {classes!r}")
-    image_size = config.get("image_size")
-    if not (isinstance(image_size, int) and MIN_INPUT_SIZE <= image_size <= MAX_IMAGE_SIZE):
+    if "image_size" not in config["data"]:
+        raise CheckpointError(f"{source}: the data settings give no image_size; it is not a run of this lab")
+    try:
+        data = DataSpec.from_dict(config["data"])
+    except UserInputError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    if data.image_size < MIN_INPUT_SIZE:
         raise CheckpointError(
-            f"{source}: image_size must be an integer in [{MIN_INPUT_SIZE}, {MAX_IMAGE_SIZE}], "
-            f"got {image_size!r}"
+            f"{source}: image_size must be at least {MIN_INPUT_SIZE} pixels, got {data.image_size}"
         )
     return config
 
@@ -160,7 +187,7 @@ def read_settings(run_dir: Path) -> dict[str, Any]:
     request = read_json(run_dir / REQUEST)
     if request is None:
         raise CheckpointError(f"{run_dir} has neither {CONFIG} nor {REQUEST}; it is not a run of this lab")
-    return request
+    return upgrade_record(request)
 
 
 def has_config(run_dir: Path) -> bool:
@@ -178,7 +205,7 @@ def read_record(run_dir: Path) -> RunRecord:
         if (run_dir / CONFIG).is_file():
             record.config = read_config(run_dir)
         else:
-            record.config = read_json(run_dir / REQUEST, default={}) or {}
+            record.config = upgrade_record(read_json(run_dir / REQUEST, default={}) or {})
     except (UserInputError, OSError) as error:
         record.error = f"run {run_dir.name} cannot be read: {error}"
     return record

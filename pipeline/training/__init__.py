@@ -6,7 +6,7 @@ background process for the dashboard; ``python -m pipeline train`` is the comman
 
 from pipeline.jobs import JobState, cancel_job, job_state
 from pipeline.training.background import resume_job, start_job
-from pipeline.training.config import PRESETS, STRATEGIES, TrainConfig, field_spec
+from pipeline.training.config import PRESETS, STRATEGIES, TrainConfig
 from pipeline.training.loop import train
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "JobState",
     "TrainConfig",
     "cancel_job",
-    "field_spec",
     "job_state",
     "resume_job",
     "start_job",

@@ -1,25 +1,28 @@
 """``python -m pipeline train``: every training setting as a flag, a progress bar, where the run is.
 
-Flags are generated from :class:`TrainConfig`'s fields (``--batch-size`` for ``batch_size``), so
-the command line never lags behind the configuration. Precedence, lowest first: the field
+Flags are generated from the fields of :class:`TrainConfig` (``--batch-size`` for ``batch_size``)
+and of its :class:`DataSpec` under their flat names (``--data``, ``--image-size``, ``--data-seed``,
+``--split-seed``), so the command line never lags behind the configuration. Precedence, lowest first: the field
 defaults, ``--preset``, ``--config-json``, explicit flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.data import DataSpec
+from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
-from pipeline.progress import ProgressCallback, tqdm_progress
 from pipeline.json_object import parse_json_object
+from pipeline.params import Param, params_of
+from pipeline.progress import ProgressCallback, tqdm_progress
 from pipeline.store import read_record
 from pipeline.tracking import add_tracking_flag, describe
-from pipeline.training.config import PRESETS, TrainConfig
+from pipeline.training.config import PRESETS, TrainConfig, merge_settings
 from pipeline.training.loop import EXECUTION_FIELDS, train
 
 
@@ -46,38 +49,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )  # a prepared directory (background jobs)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_flag(parser)
-    for spec in dataclasses.fields(TrainConfig):
-        flag = "--" + spec.name.replace("_", "-")
-        meta = spec.metadata
-        text = meta["help"] + (f" ({', '.join(map(str, meta['choices']))})" if meta["choices"] else "")
-        if isinstance(spec.default, bool):
+    for name, param in _settings():
+        flag = "--" + name.replace("_", "-")
+        text = param.help + (f" ({', '.join(map(str, param.choices))})" if param.choices else "")
+        if param.kind is bool:
             parser.add_argument(
                 flag,
-                dest=spec.name,
+                dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{text} (default: {spec.default})",
+                help=f"{text} (default: {param.default})",
             )
         else:
-            default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore
             parser.add_argument(
-                flag,
-                dest=spec.name,
-                default=None,
-                metavar=spec.name.upper(),
-                help=f"{text} (default: {default})",
+                flag, dest=name, default=None, metavar=name.upper(), help=f"{text} (default: {param.default})"
             )
     parser.set_defaults(func=run)
     return parser
 
 
+def _settings() -> list[tuple[str, Param]]:
+    """Every setting by its flag's name: the training fields, then the data fields by their flat names."""
+    data = [(FLAT_NAMES[name], param) for name, param in params_of(DataSpec).items()]
+    return [*params_of(TrainConfig).items(), *data]
+
+
 def run(args: argparse.Namespace) -> int:
     raise_on_sigterm()
-    explicit = {
-        spec.name: getattr(args, spec.name)
-        for spec in dataclasses.fields(TrainConfig)
-        if getattr(args, spec.name) is not None
-    }
+    explicit = {name: getattr(args, name) for name, _ in _settings() if getattr(args, name) is not None}
     is_main = os.environ.get("RANK", "0") == "0"
     progress = None if args.quiet or not is_main else _bars()
     if args.resume:
@@ -88,13 +87,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{', '.join('--' + name.replace('_', '-') for name in EXECUTION_FIELDS)} may be "
                 f"given with it (got {', '.join(changed) or '--preset/--config-json'})"
             )
-        override = TrainConfig(**explicit) if explicit else None
+        override = TrainConfig.from_dict(explicit) if explicit else None
         run_dir = train(override, args.runs_dir, progress=progress, resume=args.resume, track=args.track)
     else:
-        values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-        if args.config_json:
-            values.update(_read_settings(args.config_json))
-        config = TrainConfig.from_dict({**values, **explicit}, strict=True)
+        preset = PRESETS[args.preset] if args.preset else {}
+        settings = _read_settings(args.config_json) if args.config_json else {}
+        config = TrainConfig.from_dict(merge_settings(preset, settings, explicit), strict=True)
         run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir, track=args.track)
     if is_main:
         _print_outcome(run_dir)

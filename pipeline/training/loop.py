@@ -32,7 +32,7 @@ from torch import nn
 
 from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
-from pipeline.data import ScanDataset, Split, load_dataset, split_dataset
+from pipeline.data import ScanDataset, Split, load_dataset, split_for
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.progress import ProgressCallback, report
@@ -205,7 +205,7 @@ class Trainer:
             name=self.run_dir.name,
             kind="training",
             params=self.config.to_dict(),
-            synthetic=self.config.data == "synthetic",
+            synthetic=self.config.data.synthetic,
             tags={"lunglab.run_dir": str(self.run_dir)},
             flag=self.track,
             resume=read_status(self.run_dir).get("tracking"),
@@ -272,14 +272,7 @@ class Trainer:
 
     def _load_data(self) -> tuple[ScanDataset, Split]:
         config = self.config
-        dataset = load_dataset(
-            config.data,
-            image_size=config.image_size,
-            seed=config.data_seed,
-            count=config.count,
-            window=config.window,
-            progress=self._phase_progress("loading data"),
-        )
+        dataset = load_dataset(config.data, progress=self._phase_progress("loading data"))
         stored = read_config(self.run_dir) if has_config(self.run_dir) else None
         if stored is not None:
             if "split" not in stored:
@@ -288,17 +281,11 @@ class Trainer:
                 )
             if stored.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
                 raise DatasetError(
-                    f"the data at {config.data} changed since run {self.run_dir.name} started (its "
+                    f"the data at {config.data.source} changed since run {self.run_dir.name} started (its "
                     "fingerprint differs); resume needs the same data, or start a new run"
                 )
             return dataset, Split.from_dict(stored["split"])
-        split = split_dataset(
-            dataset,
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.seed,
-            strategy=config.split_strategy,
-        )  # type: ignore[arg-type]
+        split = split_for(dataset, config.data)
         if self.context.is_main:
             write_config(
                 self.run_dir,

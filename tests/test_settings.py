@@ -1,0 +1,42 @@
+"""Settings people type: one schema, one name for a dataset, old and new layouts alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.data import DataSpec, fold_data_settings
+from pipeline.errors import UserInputError
+from pipeline.training import TrainConfig
+
+
+def test_data_spec_validates_round_trips_and_is_a_cache_key() -> None:
+    spec = DataSpec(image_size="64", count=24.0, split_seed="7", val_fraction="1/5")
+    assert (spec.image_size, spec.count, spec.split_seed, spec.val_fraction) == (64, 24, 7, 0.2)
+    assert DataSpec.from_dict(spec.to_dict()) == spec and hash(spec) == hash(DataSpec.from_dict(spec.to_dict()))
+    assert spec.scans == DataSpec(image_size=64, count=24, split_seed=1).scans  # the split is not the scans
+    for bad, words in (
+        ({"count": 0}, "count must lie in"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"window": "bone"}, "window must be one of"),
+        ({"split_strategy": "patient"}, "split_strategy must be one of"),
+        ({"val_fraction": 0.5, "test_fraction": 0.45}, "below 0.9"),
+        ({"source": ""}, "non-empty text"),
+    ):
+        with pytest.raises(UserInputError, match=words):
+            DataSpec(**bad)
+    with pytest.raises(UserInputError, match="unknown data setting"):
+        DataSpec.from_dict({"image_size": 64, "size": 64})
+
+
+def test_flat_and_nested_settings_name_the_same_training() -> None:
+    flat = {"data": "synthetic", "image_size": 48, "data_seed": 2, "count": 36, "split_seed": 4, "seed": 9}
+    nested = {"data": {"image_size": 48, "seed": 2, "count": 36, "split_seed": 4}, "seed": 9}
+    assert fold_data_settings(flat)["data"] == {"source": "synthetic", **nested["data"]}
+    config = TrainConfig.from_dict(flat)
+    assert config == TrainConfig.from_dict(nested) == TrainConfig.from_dict(config.to_dict())
+    assert config.seed == 9 and config.data.split_seed == 4  # the training seed no longer moves the split
+    quick = TrainConfig.from_preset("quick", data=DataSpec(image_size=48, count=36))
+    assert quick.data == DataSpec(image_size=48, count=36) and quick.arch == "resnet18"
+    assert TrainConfig.from_preset("quick", image_size=96).data.count == 1200  # a flat override changes one field
+    with pytest.raises(UserInputError, match="at least 32 pixels"):
+        TrainConfig(data=DataSpec(image_size=16))
