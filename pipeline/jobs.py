@@ -11,6 +11,10 @@ is reported, and recorded, as failed with the end of its log.
 
 Cancelling writes a ``cancel`` flag the job checks between batches; if the job is still alive
 after a grace period, its process group gets SIGTERM.
+
+Inside the job process, :class:`JobContext` is the one lifecycle training and evaluation share:
+it records the process, writes phases and (throttled) progress, stops the work when a cancel
+is asked for, and records how the job ended: done, cancelled, or failed with the error's text.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any, Optional, Sequence
 
 import psutil
 
-from pipeline.errors import UserInputError
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.progress import ProgressCallback
 from pipeline.store import (
     STATUS,
     TERMINAL_PHASES,
@@ -45,6 +50,8 @@ LOG = "job.log"
 START_TIMEOUT_S = 120.0
 DEFAULT_GRACE_S = 20.0
 LOG_TAIL_LINES = 15
+#: Seconds between two progress writes to a job's status.json.
+STATUS_INTERVAL_S = 1.0
 
 
 class JobCancelled(Exception):
@@ -312,3 +319,96 @@ def raise_on_sigterm() -> None:
         raise JobCancelled("stopped by SIGTERM")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def error_text(error: BaseException) -> str:
+    """What a failed job's status says: a user error's own message, anything else with its type."""
+    return str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
+
+
+class JobContext:
+    """A job's lifecycle inside its own process, written to ``status.json`` in its directory.
+
+    ``with JobContext(run_dir, kind="training") as job:`` records this process as the job's,
+    then the work calls :meth:`status` for phases, :meth:`report` (or the :meth:`progress`
+    callback, which also stops the work when a cancel was asked for) and :meth:`finish`. On the
+    way out the context records how the job ended: a :class:`JobCancelled` ends it as
+    "cancelled" and is not raised further (:attr:`cancelled` says so); an interrupt is recorded
+    as cancelled and re-raised; any other error is recorded as "failed" with its text and
+    re-raised. Only a ``writer`` writes (one rank of a distributed job).
+    """
+
+    def __init__(
+        self,
+        job_dir: Path | str,
+        *,
+        kind: str,
+        writer: bool = True,
+        cancelled_message: str = "cancelled",
+        echo: Optional[ProgressCallback] = None,
+    ) -> None:
+        self.job_dir, self.kind, self.writer = Path(job_dir), kind, writer
+        self.cancelled_message, self.echo = cancelled_message, echo
+        self.started = time.time()
+        self.cancelled = False
+        self._written = 0.0
+
+    def __enter__(self) -> JobContext:
+        if self.writer:
+            register_self(self.job_dir)
+        self.status(kind=self.kind, error=None, worker_pid=os.getpid(), started_at=self.started)
+        return self
+
+    def __exit__(self, kind: Any, error: Optional[BaseException], traceback: Any) -> bool:
+        if error is None:
+            return False
+        if isinstance(error, (JobCancelled, KeyboardInterrupt)):
+            self.cancelled = True
+            self._final(phase="cancelled", message=self.cancelled_message)
+            return isinstance(error, JobCancelled)
+        self._final(phase="failed", error=error_text(error))
+        return False
+
+    def status(self, **fields: Any) -> None:
+        """Merge ``fields`` into the job's status (phase, message, anything the dashboard shows)."""
+        if self.writer:
+            update_status(self.job_dir, fields)
+
+    def finish(self, **fields: Any) -> None:
+        """Record that the job is done, with ``fields`` (a summary message, where its outputs are)."""
+        self.status(phase="done", progress=1.0, eta_s=None, finished_at=time.time(), **fields)
+
+    def cancel_requested(self) -> bool:
+        return cancel_requested(self.job_dir)
+
+    def report(self, done: int, total: int, message: str = "", *, eta_s: Optional[float] = None) -> None:
+        """Progress: echoed at once, written at most every ``STATUS_INTERVAL_S`` seconds.
+
+        ``eta_s`` (seconds left) defaults to the elapsed time scaled by the fraction left.
+        """
+        if self.echo is not None:
+            self.echo(done, total, message)
+        now = time.time()
+        if not total or now - self._written < STATUS_INTERVAL_S:
+            return
+        self._written = now
+        fraction = min(done / total, 1.0)
+        if eta_s is None and fraction > 0:
+            eta_s = (now - self.started) * (1 - fraction) / fraction
+        fields = {"progress": round(fraction, 4), "eta_s": None if eta_s is None else round(eta_s, 1)}
+        self.status(**fields, **({"message": message} if message else {}))
+
+    def progress(self) -> ProgressCallback:
+        """A progress callback for pipeline work that also raises :class:`JobCancelled` when asked to stop."""
+
+        def callback(done: int, total: int, message: str) -> None:
+            if self.cancel_requested():
+                raise JobCancelled("cancelled by the user")
+            self.report(done, total, message)
+
+        return callback
+
+    def _final(self, **fields: Any) -> None:
+        """Best effort: when the disk is full, the error that says so matters more than the status."""
+        with contextlib.suppress(CheckpointError):
+            self.status(**fields, finished_at=time.time(), eta_s=None)

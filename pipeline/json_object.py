@@ -8,6 +8,7 @@ It sits below the data, run and training layers so that each can use it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CheckpointError, UserInputError
@@ -31,3 +32,12 @@ def parse_json_object(
         kind = kinds.get(type(value), "a number")
         raise error(f"{source} must hold a JSON object of name: value pairs, not {kind}")
     return value
+
+
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A user's settings file as a JSON object; unreadable or not an object raises :class:`UserInputError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserInputError(f"cannot read {what} {path}: {error.strerror}") from None
+    return parse_json_object(data, f"{what} {path}", error=UserInputError)

@@ -486,10 +486,9 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
     assert_calm(at)
     job_dir = Path(at.session_state[WATCH_EVALUATION])
     try:
-        command = json.loads((job_dir / "status.json").read_text())["job"]["command"]
-        assert "--min-eps" in command and "--no-transfer" in command
-        assert command[command.index("--certify") + 1] == "0.25"
-        assert command[command.index("--limit") + 1] == "3"
+        request = json.loads((job_dir / "request.json").read_text())
+        assert request["suite"]["minimal_epsilon"] and not request["suite"]["transfer"]
+        assert request["suite"]["certify_sigma"] == 0.25 and request["limit"] == 3
     finally:
         cancel_job(job_dir)
 

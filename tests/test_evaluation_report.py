@@ -9,6 +9,7 @@ runs on two tiny runs trained in the test. Synthetic test data only.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -36,9 +37,10 @@ from pipeline.evaluation import (
     evaluate_defense,
     evaluate_models,
 )
-from pipeline.evaluation.cli import start_evaluation_job
+from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.data import split_indices
 from pipeline.evaluation.report import SYNTHETIC_BANNER, report_csv, report_html, save_report
+from pipeline.evaluation.request import EvaluationRequest
 from pipeline.jobs import job_state
 from pipeline.training import TrainConfig, train
 from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401 (autouse fixture)
@@ -285,9 +287,12 @@ def test_a_limit_takes_the_classes_in_turn() -> None:
 def test_background_job_reports_progress_and_outputs(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job's process inherits it
     run_dir = sorted(runs.iterdir())[0]
-    job_dir = start_evaluation_job(
-        [run_dir], attacks=("fgsm",), epsilons=(4 / 255,), limit=3, strength=False, device="cpu"
-    )
+    suite = SuiteSettings(attacks=("fgsm",), epsilons=(4 / 255,), strength=False)
+    request = EvaluationRequest(runs=(str(run_dir),), suite=suite, limit=3, device="cpu")
+    job_dir = start_evaluation_job(request)
+    assert EvaluationRequest.from_dict(json.loads((job_dir / "request.json").read_text())) == (
+        dataclasses.replace(request, out=str(job_dir))
+    )  # the job's settings travel as JSON, not as command-line strings
     wait_for(lambda: not job_state(job_dir).running, timeout=180, interval=0.5)
     state = job_state(job_dir)
     assert state.phase == "done", state.error or state.log_tail
@@ -301,6 +306,8 @@ def test_background_job_refuses_an_absurd_certification_noise_before_starting(ru
     run_dir = sorted(runs.iterdir())[0]
     before = set((run_dir / "evaluations").glob("*")) if (run_dir / "evaluations").exists() else set()
     with pytest.raises(UserInputError, match="sigma must lie in"):
-        start_evaluation_job([run_dir], attacks=("fgsm",), certify_sigma=-1.0, device="cpu")
+        start_evaluation_job(
+            EvaluationRequest(runs=(str(run_dir),), suite=SuiteSettings(attacks=("fgsm",), certify_sigma=-1.0))
+        )
     after = set((run_dir / "evaluations").glob("*")) if (run_dir / "evaluations").exists() else set()
     assert after == before  # no job directory, no process

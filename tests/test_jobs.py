@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,7 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.jobs import LOG, START_TIMEOUT_S, delete_run, job_state, process_alive, process_start_time
+from pipeline.errors import UserInputError
+from pipeline.jobs import (
+    LOG,
+    START_TIMEOUT_S,
+    JobContext,
+    delete_run,
+    job_state,
+    process_alive,
+    process_start_time,
+)
 from pipeline.store import (
     list_runs,
     load_model,
@@ -161,3 +171,40 @@ def test_two_trainings_at_once_do_not_mix(tmp_path: Path) -> None:
         assert metric_epochs(run_dir) == [1, 2]
         load_model(run_dir)
     assert {record.run_dir for record in list_runs(tmp_path)} == {first, second}
+
+
+def _cancelled_midway(job: JobContext) -> None:
+    progress = job.progress()
+    progress(1, 4, "first step")
+    (job.job_dir / "cancel").write_text("cancel requested\n")
+    progress(2, 4, "second step")
+    raise AssertionError("the progress callback should have stopped the work")
+
+
+def _failing(error: BaseException):
+    def work(job: JobContext) -> None:
+        raise error
+
+    return work
+
+
+def test_one_lifecycle_records_how_every_job_ended(tmp_path: Path) -> None:
+    """Training and evaluation jobs share this context: the phases, the error line, cancelling."""
+    for name, work, phase, error in (
+        ("done", lambda job: job.finish(message="all good"), "done", None),
+        ("cancelled", _cancelled_midway, "cancelled", None),
+        ("user-error", _failing(UserInputError("eps must lie in [0, 1]")), "failed", "eps must lie in [0, 1]"),
+        ("crash", _failing(RuntimeError("boom")), "failed", "RuntimeError: boom"),
+    ):
+        job_dir = tmp_path / name
+        job_dir.mkdir()
+        with contextlib.suppress(UserInputError, RuntimeError):
+            with JobContext(job_dir, kind="test", cancelled_message="stopped; nothing lost") as job:
+                job.status(phase="working")
+                work(job)
+        status = read_status(job_dir)
+        assert status["phase"] == phase and status["kind"] == "test" and status.get("error") == error, status
+        assert job.cancelled == (phase == "cancelled") and not job_state(job_dir).running
+        assert status["job"]["pid"] == os.getpid()  # the process recorded itself on entry
+        if phase == "cancelled":
+            assert status["message"] == "stopped; nothing lost" and status["progress"] == 0.25

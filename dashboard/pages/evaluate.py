@@ -1,7 +1,8 @@
 """Evaluate: run strong attacks over held-out scans in the background, then read the report.
 
-The page calls :func:`pipeline.evaluation.cli.start_evaluation_job` and draws the
-``report.json`` the job writes beside its run; past evaluations stay listed.
+The page builds an :class:`pipeline.evaluation.EvaluationRequest` from its form, starts it with
+:func:`pipeline.evaluation.background.start_evaluation_job` and draws the ``report.json`` the job
+writes beside its run; past evaluations stay listed.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from dashboard.ui.report_views import load_report, report_view
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available
-from pipeline.evaluation.cli import start_evaluation_job
+from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.report import FILES
+from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
+from pipeline.evaluation.suite import SuiteSettings
 from pipeline.jobs import list_jobs
 from pipeline.store import RunRecord
-from pipeline.units import parse_epsilons
 
 #: The reference table's attacks first; then every other attack with an L∞ budget.
 TABLE = ("fgsm", "pgd", "cw")
 WATCH_KEY = "evaluate.watch"
-#: Where evaluations of a run are written, by the background job and by the command line alike.
-EVALUATIONS = "evaluations"
 
 
 def attack_choices() -> list[str]:
@@ -135,16 +135,16 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
         )
     if submitted:
         with shown_errors("start the evaluation"):
-            job = start_evaluation_job(
-                chosen,
-                attacks=attacks,
-                epsilons=parse_epsilons(epsilons),
-                split=split,
-                limit=int(limit) or None,
+            suite = SuiteSettings(
+                attacks=tuple(attacks),
+                epsilons=epsilons,
                 strength=strength,
                 minimal_epsilon=minimal,
                 certify_sigma=sigma or None,
                 transfer=transfer,
+            )
+            job = start_evaluation_job(
+                EvaluationRequest(runs=tuple(chosen), suite=suite, split=split, limit=int(limit) or None)
             )
             st.session_state[WATCH_KEY] = str(job)
             st.toast("The evaluation runs in the background; you can leave this page.")

@@ -1,8 +1,9 @@
 """Robustness evaluation that holds up: strong attacks, strength checks, certificates, reports.
 
 ``evaluate(model, dataset, indices, attacks)`` is the core; :mod:`.suite` runs a whole comparison
-of several models, :mod:`.report` writes it as JSON, CSV and a self-contained HTML file, and
-``python -m pipeline evaluate`` (:mod:`.cli`) does both from saved runs.
+of several models, :mod:`.report` writes it as JSON, CSV and a self-contained HTML file,
+:mod:`.request` does both for saved runs (an :class:`EvaluationRequest`), from the command line
+(:mod:`.cli`) or as a background job (:mod:`.background`).
 """
 
 from pipeline.evaluation.certify import (
@@ -25,6 +26,7 @@ from pipeline.evaluation.defenses import (
 )
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
 from pipeline.evaluation.reference import REFERENCE_STUDY, ReferenceTable, reference_attacks, reference_table
+from pipeline.evaluation.request import EvaluationRequest, evaluate_runs
 from pipeline.evaluation.robustness import (
     AttackResult,
     AttackSpec,
@@ -56,6 +58,7 @@ __all__ = [
     "CombinedResult",
     "Defended",
     "DefenseResult",
+    "EvaluationRequest",
     "EvaluationSuite",
     "Example",
     "InputTransform",
@@ -83,6 +86,7 @@ __all__ = [
     "evaluate",
     "evaluate_defense",
     "evaluate_models",
+    "evaluate_runs",
     "make_defense",
     "minimal_epsilon_distribution",
     "per_class_recall",

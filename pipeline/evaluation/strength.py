@@ -19,7 +19,7 @@ Every check carries a plain-language explanation, whether it passes or not.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from pipeline.evaluation.robustness import (
     evaluate,
     same_eps,
 )
+from pipeline.params import Param, from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback
 from pipeline.units import format_epsilon
 
@@ -51,13 +52,24 @@ LARGE_EPS_MAX_ACCURACY = 0.05
 class StrengthSettings:
     """How hard the checks push; the defaults suit a CPU, raise them on a GPU."""
 
-    pgd_steps: int = 10
-    strong_steps: int = 50
-    strong_restarts: int = 3
-    square_queries: int = 1000
-    ensemble_steps: int = 20
-    #: Epsilon multiples for the ladder; the last rung is always the largest epsilon PGD accepts.
+    pgd_steps: int = setting(10, low=1, high=10_000, help="steps of the PGD every check is measured against")
+    strong_steps: int = setting(50, low=1, high=100_000, help="steps of the long PGD check")
+    strong_restarts: int = setting(3, low=1, high=1000, help="restarts of the long PGD check")
+    square_queries: int = setting(
+        1000, low=1, high=1_000_000, help="queries of the Square attack and of AutoAttack's Square member"
+    )
+    ensemble_steps: int = setting(20, low=1, high=10_000, help="steps of each APGD member of AutoAttack")
+    #: Epsilon multiples of the ladder (none: no ladder); its last rung is the largest epsilon PGD accepts.
     ladder: tuple[float, ...] = (2.0, 4.0)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        rung = Param("ladder", float, 2.0, "epsilon multiples of the ladder", low=1.0, high=64.0)
+        object.__setattr__(self, "ladder", tuple(rung.validate(value) for value in self.ladder))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StrengthSettings:
+        return from_mapping(cls, values, what="strength check")
 
 
 @dataclass

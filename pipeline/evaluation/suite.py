@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.attacks import attack_class
-from pipeline.errors import AttackParameterError
-from pipeline.evaluation.certify import CertifiedCurve, certified_accuracy_curve
+from pipeline.errors import AttackParameterError, UserInputError
+from pipeline.evaluation.certify import CertifiedCurve, certified_accuracy_curve, check_settings
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
 from pipeline.evaluation.reference import ReferenceTable, reference_attacks, reference_table
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
@@ -33,8 +33,9 @@ from pipeline.evaluation.sweeps import (
     sweep_from_report,
 )
 from pipeline.evaluation.transfer import TransferResult, transfer_matrix
+from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
 
 #: Names of the reference table's columns on the command line; ``cw`` is CW inside the L∞ ball.
 TABLE_ATTACKS = {"pgd": "pgd", "fgsm": "fgsm", "cw": "cw-linf"}
@@ -44,25 +45,60 @@ CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 @dataclass(frozen=True)
 class SuiteSettings:
-    """What to run; every field has a CLI flag."""
+    """What to run; every field has a CLI flag. Each is checked here, before any model is loaded:
+    an unknown attack or defence, an epsilon out of range or a count below 1 raises
+    :class:`UserInputError` naming it."""
 
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "cw")
+    attacks: tuple[str, ...] = setting(
+        ("fgsm", "pgd", "cw"),
+        help="pgd, fgsm, cw (CW margin inside the L∞ ball) and any L∞ attack of the registry",
+    )
+    #: L∞ budgets in image scale; text such as "2/255,4/255" is read as people write it.
     epsilons: tuple[float, ...] = (4 / 255,)
-    steps: int = 10
-    strength: bool = True
-    strength_settings: StrengthSettings = StrengthSettings()
-    transfer: bool = True
-    minimal_epsilon: bool = False
-    certify_sigma: Optional[float] = None
-    certify_n: int = 1000
+    steps: int = setting(10, low=1, high=10_000, help="steps of PGD and CW")
+    strength: bool = setting(True, help="run the strength checks beside every figure")
+    strength_settings: StrengthSettings = field(default_factory=StrengthSettings)
+    transfer: bool = setting(True, help="transfer matrix between the runs, when there are several")
+    minimal_epsilon: bool = setting(False, help="per-scan minimal flipping epsilon (PGD bisection)")
+    certify_sigma: Optional[float] = setting(
+        None, kind=float, help="certify by randomized smoothing with this noise level (e.g. 0.25)"
+    )
+    certify_n: int = setting(1000, low=10, high=10_000_000, help="noise samples per scan when certifying")
     defenses: tuple[str, ...] = ()
-    batch_size: int = 32
-    examples: int = 2
+    batch_size: int = setting(32, low=1, high=4096, help="scans per batch")
+    examples: int = setting(2, low=0, high=100, help="example scans kept per attack for the report")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        attacks = tuple(dict.fromkeys(name.strip().lower() for name in self.attacks if name.strip()))
+        if not attacks:
+            raise UserInputError("no attack given; choose e.g. fgsm, pgd, cw")
+        epsilons = self.epsilons
+        values = parse_epsilons(epsilons) if isinstance(epsilons, str) else [parse_epsilon(e) for e in epsilons]
+        if not values:
+            raise UserInputError("no epsilon given; write a comma-separated list like 2/255,4/255")
+        defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
+        defenses = tuple(name.strip().lower() for name in defenses if name.strip())
+        strength = StrengthSettings.from_dict(self.strength_settings)
+        for name, value in (("attacks", attacks), ("epsilons", tuple(values)), ("defenses", defenses),
+                            ("strength_settings", strength)):
+            object.__setattr__(self, name, value)
+        attack_specs(attacks, values, self.steps)  # unknown names and bad parameters fail here
+        for name in defenses:
+            make_defense(name)
+        if self.certify_sigma is not None:
+            check_settings(self.certify_sigma, 100, self.certify_n)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``epsilon_labels`` (k/255) is added for people and ignored by :meth:`from_dict`."""
         values = asdict(self)
         values["epsilon_labels"] = [format_epsilon(eps) for eps in self.epsilons]
         return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SuiteSettings:
+        """Build from :meth:`to_dict`'s output or a settings file; unknown names are refused."""
+        return from_mapping(cls, values, what="evaluation", ignored=("epsilon_labels",))
 
 
 def attack_specs(names: Sequence[str], epsilons: Sequence[float], steps: int) -> list[AttackSpec]:

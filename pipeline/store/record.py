@@ -175,7 +175,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def write_request(run_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Record the settings a run is started with, so it is listed and resumable from the first instant."""
+    """Record the settings a run (or an evaluation job) is started with, before any work is done.
+
+    A run is thus listed, and resumable, from the first instant; a job's process reads its settings
+    from this file rather than from command-line strings.
+    """
     atomic_write_json(Path(run_dir) / REQUEST, dict(settings))
 
 

@@ -17,7 +17,7 @@ from pipeline.data import DataSpec
 from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
-from pipeline.json_object import parse_json_object
+from pipeline.json_object import read_json_file
 from pipeline.params import Param, params_of
 from pipeline.progress import ProgressCallback, tqdm_progress
 from pipeline.store import read_record
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(override, args.runs_dir, progress=progress, resume=args.resume, track=args.track)
     else:
         preset = PRESETS[args.preset] if args.preset else {}
-        settings = _read_settings(args.config_json) if args.config_json else {}
+        settings = read_json_file(args.config_json, "settings file") if args.config_json else {}
         config = TrainConfig.from_dict(merge_settings(preset, settings, explicit), strict=True)
         run_dir = train(config, args.runs_dir, progress=progress, run_dir=args.run_dir, track=args.track)
     if is_main:
@@ -110,14 +110,6 @@ def _bars() -> ProgressCallback:
         stage["bar"](done, total, message)
 
     return update
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UserInputError(f"cannot read settings file {path}: {error.strerror}") from None
-    return parse_json_object(data, f"settings file {path}", error=UserInputError)
 
 
 def _print_outcome(run_dir: Path) -> None:

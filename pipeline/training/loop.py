@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -67,7 +66,6 @@ from pipeline.training.strategies import Strategy, build_strategy
 
 #: Settings of how to run, not what to train: a resumed run may change them.
 EXECUTION_FIELDS = ("device", "amp", "channels_last", "compile")
-STATUS_INTERVAL_S = 1.0
 
 
 def train(
@@ -161,40 +159,28 @@ class Trainer:
         self.tracker = tracking.TrackedRun()  # the MLflow run, opened by run() on the main rank
         self.device = context.device
         self.cuda = self.device.type == "cuda"
-        self._status_time = 0.0
-        self._started = time.time()
+        self.job = jobs.JobContext(
+            run_dir,
+            kind="training",
+            writer=context.is_main,
+            cancelled_message="cancelled; the last finished epoch is kept (resume to continue)",
+            echo=progress,
+        )
 
     # ------------------------------------------------------------------------- outcome
     def run(self) -> None:
         """Train, recording in ``status.json`` how it ended: done, cancelled or failed (with why)."""
-        if self.context.is_main:
-            jobs.register_self(self.run_dir)
-        self.status(
-            phase="loading",
-            message="loading data",
-            epochs=self.config.epochs,
-            error=None,
-            worker_pid=os.getpid(),
-            started_at=self._started,
-        )
-        try:
-            with self._tracked() as self.tracker:
-                if self.tracker.entry:
-                    self.status(tracking=self.tracker.entry)
-                self._train()
-        except (jobs.JobCancelled, KeyboardInterrupt) as error:
-            self._final_status(
-                phase="cancelled", message="cancelled; the last finished epoch is kept (resume to continue)"
-            )
-            if isinstance(error, KeyboardInterrupt):
-                raise
-        except BaseException as error:
-            text = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
-            self._final_status(phase="failed", error=text)
-            raise
-        finally:
-            if self.tracker.entry.get("error"):  # the tracker failed during the run: say so
-                self._final_status(tracking=self.tracker.entry)
+        with self.job:
+            self.job.status(phase="loading", message="loading data", epochs=self.config.epochs)
+            try:
+                with self._tracked() as self.tracker:
+                    if self.tracker.entry:
+                        self.job.status(tracking=self.tracker.entry)
+                    self._train()
+            finally:
+                if self.tracker.entry.get("error"):  # the tracker failed during the run: say so
+                    with contextlib.suppress(CheckpointError):  # the error that ends the run matters more
+                        self.job.status(tracking=self.tracker.entry)
 
     def _tracked(self) -> contextlib.AbstractContextManager[tracking.TrackedRun]:
         """This run in MLflow (main rank only), continuing the MLflow run of an earlier attempt."""
@@ -212,15 +198,6 @@ class Trainer:
             files=(self.run_dir / CONFIG, self.run_dir / METRICS),
             cancelled=(jobs.JobCancelled, KeyboardInterrupt),
         )
-
-    def _final_status(self, **fields: Any) -> None:
-        """Best effort: when the disk is full, the error that says so matters more than the status."""
-        with contextlib.suppress(CheckpointError):
-            self.status(**fields, finished_at=time.time(), eta_s=None)
-
-    def status(self, **fields: Any) -> None:
-        if self.context.is_main:
-            update_status(self.run_dir, fields)
 
     # ---------------------------------------------------------------------------- setup
     def _train(self) -> None:
@@ -293,7 +270,7 @@ class Trainer:
                 classes=dataset.classes,
                 dataset=dataset,
                 split=split,
-                created_at=self._started,
+                created_at=self.job.started,
             )
         return dataset, split
 
@@ -384,10 +361,10 @@ class Trainer:
         while state["epoch"] < config.epochs and not state["stopped"]:
             epoch = state["epoch"] + 1
             started = time.time()
-            self.status(phase="training", epoch=epoch, message=f"epoch {epoch}/{config.epochs}")
+            self.job.status(phase="training", epoch=epoch, message=f"epoch {epoch}/{config.epochs}")
             trained = self._train_epoch(epoch, epoch_times)
             train_time = time.time() - started
-            self.status(phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD")
+            self.job.status(phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD")
             images = trained.pop("images")
             line = {
                 "epoch": epoch,
@@ -411,7 +388,7 @@ class Trainer:
                 break
             self._finish_epoch(line)
             epoch_times.append(time.time() - started)
-        self.status(phase="done", progress=1.0, eta_s=None, finished_at=time.time(), message=self._summary())
+        self.job.finish(message=self._summary())
 
     def _train_epoch(self, epoch: int, epoch_times: list[float]) -> dict[str, float]:
         config, context = self.config, self.context
@@ -467,9 +444,9 @@ class Trainer:
 
     def _cancel_requested(self, batch: int) -> bool:
         if not self.context.active:
-            return jobs.cancel_requested(self.run_dir)
+            return self.job.cancel_requested()
         # All ranks must stop at the same batch; agreeing costs a collective, so ask every 10th.
-        return batch % 10 == 0 and distributed.any_rank(jobs.cancel_requested(self.run_dir), self.context)
+        return batch % 10 == 0 and distributed.any_rank(self.job.cancel_requested(), self.context)
 
     def _lr(self, step: int) -> float:
         """The schedule as a pure function of the step: nothing to save but the step counter."""
@@ -495,16 +472,12 @@ class Trainer:
 
     def _report_batch(self, epoch: int, batch: int, epoch_times: list[float]) -> None:
         done = (epoch - 1) * self.batches + batch + 1
-        report(self.progress, done, self.total_steps, f"epoch {epoch}/{self.config.epochs}")
-        now = time.time()
-        if now - self._status_time >= STATUS_INTERVAL_S:
-            self._status_time = now
-            remaining = self.total_steps - done
-            if epoch_times:
-                eta = sum(epoch_times) / len(epoch_times) * remaining / self.batches
-            else:
-                eta = (now - self._started) / max(batch + 1, 1) * remaining
-            self.status(progress=round(done / self.total_steps, 4), eta_s=round(eta, 1))
+        remaining = self.total_steps - done
+        if epoch_times:
+            eta = sum(epoch_times) / len(epoch_times) * remaining / self.batches
+        else:
+            eta = (time.time() - self.job.started) / max(batch + 1, 1) * remaining
+        self.job.report(done, self.total_steps, f"epoch {epoch}/{self.config.epochs}", eta_s=eta)
 
     # -------------------------------------------------------------------------- measuring
     def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, Any]:
@@ -593,7 +566,7 @@ class Trainer:
             save_checkpoint(self.run_dir, self.model, self.optimizer, self.state)
             self.tracker.log_metrics(line, step=line["epoch"])
             self.tracker.set_tags({"lunglab.stop_reason": reason})
-        self.status(stop_reason=reason, message=reason)
+        self.job.status(stop_reason=reason, message=reason)
 
     def _finish_epoch(self, line: dict[str, Any]) -> None:
         state, config = self.state, self.config
@@ -619,7 +592,7 @@ class Trainer:
             if improved:  # the kept model's location and epoch, kept current in the tracker
                 kept = {"lunglab.model": self.run_dir / MODEL, "lunglab.kept_epoch": line["epoch"]}
                 self.tracker.set_tags(kept)
-        self.status(
+        self.job.status(
             epoch=line["epoch"],
             best_epoch=state["best_epoch"],
             stop_reason=state["stopped"],
