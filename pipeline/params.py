@@ -104,18 +104,22 @@ class Param:
                 high is not None and coerced > high
             ):
                 about = f" ({self.help})" if self.help else ""
-                raise error(f"{self.name} must {_range(low, high)}{about}, got {value!r}")
+                bounds = _range(low, high, self.grey_levels)
+                raise error(f"{self.name} must {bounds}{about}, got {value!r}")
         if isinstance(coerced, str) and (not coerced.strip() or len(coerced) > MAX_TEXT):
             raise error(f"{self.name} must be a non-empty text of at most {MAX_TEXT} characters")
         return coerced
 
 
-def _range(low: Optional[float], high: Optional[float]) -> str:
+def _range(low: Optional[float], high: Optional[float], grey_levels: bool) -> str:
+    def shown(value: float) -> str:
+        return f"{value * 255:.4g}/255" if grey_levels and value else f"{value:g}"
+
     if low is not None and high is not None:
-        return f"lie in [{low:g}, {high:g}]"
+        return f"lie in [{shown(low)}, {shown(high)}]"
     if low is not None:
-        return f"be at least {low:g}"
-    return "be a finite number" if high is None else f"be at most {high:g}"
+        return f"be at least {shown(low)}"
+    return "be a finite number" if high is None else f"be at most {shown(high)}"
 
 
 def setting(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.attacks import get_attack
 from pipeline.data import DataSpec, fold_data_settings
 from pipeline.errors import UserInputError
 from pipeline.training import TrainConfig
@@ -40,3 +41,30 @@ def test_flat_and_nested_settings_name_the_same_training() -> None:
     assert TrainConfig.from_preset("quick", image_size=96).data.count == 1200  # a flat override changes one field
     with pytest.raises(UserInputError, match="at least 32 pixels"):
         TrainConfig(data=DataSpec(image_size=16))
+
+
+def _outcome(build) -> object:
+    try:
+        return build()
+    except UserInputError:
+        return "refused"
+
+
+@pytest.mark.parametrize(
+    "attack_name, training_name, values",
+    [
+        ("eps", "eps", ["4/255", "0.0157", 0.0157, True, "four", float("nan"), 2.0]),
+        ("steps", "steps", [3, "3", 3.0, "3.0", 2.5, True, "three", 0]),
+        ("random_start", "augment", [True, "yes", "off", 1, 0, 2, "maybe", None]),
+    ],
+)
+def test_attacks_and_training_read_a_setting_the_same_way(
+    attack_name: str, training_name: str, values: list
+) -> None:
+    """One schema: PGD's parameters and the training configuration accept and refuse alike."""
+    for value in values:
+        attack = _outcome(lambda: getattr(get_attack("pgd", **{attack_name: value}), attack_name))
+        training = _outcome(lambda: getattr(TrainConfig(**{training_name: value}), training_name))
+        assert attack == training, (value, attack, training)
+    assert get_attack("pgd", eps="4/255").eps == pytest.approx(4 / 255)  # a typed attribute, as torchattacks'
+    assert _outcome(lambda: get_attack("pgd", random_start="maybe")) == "refused"  # was read as False

@@ -11,8 +11,9 @@ from typing import Any
 
 import streamlit as st
 
-from pipeline.attacks import Param, attack_schema
+from pipeline.attacks import attack_schema
 from pipeline.constants import GREY_LEVEL, LUNG_WINDOW
+from pipeline.params import Param
 
 #: One 8-bit grey level under the lung window spans this many Hounsfield units (1500/255 ≈ 5.9).
 HU_PER_GREY_LEVEL = LUNG_WINDOW[0] / 255.0

@@ -4,7 +4,7 @@
 Importing this package registers every attack module below.
 """
 
-from pipeline.attacks.base import Attack, AttackInfo, Param, project
+from pipeline.attacks.base import Attack, AttackInfo, project
 from pipeline.attacks.registry import attack_class, attack_schema, available, get_attack, register
 
 # Importing an attack module registers its attacks; available() lists them in this order.
@@ -24,7 +24,7 @@ import pipeline.attacks.autoattack  # noqa: E402,F401
 from pipeline.attacks.minimal import minimal_epsilon  # noqa: E402
 
 __all__ = [
-    "Attack", "AttackInfo", "Param", "project",
+    "Attack", "AttackInfo", "project",
     "attack_class", "attack_schema", "available", "get_attack", "register",
     "minimal_epsilon",
 ]

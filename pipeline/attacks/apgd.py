@@ -31,6 +31,11 @@ class APGD(Attack):
     supports_target = True
     description = ("Auto-PGD on cross-entropy: momentum plus a step size that halves whenever progress "
                    "stalls, so there is no step size to tune.")
+    eps: float
+    steps: int
+    restarts: int
+    rho: float
+    seed: int
     params = (
         eps_param(), steps_param(20), restarts_param(),
         Param("rho", float, 0.75,
@@ -152,6 +157,7 @@ class APGDTargeted(APGD):
                    "classes; only scans still classified correctly go on to the next class.")
     supports_target = False
     loss = "dlr"
+    n_target_classes: int
     params = APGD.params[:-1] + (
         Param("n_target_classes", int, 9, "how many of the most likely other classes to aim at in turn",
               low=1, high=100),

@@ -30,6 +30,12 @@ class AutoAttack(Attack):
     norm = "linf"
     description = ("APGD-CE, APGD-DLR, targeted APGD and Square in turn, each on the scans the previous "
                    "ones left standing: the standard reliable robustness evaluation.")
+    eps: float
+    steps: int
+    restarts: int
+    n_queries: int
+    square: bool
+    seed: int
     params = (
         eps_param(), steps_param(20), restarts_param(),
         Param("n_queries", int, 1000, "Square attack's query budget per scan (AutoAttack uses 5,000)",

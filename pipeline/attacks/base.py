@@ -2,15 +2,17 @@
 
 ``attack(model, x, y)`` returns a new tensor in ``[0, 1]`` (and inside the attack's norm ball,
 where it has one); ``x``, the model's mode and its parameters' ``requires_grad`` are untouched.
-Subclasses implement ``_run`` and nothing else; this class checks every input once
-(:meth:`Attack.check_inputs`: dtype, device, range, NaN, labels and targets against the model's
-own output), borrows the model through :func:`pipeline.guard.exclusive_eval`, projects the result
-a last time, and measures it. No subclass re-checks what the base has checked.
+Subclasses list their parameters as :class:`pipeline.params.Param` (the schema training and
+data settings use too), declare them as typed attributes, and implement ``_run`` and nothing
+else; this class validates the parameters into those attributes (``PGD(eps=...).eps``, as in
+torchattacks), checks every input once (:meth:`Attack.check_inputs`: dtype, device, range, NaN,
+labels and targets against the model's own output), borrows the model through
+:func:`pipeline.guard.exclusive_eval`, projects the result a last time, and measures it. No
+subclass re-checks what the base has checked.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Optional
 
@@ -21,58 +23,11 @@ from torch import nn
 from pipeline.attacks.objectives import label_probability
 from pipeline.errors import AttackParameterError
 from pipeline.guard import exclusive_eval
+from pipeline.params import Param
 from pipeline.progress import ProgressCallback
 
 Norm = Literal["linf", "l2", "l1", "l0"]
 Family = Literal["white-box", "black-box", "corruption", "ensemble"]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One attack parameter, described well enough for the dashboard to build its control."""
-
-    name: str
-    kind: type
-    default: Any
-    help: str
-    low: Optional[float] = None
-    high: Optional[float] = None
-    choices: Optional[tuple[Any, ...]] = None
-    #: Shown in the UI as ``k/255`` grey levels (epsilons and step sizes in image scale).
-    grey_levels: bool = False
-
-    def validate(self, value: Any) -> Any:
-        """Coerce ``value`` to this parameter's type and check its range; raise a helpful error."""
-        if value is None and self.default is None:
-            return None  # an optional override left unset
-        try:
-            if self.kind is bool:
-                if isinstance(value, str):
-                    value = value.strip().lower() in {"1", "true", "yes", "on"}
-                coerced: Any = bool(value)
-            elif self.kind is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                coerced = int(value)
-            elif self.kind is float:
-                coerced = float(value)
-            else:
-                coerced = self.kind(value)
-        except (TypeError, ValueError):
-            raise AttackParameterError(
-                f"parameter {self.name!r} must be a {self.kind.__name__}, got {value!r}"
-            ) from None
-        if isinstance(coerced, float) and not math.isfinite(coerced):
-            raise AttackParameterError(f"parameter {self.name!r} must be finite, got {value!r}")
-        if self.choices is not None and coerced not in self.choices:
-            raise AttackParameterError(
-                f"parameter {self.name!r} must be one of {list(self.choices)}, got {value!r}"
-            )
-        if (self.low is not None and coerced < self.low) or (self.high is not None and coerced > self.high):
-            raise AttackParameterError(
-                f"parameter {self.name!r} must lie in [{self.low}, {self.high}], got {value!r}"
-            )
-        return coerced
 
 
 @dataclass
@@ -110,19 +65,17 @@ class Attack:
                 f"{self.name} has no parameter {', '.join(map(repr, unknown))}; "
                 f"valid parameters: {', '.join(known) or 'none'}"
             )
-        self.config: dict[str, Any] = {
-            name: param.validate(params[name]) if name in params else param.default
-            for name, param in known.items()
-        }
+        for name, param in known.items():
+            value = param.validate(params[name], error=AttackParameterError) if name in params else param.default
+            setattr(self, name, value)
         self._trace: list[torch.Tensor] = []
         self._tracing = False
         self._queries: Optional[torch.Tensor] = None
 
-    def __getattr__(self, name: str) -> Any:
-        config = self.__dict__.get("config")
-        if config is not None and name in config:
-            return config[name]
-        raise AttributeError(name)
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every parameter by name, as validated (defaults included): what a report records."""
+        return {param.name: getattr(self, param.name) for param in self.params}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self.config.items())
@@ -164,12 +117,12 @@ class Attack:
     @property
     def budget(self) -> Optional[float]:
         """The radius of the norm ball (``eps``) when the attack has one."""
-        return self.config.get("eps") if self.norm is not None else None
+        return getattr(self, "eps", None) if self.norm is not None else None
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A private RNG seeded from the ``seed`` parameter: deterministic, global RNG untouched."""
         generator = torch.Generator(device=device)
-        generator.manual_seed(int(self.config.get("seed", 0)))
+        generator.manual_seed(int(getattr(self, "seed", 0)))
         return generator
 
     def record(self, logits: torch.Tensor, y: torch.Tensor) -> None:

@@ -42,6 +42,11 @@ class Boundary(Attack):
         "Starts from misclassified noise and walks along the decision boundary towards the scan, "
         "seeing only the predicted label. Reports the smallest adversarial change it found."
     )
+    n_queries: int
+    spherical_step: float
+    source_step: float
+    step_adaptation: float
+    seed: int
     params = (
         Param("n_queries", int, 1000, "label queries per scan, the search for a starting point included",
               low=1 + INIT_TRIES + BISECTION_STEPS, high=100_000),

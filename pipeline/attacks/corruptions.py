@@ -51,7 +51,7 @@ class Corruption(Attack):
     @property
     def setting(self) -> float:
         """The effective value of the override: given explicitly, or from the severity."""
-        value = self.config[self.override]
+        value = getattr(self, self.override)
         return self.levels[self.severity - 1] if value is None else value
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,9 @@ class GaussianNoise(Corruption):
     description = "Adds independent Gaussian noise to every pixel, like a low-dose acquisition."
     override = "sigma"
     levels = (0.08, 0.12, 0.18, 0.26, 0.38)
+    severity: int
+    sigma: Optional[float]
+    seed: int
     params = (
         severity_param(),
         Param("sigma", float, None, "noise standard deviation (image scale); overrides severity",
@@ -84,6 +87,8 @@ class GaussianBlur(Corruption):
     description = "Blurs the scan, like a smooth reconstruction kernel or motion."
     override = "sigma"
     levels = (1.0, 2.0, 3.0, 4.0, 6.0)
+    severity: int
+    sigma: Optional[float]
     params = (
         severity_param(),
         Param("sigma", float, None, "blur standard deviation in pixels of this scan; overrides severity "
@@ -92,7 +97,7 @@ class GaussianBlur(Corruption):
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         sigma = self.setting
-        if self.config["sigma"] is None:
+        if self.sigma is None:
             sigma *= min(x.shape[-2:]) / REFERENCE_SIDE
         radius = min(math.ceil(3 * sigma), min(x.shape[-2:]) - 1)
         if sigma <= 0 or radius < 1:
@@ -112,6 +117,8 @@ class Contrast(Corruption):
     description = "Pulls every pixel towards the scan's mean grey level, like a wrong display window."
     override = "factor"
     levels = (0.4, 0.3, 0.2, 0.1, 0.05)
+    severity: int
+    factor: Optional[float]
     params = (
         severity_param(),
         Param("factor", float, None, "fraction of the contrast kept (1 = unchanged); overrides severity",
@@ -130,6 +137,8 @@ class Brightness(Corruption):
     description = "Adds a constant to every grey level (colour shift for a grey scan), like a level offset."
     override = "shift"
     levels = (0.1, 0.2, 0.3, 0.4, 0.5)
+    severity: int
+    shift: Optional[float]
     params = (
         severity_param(),
         Param("shift", float, None, "grey level added to every pixel (image scale, negative darkens); "
@@ -147,6 +156,8 @@ class JPEG(Corruption):
     description = "Encodes and decodes the scan as a real JPEG (8-bit, OpenCV), with its 8x8 block artefacts."
     override = "quality"
     levels = (25, 18, 15, 10, 7)
+    severity: int
+    quality: Optional[int]
     params = (
         severity_param(),
         Param("quality", int, None, "JPEG quality from 1 (worst) to 100; overrides severity",
@@ -178,6 +189,10 @@ class Rotation(Corruption):
     #: Shift (fraction of the side) and scale at severities 1..5.
     shifts = (0.02, 0.04, 0.06, 0.08, 0.10)
     scales = (0.98, 0.96, 0.94, 0.92, 0.90)
+    severity: int
+    angle: Optional[float]
+    shift: Optional[float]
+    scale: Optional[float]
     params = (
         severity_param(),
         Param("angle", float, None, "rotation in degrees, counter-clockwise; overrides severity",
@@ -189,8 +204,8 @@ class Rotation(Corruption):
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         level = self.severity - 1
-        shift = self.shifts[level] if self.config["shift"] is None else self.config["shift"]
-        scale = self.scales[level] if self.config["scale"] is None else self.config["scale"]
+        shift = self.shifts[level] if self.shift is None else self.shift
+        scale = self.scales[level] if self.scale is None else self.scale
         height, width = x.shape[-2:]
         angle = math.radians(self.setting)
         # The output pixel p samples the input at (S R)^-1 (p - t), in pixel units so that a

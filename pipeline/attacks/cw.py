@@ -154,6 +154,11 @@ class CW(ConstantSearch):
     title = "Carlini-Wagner L2"
     description = ("Optimises in tanh space for the smallest L2 change that fools the model, bisecting the "
                    "trade-off c per scan; a scan it cannot fool is returned unchanged.")
+    c: Optional[float]
+    kappa: float
+    steps: int
+    lr: float
+    binary_search_steps: int
     params = (c_param(None), kappa_param(0.0), steps_param(50), lr_param(0.01), binary_search_param())
 
     def starting_c(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

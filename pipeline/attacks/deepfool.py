@@ -25,6 +25,8 @@ class DeepFool(Attack):
     title = "DeepFool (minimal L2)"
     description = ("Walks to the nearest decision boundary of the locally linearised model: a small L2 "
                    "perturbation that just flips the prediction, a measure of how close the boundary is.")
+    steps: int
+    overshoot: float
     params = (steps_param(50),
               Param("overshoot", float, 0.02, "how far past the estimated boundary to step (fraction)",
                     low=0.0, high=10.0))

@@ -33,6 +33,14 @@ class EAD(ConstantSearch):
     title = "EAD (elastic-net)"
     description = ("Carlini-Wagner with an added L1 penalty, solved by iterative shrinkage: sparse "
                    "perturbations that change few pixels.")
+    c: float
+    kappa: float
+    beta: float
+    steps: int
+    lr: float
+    binary_search_steps: int
+    decision_rule: str
+    fista: bool
     params = (
         c_param(), kappa_param(0.0),
         Param("beta", float, 1e-3, "weight of the L1 term: larger gives sparser perturbations",

@@ -24,6 +24,7 @@ class FGSM(Attack):
     norm = "linf"
     supports_target = True
     description = "Fast gradient sign method: one step of eps along the sign of the loss gradient."
+    eps: float
     params = (eps_param(),)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],

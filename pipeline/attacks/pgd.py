@@ -76,11 +76,11 @@ class IterativeAttack(Attack):
 
     @property
     def starts_at_random(self) -> bool:
-        return self.config.get("random_start", False)
+        return getattr(self, "random_start", False)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
              progress: Optional[ProgressCallback]) -> torch.Tensor:
-        steps, restarts = self.steps, self.config.get("restarts", 1)
+        steps, restarts = self.steps, getattr(self, "restarts", 1)
         random_start = self.starts_at_random
         generator = self.generator(x.device)
         worst = WorstCase(x)
@@ -121,6 +121,12 @@ class PGD(IterativeAttack):
     title = "PGD (L∞)"
     description = ("Projected gradient descent (Madry et al. 2018): signed gradient steps from a random "
                    "start, projected back into the L∞ ball; the standard first-order attack.")
+    eps: float
+    alpha: Optional[float]
+    steps: int
+    random_start: bool
+    restarts: int
+    seed: int
     params = (eps_param(), alpha_param(), steps_param(10), random_start_param(), restarts_param(),
               seed_param())
 
@@ -138,6 +144,10 @@ class PGDKL(IterativeAttack):
     title = "PGD on the KL divergence (TRADES)"
     description = ("PGD that maximises the KL divergence between the clean and the attacked prediction, "
                    "as TRADES trains against; it moves the prediction whether or not it was right.")
+    eps: float
+    alpha: Optional[float]
+    steps: int
+    seed: int
     params = (eps_param(), alpha_param(), steps_param(10), seed_param())
     supports_target = False
 
@@ -166,6 +176,9 @@ class BIM(IterativeAttack):
     name = "bim"
     title = "BIM / I-FGSM"
     description = "Basic iterative method (Kurakin et al. 2017): PGD without a random start."
+    eps: float
+    alpha: Optional[float]
+    steps: int
     params = (eps_param(), alpha_param(), steps_param(10))
 
 
@@ -176,6 +189,12 @@ class PGDL2(IterativeAttack):
     norm = "l2"
     description = ("PGD in the L2 ball: steps along the normalised gradient, so the change may concentrate "
                    "on few pixels instead of spreading evenly.")
+    eps: float
+    alpha: Optional[float]
+    steps: int
+    random_start: bool
+    restarts: int
+    seed: int
     params = (
         Param("eps", float, 0.5, "largest L2 norm of the whole perturbation (image scale)",
               low=0.0, high=100.0),
@@ -200,6 +219,10 @@ class MIFGSM(IterativeAttack):
     title = "MI-FGSM"
     description = ("Momentum iterative FGSM (Dong et al. 2018): accumulates L1-normalised gradients, which "
                    "stabilises the direction and transfers better to other models.")
+    eps: float
+    alpha: Optional[float]
+    steps: int
+    decay: float
     params = (eps_param(), alpha_param(), steps_param(10),
               Param("decay", float, 1.0, "momentum factor: weight of the accumulated past gradients",
                     low=0.0, high=10.0))
@@ -217,6 +240,13 @@ class CWLinf(IterativeAttack):
     title = "CW-L∞ (PGD on the CW margin)"
     description = ("PGD climbing the Carlini-Wagner logit margin instead of cross-entropy; the margin does "
                    "not saturate, so it still has a useful gradient where cross-entropy is flat.")
+    eps: float
+    alpha: Optional[float]
+    steps: int
+    random_start: bool
+    restarts: int
+    kappa: float
+    seed: int
     params = (eps_param(), alpha_param(), steps_param(10), random_start_param(), restarts_param(),
               kappa_param(50.0), seed_param())
 

@@ -42,6 +42,11 @@ class SimBA(Attack):
         "Steps ±eps along one random basis direction per round (low-frequency DCT or single pixels) and "
         "keeps the step when the true-class probability falls. Needs only the model's probabilities."
     )
+    eps: float
+    n_queries: int
+    basis: str
+    freq_ratio: float
+    seed: int
     params = (
         Param("eps", float, 0.2, "L2 size of each step along a basis direction (image scale)",
               low=1e-3, high=2.0),

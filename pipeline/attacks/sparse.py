@@ -37,6 +37,9 @@ class JSMA(Attack):
         "Changes the most salient pixels by theta, those whose gradient raises the goal class while "
         "lowering the others; stops at success or when gamma of the pixels have changed."
     )
+    theta: float
+    gamma: float
+    pixels_per_step: int
     params = (
         Param("theta", float, 1.0,
               "change applied to each chosen pixel (image scale; its sign is chosen per pixel)",
@@ -127,6 +130,11 @@ class OnePixel(Attack):
         "Searches, with differential evolution and the model's probabilities only, for a few pixels "
         "(position and grey value) whose change flips the prediction."
     )
+    pixels: int
+    steps: int
+    popsize: int
+    inf_batch: int
+    seed: int
     params = (
         Param("pixels", int, 1, "number of pixels the attack may change", low=1, high=256),
         Param("steps", int, 10, "generations of differential evolution", low=1, high=1000),

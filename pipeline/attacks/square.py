@@ -60,6 +60,11 @@ class Square(Attack):
         "Random search over squares at the corners of the L∞ ball, using only the model's scores. "
         "Query-efficient, and a check for gradient masking: it should never beat PGD."
     )
+    eps: float
+    n_queries: int
+    p_init: float
+    loss: str
+    seed: int
     params = (
         eps_param(),
         Param("n_queries", int, 1000, "model queries per scan, the first (random start) included",

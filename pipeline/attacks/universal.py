@@ -32,6 +32,12 @@ class UniversalPerturbation(Attack):
         "Computes ONE perturbation for all the scans passed in together and adds it to each of them. "
         "Attack a set of scans at once to see how far a single pattern goes."
     )
+    eps: float
+    alpha: float
+    steps: int
+    batch_size: int
+    kappa: float
+    seed: int
     params = (
         eps_param(default=8 / 255),
         Param("alpha", float, 1 / 255, "step size of each update of the shared delta (image scale)",
