@@ -22,7 +22,7 @@ TINY = dict(
 )
 #: Every part of a report, each at its smallest: strength checks, transfer, minimal ε, certification.
 SMALL_SUITE = SuiteSettings(
-    attacks=("fgsm", "pgd", "cw"),
+    attacks=("fgsm", "pgd", "cw-linf"),
     epsilons=(2 / 255, 4 / 255),
     steps=2,
     strength=True,

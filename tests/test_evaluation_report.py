@@ -24,8 +24,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pipeline.__main__ import main
+from pipeline.attacks import attack_class
 from pipeline.data import Split
-from pipeline.errors import UserInputError
+from pipeline.errors import AttackParameterError, UserInputError
 from pipeline.evaluation import (
     ABSTAIN,
     BitDepthReduction,
@@ -36,10 +37,19 @@ from pipeline.evaluation import (
     certify,
     evaluate_defense,
     evaluate_models,
+    reference_attacks,
 )
 from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.data import split_indices
-from pipeline.evaluation.report import SYNTHETIC_BANNER, report_csv, report_html, save_report
+from pipeline.evaluation.reference import ATTACK_COLUMNS, COLUMN_LABELS, COLUMNS
+from pipeline.evaluation.report import (
+    SYNTHETIC_BANNER,
+    read_report,
+    report_csv,
+    report_html,
+    report_json,
+    save_report,
+)
 from pipeline.evaluation.request import EvaluationRequest
 from pipeline.jobs import job_state
 from pipeline.training import TrainConfig, train
@@ -178,7 +188,7 @@ def test_cli_prints_the_table_and_writes_three_reports(runs: Path, capsys: pytes
             "--run",
             names[1],
             "--attacks",
-            "fgsm,pgd,cw",
+            "fgsm,pgd,cw-linf",
             "--eps",
             "2/255,0.0314",
             "--limit",
@@ -311,3 +321,27 @@ def test_background_job_refuses_an_absurd_certification_noise_before_starting(ru
         )
     after = set((run_dir / "evaluations").glob("*")) if (run_dir / "evaluations").exists() else set()
     assert after == before  # no job directory, no process
+
+
+def test_each_attack_name_means_one_attack_everywhere(suite, tmp_path: Path) -> None:
+    """The table's columns are registry names and say which CW they ran; "cw" is always CW-L2."""
+    assert [spec.name for spec in reference_attacks(4 / 255)] == list(ATTACK_COLUMNS)
+    assert all(attack_class(column).norm == "linf" for column in ATTACK_COLUMNS)
+    assert attack_class("cw").norm is None and "L2" in attack_class("cw").title
+    assert COLUMN_LABELS["cw-linf"] == "CW-L∞" and COLUMN_LABELS["cw"] == "CW-L2"  # ours, and the study's
+    with pytest.raises(AttackParameterError, match="cw-linf"):
+        SuiteSettings(attacks=("cw",))  # CW-L2 has no L∞ budget to state
+    ours, study = suite.tables[0].format().split("For comparison")
+    assert "CW-L∞" in ours and "CW-L2" not in ours and "CW-L2" in study.splitlines()[1]
+    page = report_html(suite)
+    assert "<th>CW-L∞</th>" in page and "<th>CW-L2</th>" in page
+
+    older = json.loads(report_json(suite))  # as written before: our CW-L∞ column was named "cw"
+    for table in older["reference_tables"]:
+        table["columns"] = ["cw" if column == "cw-linf" else column for column in table["columns"]]
+        for row in table["rows"]:
+            row["cw"] = row.pop("cw-linf")
+    (tmp_path / "report.json").write_text(json.dumps(older))
+    table = read_report(tmp_path / "report.json")["reference_tables"][0]
+    assert table["columns"] == list(COLUMNS) and "cw" not in table["rows"][0]
+    assert table["rows"][0]["cw-linf"] == suite.tables[0].rows[0].values["cw-linf"]

@@ -12,9 +12,11 @@ from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import build_model
 from pipeline.store import load_model, read_config, read_metrics, read_status
-from pipeline.training import PRESETS, STRATEGIES, TrainConfig, train
+from pipeline.params import params_of
+from pipeline.training import PRESETS, TrainConfig, train
 from pipeline.training.augment import Augmentation
 from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
+from pipeline.training.strategies import available as available_strategies
 from tests.training_helpers import TINY, checkpoint_epoch, make_blob_folder, start_cli
 
 #: The phantom at 64 px: ResNet18 fits it in a few epochs (small nodules need more pixels to generalise).
@@ -275,7 +277,9 @@ def test_config_validation_names_field_and_range() -> None:
     assert TrainConfig(eps="4/255").eps == pytest.approx(4 / 255)
     assert TrainConfig(strategy="fgsm-rs").step_size == pytest.approx(1.25 * 4 / 255)
     assert TrainConfig(strategy="pgd").step_size == pytest.approx(1 / 255)
-    assert set(PRESETS) == {"quick", "full"} and set(STRATEGY_CLASSES) == set(STRATEGIES)
+    assert set(PRESETS) == {"quick", "full"}
+    assert params_of(TrainConfig)["strategy"].choices == available_strategies()  # the registry is the list
+    assert available_strategies() == ("standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer")
     for name in PRESETS:
         assert TrainConfig.from_preset(name, strategy="pgd").strategy == "pgd"
 

@@ -14,19 +14,19 @@ import streamlit as st
 
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
-from dashboard.ui.report_views import load_report, report_view
+from dashboard.ui.report_views import report_view
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available
 from pipeline.evaluation.background import start_evaluation_job
-from pipeline.evaluation.report import FILES
+from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.suite import SuiteSettings
 from pipeline.jobs import list_jobs
 from pipeline.store import RunRecord
 
 #: The reference table's attacks first; then every other attack with an L∞ budget.
-TABLE = ("fgsm", "pgd", "cw")
+TABLE = ("fgsm", "pgd", "cw-linf")
 WATCH_KEY = "evaluate.watch"
 
 
@@ -36,13 +36,9 @@ def attack_choices() -> list[str]:
         for name in available()
         if attack_class(name).norm == "linf"
         and any(param.name == "eps" for param in attack_class(name).params)
-        and name not in ("fgsm", "pgd")
+        and name not in TABLE
     ]
     return [*TABLE, *others]
-
-
-def attack_title(name: str) -> str:
-    return "CW (margin loss, inside the ε ball)" if name == "cw" else attack_class(name).title
 
 
 def running_jobs(run_dirs: list[str]) -> list[str]:
@@ -81,7 +77,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
         )
         left, middle, right = st.columns(3)
         attacks = left.multiselect(
-            "Attacks", attack_choices(), default=list(TABLE), key="evaluate:attacks", format_func=attack_title
+            "Attacks", attack_choices(), default=list(TABLE), key="evaluate:attacks", format_func=lambda name: attack_class(name).title
         )
         epsilons = middle.text_input(
             "Budgets ε",
@@ -179,5 +175,5 @@ chosen = st.selectbox(
 with shown_errors("show the evaluation"):
     folder = reports[chosen]
     report_view(
-        load_report(folder / FILES["json"]), {kind: str(folder / name) for kind, name in FILES.items()}
+        read_report(folder / FILES["json"]), {kind: str(folder / name) for kind, name in FILES.items()}
     )

@@ -24,17 +24,8 @@ from pipeline.jobs import JobState, job_state
 from pipeline.params import params_of
 from pipeline.store import list_runs
 from pipeline.training import PRESETS, TrainConfig, resume_job, start_job
+from pipeline.training.strategies import strategy_class
 
-STRATEGY_WORDS = {
-    "standard": "Normal training: no attacks. Accurate on clean scans, usually fragile under attack.",
-    "pgd": "PGD adversarial training (Madry et al.): every batch is attacked with PGD first. Robust, slow.",
-    "fgsm-rs": "Fast adversarial training (Wong et al.): one FGSM step from a random start, guarded against "
-    "catastrophic overfitting. Nearly as robust as PGD, several times faster.",
-    "trades": "TRADES: trades clean accuracy against robustness with a weight β.",
-    "mart": "MART: like TRADES, with extra weight on the scans the model gets wrong.",
-    "mixed": "The reference study's recipe: each batch is clean + FGSM + PGD + CW versions of the scans.",
-    "transfer": "Adds adversarial scans crafted on another saved model (the cross-architecture recipe).",
-}
 PRESET_WORDS = {
     "quick": "Quick — a CPU demo in minutes",
     "full": "Full — the reference study's scale, for a GPU",
@@ -60,7 +51,7 @@ def settings_form(preset: str) -> dict[str, Any]:
             columns = st.columns(3)
         with columns[number % 3]:
             values[param.name] = param_control(param, f"train:{preset}:{param.name}")
-    st.caption(STRATEGY_WORDS.get(values["strategy"], ""))
+    st.caption(strategy_class(values["strategy"]).description)
     if values["strategy"] == "transfer":
         sources = {str(record.run_dir): record for record in usable_runs()}
         values["transfer_run"] = st.selectbox(

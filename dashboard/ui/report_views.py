@@ -17,8 +17,7 @@ from dashboard.ui import figures
 from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
 from pipeline.constants import GREY_LEVEL
-from pipeline.errors import UserInputError
-from pipeline.json_object import parse_json_object
+from pipeline.evaluation.reference import COLUMN_LABELS
 from pipeline.units import format_epsilon
 
 CHART = {"displaylogo": False}
@@ -34,10 +33,6 @@ def chart(figure: Any, key: str, caption: str) -> None:
     st.caption(caption)
 
 
-def load_report(path: Path) -> dict[str, Any]:
-    """The saved ``report.json``; a damaged file raises a UserInputError the page shows as a message."""
-    path = Path(path)
-    return parse_json_object(path.read_text(), f"{path.name} in {path.parent}", error=UserInputError)
 
 
 def header(report: dict[str, Any]) -> None:
@@ -60,10 +55,7 @@ def reference_tables(report: dict[str, Any]) -> None:
         rows = [
             {
                 "model": row["model"],
-                **{
-                    column.upper() if column != "clean" else "Clean": percent(row.get(column))
-                    for column in table["columns"]
-                },
+                **{COLUMN_LABELS.get(column, column): percent(row.get(column)) for column in table["columns"]},
                 "worst case, all attacks": percent(row.get("worst_case_all_attacks")),
                 "trained classifier?": trained_cell(row.get("trained_classifier")),
             }
@@ -73,10 +65,7 @@ def reference_tables(report: dict[str, Any]) -> None:
         rows += [
             {
                 "model": f"{name} (reported by the study)",
-                **{
-                    column.upper() if column != "clean" else "Clean": f"{value:.1f}%"
-                    for column, value in values.items()
-                },
+                **{COLUMN_LABELS.get(column, column): f"{value:.1f}%" for column, value in values.items()},
                 "worst case, all attacks": "—",
                 "trained classifier?": "—",
             }

@@ -1,10 +1,12 @@
 """The reference study's table (Clean / PGD / FGSM / CW / Combined), redone with a stated epsilon.
 
 Our rows differ from the study's on purpose: every attack is bounded in pixel space by one stated
-L∞ epsilon; PGD is iterative with a random start; CW is the Carlini-Wagner margin loss optimised
-inside the same ball (the study's CW-L2 had no bound); and "Combined" counts a scan as robust only
-if it survives all three attacks, where the study averaged three accuracies. The study's own
-figures are kept as a separate, labelled row set for comparison, never mixed with ours.
+L∞ epsilon; PGD is iterative with a random start; our CW column is CW-L∞ (``cw-linf``: the
+Carlini-Wagner margin loss optimised inside the same ball), where the study's was CW-L2 (``cw``,
+unbounded); and "Combined" counts a scan as robust only if it survives all three attacks, where
+the study averaged three accuracies. Each column is keyed by its attack's registry name, so a
+name means one attack everywhere. The study's own figures are kept as a separate, labelled row
+set for comparison, never mixed with ours.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, combine
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.units import format_epsilon
 
-COLUMNS: tuple[str, ...] = ("clean", "pgd", "fgsm", "cw", "combined")
-#: Registry name of the attack behind each attack column.
-COLUMN_ATTACKS: dict[str, str] = {"pgd": "pgd", "fgsm": "fgsm", "cw": "cw-linf"}
+#: Our columns: clean, the registry names of the table's three attacks, and the combined worst case.
+COLUMNS: tuple[str, ...] = ("clean", "pgd", "fgsm", "cw-linf", "combined")
+ATTACK_COLUMNS: tuple[str, ...] = COLUMNS[1:-1]
+#: The study's columns, in the same order: its CW was CW-L2, the registry's ``cw``.
+STUDY_COLUMNS: tuple[str, ...] = ("clean", "pgd", "fgsm", "cw", "combined")
+#: Column headings, saying which CW each table ran.
+COLUMN_LABELS: dict[str, str] = {
+    "clean": "Clean",
+    "pgd": "PGD",
+    "fgsm": "FGSM",
+    "cw-linf": "CW-L∞",
+    "cw": "CW-L2",
+    "combined": "Combined",
+}
 
 REFERENCE_SOURCE = "reported by the reference study, weak attacks"
 REFERENCE_CAVEAT = (
@@ -42,7 +55,7 @@ def reference_attacks(eps: float, *, steps: int = 10) -> list[AttackSpec]:
     return [
         AttackSpec("pgd", {"eps": eps, "steps": steps}, f"PGD ε={at}"),
         AttackSpec("fgsm", {"eps": eps}, f"FGSM ε={at}"),
-        AttackSpec("cw-linf", {"eps": eps, "steps": steps}, f"CW ε={at}"),
+        AttackSpec("cw-linf", {"eps": eps, "steps": steps}, f"CW-L∞ ε={at}"),
     ]
 
 
@@ -86,15 +99,17 @@ class ReferenceTable:
             "reference_study": {
                 "source": REFERENCE_SOURCE,
                 "caveat": REFERENCE_CAVEAT,
-                "rows": {name: dict(zip(COLUMNS, values)) for name, values in REFERENCE_STUDY.items()},
+                "columns": list(STUDY_COLUMNS),
+                "rows": {name: dict(zip(STUDY_COLUMNS, values)) for name, values in REFERENCE_STUDY.items()},
             },
         }
 
     def format(self) -> str:
         """The table as text for the terminal, strength verdicts under each row."""
         width = max([len(row.model) for row in self.rows] + [len(name) for name in REFERENCE_STUDY] + [5])
-        header = f"{'model':<{width}}  " + "  ".join(
-            f"{c.upper() if c != 'clean' else 'Clean':>8}" for c in COLUMNS
+        header, study_header = (
+            f"{'model':<{width}}  " + "  ".join(f"{COLUMN_LABELS[c]:>8}" for c in columns)
+            for columns in (COLUMNS, STUDY_COLUMNS)
         )
         lines = [
             f"Reference table at ε={format_epsilon(self.eps)} (L∞, grey levels of [0, 1]) on "
@@ -116,7 +131,7 @@ class ReferenceTable:
                     f"{'':<{width}}    {'!!' if c.flagged else 'ok'} {c.title}: {c.detail}"
                     for c in row.strength.checks
                 ]
-        lines += ["", f"For comparison, {REFERENCE_SOURCE} (%, not comparable):", header, "-" * len(header)]
+        lines += ["", f"For comparison, {REFERENCE_SOURCE} (%, not comparable):", study_header, "-" * len(header)]
         for name, values in REFERENCE_STUDY.items():
             lines.append(f"{name:<{width}}  " + "  ".join(f"{value:>8.2f}" for value in values))
         lines.append(REFERENCE_CAVEAT)
@@ -131,18 +146,18 @@ def reference_table(
     """Build the table at ``eps`` from reports that ran :func:`reference_attacks` at that epsilon.
 
     ``strength`` maps a model name to its checks at ``eps``; "combined" is the per-scan worst
-    case over the table's attacks only (PGD, FGSM, CW), as in the study's layout; a column whose
+    case over the table's attacks only (PGD, FGSM, CW-L∞), as in the study's layout; a column whose
     attack was not run is NaN.
     """
     if not reports:
         raise ValueError("the reference table needs at least one model's report")
     rows = []
     for report in reports:
-        found = {column: report.find(name, eps) for column, name in COLUMN_ATTACKS.items()}
+        found = {column: report.find(column, eps) for column in ATTACK_COLUMNS}
         present = [result for result in found.values() if result is not None]
         if not present:
             raise KeyError(
-                f"{report.model} has no PGD, FGSM or CW result at ε={format_epsilon(eps)}; run "
+                f"{report.model} has no PGD, FGSM or CW-L∞ result at ε={format_epsilon(eps)}; run "
                 "reference_attacks(eps) first"
             )
         values = {

@@ -27,15 +27,18 @@ from pipeline.errors import UserInputError
 from pipeline.evaluation import figures
 from pipeline.evaluation.defenses import DefenseResult
 from pipeline.evaluation.reference import (
+    COLUMN_LABELS,
     COLUMNS,
     REFERENCE_CAVEAT,
     REFERENCE_SOURCE,
     REFERENCE_STUDY,
+    STUDY_COLUMNS,
     ReferenceTable,
 )
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
+from pipeline.json_object import parse_json_object
 from pipeline.store import atomic_write_bytes
 from pipeline.units import format_epsilon
 
@@ -81,6 +84,22 @@ def jsonable(value: Any) -> Any:
 
 def report_json(suite: EvaluationSuite) -> str:
     return json.dumps(jsonable(suite.to_dict()), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def read_report(path: Path | str) -> dict[str, Any]:
+    """A saved ``report.json`` in the current layout; a damaged file raises :class:`UserInputError`.
+
+    Reports written before the attack names were made one-to-one keyed our reference tables'
+    CW-L∞ column ``cw`` (now the registry's CW-L2); they are read with that column as ``cw-linf``.
+    """
+    path = Path(path)
+    report = parse_json_object(path.read_bytes(), f"{path.name} in {path.parent}", error=UserInputError)
+    for table in report.get("reference_tables") or []:
+        if "cw" in table.get("columns", []):
+            table["columns"] = ["cw-linf" if column == "cw" else column for column in table["columns"]]
+            for row in table.get("rows", []):
+                row["cw-linf"] = row.pop("cw", None)
+    return report
 
 
 # ------------------------------------------------------------------------------------- CSV
@@ -168,7 +187,7 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
                 "strength_verdict": check.verdict,
             }
     for name, values in REFERENCE_STUDY.items():
-        for column, value in zip(COLUMNS, values):
+        for column, value in zip(STUDY_COLUMNS, values):
             yield {
                 "source": REFERENCE_SOURCE,
                 "synthetic": False,
@@ -251,8 +270,8 @@ def _summary(suite: EvaluationSuite) -> list[str]:
         f"{_e(suite.device)}; {_e(suite.created)}; {suite.seconds:.0f} s.</p>",
         "<p class='note'>Epsilons are L∞ budgets on scans in [0, 1], shown as grey levels k/255: "
         f"{', '.join(format_epsilon(e) for e in settings.epsilons)}. Attacks: "
-        f"{_e(', '.join(settings.attacks))} ({settings.steps} steps for the iterative ones; CW is the "
-        "Carlini-Wagner margin loss inside the same L∞ ball). Only scans the model classifies correctly "
+        f"{_e(', '.join(settings.attacks))} ({settings.steps} steps for the iterative ones; CW-L∞ is the "
+        "Carlini-Wagner margin loss inside the same L∞ ball, the study's CW-L2 had no bound). Only scans the model classifies correctly "
         "are attacked; accuracy under attack counts the others as errors, and the success rate is over the "
         "correctly classified scans. Perturbation sizes, PSNR and SSIM are over the adversarial examples "
         "that succeeded. A robust accuracy from attacks is an upper bound: the strength checks beside each "
@@ -263,7 +282,12 @@ def _summary(suite: EvaluationSuite) -> list[str]:
 def _reference_table(table: ReferenceTable) -> list[str]:
     header = (
         "<tr><th class='l'>model</th>"
-        + "".join(f"<th>{_e(c)}</th>" for c in COLUMNS)
+        + "".join(f"<th>{_e(COLUMN_LABELS[c])}</th>" for c in COLUMNS)
+        + "<th>worst case, all attacks</th><th class='l'>strength checks</th></tr>"
+    )
+    study_header = (
+        "<tr><th class='l'>model</th>"
+        + "".join(f"<th>{_e(COLUMN_LABELS[c])}</th>" for c in STUDY_COLUMNS)
         + "<th>worst case, all attacks</th><th class='l'>strength checks</th></tr>"
     )
     rows = []
@@ -291,7 +315,7 @@ def _reference_table(table: ReferenceTable) -> list[str]:
     return [
         f"<h2>Reference table at ε = {format_epsilon(table.eps)}</h2>",
         f"<table>{header}{''.join(rows)}</table>",
-        f"<h3>For comparison: {_e(REFERENCE_SOURCE)}</h3><table>{header}{''.join(reference)}</table>",
+        f"<h3>For comparison: {_e(REFERENCE_SOURCE)}</h3><table>{study_header}{''.join(reference)}</table>",
         f"<p class='note'>{_e(REFERENCE_CAVEAT)}</p>",
     ]
 

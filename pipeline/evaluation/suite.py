@@ -23,7 +23,7 @@ from pipeline.attacks import attack_class
 from pipeline.errors import AttackParameterError, UserInputError
 from pipeline.evaluation.certify import CertifiedCurve, certified_accuracy_curve, check_settings
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
-from pipeline.evaluation.reference import ReferenceTable, reference_attacks, reference_table
+from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
 from pipeline.evaluation.strength import StrengthReport, StrengthSettings, strength_checks
 from pipeline.evaluation.sweeps import (
@@ -37,8 +37,6 @@ from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
 
-#: Names of the reference table's columns on the command line; ``cw`` is CW inside the L∞ ball.
-TABLE_ATTACKS = {"pgd": "pgd", "fgsm": "fgsm", "cw": "cw-linf"}
 #: Radii (L2, image scale) at which certified accuracy is reported.
 CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -50,8 +48,8 @@ class SuiteSettings:
     :class:`UserInputError` naming it."""
 
     attacks: tuple[str, ...] = setting(
-        ("fgsm", "pgd", "cw"),
-        help="pgd, fgsm, cw (CW margin inside the L∞ ball) and any L∞ attack of the registry",
+        ("fgsm", "pgd", "cw-linf"),
+        help="registry names of L∞ attacks: fgsm, pgd, cw-linf (the reference table's) and e.g. apgd",
     )
     #: L∞ budgets in image scale; text such as "2/255,4/255" is read as people write it.
     epsilons: tuple[float, ...] = (4 / 255,)
@@ -72,7 +70,7 @@ class SuiteSettings:
         validate_fields(self)
         attacks = tuple(dict.fromkeys(name.strip().lower() for name in self.attacks if name.strip()))
         if not attacks:
-            raise UserInputError("no attack given; choose e.g. fgsm, pgd, cw")
+            raise UserInputError("no attack given; choose e.g. fgsm, pgd, cw-linf")
         epsilons = self.epsilons
         values = parse_epsilons(epsilons) if isinstance(epsilons, str) else [parse_epsilon(e) for e in epsilons]
         if not values:
@@ -102,20 +100,20 @@ class SuiteSettings:
 
 
 def attack_specs(names: Sequence[str], epsilons: Sequence[float], steps: int) -> list[AttackSpec]:
-    """Specs for ``names`` at every epsilon; ``pgd``/``fgsm``/``cw`` are the reference table's attacks."""
+    """Specs for ``names`` at every epsilon; the reference table's attacks get its specs and labels."""
     specs: list[AttackSpec] = []
-    unknown = [name for name in names if name not in TABLE_ATTACKS and _has(name, "eps") is None]
+    unknown = [name for name in names if _has(name, "eps") is None]
     if unknown:
         raise AttackParameterError(
             f"attack(s) {', '.join(unknown)} have no epsilon budget and cannot be compared at a stated "
-            "epsilon; choose from pgd, fgsm, cw and the other L∞ attacks (e.g. apgd, mifgsm, autoattack, "
-            "square)"
+            "epsilon; choose from pgd, fgsm, cw-linf (CW's margin loss inside the L∞ ball; cw is CW-L2) and "
+            "the other L∞ attacks (e.g. apgd, mifgsm, autoattack, square)"
         )
     for eps in epsilons:
         table = {spec.name: spec for spec in reference_attacks(eps, steps=steps)}
         for name in dict.fromkeys(names):
-            if name in TABLE_ATTACKS:
-                specs.append(table[TABLE_ATTACKS[name]])
+            if name in table:
+                specs.append(table[name])
             else:
                 params = {"eps": eps, **({"steps": steps} if _has(name, "steps") else {})}
                 specs.append(AttackSpec(name, params))
@@ -313,7 +311,7 @@ def evaluate_models(
             )
             for eps in settings.epsilons
         ]
-        if any(name in TABLE_ATTACKS for name in settings.attacks)
+        if any(name in ATTACK_COLUMNS for name in settings.attacks)
         else []
     )
     report(progress, 1, 1, "evaluation done")

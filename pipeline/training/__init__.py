@@ -6,12 +6,11 @@ background process for the dashboard; ``python -m pipeline train`` is the comman
 
 from pipeline.jobs import JobState, cancel_job, job_state
 from pipeline.training.background import resume_job, start_job
-from pipeline.training.config import PRESETS, STRATEGIES, TrainConfig
+from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.loop import train
 
 __all__ = [
     "PRESETS",
-    "STRATEGIES",
     "JobState",
     "TrainConfig",
     "cancel_job",

@@ -17,9 +17,8 @@ from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pipeline.params import setting, validate_fields
+from pipeline.training import strategies
 from pipeline.units import MAX_EPSILON
-
-STRATEGIES: Final[tuple[str, ...]] = ("standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer")
 
 
 @dataclass
@@ -41,7 +40,7 @@ class TrainConfig:
         help="saved run whose kept model is the starting point, e.g. to fine-tune a normally trained "
         "model adversarially; same architecture and classes",
     )
-    strategy: str = setting("standard", choices=STRATEGIES, help="training strategy")
+    strategy: str = setting("standard", choices=strategies.available(), help="training strategy")
     epochs: int = setting(30, low=1, high=1000, help="number of passes over the training split")
     batch_size: int = setting(32, low=2, high=4096, help="scans per optimisation step (all GPUs together)")
     optimizer: str = setting("sgd", choices=("sgd", "adamw"), help="optimiser")

@@ -12,7 +12,7 @@ the KL divergence to the clean prediction (the engine's ``pgd-kl``) for TRADES.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +22,48 @@ from pipeline.attacks import get_attack
 from pipeline.errors import UserInputError
 from pipeline.progress import ProgressCallback, report
 from pipeline.store import load_model
-from pipeline.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from pipeline.training.config import TrainConfig
 
 #: Returned by a step: the loss to minimise, logits and labels to count training accuracy on.
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: Every strategy by name, in registration order: the only list of them (see :func:`available`).
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {}
+S = TypeVar("S", bound="type[Strategy]")
 
 
+def register(cls: S) -> S:
+    """Class decorator: make a strategy available to training configurations under its ``name``."""
+    if cls.name in STRATEGY_CLASSES:
+        raise RuntimeError(f"strategy name {cls.name!r} is registered twice")
+    STRATEGY_CLASSES[cls.name] = cls
+    return cls
+
+
+def available() -> tuple[str, ...]:
+    """Names of all training strategies, in registration order."""
+    return tuple(STRATEGY_CLASSES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The strategy registered as ``name``; an unknown name raises :class:`UserInputError`."""
+    try:
+        return STRATEGY_CLASSES[name]
+    except KeyError:
+        choices = ", ".join(STRATEGY_CLASSES)
+        raise UserInputError(f"unknown strategy {name!r}; choose one of {choices}") from None
+
+
+@register
 class Strategy:
     """Standard training: cross-entropy on the (augmented) clean batch."""
 
     name: ClassVar[str] = "standard"
+    #: One or two plain sentences for people choosing a strategy (the Train page shows them).
+    description: ClassVar[str] = (
+        "Normal training: no attacks. Accurate on clean scans, usually fragile under attack."
+    )
     #: Whether the accuracy counted during training is on adversarial examples.
     adversarial: ClassVar[bool] = False
 
@@ -87,10 +119,15 @@ class Strategy:
         )
 
 
+@register
 class PGDTraining(Strategy):
     """Madry et al. 2018: train on PGD examples only."""
 
     name = "pgd"
+    description = (
+        "PGD adversarial training (Madry et al.): every batch is attacked with PGD "
+        "first. Robust, slow."
+    )
     adversarial = True
     #: PGD iterations per batch; None means the configured ``steps``.
     inner_steps: ClassVar[Optional[int]] = None
@@ -101,6 +138,7 @@ class PGDTraining(Strategy):
         return super().step(net, model, self.pgd(model, x, y, seed, self.inner_steps), y, seed)
 
 
+@register
 class FastTraining(PGDTraining):
     """Wong et al. 2020: one FGSM step of 1.25 eps from a uniform random start in the eps-ball.
 
@@ -110,6 +148,10 @@ class FastTraining(PGDTraining):
     """
 
     name = "fgsm-rs"
+    description = (
+        "Fast adversarial training (Wong et al.): one FGSM step from a random start, "
+        "guarded against catastrophic overfitting. Nearly as robust as PGD, several times faster."
+    )
     inner_steps = 1
 
 
@@ -133,10 +175,12 @@ class PairedTraining(Strategy):
         raise NotImplementedError
 
 
+@register
 class TradesTraining(PairedTraining):
     """Zhang et al. 2019: clean cross-entropy + beta * KL(clean prediction || adversarial one)."""
 
     name = "trades"
+    description = "TRADES: trades clean accuracy against robustness with a weight β."
 
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """The paper's inner step: PGD that maximises the KL term the outer loss then penalises."""
@@ -148,11 +192,13 @@ class TradesTraining(PairedTraining):
         return self.cross_entropy(clean, y) + self.config.trades_beta * robust
 
 
+@register
 class MartTraining(PairedTraining):
     """Wang et al. 2020: boosted cross-entropy on adversarial examples + a KL term weighted
     towards misclassified clean scans."""
 
     name = "mart"
+    description = "MART: like TRADES, with extra weight on the scans the model gets wrong."
 
     def pair_loss(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         adv_probs = F.softmax(adv, dim=1)
@@ -165,6 +211,7 @@ class MartTraining(PairedTraining):
         return boosted + self.config.mart_beta * (kl * (1.0000001 - true_probs)).mean()
 
 
+@register
 class MixedTraining(Strategy):
     """The reference study's recipe: each batch is trained as clean + FGSM + PGD + CW copies.
 
@@ -175,6 +222,10 @@ class MixedTraining(Strategy):
     """
 
     name = "mixed"
+    description = (
+        "The reference study's recipe: each batch is clean + FGSM + PGD + CW-L2 versions "
+        "of the scans."
+    )
     adversarial = True
 
     def step(
@@ -187,6 +238,7 @@ class MixedTraining(Strategy):
         return super().step(net, model, everything, labels, seed)
 
 
+@register
 class TransferTraining(Strategy):
     """Adversarial examples crafted once on another saved run's model, added to the training set.
 
@@ -196,6 +248,10 @@ class TransferTraining(Strategy):
     """
 
     name = "transfer"
+    description = (
+        "Adds adversarial scans crafted on another saved model (the cross-architecture "
+        "recipe)."
+    )
 
     def prepare(
         self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
@@ -235,24 +291,5 @@ def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **para
     return get_attack(name, **params)(model, x, y)  # type: ignore[return-value]
 
 
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (
-        Strategy,
-        PGDTraining,
-        FastTraining,
-        TradesTraining,
-        MartTraining,
-        MixedTraining,
-        TransferTraining,
-    )
-}
-
-
 def build_strategy(config: TrainConfig, class_weights: Optional[torch.Tensor]) -> Strategy:
-    try:
-        return STRATEGY_CLASSES[config.strategy](config, class_weights)
-    except KeyError:
-        raise UserInputError(
-            f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGY_CLASSES)}"
-        ) from None
+    return strategy_class(config.strategy)(config, class_weights)
