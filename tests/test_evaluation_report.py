@@ -39,11 +39,14 @@ from pipeline.evaluation import (
     evaluate_models,
     reference_attacks,
 )
+from pipeline.evaluation import figures
 from pipeline.evaluation.background import start_evaluation_job
+from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.data import split_indices
 from pipeline.evaluation.reference import ATTACK_COLUMNS, COLUMN_LABELS, COLUMNS
 from pipeline.evaluation.report import (
     SYNTHETIC_BANNER,
+    jsonable,
     read_report,
     report_csv,
     report_html,
@@ -51,11 +54,13 @@ from pipeline.evaluation.report import (
     save_report,
 )
 from pipeline.evaluation.request import EvaluationRequest
+from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
+from pipeline.evaluation.transfer import TransferResult
 from pipeline.jobs import job_state
 from pipeline.training import TrainConfig, train
 from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401 (autouse fixture)
 from tests.models_fixture import nodule_images, trained_model
-from tests.training_helpers import TINY, wait_for
+from tests.training_helpers import REPO, TINY, wait_for
 
 SIDE = 32
 
@@ -345,3 +350,25 @@ def test_each_attack_name_means_one_attack_everywhere(suite, tmp_path: Path) -> 
     table = read_report(tmp_path / "report.json")["reference_tables"][0]
     assert table["columns"] == list(COLUMNS) and "cw" not in table["rows"][0]
     assert table["rows"][0]["cw-linf"] == suite.tables[0].rows[0].values["cw-linf"]
+
+
+def test_the_dashboard_draws_the_reports_own_figures(suite) -> None:
+    """The figures rebuilt from report.json are the HTML report's, point for point, in one palette."""
+    saved = json.loads(report_json(suite))
+    by_name = {model["name"]: model for model in saved["models"]}
+    pairs = [
+        (figures.epsilon_curves, [m.sweep for m in suite.models],
+         [SweepResult.from_dict(by_name[m.name]["sweep"]) for m in suite.models]),
+        (figures.transfer_heatmap, suite.transfer, TransferResult.from_dict(saved["transfer"])),
+        (figures.certified_curves, [(m.name, m.certified) for m in suite.models],
+         [(m.name, CertifiedCurve.from_dict(by_name[m.name]["certified"])) for m in suite.models]),
+    ]
+    for draw, typed, rebuilt in pairs:
+        assert draw(rebuilt).to_json() == draw(typed).to_json(), draw.__name__
+    minimal = MinimalEpsilon("tiny", "pgd", np.array([0.0, 2 / 255, np.inf]), np.array([0, 1, 2]),
+                             np.array([False, True, True]))
+    again = MinimalEpsilon.from_dict(json.loads(json.dumps(jsonable(minimal.to_dict()))))
+    histogram = figures.minimal_epsilon_histogram
+    assert histogram([again]).to_json() == histogram([minimal]).to_json()
+    dashboard_figures = (REPO / "dashboard" / "ui" / "figures.py").read_text()
+    assert not re.search(r"#[0-9a-fA-F]{6}", dashboard_figures), "colours come from pipeline.evaluation.figures"

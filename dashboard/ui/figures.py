@@ -1,5 +1,7 @@
-"""Plotly figures in one calm style: the same colours for "clean" and "attacked" everywhere.
+"""The dashboard's own plotly figures: a scan's probabilities, its attack trace and perturbation, the data.
 
+They share the lab's one palette and style with the evaluation report's figures
+(:mod:`pipeline.evaluation.figures`, which the report views and training curves use directly).
 Each function takes plain numbers (what the pipeline returned) and returns a figure; none of
 them computes anything a reader would call a result.
 """
@@ -11,31 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-CLEAN = "#2f6f8f"
-ATTACKED = "#c2553f"
-NEUTRAL = "#8a99a6"
-SERIES = ("#2f6f8f", "#c2553f", "#6a8f3f", "#8f6a2f", "#6b5b95", "#3f8f86", "#a05d7a")
-#: White in the middle so "no change" reads as nothing; blue darker, red brighter.
-DIVERGING = [[0.0, "#2c5f8a"], [0.5, "#ffffff"], [1.0, "#b2432f"]]
-SEQUENTIAL = [[0.0, "#f4f7f9"], [1.0, "#2f6f8f"]]
-
-
-def _style(figure: go.Figure, *, title: str = "", height: int = 320, legend_right: bool = False) -> go.Figure:
-    """The common look; many series get their legend on the right, where it cannot cover the axes."""
-    legend = (
-        {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02}
-        if legend_right
-        else {"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0}
-    )
-    figure.update_layout(
-        template="plotly_white",
-        title={"text": title, "font": {"size": 15}} if title else None,
-        height=height,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        legend=legend,
-        font={"size": 13},
-    )
-    return figure
+from pipeline.evaluation.figures import ATTACKED, CLEAN, DIVERGING, NEUTRAL, SERIES, style
 
 
 def probabilities(
@@ -64,7 +42,7 @@ def probabilities(
     figure.update_xaxes(range=[0, 100], title="probability (%)")
     figure.update_yaxes(autorange="reversed")
     figure.update_layout(barmode="group")
-    return _style(figure, title=title, height=260)
+    return style(figure, title=title, height=260)
 
 
 def step_trace(probability: Sequence[float], class_name: str, *, title: str = "") -> go.Figure:
@@ -83,7 +61,7 @@ def step_trace(probability: Sequence[float], class_name: str, *, title: str = ""
     figure.add_hline(y=50, line_dash="dot", line_color=NEUTRAL)
     figure.update_xaxes(title="attack step", dtick=max(1, len(values) // 10))
     figure.update_yaxes(range=[0, 100], title=f"P({class_name}) %")
-    return _style(figure, title=title, height=260)
+    return style(figure, title=title, height=260)
 
 
 def perturbation(delta_levels: np.ndarray, *, title: str = "") -> go.Figure:
@@ -102,16 +80,7 @@ def perturbation(delta_levels: np.ndarray, *, title: str = "") -> go.Figure:
     )
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False, scaleanchor="x")
-    return _style(figure, title=title, height=340)
-
-
-def confusion(counts: np.ndarray, classes: Sequence[str], *, title: str) -> go.Figure:
-    """Counts with the true class on rows and the prediction on columns; the diagonal is correct."""
-    figure = matrix(
-        counts, classes, classes, title=title, x_title="predicted", y_title="true", text="{:.0f}", height=300
-    )
-    figure.update_xaxes(tickangle=-35)
-    return figure
+    return style(figure, title=title, height=340)
 
 
 def class_balance(counts: Mapping[str, int], *, title: str = "Scans per class") -> go.Figure:
@@ -125,7 +94,7 @@ def class_balance(counts: Mapping[str, int], *, title: str = "Scans per class") 
         )
     )
     figure.update_yaxes(title="scans")
-    return _style(figure, title=title, height=260)
+    return style(figure, title=title, height=260)
 
 
 def split_sizes(sizes: Mapping[str, Mapping[str, int]], *, title: str = "The split by class") -> go.Figure:
@@ -141,73 +110,4 @@ def split_sizes(sizes: Mapping[str, Mapping[str, int]], *, title: str = "The spl
         )
     figure.update_layout(barmode="stack")
     figure.update_yaxes(title="scans")
-    return _style(figure, title=title, height=260)
-
-
-def lines(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    *,
-    x_title: str,
-    y_title: str,
-    title: str = "",
-    percent: bool = False,
-) -> go.Figure:
-    """One line per named ``(x, y)`` series: training curves, accuracy against epsilon, certified radius."""
-    figure = go.Figure()
-    for index, (name, (xs, ys)) in enumerate(series.items()):
-        values = [100 * float(v) if percent else float(v) for v in ys]
-        figure.add_scatter(
-            x=list(xs),
-            y=values,
-            name=name,
-            mode="lines+markers",
-            line={"color": SERIES[index % len(SERIES)]},
-            marker={"size": 6},
-        )
-    figure.update_xaxes(title=x_title)
-    figure.update_yaxes(title=y_title, range=[0, 100] if percent else None)
-    many = len(series) > 4
-    return _style(figure, title=title, height=380 if many else 320, legend_right=many)
-
-
-def histogram(samples: Mapping[str, Sequence[float]], *, x_title: str, title: str = "") -> go.Figure:
-    figure = go.Figure()
-    for index, (name, values) in enumerate(samples.items()):
-        figure.add_histogram(
-            x=list(values), name=name, opacity=0.75, marker_color=SERIES[index % len(SERIES)]
-        )
-    figure.update_layout(barmode="overlay")
-    figure.update_xaxes(title=x_title)
-    figure.update_yaxes(title="scans")
-    return _style(figure, title=title)
-
-
-def matrix(
-    values: np.ndarray,
-    rows: Sequence[str],
-    columns: Sequence[str],
-    *,
-    title: str,
-    x_title: str,
-    y_title: str,
-    text: str = "{:.0%}",
-    height: int = 320,
-) -> go.Figure:
-    """A labelled heatmap of a table (rows down, columns across), each cell written with ``text``."""
-    values = np.asarray(values, dtype=float)
-    figure = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=list(columns),
-            y=list(rows),
-            colorscale=SEQUENTIAL,
-            showscale=False,
-            text=[[text.format(value) for value in row] for row in values],
-            texttemplate="%{text}",
-            textfont={"size": 15},
-            hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{text}}<extra></extra>",
-        )
-    )
-    figure.update_xaxes(title=x_title, side="bottom")
-    figure.update_yaxes(title=y_title, autorange="reversed")
-    return _style(figure, title=title, height=height)
+    return style(figure, title=title, height=260)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.ui import figures
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.progress_view import remaining_words
+from pipeline.evaluation.figures import lines
 from pipeline.jobs import cancel_job, job_state
 from pipeline.store import read_metrics
 
@@ -40,7 +40,7 @@ def training_curves(run_dir: Path, key: str) -> None:
     }
     left, right = st.columns(2)
     left.plotly_chart(
-        figures.lines(
+        lines(
             {"training loss": (epochs, [_number(line.get("train_loss")) for line in metrics])},
             x_title="epoch",
             y_title="loss",
@@ -50,7 +50,7 @@ def training_curves(run_dir: Path, key: str) -> None:
         config={"displaylogo": False},
     )
     right.plotly_chart(
-        figures.lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy", percent=True),
+        lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy", percent=True),
         key=f"{key}:acc",
         config={"displaylogo": False},
     )

@@ -1,7 +1,9 @@
 """Drawing a saved evaluation (``report.json``): tables, confusion matrices, curves, checks.
 
 The dashboard reads the report the background job wrote, so what is shown is exactly what the
-CSV and HTML downloads contain, and it is still there after a refresh or a restart.
+CSV and HTML downloads contain, and it is still there after a refresh or a restart. Its figures
+are the HTML report's own (:mod:`pipeline.evaluation.figures`), drawn from the same typed results
+rebuilt from the saved report.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any, Optional
 import numpy as np
 import streamlit as st
 
-from dashboard.ui import figures
 from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
-from pipeline.constants import GREY_LEVEL
+from pipeline.evaluation import figures
+from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.reference import COLUMN_LABELS
+from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
+from pipeline.evaluation.transfer import TransferResult
 from pipeline.units import format_epsilon
 
 CHART = {"displaylogo": False}
@@ -126,54 +130,32 @@ def confusion_matrices(report: dict[str, Any]) -> None:
 
 
 def epsilon_curves(report: dict[str, Any]) -> None:
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for model in report["models"]:
-        sweep = model["sweep"]
-        xs = [0.0] + [eps / GREY_LEVEL for eps in sweep["epsilons"]]
-        for attack, values in sweep["accuracy"].items():
-            series[f"{model['name']}: {attack}"] = (
-                xs,
-                [sweep["clean"]] + [math.nan if v is None else v for v in values],
-            )
-    if not series:
+    sweeps = [SweepResult.from_dict(model["sweep"]) for model in report["models"]]
+    if not any(sweep.epsilons for sweep in sweeps):
         return
     chart(
-        figures.lines(
-            series,
-            x_title="ε (grey levels, k/255; 0 = clean)",
-            y_title="accuracy (%)",
-            percent=True,
-            title="Accuracy as the attack budget grows",
-        ),
+        figures.epsilon_curves(sweeps),
         "evaluate:curves",
-        "How quickly each model loses accuracy as the allowed change per pixel grows. "
-        "'worst case' counts a scan as robust only if it survives every attack.",
+        "How quickly each model loses accuracy as the allowed change per pixel grows (a colour per model, "
+        "a dash per attack). 'worst case' counts a scan as robust only if it survives every attack.",
     )
 
 
 def minimal_epsilons(report: dict[str, Any]) -> None:
-    samples = {
-        model["name"]: [
-            value / GREY_LEVEL
-            for value in model["minimal_epsilon"]["values"]
-            if value is not None and value > 0
-        ]
+    results = [
+        MinimalEpsilon.from_dict(model["minimal_epsilon"])
         for model in report["models"]
         if model.get("minimal_epsilon")
-    }
-    if not samples:
+    ]
+    if not results:
         return
-    if not any(samples.values()):
+    if not any(np.isfinite(result.values[result.correct]).any() for result in results):
         st.caption(
             "No correctly read scan flipped within the largest budget searched by the minimal-ε search."
         )
         return
     chart(
-        figures.histogram(
-            samples,
-            x_title="smallest flipping ε (grey levels, k/255)",
-            title="How much change each scan needs before the answer flips",
-        ),
+        figures.minimal_epsilon_histogram(results),
         "evaluate:mineps",
         "Per correctly read scan, the smallest PGD budget that changes the answer; further right is more "
         "robust. Scans that no searched budget flips are left out.",
@@ -181,20 +163,10 @@ def minimal_epsilons(report: dict[str, Any]) -> None:
 
 
 def transfer(report: dict[str, Any]) -> None:
-    result = report.get("transfer")
-    if not result:
+    if not report.get("transfer"):
         return
-    models = result["models"]
-    values = np.array([[result["accuracy"][source][target] for target in models] for source in models])
     chart(
-        figures.matrix(
-            values,
-            models,
-            models,
-            title=f"Transfer: {result['attack']['label']}",
-            x_title="attacked model",
-            y_title="examples crafted on",
-        ),
+        figures.transfer_heatmap(TransferResult.from_dict(report["transfer"])),
         "evaluate:transfer",
         "Accuracy of each model (columns) on attacked scans crafted on another model (rows): a low value off "
         "the diagonal means an attacker does not need access to that model.",
@@ -234,21 +206,15 @@ def strength(report: dict[str, Any]) -> None:
 
 
 def certified(report: dict[str, Any]) -> None:
-    curves = {
-        model["name"]: (model["certified"]["radii"], model["certified"]["certified_accuracy"])
+    curves = [
+        (model["name"], CertifiedCurve.from_dict(model["certified"]))
         for model in report["models"]
         if model.get("certified")
-    }
+    ]
     if not curves:
         return
     chart(
-        figures.lines(
-            curves,
-            x_title="L2 radius (image scale)",
-            y_title="certified accuracy (%)",
-            percent=True,
-            title="Certified accuracy (randomized smoothing)",
-        ),
+        figures.certified_curves(curves),
         "evaluate:certified",
         "The share of scans whose answer is guaranteed not to change for any perturbation of at most this "
         "size: a proof, not an attack.",

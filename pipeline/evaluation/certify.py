@@ -11,7 +11,7 @@ curve reports. Noise is added in the scans' [0, 1] scale and not clipped, as in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -119,8 +119,29 @@ class CertifiedCurve:
             "abstained": self.abstained,
             "predictions": self.certificate.prediction.tolist(),
             "radius": self.certificate.radius.tolist(),
+            "p_lower": self.certificate.p_lower.tolist(),
             "labels": self.labels.tolist(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CertifiedCurve:
+        """The curve :meth:`to_dict` wrote; reports older than ``p_lower`` in it read it as NaN (unknown)."""
+        prediction = np.asarray(data["predictions"], dtype=np.int64)
+        p_lower = data.get("p_lower")
+        certificate = Certificate(
+            prediction,
+            np.asarray(data["radius"], dtype=np.float64),
+            np.full(prediction.shape, np.nan) if p_lower is None else np.asarray(p_lower, dtype=np.float64),
+        )
+        return cls(
+            float(data["sigma"]),
+            int(data["n"]),
+            float(data["alpha"]),
+            [float(r) for r in data["radii"]],
+            [float(a) for a in data["certified_accuracy"]],
+            certificate,
+            np.asarray(data["labels"], dtype=np.int64),
+        )
 
 
 def certified_accuracy_curve(

@@ -1,43 +1,142 @@
-"""Plotly figures of evaluation results, for the HTML report (plotly, never streamlit).
+"""Plotly figures of evaluation results, drawn once for the HTML report and the dashboard alike.
 
-Each function takes a result object and returns a figure; nothing here computes a metric.
+The report's figures take the typed results (a :class:`SweepResult`, a :class:`TransferResult`,
+...); the dashboard rebuilds the same objects from ``report.json`` with their ``from_dict`` and
+calls the same functions, so a figure looks and reads the same in both. The lab's one palette
+and style live here too (the dashboard's other figures import them). Nothing here computes a
+metric, and nothing imports streamlit.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.strength import StrengthReport
-from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
+from pipeline.evaluation.sweeps import WORST_CASE, MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
 from pipeline.units import format_epsilon
 
+# ------------------------------------------------------------------------- the one look
+CLEAN = "#2f6f8f"
+ATTACKED = "#c2553f"
+NEUTRAL = "#8a99a6"
 SERIES = ("#2f6f8f", "#c2553f", "#6a8f3f", "#8f6a2f", "#6b5b95", "#3f8f86", "#a05d7a")
 DASHES = ("solid", "dash", "dot", "dashdot")
+#: White in the middle so "no change" reads as nothing; blue darker, red brighter.
+DIVERGING = [[0.0, "#2c5f8a"], [0.5, "#ffffff"], [1.0, "#b2432f"]]
+SEQUENTIAL = [[0.0, "#f4f7f9"], [1.0, "#2f6f8f"]]
 
 
-def _style(figure: go.Figure, title: str, *, height: int = 360) -> go.Figure:
+def style(figure: go.Figure, *, title: str = "", height: int = 320, legend_right: bool = False) -> go.Figure:
+    """The common look; many series get their legend on the right, where it cannot cover the axes."""
+    legend = (
+        {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02}
+        if legend_right
+        else {"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0}
+    )
     figure.update_layout(
         template="plotly_white",
-        title=title,
+        title={"text": title, "font": {"size": 15}} if title else None,
         height=height,
-        margin={"l": 50, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        legend=legend,
+        font={"size": 13},
     )
     return figure
 
 
+# ---------------------------------------------------------------------- generic shapes
+def lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    x_title: str,
+    y_title: str,
+    title: str = "",
+    percent: bool = False,
+) -> go.Figure:
+    """One line per named ``(x, y)`` series: training curves, accuracy against epsilon, certified radius."""
+    figure = go.Figure()
+    for index, (name, (xs, ys)) in enumerate(series.items()):
+        values = [100 * float(v) if percent else float(v) for v in ys]
+        figure.add_scatter(
+            x=list(xs),
+            y=values,
+            name=name,
+            mode="lines+markers",
+            line={"color": SERIES[index % len(SERIES)]},
+            marker={"size": 6},
+        )
+    figure.update_xaxes(title=x_title)
+    figure.update_yaxes(title=y_title, range=[0, 100] if percent else None)
+    many = len(series) > 4
+    return style(figure, title=title, height=380 if many else 320, legend_right=many)
+
+
+def histogram(samples: Mapping[str, Sequence[float]], *, x_title: str, title: str = "") -> go.Figure:
+    """Overlaid histograms, one per named sample, counted in scans."""
+    figure = go.Figure()
+    for index, (name, values) in enumerate(samples.items()):
+        figure.add_histogram(
+            x=list(values), name=name, opacity=0.75, marker_color=SERIES[index % len(SERIES)]
+        )
+    figure.update_layout(barmode="overlay")
+    figure.update_xaxes(title=x_title)
+    figure.update_yaxes(title="scans")
+    return style(figure, title=title)
+
+
+def matrix(
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    *,
+    title: str,
+    x_title: str,
+    y_title: str,
+    text: str = "{:.0%}",
+    height: int = 320,
+) -> go.Figure:
+    """A labelled heatmap of a table (rows down, columns across), each cell written with ``text``."""
+    values = np.asarray(values, dtype=float)
+    figure = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=list(columns),
+            y=list(rows),
+            colorscale=SEQUENTIAL,
+            showscale=False,
+            text=[[text.format(value) for value in row] for row in values],
+            texttemplate="%{text}",
+            textfont={"size": 15},
+            hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{text}}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(title=x_title, side="bottom")
+    figure.update_yaxes(title=y_title, autorange="reversed")
+    return style(figure, title=title, height=height)
+
+
+def confusion(counts: np.ndarray, classes: Sequence[str], *, title: str) -> go.Figure:
+    """Counts with the true class on rows and the prediction on columns; the diagonal is correct."""
+    figure = matrix(
+        counts, classes, classes, title=title, x_title="predicted", y_title="true", text="{:.0f}", height=300
+    )
+    figure.update_xaxes(tickangle=-35)
+    return figure
+
+
+# ---------------------------------------------------------------------- the report's
 def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
     """Accuracy against epsilon: a colour per model, a dash per attack; the worst case in bold."""
     figure = go.Figure()
     for m, sweep in enumerate(sweeps):
         xs = [0.0] + [eps * 255 for eps in sweep.epsilons]
         for a, (attack, values) in enumerate(sweep.accuracy.items()):
-            worst = attack == "worst case"
+            worst = attack == WORST_CASE
             figure.add_scatter(
                 x=xs,
                 y=[100 * sweep.clean] + [100 * v for v in values],
@@ -49,77 +148,64 @@ def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
                     "width": 3.5 if worst else 1.5,
                 },
             )
-    figure.update_xaxes(title="epsilon (grey levels, k/255)")
+    figure.update_xaxes(title="ε (grey levels, k/255; 0 = clean)")
     figure.update_yaxes(title="accuracy (%)", range=[0, 100])
-    return _style(figure, "Accuracy against the perturbation budget (0 = clean)")
+    many = sum(len(sweep.accuracy) for sweep in sweeps) > 4
+    return style(figure, title="Accuracy as the attack budget grows", height=380, legend_right=many)
 
 
 def strength_ladder(reports: Sequence[StrengthReport]) -> go.Figure:
     """PGD accuracy along the growing-epsilon ladder of each strength check (must fall to ~0)."""
-    figure = go.Figure()
-    for m, check in enumerate(reports):
-        figure.add_scatter(
-            x=[e * 255 for e, _ in check.ladder],
-            y=[100 * a for _, a in check.ladder],
-            mode="lines+markers",
-            name=f"{check.model} (from ε={format_epsilon(check.eps)})",
-            line={"color": SERIES[m % len(SERIES)]},
+    series = {
+        f"{check.model} (from ε={format_epsilon(check.eps)})": (
+            [e * 255 for e, _ in check.ladder],
+            [a for _, a in check.ladder],
         )
-    figure.update_xaxes(title="epsilon (grey levels, k/255)")
-    figure.update_yaxes(title="PGD accuracy (%)", range=[0, 100])
-    return _style(figure, "Strength check: accuracy must fall to near zero as epsilon grows")
+        for check in reports
+    }
+    return lines(
+        series,
+        x_title="ε (grey levels, k/255)",
+        y_title="PGD accuracy (%)",
+        percent=True,
+        title="Strength check: accuracy must fall to near zero as ε grows",
+    )
 
 
 def transfer_heatmap(result: TransferResult) -> go.Figure:
-    """Target accuracy (%) on examples crafted on each source model."""
-    values = 100 * np.asarray(result.accuracy)
-    figure = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=result.models,
-            y=result.models,
-            zmin=0,
-            zmax=100,
-            colorscale="Blues",
-            showscale=False,
-            text=[[f"{v:.0f}%" for v in row] for row in values],
-            texttemplate="%{text}",
-        )
+    """Target accuracy on examples crafted on each source model."""
+    return matrix(
+        result.accuracy,
+        result.models,
+        result.models,
+        title=f"Transfer: accuracy under {result.attack.title} crafted on another model",
+        x_title="attacked model",
+        y_title="examples crafted on",
     )
-    figure.update_xaxes(title="evaluated on (target)")
-    figure.update_yaxes(title="crafted on (source)", autorange="reversed")
-    return _style(figure, f"Transfer: accuracy under {result.attack.title} crafted on another model")
 
 
 def minimal_epsilon_histogram(results: Sequence[MinimalEpsilon]) -> go.Figure:
-    """How many grey levels it takes to flip each correctly classified scan."""
-    figure = go.Figure()
-    for m, result in enumerate(results):
+    """How many grey levels it takes to flip each correctly classified scan (never flipped: left out)."""
+    samples = {}
+    for result in results:
         values = result.values[result.correct]
-        shown = np.where(np.isfinite(values), values * 255, np.nan)
-        figure.add_histogram(
-            x=shown[np.isfinite(shown)],
-            name=f"{result.model} ({result.attack})",
-            opacity=0.7,
-            marker_color=SERIES[m % len(SERIES)],
-        )
-    figure.update_layout(barmode="overlay")
-    figure.update_xaxes(title="smallest flipping epsilon (grey levels; scans never flipped are left out)")
-    figure.update_yaxes(title="scans")
-    return _style(figure, "Per-scan minimal epsilon")
+        samples[f"{result.model} ({result.attack})"] = (values[np.isfinite(values)] * 255).tolist()
+    return histogram(
+        samples,
+        x_title="smallest flipping ε (grey levels, k/255; scans never flipped are left out)",
+        title="How much change each scan needs before the answer flips",
+    )
 
 
 def certified_curves(curves: Sequence[tuple[str, CertifiedCurve]]) -> go.Figure:
     """Certified accuracy against L2 radius (randomized smoothing)."""
-    figure = go.Figure()
-    for m, (model, curve) in enumerate(curves):
-        figure.add_scatter(
-            x=curve.radii,
-            y=[100 * v for v in curve.accuracy],
-            mode="lines+markers",
-            name=f"{model} (σ={curve.sigma:g}, n={curve.n})",
-            line={"color": SERIES[m % len(SERIES)]},
-        )
-    figure.update_xaxes(title="L2 radius (image scale)")
-    figure.update_yaxes(title="certified accuracy (%)", range=[0, 100])
-    return _style(figure, "Certified accuracy by randomized smoothing (a guarantee, not an attack)")
+    series = {
+        f"{model} (σ={curve.sigma:g}, n={curve.n})": (curve.radii, curve.accuracy) for model, curve in curves
+    }
+    return lines(
+        series,
+        x_title="L2 radius (image scale)",
+        y_title="certified accuracy (%)",
+        percent=True,
+        title="Certified accuracy by randomized smoothing (a guarantee, not an attack)",
+    )

@@ -61,6 +61,11 @@ class AttackSpec:
         return {"name": self.name, "params": dict(self.params), "label": self.title}
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AttackSpec":
+        """The spec :meth:`to_dict` wrote, its label kept as written."""
+        return cls(str(data["name"]), dict(data.get("params") or {}), data.get("label"))
+
+    @classmethod
     def coerce(cls, spec: "SpecLike") -> "AttackSpec":
         """Accept an AttackSpec, a name, ``(name, params)`` or ``(name, params, label)``."""
         if isinstance(spec, AttackSpec):

@@ -42,6 +42,12 @@ class SweepResult:
             "accuracy": self.accuracy,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepResult:
+        """The result :meth:`to_dict` wrote (a saved report's; a null accuracy, not run, reads as NaN)."""
+        accuracy = {name: [_number(v) for v in values] for name, values in data["accuracy"].items()}
+        return cls(str(data["model"]), [float(e) for e in data["epsilons"]], float(data["clean"]), accuracy)
+
 
 def sweep_from_report(report: RobustnessReport) -> SweepResult:
     """Arrange a report holding attacks at several epsilons as curves (no new computation)."""
@@ -124,6 +130,22 @@ class MinimalEpsilon:
             "correct": self.correct.tolist(),
             "quantiles": self.quantiles(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MinimalEpsilon:
+        """The result :meth:`to_dict` wrote; a null value (never flipped) reads as ``inf`` again."""
+        values = np.array([np.inf if v is None else float(v) for v in data["values"]], dtype=np.float64)
+        return cls(
+            str(data["model"]),
+            str(data["attack"]),
+            values,
+            np.asarray(data["labels"], dtype=np.int64),
+            np.asarray(data["correct"], dtype=bool),
+        )
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def minimal_epsilon_distribution(

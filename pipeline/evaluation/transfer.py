@@ -46,6 +46,15 @@ class TransferResult:
             },
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TransferResult:
+        """The result :meth:`to_dict` wrote (a saved report's)."""
+        models = [str(name) for name in data["models"]]
+        accuracy = np.array([[data["accuracy"][source][target] for target in models] for source in models])
+        clean = np.array([data["clean"][name] for name in models], dtype=np.float64)
+        attack = AttackSpec.from_dict(data["attack"])
+        return cls(models, attack, accuracy.astype(np.float64), clean, int(data["scans"]))
+
 
 def transfer_matrix(
     models: Mapping[str, nn.Module],
