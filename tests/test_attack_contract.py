@@ -8,6 +8,7 @@ ResNet18 at 32x32 and a batch of three keep it fast; costly parameters are turne
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import pytest
@@ -292,3 +293,22 @@ def test_a_model_that_cannot_read_the_scans_is_named_as_such(name: str) -> None:
     x, y = scans(2)
     with pytest.raises(AttackParameterError, match=r"cannot read scans shaped \(1, 32, 32\)"):
         get_attack(name, **fast_params(name))(three_channels, x, y[:2])
+
+
+#: What a docstring says about each norm's bound.
+NORM_WORDS = {"linf": "L∞ ball", "l2": "L2 distance", "l1": "L1 distance", "l0": "L0 attack", None: "norm ball"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_attack_documents_its_paper_call_and_defaults(name: str) -> None:
+    """As torchattacks' PGD does: paper and link, norm, shapes and units, every default, an example."""
+    cls = attack_class(name)
+    doc = cls.__doc__ or ""
+    paper = doc.partition("Paper: ")[2].partition("\n\n")[0]
+    assert re.search(r"\b(19|20)\d\d\b", paper), doc
+    assert re.search(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", paper), doc
+    flat = " ".join(doc.split())
+    assert NORM_WORDS[cls.norm] in flat and "[N, 1, H, W] in [0, 1]" in flat and "int64 [N]" in flat
+    assert "k/255" in flat and f"get_attack({name!r}" in flat and "Example::" in flat
+    for param in cls.params:
+        assert re.search(rf"^\s+{param.name} \({param.kind.__name__}, default ", doc, re.M), param.name

@@ -25,6 +25,12 @@ from pipeline.progress import ProgressCallback, report
 
 @register
 class APGD(Attack):
+    """Auto-PGD on the cross-entropy: step size halved when progress stalls, momentum, restarts.
+
+    Paper: Croce and Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+    """
+
     name = "apgd"
     title = "APGD-CE"
     norm = "linf"
@@ -142,6 +148,12 @@ class APGD(Attack):
 
 @register
 class APGDDLR(APGD):
+    """Auto-PGD on the difference-of-logits-ratio loss, which is invariant to the logits' scale.
+
+    Paper: Croce and Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+    """
+
     name = "apgd-dlr"
     title = "APGD-DLR"
     description = ("Auto-PGD on the Difference-of-Logits-Ratio loss, which ignores how the logits are "
@@ -151,6 +163,12 @@ class APGDDLR(APGD):
 
 @register
 class APGDTargeted(APGD):
+    """Targeted Auto-PGD on the DLR loss, aimed in turn at the most likely other classes.
+
+    Paper: Croce and Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+    """
+
     name = "apgd-t"
     title = "APGD-T (targeted DLR)"
     description = ("Targeted Auto-PGD on the DLR loss, aimed in turn at each of the most likely other "

@@ -24,6 +24,12 @@ from pipeline.progress import ProgressCallback, report
 
 @register
 class AutoAttack(Attack):
+    """AutoAttack: APGD-CE, APGD-T and Square in turn; per scan the first success is kept.
+
+    Paper: Croce and Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+    """
+
     name = "autoattack"
     title = "AutoAttack (ensemble)"
     family = "ensemble"

@@ -33,6 +33,12 @@ Oracle = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 
 @register
 class Boundary(Attack):
+    """Boundary attack: a decision-based walk along the boundary towards the scan, labels only.
+
+    Paper: Brendel, Rauber and Bethge, "Decision-Based Adversarial Attacks: Reliable Attacks Against
+    Black-Box Machine Learning Models", ICLR 2018. https://arxiv.org/abs/1712.04248
+    """
+
     name = "boundary"
     title = "Boundary attack (decision-based black-box)"
     family = "black-box"

@@ -60,6 +60,12 @@ class Corruption(Attack):
 
 @register
 class GaussianNoise(Corruption):
+    """Gaussian noise corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "gaussian-noise"
     title = "Gaussian noise"
     description = "Adds independent Gaussian noise to every pixel, like a low-dose acquisition."
@@ -82,6 +88,12 @@ class GaussianNoise(Corruption):
 
 @register
 class GaussianBlur(Corruption):
+    """Gaussian blur corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "gaussian-blur"
     title = "Gaussian blur"
     description = "Blurs the scan, like a smooth reconstruction kernel or motion."
@@ -112,6 +124,12 @@ class GaussianBlur(Corruption):
 
 @register
 class Contrast(Corruption):
+    """Contrast reduction corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "contrast"
     title = "Contrast reduction"
     description = "Pulls every pixel towards the scan's mean grey level, like a wrong display window."
@@ -132,6 +150,12 @@ class Contrast(Corruption):
 
 @register
 class Brightness(Corruption):
+    """Brightness shift corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "brightness"
     title = "Brightness shift"
     description = "Adds a constant to every grey level (colour shift for a grey scan), like a level offset."
@@ -151,6 +175,12 @@ class Brightness(Corruption):
 
 @register
 class JPEG(Corruption):
+    """JPEG compression corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "jpeg"
     title = "JPEG compression"
     description = "Encodes and decodes the scan as a real JPEG (8-bit, OpenCV), with its 8x8 block artefacts."
@@ -178,6 +208,12 @@ class JPEG(Corruption):
 
 @register
 class Rotation(Corruption):
+    """Rotation, shift and zoom corruption (not an attack: no gradient, no search).
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
+
     name = "rotation"
     title = "Rotation / small affine"
     description = (

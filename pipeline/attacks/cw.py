@@ -150,6 +150,12 @@ class ConstantSearch(Attack):
 
 @register
 class CW(ConstantSearch):
+    """Carlini-Wagner L2: the smallest L2 change that fools the model, optimised in tanh space.
+
+    Paper: Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+    https://arxiv.org/abs/1608.04644
+    """
+
     name = "cw"
     title = "Carlini-Wagner L2"
     description = ("Optimises in tanh space for the smallest L2 change that fools the model, bisecting the "

@@ -21,6 +21,12 @@ from pipeline.progress import ProgressCallback, report
 
 @register
 class DeepFool(Attack):
+    """DeepFool: steps to the nearest linearised decision boundary, a minimal L2 perturbation.
+
+    Paper: Moosavi-Dezfooli, Fawzi and Frossard, "DeepFool: a simple and accurate method to fool deep
+    neural networks", CVPR 2016. https://arxiv.org/abs/1511.04599
+    """
+
     name = "deepfool"
     title = "DeepFool (minimal L2)"
     description = ("Walks to the nearest decision boundary of the locally linearised model: a small L2 "

@@ -29,6 +29,12 @@ def shrink(z: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
 
 @register
 class EAD(ConstantSearch):
+    """Elastic-net attack: Carlini-Wagner with an L1 term, giving sparse perturbations.
+
+    Paper: Chen, Sharma, Zhang, Yi and Hsieh, "EAD: Elastic-Net Attacks to Deep Neural Networks via
+    Adversarial Examples", AAAI 2018. https://arxiv.org/abs/1709.04114
+    """
+
     name = "ead"
     title = "EAD (elastic-net)"
     description = ("Carlini-Wagner with an added L1 penalty, solved by iterative shrinkage: sparse "

@@ -19,6 +19,12 @@ from pipeline.progress import ProgressCallback, report
 
 @register
 class FGSM(Attack):
+    """Fast gradient sign method: one step of eps along the sign of the loss gradient.
+
+    Paper: Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015.
+    https://arxiv.org/abs/1412.6572
+    """
+
     name = "fgsm"
     title = "FGSM"
     norm = "linf"

@@ -117,6 +117,12 @@ class IterativeAttack(Attack):
 
 @register
 class PGD(IterativeAttack):
+    """Projected gradient descent in the L∞ ball, from a random start, with restarts.
+
+    Paper: Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
+    """
+
     name = "pgd"
     title = "PGD (L∞)"
     description = ("Projected gradient descent (Madry et al. 2018): signed gradient steps from a random "
@@ -138,6 +144,9 @@ class PGDKL(IterativeAttack):
     It needs no label: it pushes the prediction away from whatever the model says about the clean
     scan, which is exactly what TRADES' robustness term penalises. It starts a hair (0.001) from
     the scan, as the paper does, because at the scan itself the divergence and its gradient are zero.
+
+    Paper: Zhang, Yu, Jiao, Xing, El Ghaoui and Jordan, "Theoretically Principled Trade-off between
+    Robustness and Accuracy", ICML 2019. https://arxiv.org/abs/1901.08573
     """
 
     name = "pgd-kl"
@@ -173,6 +182,12 @@ class PGDKL(IterativeAttack):
 
 @register
 class BIM(IterativeAttack):
+    """Basic iterative method: repeated FGSM steps from the scan itself, clipped to the ball.
+
+    Paper: Kurakin, Goodfellow and Bengio, "Adversarial examples in the physical world", ICLR workshop
+    2017. https://arxiv.org/abs/1607.02533
+    """
+
     name = "bim"
     title = "BIM / I-FGSM"
     description = "Basic iterative method (Kurakin et al. 2017): PGD without a random start."
@@ -184,6 +199,12 @@ class BIM(IterativeAttack):
 
 @register
 class PGDL2(IterativeAttack):
+    """Projected gradient descent in the L2 ball: normalised gradient steps.
+
+    Paper: Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
+    """
+
     name = "pgdl2"
     title = "PGD (L2)"
     norm = "l2"
@@ -215,6 +236,12 @@ class PGDL2(IterativeAttack):
 
 @register
 class MIFGSM(IterativeAttack):
+    """Momentum iterative FGSM: signed steps along an accumulated, normalised gradient.
+
+    Paper: Dong, Liao, Pang, Su, Zhu, Hu and Li, "Boosting Adversarial Attacks with Momentum", CVPR
+    2018. https://arxiv.org/abs/1710.06081
+    """
+
     name = "mifgsm"
     title = "MI-FGSM"
     description = ("Momentum iterative FGSM (Dong et al. 2018): accumulates L1-normalised gradients, which "
@@ -236,6 +263,12 @@ class MIFGSM(IterativeAttack):
 
 @register
 class CWLinf(IterativeAttack):
+    """CW-L∞: PGD in the L∞ ball on the Carlini-Wagner margin loss (not CW-L2, which is ``cw``).
+
+    Paper: Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+    https://arxiv.org/abs/1608.04644
+    """
+
     name = "cw-linf"
     title = "CW-L∞ (PGD on the CW margin)"
     description = ("PGD climbing the Carlini-Wagner logit margin instead of cross-entropy; the margin does "

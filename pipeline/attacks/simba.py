@@ -33,6 +33,12 @@ def dct_matrix(size: int, device: torch.device, dtype: torch.dtype) -> torch.Ten
 
 @register
 class SimBA(Attack):
+    """SimBA: black-box search along orthonormal (DCT or pixel) directions, one query per try.
+
+    Paper: Guo, Gardner, You, Wilson and Weinberger, "Simple Black-box Adversarial Attacks", ICML 2019.
+    https://arxiv.org/abs/1905.07121
+    """
+
     name = "simba"
     title = "SimBA (score-based black-box)"
     family = "black-box"

@@ -28,6 +28,12 @@ MUTATION = 0.5
 
 @register
 class JSMA(Attack):
+    """Jacobian-based saliency map attack: changes the few pixels the saliency map ranks highest.
+
+    Paper: Papernot, McDaniel, Jha, Fredrikson, Celik and Swami, "The Limitations of Deep Learning in
+    Adversarial Settings", IEEE EuroS&P 2016. https://arxiv.org/abs/1511.07528
+    """
+
     name = "jsma"
     title = "JSMA (saliency-map L0 attack)"
     family = "white-box"
@@ -121,6 +127,12 @@ def saliency_choice(a: torch.Tensor, b: torch.Tensor, can_rise: torch.Tensor, ca
 
 @register
 class OnePixel(Attack):
+    """One-pixel attack: differential evolution over a few pixels' positions and values.
+
+    Paper: Su, Vargas and Sakurai, "One Pixel Attack for Fooling Deep Neural Networks", IEEE TEVC 2019.
+    https://arxiv.org/abs/1710.08864
+    """
+
     name = "onepixel"
     title = "One-pixel / few-pixel attack (differential evolution)"
     family = "black-box"

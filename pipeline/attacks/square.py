@@ -51,6 +51,12 @@ def random_signs(shape: tuple[int, ...], generator: torch.Generator, like: torch
 
 @register
 class Square(Attack):
+    """Square attack: black-box random search with square-shaped updates at the ball's vertices.
+
+    Paper: Andriushchenko, Croce, Flammarion and Hein, "Square Attack: a query-efficient black-box
+    adversarial attack via random search", ECCV 2020. https://arxiv.org/abs/1912.00049
+    """
+
     name = "square"
     title = "Square attack (L∞, score-based black-box)"
     family = "black-box"

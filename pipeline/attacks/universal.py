@@ -24,6 +24,12 @@ from pipeline.progress import ProgressCallback, report
 
 @register
 class UniversalPerturbation(Attack):
+    """Universal adversarial perturbation: one perturbation that fools the model on many scans.
+
+    Paper: Moosavi-Dezfooli, Fawzi, Fawzi and Frossard, "Universal adversarial perturbations", CVPR
+    2017. https://arxiv.org/abs/1610.08401
+    """
+
     name = "uap"
     title = "Universal adversarial perturbation (one delta for the batch)"
     family = "white-box"
