@@ -19,6 +19,10 @@ from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
 from pipeline.training.strategies import available as available_strategies
 from tests.training_helpers import TINY, checkpoint_epoch, make_blob_folder, start_cli
 
+#: The module's trainings (the PGD-trained fixture above all) take minutes on a busy 2-core machine;
+#: pytest's 600 s default is a guard against hangs, not a budget, so these tests get more room.
+pytestmark = pytest.mark.timeout(1800)
+
 #: The phantom at 64 px: ResNet18 fits it in a few epochs (small nodules need more pixels to generalise).
 LEARN = {
     **TINY,
