@@ -177,5 +177,6 @@ def from_mapping(cls: type[T], values: Any, *, what: str, ignored: Collection[st
     names = {spec.name for spec in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names - set(ignored))
     if unknown:
-        raise UserInputError(f"unknown {what} setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        valid = ", ".join(sorted(names))
+        raise UserInputError(f"unknown {what} setting(s) {', '.join(unknown)}; valid: {valid}")
     return cls(**{key: value for key, value in values.items() if key in names})

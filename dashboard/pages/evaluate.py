@@ -77,7 +77,11 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
         )
         left, middle, right = st.columns(3)
         attacks = left.multiselect(
-            "Attacks", attack_choices(), default=list(TABLE), key="evaluate:attacks", format_func=lambda name: attack_class(name).title
+            "Attacks",
+            attack_choices(),
+            default=list(TABLE),
+            key="evaluate:attacks",
+            format_func=lambda name: attack_class(name).title,
         )
         epsilons = middle.text_input(
             "Budgets ε",

@@ -24,8 +24,8 @@ def describe(config: TrainConfig) -> str:
         f"A {config.arch.replace('resnet', 'ResNet-')} trained the normal way (no adversarial training) on "
         f"{config.data.count} synthetic phantom scans of {config.data.image_size}×{config.data.image_size} "
         f"pixels for {config.epochs} epochs. It exists so you can try the tools right away: it has never "
-        "seen a real scan, is not a medical model, and its answers mean nothing clinically (its accuracy is on the "
-        "Models page). It takes a few minutes on a laptop CPU, seconds on a GPU."
+        "seen a real scan, is not a medical model, and its answers mean nothing clinically (its accuracy "
+        "is on the Models page). It takes a few minutes on a laptop CPU, seconds on a GPU."
     )
 
 

@@ -59,7 +59,9 @@ def reference_tables(report: dict[str, Any]) -> None:
         rows = [
             {
                 "model": row["model"],
-                **{COLUMN_LABELS.get(column, column): percent(row.get(column)) for column in table["columns"]},
+                **{
+                    COLUMN_LABELS.get(column, column): percent(row.get(column)) for column in table["columns"]
+                },
                 "worst case, all attacks": percent(row.get("worst_case_all_attacks")),
                 "trained classifier?": trained_cell(row.get("trained_classifier")),
             }

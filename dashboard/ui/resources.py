@@ -48,7 +48,9 @@ def cached_model(run_dir: str | Path) -> tuple[nn.Module, RunRecord]:
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)
-def _cached_scans(scans: tuple[Any, ...], _spec: DataSpec, _progress: Optional[ProgressCallback]) -> ScanDataset:
+def _cached_scans(
+    scans: tuple[Any, ...], _spec: DataSpec, _progress: Optional[ProgressCallback]
+) -> ScanDataset:
     return load_dataset(_spec, progress=_progress)
 
 

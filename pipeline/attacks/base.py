@@ -66,8 +66,10 @@ class Attack:
                 f"valid parameters: {', '.join(known) or 'none'}"
             )
         for name, param in known.items():
-            value = param.validate(params[name], error=AttackParameterError) if name in params else param.default
-            setattr(self, name, value)
+            if name in params:
+                setattr(self, name, param.validate(params[name], error=AttackParameterError))
+            else:
+                setattr(self, name, param.default)
         self._trace: list[torch.Tensor] = []
         self._tracing = False
         self._queries: Optional[torch.Tensor] = None

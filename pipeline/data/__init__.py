@@ -9,7 +9,7 @@ from pipeline.data.spec import DataSpec, fold_data_settings
 from pipeline.data.splits import Split, leakage_report, split_dataset, split_for
 
 __all__ = [
-    "ACCEPTED_FORMATS", "DataSpec", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split", "WINDOW_NAMES",
-    "Window", "attacked_dicom", "download_iqothnccd", "fold_data_settings", "leakage_report", "load_dataset",
-    "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for",
+    "ACCEPTED_FORMATS", "DataSpec", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split",
+    "WINDOW_NAMES", "Window", "attacked_dicom", "download_iqothnccd", "fold_data_settings", "leakage_report",
+    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for",
 ]

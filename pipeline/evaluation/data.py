@@ -29,8 +29,9 @@ def run_data(
 ) -> tuple[ScanDataset, Split]:
     """Load the dataset a run was trained on and the split it stored.
 
-    ``load(spec, progress=...)`` loads a :class:`DataSpec` as :func:`load_dataset` does; the dashboard passes its process-wide cache
-    so a run's data and the Data page's are one object in memory, not two. Raises
+    ``load(spec, progress=...)`` loads a ``DataSpec`` as :func:`load_dataset` does; the dashboard
+    passes its process-wide cache so a run's data and the Data page's are one object in memory, not
+    two. Raises
     :class:`CheckpointError` for a run without a stored split or whose data changed since.
     """
     config = record.config

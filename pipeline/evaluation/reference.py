@@ -131,7 +131,8 @@ class ReferenceTable:
                     f"{'':<{width}}    {'!!' if c.flagged else 'ok'} {c.title}: {c.detail}"
                     for c in row.strength.checks
                 ]
-        lines += ["", f"For comparison, {REFERENCE_SOURCE} (%, not comparable):", study_header, "-" * len(header)]
+        lines += ["", f"For comparison, {REFERENCE_SOURCE} (%, not comparable):"]
+        lines += [study_header, "-" * len(header)]
         for name, values in REFERENCE_STUDY.items():
             lines.append(f"{name:<{width}}  " + "  ".join(f"{value:>8.2f}" for value in values))
         lines.append(REFERENCE_CAVEAT)

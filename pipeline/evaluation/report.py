@@ -271,8 +271,8 @@ def _summary(suite: EvaluationSuite) -> list[str]:
         "<p class='note'>Epsilons are L∞ budgets on scans in [0, 1], shown as grey levels k/255: "
         f"{', '.join(format_epsilon(e) for e in settings.epsilons)}. Attacks: "
         f"{_e(', '.join(settings.attacks))} ({settings.steps} steps for the iterative ones; CW-L∞ is the "
-        "Carlini-Wagner margin loss inside the same L∞ ball, the study's CW-L2 had no bound). Only scans the model classifies correctly "
-        "are attacked; accuracy under attack counts the others as errors, and the success rate is over the "
+        "Carlini-Wagner margin loss inside the same L∞ ball, the study's CW-L2 had no bound). Only scans "
+        "the model classifies correctly are attacked; accuracy under attack counts the others as errors, and the success rate is over the "
         "correctly classified scans. Perturbation sizes, PSNR and SSIM are over the adversarial examples "
         "that succeeded. A robust accuracy from attacks is an upper bound: the strength checks beside each "
         "figure say how far to trust it.</p>",

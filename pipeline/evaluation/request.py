@@ -41,7 +41,9 @@ class EvaluationRequest:
     suite: SuiteSettings = field(default_factory=SuiteSettings)
     runs_dir: str = setting("runs", help="where runs given by name live")
     split: str = setting("test", choices=SPLIT_SIDES, help="which scans of the runs' stored split")
-    limit: Optional[int] = setting(None, kind=int, low=1, help="evaluate only this many scans, classes in turn")
+    limit: Optional[int] = setting(
+        None, kind=int, low=1, help="evaluate only this many scans, classes in turn"
+    )
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps")
     #: Folder for report.json/csv/html; by default a new one under the first run's evaluations/.
     out: Optional[str] = setting(None, kind=str, help="folder for report.json/csv/html")

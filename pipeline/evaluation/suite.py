@@ -72,7 +72,10 @@ class SuiteSettings:
         if not attacks:
             raise UserInputError("no attack given; choose e.g. fgsm, pgd, cw-linf")
         epsilons = self.epsilons
-        values = parse_epsilons(epsilons) if isinstance(epsilons, str) else [parse_epsilon(e) for e in epsilons]
+        if isinstance(epsilons, str):
+            values = parse_epsilons(epsilons)
+        else:
+            values = [parse_epsilon(eps) for eps in epsilons]
         if not values:
             raise UserInputError("no epsilon given; write a comma-separated list like 2/255,4/255")
         defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
@@ -106,8 +109,8 @@ def attack_specs(names: Sequence[str], epsilons: Sequence[float], steps: int) ->
     if unknown:
         raise AttackParameterError(
             f"attack(s) {', '.join(unknown)} have no epsilon budget and cannot be compared at a stated "
-            "epsilon; choose from pgd, fgsm, cw-linf (CW's margin loss inside the L∞ ball; cw is CW-L2) and "
-            "the other L∞ attacks (e.g. apgd, mifgsm, autoattack, square)"
+            "epsilon; choose from pgd, fgsm, cw-linf (CW's margin loss inside the L∞ ball; cw is "
+            "CW-L2) and the other L∞ attacks (e.g. apgd, mifgsm, autoattack, square)"
         )
     for eps in epsilons:
         table = {spec.name: spec for spec in reference_attacks(eps, steps=steps)}

@@ -71,7 +71,8 @@ class RunRecord:
         """Whether the run was trained on the synthetic phantom (never a medical result)."""
         dataset = self.config.get("dataset") or {}
         data = self.config.get("data")
-        return bool(dataset.get("is_synthetic", isinstance(data, Mapping) and data.get("source") == "synthetic"))
+        named = isinstance(data, Mapping) and data.get("source") == "synthetic"
+        return bool(dataset.get("is_synthetic", named))
 
 
 def upgrade_record(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Flags are generated from the fields of :class:`TrainConfig` (``--batch-size`` for ``batch_size``)
 and of its :class:`DataSpec` under their flat names (``--data``, ``--image-size``, ``--data-seed``,
-``--split-seed``), so the command line never lags behind the configuration. Precedence, lowest first: the field
-defaults, ``--preset``, ``--config-json``, explicit flags.
+``--split-seed``), so the command line never lags behind the configuration. Precedence, lowest
+first: the field defaults, ``--preset``, ``--config-json``, explicit flags.
 """
 
 from __future__ import annotations

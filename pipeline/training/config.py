@@ -47,7 +47,9 @@ class TrainConfig:
     lr: float = setting(0.05, low=1e-7, high=10.0, help="peak learning rate")
     momentum: float = setting(0.9, low=0.0, high=0.999, help="SGD momentum (AdamW: beta1)")
     weight_decay: float = setting(5e-4, low=0.0, high=1.0, help="weight decay (not on norms and biases)")
-    schedule: str = setting("cosine", choices=("cosine", "onecycle", "constant"), help="learning-rate schedule")
+    schedule: str = setting(
+        "cosine", choices=("cosine", "onecycle", "constant"), help="learning-rate schedule"
+    )
     label_smoothing: float = setting(0.0, low=0.0, high=0.5, help="label smoothing of the cross-entropy")
     imbalance: str = setting(
         "weights",
@@ -113,7 +115,9 @@ class TrainConfig:
         help="FGSM-RS guard: a drop of validation PGD accuracy larger than this rolls back and stops",
     )
     # execution
-    seed: int = setting(0, low=0, high=2**31 - 1, help="seed of the split, shuffling, augmentation and attacks")
+    seed: int = setting(
+        0, low=0, high=2**31 - 1, help="seed of the weights, shuffling, augmentation and attacks"
+    )
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps")
     amp: bool = setting(True, help="bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing)")
     channels_last: bool = setting(True, help="channels-last memory format on CUDA")
@@ -124,7 +128,8 @@ class TrainConfig:
         validate_fields(self)
         if self.data.image_size < MIN_INPUT_SIZE:
             raise UserInputError(
-                f"image_size must be at least {MIN_INPUT_SIZE} pixels for the models, got {self.data.image_size}"
+                f"image_size must be at least {MIN_INPUT_SIZE} pixels for the models, "
+                f"got {self.data.image_size}"
             )
         if self.init_from and self.pretrained:
             raise UserInputError(
@@ -166,7 +171,9 @@ class TrainConfig:
         unknown = sorted(set(folded) - names)
         if strict and unknown:
             valid = sorted(names - {"data"} | set(FLAT_NAMES.values()))
-            raise UserInputError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            raise UserInputError(
+                f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+            )
         return cls(**{key: value for key, value in folded.items() if key in names})
 
     @classmethod

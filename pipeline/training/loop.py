@@ -364,7 +364,9 @@ class Trainer:
             self.job.status(phase="training", epoch=epoch, message=f"epoch {epoch}/{config.epochs}")
             trained = self._train_epoch(epoch, epoch_times)
             train_time = time.time() - started
-            self.job.status(phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD")
+            self.job.status(
+                phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD"
+            )
             images = trained.pop("images")
             line = {
                 "epoch": epoch,
