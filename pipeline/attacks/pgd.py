@@ -55,6 +55,10 @@ class IterativeAttack(Attack):
 
     norm = "linf"
     supports_target = True
+    #: Parameters every iterative attack has (declared in each subclass's ``params``).
+    eps: float
+    alpha: Optional[float]
+    steps: int
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor,
                   target: Optional[torch.Tensor]) -> torch.Tensor:
@@ -127,9 +131,6 @@ class PGD(IterativeAttack):
     title = "PGD (L∞)"
     description = ("Projected gradient descent (Madry et al. 2018): signed gradient steps from a random "
                    "start, projected back into the L∞ ball; the standard first-order attack.")
-    eps: float
-    alpha: Optional[float]
-    steps: int
     random_start: bool
     restarts: int
     seed: int
@@ -153,9 +154,6 @@ class PGDKL(IterativeAttack):
     title = "PGD on the KL divergence (TRADES)"
     description = ("PGD that maximises the KL divergence between the clean and the attacked prediction, "
                    "as TRADES trains against; it moves the prediction whether or not it was right.")
-    eps: float
-    alpha: Optional[float]
-    steps: int
     seed: int
     params = (eps_param(), alpha_param(), steps_param(10), seed_param())
     supports_target = False
@@ -191,9 +189,6 @@ class BIM(IterativeAttack):
     name = "bim"
     title = "BIM / I-FGSM"
     description = "Basic iterative method (Kurakin et al. 2017): PGD without a random start."
-    eps: float
-    alpha: Optional[float]
-    steps: int
     params = (eps_param(), alpha_param(), steps_param(10))
 
 
@@ -210,9 +205,6 @@ class PGDL2(IterativeAttack):
     norm = "l2"
     description = ("PGD in the L2 ball: steps along the normalised gradient, so the change may concentrate "
                    "on few pixels instead of spreading evenly.")
-    eps: float
-    alpha: Optional[float]
-    steps: int
     random_start: bool
     restarts: int
     seed: int
@@ -246,9 +238,6 @@ class MIFGSM(IterativeAttack):
     title = "MI-FGSM"
     description = ("Momentum iterative FGSM (Dong et al. 2018): accumulates L1-normalised gradients, which "
                    "stabilises the direction and transfers better to other models.")
-    eps: float
-    alpha: Optional[float]
-    steps: int
     decay: float
     params = (eps_param(), alpha_param(), steps_param(10),
               Param("decay", float, 1.0, "momentum factor: weight of the accumulated past gradients",
@@ -273,9 +262,6 @@ class CWLinf(IterativeAttack):
     title = "CW-L∞ (PGD on the CW margin)"
     description = ("PGD climbing the Carlini-Wagner logit margin instead of cross-entropy; the margin does "
                    "not saturate, so it still has a useful gradient where cross-entropy is flat.")
-    eps: float
-    alpha: Optional[float]
-    steps: int
     random_start: bool
     restarts: int
     kappa: float
