@@ -355,6 +355,7 @@ class JobContext:
 
     def __enter__(self) -> JobContext:
         if self.writer:
+            self.job_dir.mkdir(parents=True, exist_ok=True)
             register_self(self.job_dir)
         self.status(kind=self.kind, error=None, worker_pid=os.getpid(), started_at=self.started)
         return self

@@ -196,8 +196,7 @@ def test_one_lifecycle_records_how_every_job_ended(tmp_path: Path) -> None:
         ("user-error", _failing(UserInputError("eps must lie in [0, 1]")), "failed", "eps must lie in [0, 1]"),
         ("crash", _failing(RuntimeError("boom")), "failed", "RuntimeError: boom"),
     ):
-        job_dir = tmp_path / name
-        job_dir.mkdir()
+        job_dir = tmp_path / "evaluations" / name  # made by the job, as an evaluation's --job-dir is
         with contextlib.suppress(UserInputError, RuntimeError):
             with JobContext(job_dir, kind="test", cancelled_message="stopped; nothing lost") as job:
                 job.status(phase="working")
