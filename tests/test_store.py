@@ -143,6 +143,9 @@ def test_wrong_shapes_dtypes_and_nan_are_refused(tmp_path: Path) -> None:
         ({"data": {"source": "synthetic"}}, "no image_size"),
         ({"data": {**DataSpec().to_dict(), "split_seed": -1}}, "split_seed"),
         ({"arch": "../../evil"}, "architecture"),
+        ({"eps": float("nan")}, "eps"),
+        ({"epochs": -5}, "epochs"),
+        ({"strategy": "magic"}, "strategy"),
         ({"classes": ["a", "b"]}, "classes"),
     ],
 )
@@ -150,16 +153,6 @@ def test_absurd_configs_are_refused(tmp_path: Path, change: dict, words: str) ->
     run_dir, _ = make_run(tmp_path, **change)
     _expect_error(run_dir, words)
     assert list_runs(tmp_path)[0].error  # listed (so it can be deleted), marked unreadable
-
-
-@pytest.mark.parametrize("change", [{"eps": float("nan")}, {"epochs": -5}, {"strategy": "magic"}])
-def test_absurd_training_settings_are_refused_on_resume(tmp_path: Path, change: dict) -> None:
-    """The store checks what rebuilds the model; training checks its own settings when it reads them."""
-    run_dir, _ = make_run(tmp_path, **change)
-    before = {path.name: path.read_bytes() for path in run_dir.iterdir()}
-    with pytest.raises(CheckpointError, match=f"stored settings of run run-a.*{next(iter(change))}"):
-        train(None, tmp_path, resume=run_dir)
-    assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == before
 
 
 #: Python's json parser recurses once per bracket, so this raises RecursionError, not JSONDecodeError.

@@ -17,6 +17,7 @@ from pipeline.store.metrics import append_metrics, read_metrics, write_metrics
 from pipeline.store.model import load_model, save_model
 from pipeline.store.record import (
     RunRecord,
+    check_settings_with,
     has_config,
     list_runs,
     new_run_dir,
@@ -33,7 +34,8 @@ from pipeline.store.tensors import check_state, load_tensors, unwrap
 
 __all__ = [
     "CONFIG", "LAST", "LAST_META", "METRICS", "MODEL", "REQUEST", "RUN_FILES", "STATUS", "TERMINAL_PHASES",
-    "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_state", "export_run",
+    "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_settings_with",
+    "check_state", "export_run",
     "has_checkpoint", "has_config", "import_run", "list_runs", "load_checkpoint", "load_model",
     "load_tensors", "new_run_dir", "read_config", "read_json", "read_metrics", "read_record",
     "read_settings", "read_status", "remove_partial_writes", "remove_run", "resolve_run",

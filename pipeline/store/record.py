@@ -3,8 +3,10 @@
 The record is written once, when training has its data and split: the training settings as the
 trainer gives them, plus what the store itself vouches for and checks on every read: the
 architecture, the classes, the data (a :class:`DataSpec`), the dataset's fingerprint and the
-split. Training settings are validated by whoever turns them back into a training configuration
-(resuming, fine-tuning); the store validates what it needs to rebuild and feed the model.
+split. The training settings have their schema in the training layer, above the store; that
+layer registers its check with :func:`check_settings_with` (dependency inversion: the store
+imports nothing of training), and every read of a record runs it, so a run with an absurd
+setting is refused, and listed as unreadable, wherever it is opened.
 
 Records written before the ``DataSpec`` existed name the data settings flat and split with the
 training seed; :func:`upgrade_record` reads them in the current layout, so they still load.
@@ -17,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Mapping, Optional, Sequence
+from typing import Any, Callable, Final, Mapping, Optional, Sequence
 
 import torch
 
@@ -31,6 +33,18 @@ from pipeline.store.metrics import read_metrics
 from pipeline.store.status import read_status
 
 RUN_FORMAT: Final[str] = "lunglab-run"
+#: Checks of the settings a record holds, registered by the layers that write them.
+_SETTINGS_CHECKS: list[Callable[[Mapping[str, Any]], object]] = []
+
+
+def check_settings_with(check: Callable[[Mapping[str, Any]], object]) -> None:
+    """Make every read of a record also run ``check`` on it; it raises UserInputError for bad settings.
+
+    The training layer registers its configuration's validation here when it is imported, which
+    every entry point (command line, dashboard, jobs) does before it opens a run.
+    """
+    if check not in _SETTINGS_CHECKS:
+        _SETTINGS_CHECKS.append(check)
 
 
 @dataclass
@@ -90,11 +104,12 @@ def upgrade_record(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_config(config: Any, *, source: str = CONFIG) -> dict[str, Any]:
-    """Check the fields the store needs to rebuild and feed a run's model; return it upgraded.
+    """Check a run's record; return it upgraded to the current layout.
 
     Raises :class:`CheckpointError` naming ``source`` and the field: an unknown architecture,
     a class list that does not fit ``num_classes``, missing or out-of-range data settings (an
-    image size below the models' ``MIN_INPUT_SIZE`` pixels included).
+    image size below the models' ``MIN_INPUT_SIZE`` pixels included), or a training setting the
+    registered checks refuse.
     """
     if not isinstance(config, dict):
         raise CheckpointError(f"{source} must hold a JSON object")
@@ -124,6 +139,11 @@ def validate_config(config: Any, *, source: str = CONFIG) -> dict[str, Any]:
         raise CheckpointError(
             f"{source}: image_size must be at least {MIN_INPUT_SIZE} pixels, got {data.image_size}"
         )
+    for check in _SETTINGS_CHECKS:
+        try:
+            check(config)
+        except UserInputError as error:
+            raise CheckpointError(f"{source}: {error}") from None
     return config
 
 

@@ -17,6 +17,7 @@ from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pipeline.params import setting, validate_fields
+from pipeline.store import check_settings_with
 from pipeline.training import strategies
 from pipeline.units import MAX_EPSILON
 
@@ -231,3 +232,8 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
         "patience": 10,
     },
 }
+
+
+# Every run record the store reads is checked against this configuration's schema: a run whose
+# settings are out of range is refused wherever it is opened, not only when it is resumed.
+check_settings_with(TrainConfig.from_dict)
