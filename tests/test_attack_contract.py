@@ -296,7 +296,9 @@ def test_a_model_that_cannot_read_the_scans_is_named_as_such(name: str) -> None:
 
 
 #: What a docstring says about each norm's bound.
-NORM_WORDS = {"linf": "L∞ ball", "l2": "L2 distance", "l1": "L1 distance", "l0": "L0 attack", None: "norm ball"}
+NORM_WORDS = {
+    "linf": "L∞ ball", "l2": "L2 distance", "l1": "L1 distance", "l0": "L0 attack", None: "norm ball"
+}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -139,7 +139,7 @@ def no_data(*args: object, **kwargs: object) -> None:
 
 def test_validation_answers_are_stored_and_profiled_once_per_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    run_dir = train(TrainConfig(**{**TINY, "image_size": 32}), tmp_path / "runs")
+    run_dir = train(TrainConfig.from_dict({**TINY, "image_size": 32}), tmp_path / "runs")
     line = read_record(run_dir).best
     validation = len(read_record(run_dir).config["split"]["val"])
     assert sum(line["val_answers"]) == sum(line["val_labels"]) == validation

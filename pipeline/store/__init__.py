@@ -30,15 +30,14 @@ from pipeline.store.record import (
     write_request,
 )
 from pipeline.store.status import TERMINAL_PHASES, read_status, update_status
-from pipeline.store.tensors import check_state, load_tensors, unwrap
+from pipeline.store.tensors import check_state, load_tensors, save_tensors, unwrap
 
 __all__ = [
     "CONFIG", "LAST", "LAST_META", "METRICS", "MODEL", "REQUEST", "RUN_FILES", "STATUS", "TERMINAL_PHASES",
     "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_settings_with",
-    "check_state", "export_run",
-    "has_checkpoint", "has_config", "import_run", "list_runs", "load_checkpoint", "load_model",
-    "load_tensors", "new_run_dir", "read_config", "read_json", "read_metrics", "read_record",
-    "read_settings", "read_status", "remove_partial_writes", "remove_run", "resolve_run",
-    "save_checkpoint", "save_model", "unwrap", "update_status", "write_config", "write_metrics",
-    "write_request",
+    "check_state", "export_run", "has_checkpoint", "has_config", "import_run", "list_runs",
+    "load_checkpoint", "load_model", "load_tensors", "new_run_dir", "read_config", "read_json",
+    "read_metrics", "read_record", "read_settings", "read_status", "remove_partial_writes", "remove_run",
+    "resolve_run", "save_checkpoint", "save_model", "save_tensors", "unwrap", "update_status",
+    "write_config", "write_metrics", "write_request",
 ]
