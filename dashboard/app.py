@@ -1,7 +1,11 @@
 """Lung CT robustness lab: ``streamlit run dashboard/app.py``.
 
-Sets the page config, routes over the pages with ``st.navigation`` and draws the sidebar status
-(device, dataset, selected model). Everything else lives in ``pages/`` and ``ui/``.
+Sets the page config, routes over the pages in ``views/`` with ``st.navigation`` and draws the
+sidebar status (device, dataset, selected model). Everything else lives in ``views/`` and ``ui/``.
+
+The page files are in ``views/``, not ``pages/``: Streamlit treats a ``pages/`` folder beside the
+entry point as a legacy multipage app and, on a fresh server's first run, lists its file names in
+the sidebar and routes URLs to the files directly.
 """
 
 from __future__ import annotations
@@ -14,34 +18,29 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
-from streamlit.runtime.pages_manager import PagesManager  # noqa: E402
 
-from dashboard.ui import auth, status  # noqa: E402
+from dashboard.ui import auth, startup  # noqa: E402
 
-# Streamlit still treats a `pages/` folder beside the entry point as a legacy multipage app: it would
-# route a URL that matches a file name there straight to that file, skipping this script (page config,
-# sidebar), and answer other URLs with "page not found". This app routes with st.navigation only.
-PagesManager.uses_pages_directory = False
+#: Served by this server, like every other asset: a clinic's machine calls out to no one.
+ICON = Path(__file__).resolve().parent / "assets" / "lab-icon.png"
 
-st.set_page_config(page_title="Lung CT robustness lab", page_icon=":material/pulmonology:", layout="wide")
+st.set_page_config(page_title="Lung CT robustness lab", page_icon=ICON, layout="wide")
 
-# URL paths differ from the file names, so that even the first run of a fresh server (before the line
-# above took effect) cannot be routed to a page file alone.
 PAGES = [
-    st.Page("pages/data.py", title="Data", icon=":material/database:", url_path="dataset"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="training"),
-    st.Page(
-        "pages/attack.py",
-        title="Attack a scan",
-        icon=":material/target:",
-        url_path="scan-attack",
-        default=True,
-    ),
-    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:", url_path="evaluation"),
-    st.Page("pages/models.py", title="Models", icon=":material/inventory_2:", url_path="runs"),
+    st.Page("views/data.py", title="Data", icon=":material/database:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/attack.py", title="Attack a scan", icon=":material/target:", default=True),
+    st.Page("views/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
 ]
 
 auth.require_sign_in()
 page = st.navigation(PAGES)
+# The first run of a fresh server draws the page's title here and imports torch and the pipeline
+# behind it; only after that may this script import them (status does).
+startup.wait_until_loaded(page.title)
+
+from dashboard.ui import status  # noqa: E402
+
 status.sidebar()
 page.run()

@@ -458,7 +458,7 @@ def _shown(app: Any) -> str:
 
 def test_dashboard_upload_on_the_attack_page(lab: Lab) -> None:
     """The real attack page in AppTest: every scan uploaded shows a message or the scan, never a traceback."""
-    page = REPO / "dashboard" / "pages" / "attack.py"
+    page = REPO / "dashboard" / "views" / "attack.py"
     from streamlit.testing.v1 import AppTest
 
     from dashboard.ui.session import RUN_KEY
@@ -497,7 +497,7 @@ def test_dashboard_upload_on_the_attack_page(lab: Lab) -> None:
 
 def test_dashboard_data_page_with_each_folder(lab: Lab) -> None:
     """The real Data page in AppTest, pointed at each dataset folder of the corpus."""
-    page = REPO / "dashboard" / "pages" / "data.py"
+    page = REPO / "dashboard" / "views" / "data.py"
     from streamlit.testing.v1 import AppTest
 
     from dashboard.ui.session import DATASET_KEY
@@ -550,7 +550,7 @@ def test_import_weights_as_a_new_run(lab: Lab) -> None:
 
 def test_dashboard_evaluate_page_with_each_bad_epsilon(lab: Lab) -> None:
     """The epsilons of the evaluate command lines, typed into the real Evaluate page's form instead."""
-    page = REPO / "dashboard" / "pages" / "evaluate.py"
+    page = REPO / "dashboard" / "views" / "evaluate.py"
     from streamlit.testing.v1 import AppTest
 
     from dashboard.ui.session import RUN_KEY
@@ -583,7 +583,7 @@ def test_dashboard_evaluate_page_with_each_bad_epsilon(lab: Lab) -> None:
 
 def test_dashboard_models_page_with_each_stored_run(lab: Lab) -> None:
     """The real Models page listing a run store that holds one tampered run (each in turn) beside nothing else."""
-    page = REPO / "dashboard" / "pages" / "models.py"
+    page = REPO / "dashboard" / "views" / "models.py"
     from streamlit.testing.v1 import AppTest
 
     app = AppTest.from_file(str(page), default_timeout=120)
@@ -629,7 +629,7 @@ def streamlit_error_details() -> Iterator[None]:
 
 def test_dashboard_models_page_imports(lab: Lab, streamlit_error_details: None) -> None:
     """Run zips and weight files uploaded on the real Models page: a message or a new run, never a traceback."""
-    page = REPO / "dashboard" / "pages" / "models.py"
+    page = REPO / "dashboard" / "views" / "models.py"
     from streamlit.testing.v1 import AppTest
 
     store = lab.out / "upload-store"

@@ -69,13 +69,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 
 def page(name: str, *, state: dict | None = None) -> AppTest:
-    """The app opened on ``pages/<name>.py`` with a tiny dataset chosen (and any extra state)."""
+    """The app opened on ``views/<name>.py`` with a tiny dataset chosen (and any extra state)."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state[DATASET_KEY] = DataSpec(image_size=32, count=36)
     for key, value in (state or {}).items():
         at.session_state[key] = value
     at.run()  # the entry point registers the pages; only then can a page be chosen by file
-    at.switch_page(f"pages/{name}.py")
+    at.switch_page(f"views/{name}.py")
     return at.run()
 
 

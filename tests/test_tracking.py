@@ -154,7 +154,7 @@ def test_models_page_links_runs_and_switches_tracking(
     monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(tracked.runs))
     monkeypatch.delenv(tracking.ENV, raising=False)
     at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("pages/models.py").run()
+    at.switch_page("views/models.py").run()
     assert not at.exception
     entry = read_status(tracked.run_dir)["tracking"]
     link = tracking.run_link(entry)
