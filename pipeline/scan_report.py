@@ -3,10 +3,10 @@
 ``analyse_scan`` composes existing pieces and adds no math of its own: the attack (with its
 step-by-step trace), the model's probabilities before and after, Grad-CAM of both scans with
 the explanation shift (only when both maps can be read), perturbation sizes, PSNR/SSIM,
-optionally the minimal PGD budget that flips the scan, and, given the run's validation profile,
-whether the scan is out of the model's training distribution and whether the model is a trained
-classifier at all. Keeping the composition here keeps the page thin and lets the CLI, tests
-and the concurrency checks run exactly what the dashboard runs.
+optionally the smallest budget at which the same attack flips the scan, and, given the run's
+validation profile, whether the scan is out of the model's training distribution and whether
+the model is a trained classifier at all. Keeping the composition here keeps the page thin and
+lets the CLI, tests and the concurrency checks run exactly what the dashboard runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attacks import get_attack, minimal_epsilon
+from pipeline.attacks import get_attack, minimal_epsilon, search_refusal
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import AnswerCheck
 from pipeline.evaluation.metrics import psnr, ssim
@@ -31,10 +31,10 @@ from pipeline.explain import explain, explanation_shift
 from pipeline.guard import exclusive_eval
 from pipeline.progress import STAGE_STEPS, ProgressCallback, report, staged
 
-#: The attack whose budget the minimal-epsilon search varies (white-box, the field's reference).
-MINIMAL_EPS_ATTACK = "pgd"
-#: The largest budget that search tries: 32 grey levels, far beyond what stays invisible.
+#: The largest budget the minimal-epsilon search tries: 32 grey levels, far beyond what stays invisible.
 MINIMAL_EPS_HIGH = 32 / 255
+#: The norm of the budgets that search varies: L∞, in grey levels like every budget on the pages.
+MINIMAL_EPS_NORM = "linf"
 
 
 @dataclass
@@ -124,7 +124,7 @@ class ScanReport:
             "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
             #: False when even the largest budget searched left the answer unchanged (JSON has no infinity)
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
-            "minimal_eps_attack": MINIMAL_EPS_ATTACK if self.minimal_eps is not None else None,
+            "minimal_eps_attack": self.attack if self.minimal_eps is not None else None,
             "queries": self.queries,
             "seconds": round(self.seconds, 3),
         }
@@ -152,10 +152,17 @@ def analyse_scan(
     ``cam_layer`` is the layer Grad-CAM explains (default: the deepest fine enough to localise).
     ``profile`` is the run's :func:`pipeline.evaluation.profile.validation_profile`; without it
     the report says ``unchecked`` (why) instead of the out-of-distribution and model checks.
+    ``find_minimal_eps`` also searches the smallest L∞ budget at which the same attack, with the
+    same other settings, changes the answer (:func:`pipeline.attacks.minimal_epsilon`: up to
+    :func:`pipeline.attacks.search_runs` more runs of the attack); an attack without an L∞ budget
+    raises :class:`UserInputError` saying why (:func:`pipeline.attacks.search_refusal`).
     """
     started = time.monotonic()
     params = dict(params or {})
     attacker = get_attack(attack, **params)  # validates the name and every parameter first
+    refusal = search_refusal(attack, MINIMAL_EPS_NORM) if find_minimal_eps else None
+    if refusal is not None:
+        raise UserInputError(f"the smallest flipping budget cannot be searched: {refusal}")
     device = next(model.parameters()).device
     x = _as_batch(image).to(device)
     probs_clean = _probabilities(model, x)
@@ -188,9 +195,10 @@ def analyse_scan(
                 model,
                 x,
                 y,
-                MINIMAL_EPS_ATTACK,
+                attacker.name,
                 high=MINIMAL_EPS_HIGH,
                 progress=staged(progress, 2, stages, "smallest flipping budget"),
+                **{name: value for name, value in params.items() if name != "eps"},
             )[0]
         )
     report(progress, STAGE_STEPS * stages, STAGE_STEPS * stages, "done")

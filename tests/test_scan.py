@@ -255,13 +255,15 @@ def test_bad_bytes_give_clear_errors(tmp_path: Path, name: str, content: bytes, 
     assert name in str(error.value)
 
 
-def test_truncated_jpeg_and_png_are_refused(tmp_path: Path) -> None:
-    for suffix in (".jpg", ".png"):
+def test_truncated_images_are_refused_in_our_words_not_the_decoders(tmp_path: Path) -> None:
+    for suffix in (".jpg", ".png", ".bmp"):
         good = tmp_path / f"good{suffix}"
         cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8))
         data = good.read_bytes()
-        with pytest.raises(ScanError, match="damaged or truncated"):
+        with pytest.raises(ScanError, match="damaged or truncated") as error:
             read_scan(data[: len(data) // 2])
+        assert "ends early" in str(error.value)
+        assert "bytes not processed" not in str(error.value) and "image file is" not in str(error.value)
 
 
 @pytest.mark.parametrize(

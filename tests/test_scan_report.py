@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attacks import get_attack
+from pipeline.attacks import get_attack, minimal_epsilon, search_refusal
 from pipeline.constants import CLASSES, GREY_LEVEL
 from pipeline.errors import AttackParameterError, UserInputError
 from pipeline.evaluation.metrics import psnr
 from pipeline.models import build_model
-from pipeline.scan_report import ScanReport, analyse_scan
+from pipeline.scan_report import MINIMAL_EPS_HIGH, MINIMAL_EPS_NORM, ScanReport, analyse_scan
 
 SIZE = 32
 
@@ -97,6 +97,28 @@ def test_without_a_label_the_attack_moves_away_from_the_models_answer(model: nn.
     report = analyse_scan(model, scans(1)[0], "fgsm", {"eps": 2 * GREY_LEVEL}, classes=CLASSES)
     assert not report.label_known and report.label == report.prediction_clean
     assert report.success == (report.prediction_attacked != report.prediction_clean)
+
+
+def test_the_smallest_flipping_budget_is_searched_with_the_chosen_attack(model: nn.Module) -> None:
+    image = scans(1)[0]
+    report = analyse_scan(
+        model, image, "fgsm", {"eps": 2 * GREY_LEVEL}, label=1, classes=CLASSES, find_minimal_eps=True
+    )
+    expected = minimal_epsilon(model, image[None], torch.tensor([1]), "fgsm", high=MINIMAL_EPS_HIGH)
+    assert report.minimal_eps == pytest.approx(float(expected[0]))
+    assert report.to_dict()["minimal_eps_attack"] == "fgsm"
+
+
+@pytest.mark.parametrize(
+    ("attack", "why"),
+    [("deepfool", "no budget ε to search"), ("cw", "no budget ε to search"), ("pgdl2", "L2 norm")],
+)
+def test_an_attack_without_an_linf_budget_says_why_it_cannot_be_searched(
+    model: nn.Module, attack: str, why: str
+) -> None:
+    assert why in (search_refusal(attack, MINIMAL_EPS_NORM) or "")
+    with pytest.raises(UserInputError, match="cannot be searched"):
+        analyse_scan(model, scans(1)[0], attack, {}, label=1, classes=CLASSES, find_minimal_eps=True)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import math
 from typing import Optional
 
 from dashboard.ui.controls import HU_PER_GREY_LEVEL
+from pipeline.attacks import attack_class
 from pipeline.constants import GREY_LEVEL
 from pipeline.scan_report import ScanReport
 
@@ -76,7 +77,9 @@ def summary(report: ScanReport) -> str:
     return f"{change_sentence(report)} {verdict(report)}"
 
 
-def minimal_eps_sentence(value: Optional[float], high_text: str) -> str:
+def minimal_eps_sentence(report: ScanReport, high_text: str) -> str:
+    """What the search for the smallest flipping budget found, naming the attack it searched with."""
+    value = report.minimal_eps
     if value is None:
         return "The smallest flipping budget was not searched."
     if value == 0:
@@ -84,9 +87,9 @@ def minimal_eps_sentence(value: Optional[float], high_text: str) -> str:
     if not math.isfinite(value):
         return f"Even the largest budget searched ({high_text}) did not change the model's answer."
     return (
-        f"A PGD attack of {grey_levels(value)}/255 grey levels "
-        f"(≈ {value / GREY_LEVEL * HU_PER_GREY_LEVEL:.0f} HU) "
-        "is the smallest budget found that changes the model's answer on this scan."
+        f"{attack_class(report.attack).title} with a budget of {grey_levels(value)}/255 grey levels "
+        f"(≈ {value / GREY_LEVEL * HU_PER_GREY_LEVEL:.0f} HU) is the smallest found that changes the "
+        "model's answer on this scan."
     )
 
 

@@ -45,8 +45,12 @@ def probabilities(
     return style(figure, title=title, height=260)
 
 
-def step_trace(probability: Sequence[float], class_name: str, *, title: str = "") -> go.Figure:
-    """The true class's probability after each attack step (step 0 is the original scan)."""
+def step_trace(probability: Sequence[float], class_name: str, *, x_title: str, title: str = "") -> go.Figure:
+    """The true class's probability at each point of the attack (point 0 is the original scan).
+
+    No threshold line: with three or more classes no fixed probability decides the answer (the
+    answer changes when another class overtakes this one, which can be anywhere below 50%).
+    """
     values = [100 * float(v) for v in probability]
     figure = go.Figure(
         go.Scatter(
@@ -58,8 +62,7 @@ def step_trace(probability: Sequence[float], class_name: str, *, title: str = ""
             name=class_name,
         )
     )
-    figure.add_hline(y=50, line_dash="dot", line_color=NEUTRAL)
-    figure.update_xaxes(title="attack step", dtick=max(1, len(values) // 10))
+    figure.update_xaxes(title=x_title, dtick=max(1, len(values) // 10))
     figure.update_yaxes(range=[0, 100], title=f"P({class_name}) %")
     return style(figure, title=title, height=260)
 

@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard.ui import captions, figures
 from dashboard.ui.controls import HU_PER_GREY_LEVEL
 from dashboard.ui.images import enlarge, grey8, png_bytes, show, wipe
+from pipeline.attacks import attack_class
 from pipeline.constants import GREY_LEVEL
 from pipeline.data import attacked_dicom
 from pipeline.explain import overlay
@@ -90,12 +91,22 @@ def answers_row(report: ScanReport, key: str) -> None:
         st.caption("How sure the model is of each diagnosis, before (blue) and after (red) the attack.")
     with right:
         name = report.classes[report.label]
+        steps = report.params.get("steps")
+        by_step = steps is not None and len(report.trace) == steps + 1
         st.plotly_chart(
-            figures.step_trace(report.trace, name), key=f"{key}:trace", config={"displaylogo": False}
+            figures.step_trace(
+                report.trace,
+                name,
+                x_title="attack step (0 = the original scan)" if by_step else "point along the attack",
+            ),
+            key=f"{key}:trace",
+            config={"displaylogo": False},
         )
         st.caption(
-            f"The model's confidence in {name} after each step of the attack; "
-            "below the dotted line another class usually wins."
+            f"The model's confidence in {name} "
+            + ("after each step of the attack" if by_step else "from the original scan to the attacked one")
+            + f". The answer changes once another class overtakes {name}: with three classes that can "
+            "happen well below 50%, so no line marks it."
         )
 
 
@@ -135,10 +146,13 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
     columns[0].metric(
         "Largest change",
         f"{captions.grey_levels(report.linf)}/255",
-        help=f"L∞ norm: ≈ {report.linf / GREY_LEVEL * HU_PER_GREY_LEVEL:.1f} HU in the lung window",
+        help="L∞ norm: the most any one pixel changed, in grey levels out of 255 "
+        f"(≈ {report.linf / GREY_LEVEL * HU_PER_GREY_LEVEL:.1f} HU in the lung window)",
     )
     columns[1].metric(
-        "Total change (L2)", f"{report.l2:.3f}", help="Euclidean size of the change in image scale"
+        "Total change (L2)",
+        f"{captions.grey_levels(report.l2)} grey levels",
+        help="L2 norm: the Euclidean size of the whole change, in grey levels like the largest change",
     )
     columns[2].metric(
         "Pixels changed",
@@ -164,10 +178,11 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
                 else f"{captions.grey_levels(report.minimal_eps)}/255"
             )
         ),
-        help="The smallest PGD budget that changes the model's answer on this scan",
+        help=f"The smallest budget at which {attack_class(report.attack).title} changes the model's "
+        "answer on this scan",
     )
     st.caption(
-        captions.minimal_eps_sentence(report.minimal_eps, minimal_high)
+        captions.minimal_eps_sentence(report, minimal_high)
         + (f" The attack used {report.queries} model queries." if report.queries else "")
         + f" Computed in {report.seconds:.1f} s."
     )

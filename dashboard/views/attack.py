@@ -23,13 +23,13 @@ from dashboard.ui.resources import cached_model, cam_grids, run_data, run_profil
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
-from pipeline.attacks import attack_class, available
+from pipeline.attacks import attack_class, available, search_refusal, search_runs
 from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
 from pipeline.explain import MIN_GRID
 from pipeline.progress import ProgressCallback, staged
-from pipeline.scan_report import MINIMAL_EPS_ATTACK, MINIMAL_EPS_HIGH, ScanReport, analyse_scan
+from pipeline.scan_report import MINIMAL_EPS_HIGH, MINIMAL_EPS_NORM, ScanReport, analyse_scan
 from pipeline.store import RunRecord
 from pipeline.units import format_epsilon
 
@@ -105,7 +105,7 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
         "written to disk; patient details in a DICOM are neither read nor shown.",
     )
     if upload is None:
-        st.caption("JPEG, PNG or DICOM, one axial slice. Nothing is stored.")
+        st.caption(f"{ACCEPTED_FORMATS}: one axial slice. Nothing is stored.")
         return None
     data = upload.getvalue()
     scan = open_scan(data)
@@ -160,6 +160,27 @@ def choose_attack() -> tuple[str, dict[str, Any]]:
         f"{cls.description or cls.title} — a {cls.family} attack ({FAMILY_WORDS.get(cls.family, '')})."
     )
     return name, attack_controls(name, key="attack")
+
+
+def minimal_search(name: str) -> bool:
+    """The opt-in search for the smallest flipping budget, with its cost, or why this attack has none."""
+    refusal = search_refusal(name, MINIMAL_EPS_NORM)
+    wanted = st.toggle(
+        "Also find the smallest budget that flips this scan",
+        value=False,
+        key="attack:minimal",
+        disabled=refusal is not None,
+        help=f"Bisects the budget of the chosen attack, with its other settings, up to {MINIMAL_HIGH}.",
+    )
+    if refusal is not None:
+        st.caption(f"Not available: {refusal}.")
+        return False
+    runs = search_runs(MINIMAL_EPS_HIGH)
+    st.caption(
+        f"Costs up to {runs} more runs of {attack_class(name).title}: "
+        f"the attack takes up to {runs + 1}× as long."
+    )
+    return wanted
 
 
 def start(
@@ -327,13 +348,7 @@ with model_column:
             help="A targeted attack tries to make the model say this class.",
         )
         target = None if choice == "any other class" else classes.index(choice)
-    minimal = st.toggle(
-        "Also find the smallest budget that flips this scan",
-        value=True,
-        key="attack:minimal",
-        help=f"Searches the {MINIMAL_EPS_ATTACK.upper()} budget up to {MINIMAL_HIGH} by bisection; "
-        "takes several attack runs.",
-    )
+    minimal = minimal_search(name)
     running = st.session_state.get(TASK_KEY) is not None
     clicked = st.button(
         "Run the attack",

@@ -21,10 +21,10 @@ import pipeline.attacks.sparse  # noqa: E402,F401
 import pipeline.attacks.universal  # noqa: E402,F401
 import pipeline.attacks.corruptions  # noqa: E402,F401
 import pipeline.attacks.autoattack  # noqa: E402,F401
-from pipeline.attacks.minimal import minimal_epsilon  # noqa: E402
+from pipeline.attacks.minimal import minimal_epsilon, search_refusal, search_runs  # noqa: E402
 
 __all__ = [
     "Attack", "AttackInfo", "project",
     "attack_class", "attack_schema", "available", "get_attack", "register",
-    "minimal_epsilon",
+    "minimal_epsilon", "search_refusal", "search_runs",
 ]

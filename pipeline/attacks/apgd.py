@@ -99,8 +99,6 @@ class APGD(Attack):
         scale = dlr_scale(logits) if self.loss == "dlr" else None
         loss = self.objective(logits, y, goal, scale)
         worst.update(index, x_adv, loss, fooled(logits, y, target))
-        if trace:
-            self.record(logits, y)
 
         # The paper's checkpoints: first after 22% of the steps, then ever closer, at least 6% apart.
         interval = max(int(0.22 * steps), 1)
@@ -122,7 +120,7 @@ class APGD(Attack):
                 grad, logits = gradient(model, x_adv, self.objective, y, goal, scale)
             loss = self.objective(logits, y, goal, scale)
             worst.update(index, x_adv, loss, fooled(logits, y, target))
-            if trace:
+            if trace and not last:  # the scan after the last step is the attack's answer, traced once
                 self.record(logits, y)
             tick(i + 1)
             if last:

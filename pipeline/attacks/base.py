@@ -39,7 +39,8 @@ class AttackInfo:
     linf: torch.Tensor  #: float [N]
     l2: torch.Tensor  #: float [N]
     l0: torch.Tensor  #: float [N]: number of changed pixels
-    #: float [steps, N]: true-class probability after each step (first row: the clean scan)
+    #: float [points, N]: true-class probability along the attack: the clean scan first, the returned
+    #: scan last; a step-based attack has ``steps + 1`` rows (its random start, if any, is no row)
     trace: torch.Tensor
     queries: Optional[torch.Tensor] = None  #: int [N] model queries, for black-box attacks
     extra: dict[str, Any] = field(default_factory=dict)

@@ -18,6 +18,33 @@ from pipeline.errors import AttackParameterError
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
 
+#: How close to the flip point the search gets: a quarter grey level.
+PRECISION = 0.25 / 255
+NORM_NAMES = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}
+
+
+def search_refusal(attack: str, norm: Optional[str] = None) -> Optional[str]:
+    """Why the budget of ``attack`` cannot be searched (in ``norm`` budgets, if given), or None.
+
+    An attack without an ``eps`` budget (DeepFool, CW-L2, corruptions) sizes its change itself;
+    one bounded in another norm has budgets on another scale.
+    """
+    cls = attack_class(attack)
+    if cls.norm is None or not any(param.name == "eps" for param in cls.params):
+        return f"{cls.title} has no budget ε to search: it decides the size of its change itself"
+    if norm is not None and cls.norm != norm:
+        return (
+            f"{cls.title} bounds its change in the {NORM_NAMES[cls.norm]} norm, and this search is over "
+            f"{NORM_NAMES[norm]} budgets"
+        )
+    return None
+
+
+def search_runs(high: float, low: float = 0.0, precision: float = PRECISION) -> int:
+    """How many times :func:`minimal_epsilon` runs its attack at most: once at ``high``, then once
+    per bisection round."""
+    return max(math.ceil(math.log2((high - low) / precision)), 0) + 1
+
 
 def minimal_epsilon(
     model: nn.Module,
@@ -27,7 +54,7 @@ def minimal_epsilon(
     *,
     low: float = 0.0,
     high: float = 32 / 255,
-    precision: float = 0.25 / 255,
+    precision: float = PRECISION,
     progress: Optional[ProgressCallback] = None,
     **attack_params: Any,
 ) -> torch.Tensor:
@@ -38,9 +65,8 @@ def minimal_epsilon(
     scans whose midpoints coincide are attacked together, so a batch needs no more rounds than
     one scan. ``attack_params`` go to the attack (all but ``eps``, which is searched).
     """
-    bounded = [name for name in available() if any(p.name == "eps" for p in attack_class(name).params)
-               and attack_class(name).norm is not None]
-    if attack_class(attack).name not in bounded:
+    if search_refusal(attack) is not None:
+        bounded = [name for name in available() if search_refusal(name) is None]
         raise AttackParameterError(
             f"minimal_epsilon needs an attack with an eps budget; {attack!r} has none. Choose one of: "
             f"{', '.join(bounded)}"
@@ -53,7 +79,7 @@ def minimal_epsilon(
         raise AttackParameterError(f"precision must be a positive number, got {precision}")
     # Fail now on a bad parameter or input, not after the first round.
     x, y, _ = get_attack(attack, eps=high, **attack_params).check_inputs(model, x, y)
-    rounds = max(math.ceil(math.log2((high - low) / precision)), 0)
+    rounds = search_runs(high, low, precision) - 1
     result = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
 
     def fools(eps: float, index: torch.Tensor) -> torch.Tensor:

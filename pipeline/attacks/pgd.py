@@ -107,7 +107,7 @@ class IterativeAttack(Attack):
             for step in range(steps):
                 grad, logits = gradient(model, x_adv, self.objective, labels, goal)
                 worst.update(index, x_adv, self.objective(logits, labels, goal), fooled(logits, labels, goal))
-                if run == 0:
+                if run == 0 and (step or not random_start):  # a random start is not a step
                     self.record(logits, y)
                 x_adv = self.project(start, x_adv + self.step_size * self.direction(grad, state))
                 report(progress, run * steps + step + 1, total,

@@ -362,7 +362,7 @@ def _model_section(model: ModelEvaluation) -> list[str]:
         f"<p>Clean accuracy {_pct(report.clean.accuracy)} on {report.size} scans.</p>",
         _trained_note(model),
         "<table><tr><th class='l'>attack</th><th>accuracy</th><th>success rate</th><th>fooled / "
-        "attacked</th><th>L∞ mean / median (k/255)</th><th>L2 mean / median</th><th>PSNR "
+        "attacked</th><th>L∞ mean / median (k/255)</th><th>L2 mean / median (grey levels)</th><th>PSNR "
         f"dB</th><th>SSIM</th><th>time s</th>{recall_head}</tr>{rows}</table>",
         "<h3>Confusion matrices (rows: true class, columns: predicted)</h3>",
         _confusion("clean", report.clean),
@@ -403,7 +403,7 @@ def _attack_row(result: AttackResult) -> str:
         _pct(result.success_rate),
         f"{int(result.fooled.sum())} / {int(result.clean_correct.sum())}",
         _pair(size["linf_mean"] * 255, size["linf_median"] * 255),
-        _pair(size["l2_mean"], size["l2_median"]),
+        _pair(size["l2_mean"] * 255, size["l2_median"] * 255),
         _num(size["psnr_mean"]),
         _num(size["ssim_mean"]),
         f"{result.seconds:.2f}",
