@@ -329,7 +329,9 @@ def test_runs_table_says_which_models_are_not_trained_classifiers(lab: Lab) -> N
     assert_calm(at)
     table = next(frame.value for frame in at.dataframe if "problem" in frame.value.columns)
     problems = dict(zip(table["run"], table["problem"]))
-    assert problems[lab.first.name].startswith(NOT_TRAINED)
+    assert NOT_TRAINED.startswith(problems[lab.first.name]) and problems[lab.first.name]  # its headline
+    full = [item.value for item in at.caption if item.value.startswith(f"**{lab.first.name}**: ")]
+    assert len(full) == 1 and NOT_TRAINED in full[0]  # and in full, uncut, under the table
 
 
 def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
@@ -447,7 +449,7 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
         "Strength checks",
         "Certified",
     ]
-    table = at.dataframe[0].value
+    table = at.table[0].value  # static tables: no text cut off at a cell's edge
     models = list(table["model"])
     assert models[:2] == [lab.first.name, lab.second.name] and "(reported by the study)" in models[2]
     # transfer; per model confusion (clean + 3 attacks); curves; certified accuracy; and the minimal-epsilon
@@ -459,7 +461,7 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     assert "trained classifier?" in table.columns
     verdicts = [item.value for item in (*at.success, *at.warning) if " at ε = " in item.value]
     assert len(verdicts) == 2 * 2  # strength checks: two models at two budgets
-    assert len(at.dataframe) == 2 + 4  # reference tables at two budgets, then the four strength check tables
+    assert len(at.table) == 2 + 4  # reference tables at two budgets, then the four strength check tables
     assert {button.label for button in at.download_button} == {
         "Results (CSV)",
         "Full report (HTML)",

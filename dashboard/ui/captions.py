@@ -1,4 +1,5 @@
-"""One-line readings for a clinician: what changed, whether one could see it, what the model said.
+"""One-line readings for a clinician: what changed, whether one could see it, what the model said,
+and whether a split can be trusted.
 
 The wording thresholds are for captions only (how to describe a number), never used as results.
 """
@@ -6,7 +7,7 @@ The wording thresholds are for captions only (how to describe a number), never u
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from dashboard.ui.controls import HU_PER_GREY_LEVEL
 from pipeline.attacks import attack_class
@@ -127,3 +128,28 @@ def shift_sentence(shift: dict[str, float], size: int) -> str:
         f"The measures disagree ({parts}), so no one word fits: the broad pattern and its hottest spots "
         "moved by different amounts; compare the two maps themselves."
     )
+
+
+def leak_verdict(random_split: bool, leaks: Mapping[str, Any]) -> tuple[str, str]:
+    """One message about the split, consistent with the measured leaks beside it.
+
+    Returns ``(level, text)``, level "warning", "info" or "success". A random split is never
+    called clean, but its message states what was measured on this dataset, so it cannot
+    contradict the figures beside it.
+    """
+    share, adjacent = leaks["test_with_similar_in_train_fraction"], leaks["adjacent_slices_across"]
+    if random_split and (share > 0 or adjacent > 0):
+        return "warning", (
+            f"This random split leaks: {100 * share:.0f}% of the test scans have a near-twin in training and "
+            f"{adjacent} pairs of neighbouring slices fall on different sides, so accuracy on it measures "
+            "memorisation as much as diagnosis. Use the grouped split for any figure you report."
+        )
+    if random_split:
+        return "info", (
+            "This random split ignores duplicates and slice order. On this dataset it happens to put no "
+            "near-twin or neighbouring slice on both sides; on real scans it would. Use the grouped split "
+            "for any figure you report."
+        )
+    if share == 0:
+        return "success", "No test scan has a near-identical twin in training."
+    return "info", f"{100 * share:.0f}% of the test scans resemble a training scan."

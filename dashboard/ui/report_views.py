@@ -77,7 +77,7 @@ def reference_tables(report: dict[str, Any]) -> None:
             }
             for name, values in study["rows"].items()
         ]
-        st.dataframe(rows, hide_index=True)
+        st.table(rows, hide_index=True)  # static: the verdict column wraps instead of being cut off
         st.caption(
             f"Share of scans each model still reads correctly under each attack. The study's rows "
             f"({study['source']}) are printed for comparison only: {study['caveat']}"
@@ -185,7 +185,8 @@ def strength(report: dict[str, Any]) -> None:
                 f"**{model['name']}** at ε = {format_epsilon(check['eps'])}: {check['verdict']}",
                 icon=":material/warning:" if flagged else ":material/verified:",
             )
-            st.dataframe(
+            # A static table: its sentences wrap instead of being cut off at the cell's edge.
+            st.table(
                 [
                     {
                         "check": item["title"],
@@ -196,7 +197,7 @@ def strength(report: dict[str, Any]) -> None:
                     for item in check["checks"]
                 ],
                 hide_index=True,
-                column_config={"meaning": st.column_config.TextColumn(width="large")},
+                border="horizontal",
             )
     if not found:
         st.caption("Strength checks were not run for this evaluation.")

@@ -13,7 +13,10 @@ from pipeline.jobs import JobState, job_state
 from pipeline.store import RunRecord
 from pipeline.tracking import run_link
 
-ACCURACY = st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
+#: Accuracies in whole percent: validation sets of tens of scans cannot support decimals.
+ACCURACY = st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100)
+#: Columns shown in the table; the full text of a problem is listed under it, never cut off.
+SHOWN = ("run", "model", "state", "epochs", "best epoch", "clean val. acc.", "val. acc. under PGD", "problem")
 
 
 def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
@@ -40,9 +43,19 @@ def job_states(records: list[RunRecord]) -> dict[str, JobState]:
 
 
 def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
-    """One row per run: what it is, whether it runs, how it did."""
+    """One row per run: what it is, whether it runs, how it did; each problem in full underneath."""
+    rows = [run_row(record, states[str(record.run_dir)]) for record in records]
+    links = any(row["MLflow"] for row in rows)
     st.dataframe(
-        [run_row(record, states[str(record.run_dir)]) for record in records],
+        [
+            {
+                **{name: row[name] for name in SHOWN},
+                **{name: _percent(row[name]) for name in ("clean val. acc.", "val. acc. under PGD")},
+                "problem": _headline(row["problem"] or row["job"]),
+                **({"MLflow": row["MLflow"]} if links else {}),
+            }
+            for row in rows
+        ],
         hide_index=True,
         column_config={
             "clean val. acc.": ACCURACY,
@@ -50,3 +63,15 @@ def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
             "MLflow": st.column_config.LinkColumn(display_text="open", help="The run in the MLflow UI"),
         },
     )
+    for row in rows:
+        for text in dict.fromkeys(filter(None, (row["problem"], row["job"]))):
+            st.caption(f"**{row['run']}**: {text}")
+
+
+def _percent(value: object) -> object:
+    return 100 * value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _headline(text: str) -> str:
+    """A problem's first clause, short enough for a table cell (``not a trained classifier``)."""
+    return text.split(";")[0].split(":")[0].strip()

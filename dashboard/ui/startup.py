@@ -118,13 +118,15 @@ def wait_until_loaded(title: str) -> None:
     """
     loader = _loader()
     if not loader.finished:
-        # Drawn before the import starts: importing torch leaves little CPU for anything else.
-        st.title(title)
-        bar = st.progress(loader.fraction, text=loader.describe())
-        st.caption(
-            "A freshly started server loads PyTorch and the analysis libraries once, before the first "
-            "page can be drawn; every page after this one opens at once."
-        )
+        # Drawn before the import starts: importing torch leaves little CPU for anything else. One
+        # container, so that the page's own first element replaces all of it: nothing stale is left.
+        with st.container():
+            st.title(title)
+            bar = st.progress(loader.fraction, text=loader.describe())
+            st.caption(
+                "A freshly started server loads PyTorch and the analysis libraries once, before the first "
+                "page can be drawn; every page after this one opens at once."
+            )
         loader.start()
         while not loader.wait(POLL_S):
             bar.progress(loader.fraction, text=loader.describe())

@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard.ui import figures
+from dashboard.ui.captions import leak_verdict
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import background
@@ -231,6 +232,14 @@ def duplicates(dataset: ScanDataset) -> None:
             )
 
 
+#: The box each level of :func:`leak_verdict` is drawn in.
+LEAK_BOXES = {
+    "warning": (st.warning, ":material/warning:"),
+    "info": (st.info, ":material/info:"),
+    "success": (st.success, ":material/verified:"),
+}
+
+
 def split_view(choice: DataSpec) -> None:
     st.subheader("The split, and whether it leaks")
     st.caption("Exactly the split a model trained on this dataset is trained, validated and tested on.")
@@ -249,14 +258,11 @@ def split_view(choice: DataSpec) -> None:
             help="Exact or near-identical images on both sides: the model could recognise them, not diagnose",
         )
         st.metric("Neighbouring slices split across sides", leaks["adjacent_slices_across"])
-        if split.leaky:
-            st.warning(split.report.get("warning", "This random split leaks."), icon=":material/warning:")
-        elif share == 0:
-            st.success("No test scan has a near-identical twin in training.", icon=":material/verified:")
-        else:
-            st.info(f"{100 * share:.0f}% of test scans resemble a training scan.", icon=":material/info:")
-        if "warning" in split.report:
-            st.caption(split.report["warning"])
+        level, text = leak_verdict(split.leaky, leaks)
+        box, icon = LEAK_BOXES[level]
+        box(text, icon=icon)
+        if not split.leaky and "warning" in split.report:  # the grouping's own problem, e.g. one giant group
+            st.warning(f"The grouping: {split.report['warning']}.", icon=":material/warning:")
     if "studies" in split.report:
         patients(split.report["studies"])
 

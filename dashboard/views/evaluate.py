@@ -22,7 +22,7 @@ from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.suite import SuiteSettings
-from pipeline.jobs import list_jobs
+from pipeline.jobs import job_state, list_jobs
 from pipeline.store import RunRecord
 
 #: The reference table's attacks first; then every other attack with an L∞ budget.
@@ -163,7 +163,9 @@ settings_form(runs)
 
 running = running_jobs(list(runs))
 watched = st.session_state.get(WATCH_KEY)
-for job_dir in running + ([watched] if watched and watched not in running else []):
+# A finished evaluation is shown below as a report; only a running, failed or cancelled one gets a box.
+ended = [watched] if watched and watched not in running and job_state(watched).phase != "done" else []
+for job_dir in running + ended:
     with st.container(border=True):
         st.markdown(f"**Evaluation {Path(job_dir).name}**")
         job_panel(job_dir, key=f"evaluate:{job_dir}", curves=False, what="evaluation")

@@ -58,7 +58,7 @@ def details(record: RunRecord) -> None:
     left, right = st.columns([1, 1.6])
     with left:
         st.markdown("##### Settings")
-        st.dataframe([{"setting": key, "value": setting(record, key)} for key in COMPARED], hide_index=True)
+        st.table([{"setting": key, "value": setting(record, key)} for key in COMPARED], hide_index=True)
         state = record.status.get("message") or record.status.get("phase", "unknown")
         st.caption(f"Status: {state}")
         with st.expander("Everything recorded about this run"):
@@ -124,7 +124,7 @@ def compare(records: list[RunRecord]) -> None:
                 },
             }
         )
-    st.dataframe(rows, hide_index=True)
+    st.table(rows, hide_index=True)
 
 
 def export(record: RunRecord) -> None:
