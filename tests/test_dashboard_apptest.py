@@ -165,6 +165,9 @@ def test_attack_page_without_model_offers_the_demo(tmp_path: Path, monkeypatch: 
 def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     at = page("attack")
     assert at.selectbox(key="attack:name").value == "fgsm"
+    assert at.toggle(key="attack:minimal").value is False  # costly: off until asked for, its cost stated
+    assert any(item.value.startswith("Costs up to 8 more runs of FGSM") for item in at.caption)
+    at.toggle(key="attack:minimal").set_value(True)
     at.slider(key="attack:fgsm:eps").set_value(4.0)
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
@@ -179,7 +182,8 @@ def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Largest change"] == "4/255"
     assert metrics["PSNR"].endswith("dB") and float(metrics["SSIM"]) <= 1.0
-    assert metrics["Smallest flip ε"] != "—"  # the minimal-epsilon search ran
+    assert metrics["Smallest flip ε"] != "—"  # the minimal-epsilon search ran, with the chosen attack
+    assert report.to_dict()["minimal_eps_attack"] == "fgsm"
     assert "Map correlation" in metrics
     assert charts(at) >= 3  # perturbation, probabilities, step-by-step trace
     verdict = next(item.value for item in at.main.markdown if "grey levels per pixel" in item.value)
@@ -188,10 +192,16 @@ def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     assert "Attacked scan (DICOM)" not in {button.label for button in at.download_button}
 
 
+def test_the_budget_search_says_why_an_attack_without_a_budget_has_none(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:name").set_value("deepfool").run()
+    assert at.toggle(key="attack:minimal").disabled
+    assert any("DeepFool" in item.value and "no budget ε to search" in item.value for item in at.caption)
+
+
 def test_attack_page_compares_two_models_side_by_side(lab: Lab) -> None:
     at = page("attack")
     at.selectbox(key="attack:compare").set_value(str(lab.second))
-    at.toggle(key="attack:minimal").set_value(False)
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
     assert_calm(at)
@@ -229,7 +239,6 @@ def test_attack_page_attacks_an_uploaded_png(lab: Lab) -> None:
     assert_calm(at)
     assert any(caption.startswith("PNG scan, 48×48 px") for caption in captions(at))
     at.selectbox(key="attack:upload-label").set_value("malignant")
-    at.toggle(key="attack:minimal").set_value(False)
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
     assert_calm(at)
@@ -246,7 +255,6 @@ def test_attack_page_attacks_a_dicom_and_offers_a_dicom_back(lab: Lab) -> None:
     at.file_uploader(key="attack:upload").upload("CT_small.dcm", data).run()
     assert_calm(at)
     assert any(caption.startswith("DICOM scan, 128×128 px") for caption in captions(at))
-    at.toggle(key="attack:minimal").set_value(False)
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
     assert_calm(at)
@@ -269,7 +277,6 @@ def test_a_long_attack_runs_in_the_background_and_can_be_cancelled(lab: Lab) -> 
     at = page("attack")
     at.selectbox(key="attack:name").set_value("cw").run()
     at.number_input(key="attack:cw:steps").set_value(10_000)
-    at.toggle(key="attack:minimal").set_value(False)
     at.button(key="attack:run").click().run()
     assert_calm(at)
     assert "attack.task" in at.session_state  # the page came back while the attack runs
@@ -308,7 +315,6 @@ def test_attack_page_names_what_it_cannot_vouch_for(lab: Lab) -> None:
     assert layer.value == "layer1"  # the deepest stage with >= 7x7 cells at 32 px
     assert "layer4 · 1×1 cells (too coarse to localise)" in layer.options
     layer.set_value("layer4")
-    at.toggle(key="attack:minimal").set_value(False)
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
     assert_calm(at)
@@ -346,6 +352,18 @@ def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
     at.button[0].click().run()
     assert not at.exception
     assert any("no such folder" in item.value for item in at.error)
+
+
+def test_data_page_says_one_thing_about_a_random_split(lab: Lab) -> None:
+    """Once, and in line with the metrics beside it (the phantom has no twins to leak)."""
+    at = page("data", state={DATASET_KEY: DatasetChoice(image_size=32, count=36, strategy="random")})
+    assert_calm(at)
+    messages = [item.value for item in (*at.warning, *at.info, *at.success) if "split" in item.value]
+    assert len(messages) == 1 and "random split" in messages[0]
+    metrics = {metric.label: metric.value for metric in at.metric}
+    if metrics["Test scans with a near-twin in training"] == "0%":
+        assert "leaks:" not in messages[0]
+    assert not any("random split" in item.value for item in at.caption)
 
 
 def test_a_runs_data_is_the_data_pages_dataset_not_a_second_copy(lab: Lab) -> None:
