@@ -6,6 +6,9 @@ from typing import Final
 CLASSES: Final[tuple[str, str, str]] = ("benign", "malignant", "normal")
 NUM_CLASSES: Final[int] = len(CLASSES)
 
+#: What every figure, table and report from the synthetic phantom carries, worded once.
+SYNTHETIC_BANNER: Final[str] = "Synthetic data — not a medical result"
+
 #: Images live in ``[0, 1]``; one 8-bit grey level is this much of that scale.
 GREY_LEVEL: Final[float] = 1.0 / 255.0
 

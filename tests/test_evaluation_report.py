@@ -217,7 +217,8 @@ def test_cli_prints_the_table_and_writes_three_reports(runs: Path, capsys: pytes
     # the strength checks stand under every model's row, at every epsilon
     assert len(re.findall(r"^\s+(ok|!!) AutoAttack vs PGD", out, re.M)) == 4
     assert out.count("worst case over all") == 4
-    assert "reported by the reference study, weak attacks" in out and "SYNTHETIC DATA" in out
+    assert "reported by the reference study, weak attacks" in out
+    assert out.count(SYNTHETIC_BANNER.upper()) == 2  # once per table, never a second time above it
     html = Path(re.search(r"^html: (.+)$", out, re.M).group(1))
     assert html.parent.parent == runs / names[0] / "evaluations"
     assert {path.name for path in html.parent.iterdir()} == {"report.json", "report.csv", "report.html"}

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
+from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import UserInputError
 from pipeline.evaluation.background import run_job
 from pipeline.evaluation.data import SPLIT_SIDES
-from pipeline.evaluation.report import SYNTHETIC_BANNER
 from pipeline.evaluation.request import EvaluationRequest, evaluate_runs
 from pipeline.evaluation.strength import StrengthSettings
 from pipeline.evaluation.suite import EvaluationSuite, SuiteSettings
@@ -189,7 +189,7 @@ def _check_folder(folder: Path, flag: str) -> None:
 
 
 def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
-    if suite.synthetic:
+    if suite.synthetic and not suite.tables:  # each table carries the banner itself, once
         print(SYNTHETIC_BANNER.upper())
     for table in suite.tables:
         print(table.format())

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.evaluation.degenerate import AnswerCheck
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, combine, same_eps
 from pipeline.evaluation.strength import StrengthReport
@@ -116,7 +117,7 @@ class ReferenceTable:
             f"{self.rows[0].scans if self.rows else 0} scans of {self.dataset}",
         ]
         if self.synthetic:
-            lines.append("SYNTHETIC DATA — not a medical result")
+            lines.append(SYNTHETIC_BANNER.upper())
         lines += [header, "-" * len(header)]
         for row in self.rows:
             lines.append(f"{row.model:<{width}}  " + "  ".join(_percent(row.values[c]) for c in COLUMNS))

@@ -35,6 +35,7 @@ from pipeline.evaluation.reference import (
     STUDY_COLUMNS,
     ReferenceTable,
 )
+from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
@@ -42,7 +43,6 @@ from pipeline.json_object import parse_json_object
 from pipeline.store import atomic_write_bytes
 from pipeline.units import format_epsilon
 
-SYNTHETIC_BANNER = "Synthetic data — not a medical result"
 FILES = {"json": "report.json", "csv": "report.csv", "html": "report.html"}
 OURS = "this evaluation"
 

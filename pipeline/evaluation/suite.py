@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.attacks import attack_class
+from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import AttackParameterError, UserInputError
 from pipeline.evaluation.certify import CertifiedCurve, certified_accuracy_curve, check_settings
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
@@ -182,7 +183,7 @@ class EvaluationSuite:
             "created": self.created,
             "dataset": self.dataset,
             "synthetic": self.synthetic,
-            "notice": "synthetic data — not a medical result" if self.synthetic else None,
+            "notice": SYNTHETIC_BANNER if self.synthetic else None,
             "split": self.split,
             "scans": int(self.indices.size),
             "settings": self.settings.to_dict(),

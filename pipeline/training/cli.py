@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.data import DataSpec
 from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
@@ -125,4 +126,4 @@ def _print_outcome(run_dir: Path) -> None:
     if record.status.get("tracking"):
         print(describe(record.status["tracking"]))
     if record.is_synthetic:
-        print("note: trained on the synthetic phantom; these figures are not medical results")
+        print(f"note: trained on the synthetic phantom. {SYNTHETIC_BANNER}.")
