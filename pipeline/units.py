@@ -1,4 +1,5 @@
-"""Epsilons as people write them (``4/255``, ``0.0157``) and as the code uses them (``[0, 1]`` scale).
+"""Epsilons as people write them (``4/255``, ``0.0157``) and as the code uses them (``[0, 1]`` scale),
+and shares of scans as percentages no more precise than their count.
 
 The command line, the dashboard and reports all show perturbation budgets as ``k/255`` grey
 levels, while attacks take floats in image scale; this module converts both ways, and rejects
@@ -66,6 +67,23 @@ def format_epsilon(value: float | None) -> str:
     if abs(levels - round(levels)) < 1e-6:
         return f"{round(levels)}/255"
     return f"{value:.4g}"
+
+
+#: From this many scans on, one scan moves a share by at most 0.1 points and a decimal means something.
+DECIMAL_SCANS: Final[int] = 1000
+
+
+def format_share(value: float | None, scans: int | None = None) -> str:
+    """A fraction in ``[0, 1]`` as a percentage, as precise as the number of scans behind it allows.
+
+    One scan moves a share by ``100 / scans`` points, so below :data:`DECIMAL_SCANS` scans (or when
+    the count is not known) a decimal would claim a precision the data lacks: ``44%`` on 9 scans,
+    ``93.1%`` on 2,000. A missing or NaN value is ``—``.
+    """
+    if value is None or not math.isfinite(value):
+        return "—"
+    decimals = 1 if scans is not None and scans >= DECIMAL_SCANS else 0
+    return f"{100 * value:.{decimals}f}%"
 
 
 def _as_grey_levels(raw: str) -> str:

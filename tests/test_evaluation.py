@@ -36,7 +36,7 @@ from pipeline.evaluation import (
     strength_checks,
     transfer_matrix,
 )
-from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
+from pipeline.units import format_epsilon, format_share, parse_epsilon, parse_epsilons
 from tests.evaluation_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.models_fixture import nodule_images, trained_model
 
@@ -119,6 +119,13 @@ def test_epsilons_parse_as_people_write_them() -> None:
     ):
         with pytest.raises(UserInputError, match=hint):
             parse_epsilons(text)
+
+
+def test_shares_are_no_more_precise_than_their_scans() -> None:
+    """4 of 9 scans is 44%, not 44.4%: one scan moves the share by 11 points."""
+    assert format_share(4 / 9, 9) == "44%" and format_share(4 / 9) == "44%"
+    assert format_share(1862 / 2000, 2000) == "93.1%"
+    assert format_share(None) == format_share(math.nan, 50) == "—"
 
 
 # ------------------------------------------------------------------------------- the figures

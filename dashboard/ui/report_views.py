@@ -22,13 +22,14 @@ from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.reference import COLUMN_LABELS
 from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 CHART = {"displaylogo": False}
 
 
 def percent(value: Optional[float]) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+    """A share of the report's scans: whole percent, as the test sets of this lab are small."""
+    return format_share(value)
 
 
 def chart(figure: Any, key: str, caption: str) -> None:

@@ -23,7 +23,7 @@ from pipeline import tracking
 from pipeline.jobs import delete_run
 from pipeline.models import ARCHITECTURES
 from pipeline.store import RunRecord, export_run, import_run, list_runs
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 #: Runs and weights may be larger than scans: up to the server's cap (a ResNet-101 is about 170 MB).
 MODEL_UPLOAD_MB = 200
@@ -119,7 +119,7 @@ def compare(records: list[RunRecord]) -> None:
             {
                 "setting": label,
                 **{
-                    name: f"{100 * (by_name[name].best or {}).get(metric, float('nan')):.1f}%"
+                    name: format_share((by_name[name].best or {}).get(metric))
                     for name in chosen
                 },
             }

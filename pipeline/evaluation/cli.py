@@ -27,6 +27,7 @@ from pipeline.jobs import raise_on_sigterm
 from pipeline.json_object import read_json_file
 from pipeline.progress import tqdm_progress
 from pipeline.store import update_status
+from pipeline.units import format_share
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -195,20 +196,21 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
         print(table.format())
         print()
     for model in suite.models:
-        print(f"{model.name}: clean {model.report.clean.accuracy:.1%} on {model.report.size} scans")
+        scans = model.report.size
+        print(f"{model.name}: clean {format_share(model.report.clean.accuracy, scans)} on {scans} scans")
         for result in model.report.attacks:
             size = result.size_summary()
             print(
-                f"  {result.label:<28} accuracy {result.accuracy:6.1%}   success "
-                f"{_shown(result.success_rate, '6.1%')}   median L∞ "
+                f"  {result.label:<28} accuracy {format_share(result.accuracy, scans):>6}   success "
+                f"{format_share(result.success_rate, scans):>6}   median L∞ "
                 f"{_shown(size['linf_median'] * 255, '5.2f')}/255   PSNR {_shown(size['psnr_mean'], '5.1f')} "
                 f"dB   {result.seconds:7.1f} s"
             )
         for defense in model.defenses:
             print(
-                f"  defence {defense.defense}: clean {defense.naive.clean.accuracy:.1%}, naive attack "
-                f"{defense.naive.attacks[0].accuracy:.1%}, adaptive attack "
-                f"{defense.adaptive.attacks[0].accuracy:.1%}"
+                f"  defence {defense.defense}: clean {format_share(defense.naive.clean.accuracy, scans)}, "
+                f"naive attack {format_share(defense.naive.attacks[0].accuracy, scans)}, adaptive attack "
+                f"{format_share(defense.adaptive.attacks[0].accuracy, scans)}"
             )
     for kind, path in paths.items():
         print(f"{kind}: {path}")

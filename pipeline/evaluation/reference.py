@@ -19,7 +19,7 @@ from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.evaluation.degenerate import AnswerCheck
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, combine, same_eps
 from pipeline.evaluation.strength import StrengthReport
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 #: Our columns: clean, the registry names of the table's three attacks, and the combined worst case.
 COLUMNS: tuple[str, ...] = ("clean", "pgd", "fgsm", "cw-linf", "combined")
@@ -120,7 +120,9 @@ class ReferenceTable:
             lines.append(SYNTHETIC_BANNER.upper())
         lines += [header, "-" * len(header)]
         for row in self.rows:
-            lines.append(f"{row.model:<{width}}  " + "  ".join(_percent(row.values[c]) for c in COLUMNS))
+            lines.append(
+                f"{row.model:<{width}}  " + "  ".join(f"{format_share(row.values[c], row.scans):>8}" for c in COLUMNS)
+            )
             if row.trained is not None and row.trained.flagged:
                 lines.append(f"{'':<{width}}  !! {row.trained.reason}")
             if row.strength is not None:
@@ -173,7 +175,3 @@ def reference_table(
         rows.append(ReferenceRow(report.model, values, report.size, check, report.trained))
     first = reports[0]
     return ReferenceTable(eps, first.dataset, any(report.synthetic for report in reports), rows)
-
-
-def _percent(value: float) -> str:
-    return f"{'—':>8}" if math.isnan(value) else f"{value:>8.1%}"

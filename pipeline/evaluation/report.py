@@ -41,7 +41,7 @@ from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
 from pipeline.json_object import parse_json_object
 from pipeline.store import atomic_write_bytes
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 FILES = {"json": "report.json", "csv": "report.csv", "html": "report.html"}
 OURS = "this evaluation"
@@ -254,10 +254,6 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _pct(value: Optional[float]) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
-
-
 def _num(value: Optional[float], digits: int = 3) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
@@ -303,8 +299,9 @@ def _reference_table(table: ReferenceTable) -> list[str]:
             verdict = f"<span class='flag'>{_e(row.trained.reason)}</span><br>{verdict}"
         rows.append(
             f"<tr><td class='l'>{_e(row.model)}</td>"
-            + "".join(f"<td>{_pct(row.values[c])}</td>" for c in COLUMNS)
-            + f"<td>{_pct(check.worst_case.accuracy) if check else '—'}</td><td class='l'>{verdict}</td></tr>"
+            + "".join(f"<td>{format_share(row.values[c], row.scans)}</td>" for c in COLUMNS)
+            + f"<td>{format_share(check.worst_case.accuracy, row.scans) if check else '—'}</td>"
+            + f"<td class='l'>{verdict}</td></tr>"
         )
     reference = [
         f"<tr class='ref'><td class='l'>{_e(name)}</td>"
@@ -359,7 +356,7 @@ def _model_section(model: ModelEvaluation) -> list[str]:
     recall_head = "".join(f"<th>recall {_e(name)}</th>" for name in CLASSES)
     parts = [
         f"<h2>Model: {_e(model.name)}</h2>" + (f"<p class='note'>{facts}</p>" if facts else ""),
-        f"<p>Clean accuracy {_pct(report.clean.accuracy)} on {report.size} scans.</p>",
+        f"<p>Clean accuracy {format_share(report.clean.accuracy, report.size)} on {report.size} scans.</p>",
         _trained_note(model),
         "<table><tr><th class='l'>attack</th><th>accuracy</th><th>success rate</th><th>fooled / "
         "attacked</th><th>L∞ mean / median (k/255)</th><th>L2 mean / median (grey levels)</th><th>PSNR "
@@ -375,8 +372,8 @@ def _model_section(model: ModelEvaluation) -> list[str]:
         curve = model.certified
         parts.append(
             f"<p>Randomized smoothing (σ={curve.sigma:g}, n={curve.n}, α={curve.alpha:g}): certified "
-            + ", ".join(f"{_pct(a)} at r={r:g}" for r, a in zip(curve.radii, curve.accuracy))
-            + f"; abstained on {_pct(curve.abstained)} of the scans.</p>"
+            + ", ".join(f"{format_share(a)} at r={r:g}" for r, a in zip(curve.radii, curve.accuracy))
+            + f"; abstained on {format_share(curve.abstained)} of the scans.</p>"
         )
     examples = [(result, example) for result in report.attacks for example in result.examples[:1]]
     if examples:
@@ -399,15 +396,15 @@ def _attack_row(result: AttackResult) -> str:
     size = result.size_summary()
     return _row(
         result.label,
-        _pct(result.accuracy),
-        _pct(result.success_rate),
+        format_share(result.accuracy, len(result.clean_correct)),
+        format_share(result.success_rate, int(result.clean_correct.sum())),
         f"{int(result.fooled.sum())} / {int(result.clean_correct.sum())}",
         _pair(size["linf_mean"] * 255, size["linf_median"] * 255),
         _pair(size["l2_mean"] * 255, size["l2_median"] * 255),
         _num(size["psnr_mean"]),
         _num(size["ssim_mean"]),
         f"{result.seconds:.2f}",
-        *(_pct(value) for value in result.outcome.recall),
+        *(format_share(value) for value in result.outcome.recall),
     )
 
 
@@ -416,9 +413,9 @@ def _defenses(results: list[DefenseResult]) -> str:
     rows = "".join(
         _row(
             d.defense,
-            _pct(d.naive.clean.accuracy),
-            _pct(d.naive.attacks[0].accuracy),
-            _pct(d.adaptive.attacks[0].accuracy),
+            format_share(d.naive.clean.accuracy),
+            format_share(d.naive.attacks[0].accuracy),
+            format_share(d.adaptive.attacks[0].accuracy),
             _e(d.attack.title),
         )
         for d in results
@@ -450,7 +447,7 @@ def _confusion(title: str, outcome: Outcome) -> str:
     )
     return (
         f"<div class='cm'><b>{_e(title)}</b> "
-        f"({_pct(outcome.accuracy)})<table><tr><th></th>{head}</tr>{body}</table></div>"
+        f"({format_share(outcome.accuracy)})<table><tr><th></th>{head}</tr>{body}</table></div>"
     )
 
 
