@@ -120,9 +120,8 @@ class ReferenceTable:
             lines.append(SYNTHETIC_BANNER.upper())
         lines += [header, "-" * len(header)]
         for row in self.rows:
-            lines.append(
-                f"{row.model:<{width}}  " + "  ".join(f"{format_share(row.values[c], row.scans):>8}" for c in COLUMNS)
-            )
+            shares = (f"{format_share(row.values[column], row.scans):>8}" for column in COLUMNS)
+            lines.append(f"{row.model:<{width}}  " + "  ".join(shares))
             if row.trained is not None and row.trained.flagged:
                 lines.append(f"{'':<{width}}  !! {row.trained.reason}")
             if row.strength is not None:
