@@ -6,6 +6,7 @@ long-running code never knows which front end is watching.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Optional
 
 #: ``progress(done, total, message)``; ``total`` may be 0 when unknown.
@@ -44,6 +45,8 @@ def tqdm_progress(description: str) -> ProgressCallback:
     return update
 
 
+#: Without progress for this long, a bar says so instead of "estimating".
+QUIET_S = 10.0
 #: Resolution of one stage in :func:`staged`; a caller reporting between stages uses multiples of it.
 STAGE_STEPS = 1000
 
@@ -74,3 +77,52 @@ def staged(
         progress(int(STAGE_STEPS * (index + share)), whole, f"{name}{separator}{message}" if message else name)
 
     return inner
+
+
+class TimeLeft:
+    """Seconds left, from the rate measured over the last ``window_s`` seconds of progress.
+
+    Feed :meth:`update` every report (``fraction`` of the work done at time ``now``, any clock).
+    The rate is recent, not the run's average, so a slow stage after fast ones soon shows its own
+    pace; and :meth:`seconds` keeps counting down between reports, going negative when a report
+    is overdue, so a silent job can never show a frozen "about 17 min left". No estimate (None)
+    until ``min_span_s`` seconds of progress have been measured. Time is passed in, so the same
+    reports always give the same answer.
+    """
+
+    def __init__(self, window_s: float = 30.0, min_span_s: float = 1.0) -> None:
+        self.window_s, self.min_span_s = window_s, min_span_s
+        self._points: deque[tuple[float, float]] = deque()
+        self.moved: Optional[float] = None  #: when the fraction last grew, on the caller's clock
+
+    def update(self, fraction: float, now: float) -> None:
+        if self._points and fraction < self._points[-1][1]:
+            self._points.clear()  # the work started over: the old rate says nothing
+        if not self._points or fraction > self._points[-1][1]:
+            self.moved = now
+        self._points.append((now, fraction))
+        while len(self._points) > 2 and now - self._points[1][0] >= self.window_s:
+            self._points.popleft()
+
+    def seconds(self, now: float) -> Optional[float]:
+        """Seconds left at ``now`` (negative: the next report is that late); None without a rate yet."""
+        if len(self._points) < 2:
+            return None
+        (start, first), (last, latest) = self._points[0], self._points[-1]
+        if last - start < self.min_span_s or latest <= first:
+            return None
+        return (1.0 - latest) * (last - start) / (latest - first) - (now - last)
+
+
+def time_left_words(seconds: float | None, quiet: float) -> str:
+    """What a progress bar says about the time left: ``seconds`` from :meth:`TimeLeft.seconds`
+    (None: no rate yet; negative: overdue) and ``quiet``, the seconds since the work last moved.
+
+    ``about 12 s left`` / ``about 3 min left``; ``estimating time left``; and when the work is later
+    than its measured rate promised, how long it has been quiet, never a frozen or negative count.
+    """
+    if seconds is None:
+        return "estimating time left" if quiet < QUIET_S else f"no progress for {quiet:.0f} s"
+    if seconds < 0:
+        return f"slower than measured so far: no progress for {quiet:.0f} s"
+    return f"about {seconds:.0f} s left" if seconds < 90 else f"about {seconds / 60:.0f} min left"

@@ -7,14 +7,15 @@ back (not holding any handle) is what lets the view survive a page refresh or a 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from dashboard.ui.feedback import shown_errors
-from dashboard.ui.progress_view import remaining_words
 from pipeline.evaluation.figures import lines
-from pipeline.jobs import cancel_job, job_state
+from pipeline.jobs import JobState, cancel_job, job_state
+from pipeline.progress import time_left_words
 from pipeline.store import read_metrics
 
 POLL_SECONDS = 2.0
@@ -65,6 +66,20 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
+def job_time_left(state: JobState, now: float) -> str:
+    """The job's time left at ``now``: its last estimate counted down since it was written.
+
+    A job writes ``eta_s`` at ``eta_at`` (else the status's ``updated_at``) and ``progress_at`` when
+    its progress last moved; reading them against the clock, a job gone quiet shows as overdue
+    instead of repeating its last estimate.
+    """
+    status = state.status
+    written = status.get("eta_at", status.get("updated_at"))
+    moved = status.get("progress_at", written)
+    seconds = None if state.eta_s is None or written is None else state.eta_s - (now - written)
+    return time_left_words(seconds, now - moved if moved is not None else 0.0)
+
+
 def job_panel(run_dir: Path | str, *, key: str, curves: bool = True, what: str = "training") -> bool:
     """Draw the job's progress (live while it runs); returns True while it is still running."""
     state = job_state(run_dir)
@@ -94,7 +109,7 @@ def _live(run_dir: str, key: str, curves: bool, what: str) -> None:
         st.rerun(scope="app")
     st.progress(
         min(max(state.progress, 0.0), 1.0),
-        text=f"{state.message or state.phase} · {remaining_words(state.eta_s)}",
+        text=f"{state.message or state.phase} · {job_time_left(state, time.time())}",
     )
     if st.button(
         f"Cancel the {what}",

@@ -10,22 +10,6 @@ from dashboard.ui.tasks import Task
 from pipeline.progress import ProgressCallback
 
 POLL_SECONDS = 1.0
-
-
-def remaining_words(seconds: float | None) -> str:
-    """``about 12 s left`` / ``about 3 min left``; ``estimating time left`` when unknown."""
-    if seconds is None:
-        return "estimating time left"
-    return f"about {seconds:.0f} s left" if seconds < 90 else f"about {seconds / 60:.0f} min left"
-
-
-def eta_text(fraction: float, elapsed: float) -> str:
-    """Time left, extrapolated from the share done so far once there is enough to go on."""
-    if fraction <= 0.02 or elapsed < 1:
-        return remaining_words(None)
-    return remaining_words(elapsed * (1 - fraction) / fraction)
-
-
 def background(
     key: str,
     label: str,
@@ -78,7 +62,7 @@ def _poll(key: str) -> None:
     if not task.running:
         st.rerun(scope="app")
     step = f" — {task.message}" if task.message else ""
-    st.progress(task.fraction, text=f"{task.label}{step} · {eta_text(task.fraction, task.elapsed)}")
+    st.progress(task.fraction, text=f"{task.label}{step} · {task.time_left()}")
     if st.button("Cancel", key=f"{key}:cancel", icon=":material/stop_circle:"):
         task.cancel()
         st.toast("Cancelling — the current step finishes first.")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pipeline.errors import UserInputError
-from pipeline.progress import ProgressCallback
+from pipeline.progress import ProgressCallback, TimeLeft, time_left_words
 
 
 class Cancelled(UserInputError):
@@ -36,6 +36,7 @@ class Task:
     started: float = field(default_factory=time.monotonic)
     finished: Optional[float] = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _timer: TimeLeft = field(default_factory=TimeLeft, repr=False)
     _thread: Optional[threading.Thread] = field(default=None, repr=False)
 
     def start(self) -> "Task":
@@ -55,6 +56,12 @@ class Task:
         if self._cancel.is_set():
             raise Cancelled("it was cancelled; start it again when you are ready")
         self.done, self.total, self.message = done, total, message
+        self._timer.update(self.fraction, time.monotonic())
+
+    def time_left(self) -> str:
+        """The time left in words, from the rate measured over the recent reports."""
+        now = time.monotonic()
+        return time_left_words(self._timer.seconds(now), now - (self._timer.moved or self.started))
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -70,10 +77,6 @@ class Task:
     @property
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True when the work has finished."""

@@ -30,7 +30,7 @@ from pipeline.evaluation.batches import iter_batches, model_device, predict, res
 from pipeline.evaluation.degenerate import AnswerCheck, check_answers
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
 from pipeline.guard import exclusive_eval
-from pipeline.progress import ProgressCallback, report
+from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon
 
 
@@ -300,13 +300,16 @@ def evaluate(
             truth[span], clean_predictions[span] = y.cpu().numpy(), clean.cpu().numpy()
             correct = clean == y
             for a, (spec, attack) in enumerate(zip(specs, built)):
-                report(progress, step + a + 1, total, f"{spec.title}, batch {number + 1}/{batches}")
+                where_now = f"{spec.title}, batch {number + 1}/{batches}"
+                report(progress, step + a + 1, total, where_now)
                 adversarial[a, span] = clean_predictions[span]
                 if not bool(correct.any()):
                     continue
                 x_ok, y_ok = x[correct], y[correct]
                 with stopwatch(device) as elapsed:
-                    x_adv = attack(attacked_model, x_ok, y_ok)
+                    # the attack's own steps move the bar, so a slow one (Square) is never silent
+                    within = staged(progress, step + a + 1, total, where_now)
+                    x_adv = attack(attacked_model, x_ok, y_ok, progress=within)
                     attacked = predict(model, x_adv)
                 seconds[a + 1] += elapsed[0]
                 where = np.flatnonzero(correct.cpu().numpy()) + span.start
