@@ -19,13 +19,22 @@ ACCURACY = st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_val
 SHOWN = ("run", "model", "state", "epochs", "best epoch", "clean val. acc.", "val. acc. under PGD", "problem")
 
 
+#: A running training's phases in one word: validating an epoch is still training, not an evaluation.
+RUNNING_WORDS = {"queued": "starting", "loading": "starting", "evaluating": "training"}
+
+
+def state_word(state: JobState) -> str:
+    """``starting``, ``training``, ``done``, ``failed``, ``cancelled``: what a run is doing now."""
+    return RUNNING_WORDS.get(state.phase, state.phase) if state.running else state.phase
+
+
 def run_row(record: RunRecord, state: JobState) -> dict[str, Any]:
     best = record.best or {}
     trained = check_epoch(best, record.config.get("classes") or CLASSES)
     return {
         "run": record.name,
         "model": model_summary(record),
-        "state": state.phase,
+        "state": state_word(state),
         "epochs": f"{len(record.metrics)}/{record.config.get('epochs', '?')}",
         "best epoch": best.get("epoch"),
         "clean val. acc.": best.get("val_acc"),

@@ -10,6 +10,7 @@ import torch
 from dashboard.ui.session import RUN_KEY, dataset_choice, dataset_label
 from dashboard.ui.settings import runs_dir
 from pipeline.device import select_device
+from pipeline.jobs import job_state
 from pipeline.store import RunRecord, list_runs
 
 #: Set by a page to select a run on the next script run (a widget's value cannot change mid-run).
@@ -28,9 +29,35 @@ def device_label() -> str:
     return {"mps": "Apple GPU (MPS)", "cpu": "CPU"}.get(device.type, str(device))
 
 
-def usable_runs() -> list[RunRecord]:
-    """Runs with a saved model (finished, or running with at least one epoch done), newest first."""
-    return [record for record in list_runs(runs_dir()) if record.error is None and record.has_model]
+#: How often the sidebar looks at the run store while a job runs.
+FOLLOW_SECONDS = 2.0
+
+
+def usable_runs(records: Optional[list[RunRecord]] = None) -> list[RunRecord]:
+    """Runs with a saved model (finished, or running with at least one epoch done), newest first;
+    from ``records`` when given, else from the run store."""
+    found = list_runs(runs_dir()) if records is None else records
+    return [record for record in found if record.error is None and record.has_model]
+
+
+def live_runs(records: list[RunRecord]) -> list[tuple[RunRecord, str]]:
+    """The runs whose training job is alive, with its phase (a dead process counts as failed)."""
+    states = [(record, job_state(record.run_dir)) for record in records]
+    return [(record, state.phase) for record, state in states if state.running]
+
+
+def store_signature(live: list[tuple[RunRecord, str]]) -> tuple:
+    """What a page drawn from the run store depends on while jobs run: which runs run, in which
+    phase, with how many finished epochs and whether a model is saved yet."""
+    return tuple((str(run.run_dir), phase, len(run.metrics), run.has_model) for run, phase in live)
+
+
+@st.fragment(run_every=FOLLOW_SECONDS)
+def follow_store(drawn: tuple) -> None:
+    """Redraw the whole page (sidebar, tables, pages) from the store as soon as a running job saves
+    an epoch, changes phase or ends: no part of the page may show an older state than another."""
+    if store_signature(live_runs(list_runs(runs_dir()))) != drawn:
+        st.rerun(scope="app")
 
 
 def model_summary(record: RunRecord) -> str:
@@ -64,7 +91,10 @@ def select_run_next(run_dir: str) -> None:
 
 
 def sidebar() -> None:
-    runs = usable_runs()
+    records = list_runs(runs_dir())
+    runs = usable_runs(records)
+    live = live_runs(records)
+    training = [record for record, _ in live]
     by_dir = {str(record.run_dir): record for record in runs}
     pending = st.session_state.pop(PENDING_RUN_KEY, None)
     if pending in by_dir:
@@ -81,6 +111,12 @@ def sidebar() -> None:
                 format_func=lambda path: run_label(by_dir[path]),
                 help="The trained model every page uses. Train one on the Train page.",
             )
+        elif training:
+            st.info(
+                f"A model is training ({len(training[0].metrics)} of {training[0].config.get('epochs', '?')} "
+                "epochs finished); it is chosen here as soon as its first epoch is saved.",
+                icon=":material/hourglass_top:",
+            )
         else:
             st.info(
                 "No trained model yet. The Attack page can train a quick demo model.", icon=":material/info:"
@@ -92,3 +128,5 @@ def sidebar() -> None:
             synthetic_badge()
         st.markdown(f"**Device** · {device_label()}")
         st.caption("A research tool for studying model robustness. Not for diagnosis.")
+        if live:
+            follow_store(store_signature(live))

@@ -16,11 +16,12 @@ import streamlit as st
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import training_curves
-from dashboard.ui.run_table import job_states, runs_table
+from dashboard.ui.run_table import job_states, runs_table, state_word
 from dashboard.ui.settings import runs_dir
-from dashboard.ui.status import run_label, select_run_next
+from dashboard.ui.session import selected_run
+from dashboard.ui.status import run_label, select_run_next, usable_runs
 from pipeline import tracking
-from pipeline.jobs import delete_run
+from pipeline.jobs import delete_run, job_state
 from pipeline.models import ARCHITECTURES
 from pipeline.store import RunRecord, export_run, import_run, list_runs
 from pipeline.units import format_epsilon, format_share
@@ -54,13 +55,21 @@ def setting(record: RunRecord, key: str) -> str:
     return "—" if value is None else str(value)
 
 
+def status_sentence(record: RunRecord) -> str:
+    """What the run is doing or how it ended, from the store as it is now."""
+    state = job_state(record.run_dir)
+    if state.running:
+        epochs = record.config.get("epochs", "?")
+        return f"{state_word(state)}, {len(record.metrics)} of {epochs} epochs finished (this page follows it)"
+    return record.status.get("message") or state.phase
+
+
 def details(record: RunRecord) -> None:
     left, right = st.columns([1, 1.6])
     with left:
         st.markdown("##### Settings")
         st.table([{"setting": key, "value": setting(record, key)} for key in COMPARED], hide_index=True)
-        state = record.status.get("message") or record.status.get("phase", "unknown")
-        st.caption(f"Status: {state}")
+        st.caption(f"Status: {status_sentence(record)}")
         with st.expander("Everything recorded about this run"):
             st.json({key: value for key, value in record.config.items() if key != "split"}, expanded=1)
             st.json(record.status, expanded=False)
@@ -217,8 +226,15 @@ if records:
     runs_table(records, job_states(records))
     compare(records)
     by_dir = {str(record.run_dir): record for record in records}
+    # Opens on the model in use (else the newest with a saved model), not on a run still in its first epoch.
+    usable = [str(record.run_dir) for record in usable_runs(records)]
+    first = selected_run() if selected_run() in by_dir else next(iter(usable), next(iter(by_dir)))
     chosen = st.selectbox(
-        "Run", list(by_dir), key="models:run", format_func=lambda path: run_label(by_dir[path])
+        "Run",
+        list(by_dir),
+        index=list(by_dir).index(first),
+        key="models:run",
+        format_func=lambda path: run_label(by_dir[path]),
     )
     record = by_dir[chosen]
     if record.error:
