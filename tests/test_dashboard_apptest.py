@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,18 @@ from dashboard.ui.resources import _run_data, cached_dataset, cached_split
 from dashboard.ui.session import DATASET_KEY, RUN_KEY
 from pipeline.data import DataSpec, load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
-from pipeline.jobs import cancel_job
+from pipeline.jobs import cancel_job, register_self
 from pipeline.models import build_model
-from pipeline.store import export_run, list_runs, load_model, read_record, save_model
+from pipeline.store import (
+    METRICS,
+    MODEL,
+    export_run,
+    list_runs,
+    load_model,
+    read_record,
+    save_model,
+    update_status,
+)
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
@@ -338,6 +348,35 @@ def test_runs_table_says_which_models_are_not_trained_classifiers(lab: Lab) -> N
     assert NOT_TRAINED.startswith(problems[lab.first.name]) and problems[lab.first.name]  # its headline
     full = [item.value for item in at.caption if item.value.startswith(f"**{lab.first.name}**: ")]
     assert len(full) == 1 and NOT_TRAINED in full[0]  # and in full, uncut, under the table
+
+
+def test_a_training_run_is_shown_as_the_store_has_it_on_every_page(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-training (this test process stands in for the job), validating its first epoch: the
+    sidebar, the runs table and the Models page agree, and follow the store once the epoch is saved."""
+    runs = tmp_path / "runs"
+    run_dir = Path(shutil.copytree(lab.first, runs / lab.first.name, ignore=shutil.ignore_patterns("eval*")))
+    saved = {name: (run_dir / name).read_bytes() for name in (MODEL, METRICS)}
+    for name in saved:
+        (run_dir / name).unlink()
+    (run_dir / METRICS).touch()
+    update_status(run_dir, {"phase": "evaluating", "message": "epoch 1/1: validation under PGD", "job": None})
+    register_self(run_dir)
+    monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(runs))
+    at = page("models")
+    assert_calm(at)
+    assert any("A model is training (0 of 1 epochs finished)" in item.value for item in at.sidebar.info)
+    table = next(frame.value for frame in at.dataframe if "state" in frame.value.columns)
+    assert list(table["state"]) == ["training"] and list(table["epochs"]) == ["0/1"]
+    status = "Status: training, 0 of 1 epochs finished (this page follows it)"
+    assert any(item.value == status for item in at.caption)
+    for name, content in saved.items():  # the first epoch is saved
+        (run_dir / name).write_bytes(content)
+    at.run()
+    assert [box.label for box in at.sidebar.selectbox] == ["Model"] and not at.sidebar.info
+    table = next(frame.value for frame in at.dataframe if "state" in frame.value.columns)
+    assert list(table["epochs"]) == ["1/1"]
 
 
 def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
