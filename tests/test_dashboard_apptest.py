@@ -395,7 +395,7 @@ def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:
 
 def test_data_page_says_one_thing_about_a_random_split(lab: Lab) -> None:
     """Once, and in line with the metrics beside it (the phantom has no twins to leak)."""
-    at = page("data", state={DATASET_KEY: DatasetChoice(image_size=32, count=36, strategy="random")})
+    at = page("data", state={DATASET_KEY: DataSpec(image_size=32, count=36, split_strategy="random")})
     assert_calm(at)
     messages = [item.value for item in (*at.warning, *at.info, *at.success) if "split" in item.value]
     assert len(messages) == 1 and "random split" in messages[0]

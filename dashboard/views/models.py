@@ -17,8 +17,8 @@ from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import training_curves
 from dashboard.ui.run_table import job_states, runs_table, state_word
-from dashboard.ui.settings import runs_dir
 from dashboard.ui.session import selected_run
+from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, select_run_next, usable_runs
 from pipeline import tracking
 from pipeline.jobs import delete_run, job_state
@@ -59,8 +59,8 @@ def status_sentence(record: RunRecord) -> str:
     """What the run is doing or how it ended, from the store as it is now."""
     state = job_state(record.run_dir)
     if state.running:
-        epochs = record.config.get("epochs", "?")
-        return f"{state_word(state)}, {len(record.metrics)} of {epochs} epochs finished (this page follows it)"
+        done, epochs = len(record.metrics), record.config.get("epochs", "?")
+        return f"{state_word(state)}, {done} of {epochs} epochs finished (this page follows it)"
     return record.status.get("message") or state.phase
 
 

@@ -32,11 +32,13 @@ SEQUENTIAL = [[0.0, "#f4f7f9"], [1.0, "#2f6f8f"]]
 
 
 def style(figure: go.Figure, *, title: str = "", height: int = 320, legend_right: bool = False) -> go.Figure:
-    """The common look; many series get their legend on the right, where it cannot cover the axes."""
+    """The common look. A legend never covers an axis: many series get theirs on the right; a few,
+    a row at the bottom of the figure itself (placed against the figure, not the plot area, so the
+    margin grows to fit it under the axis title at any height)."""
     legend = (
         {"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02}
         if legend_right
-        else {"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0}
+        else {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0, "x": 0}
     )
     figure.update_layout(
         template="plotly_white",
