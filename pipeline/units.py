@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Final
+from typing import Final, Iterable
 
 from pipeline.constants import GREY_LEVEL
 from pipeline.errors import UserInputError
@@ -57,6 +57,11 @@ def parse_epsilons(text: str, *, maximum: float = MAX_EPSILON) -> list[float]:
         if not any(math.isclose(value, seen, abs_tol=1e-12) for seen in values):
             values.append(value)
     return values
+
+
+def format_epsilons(values: Iterable[float], separator: str = ",") -> str:
+    """The inverse of :func:`parse_epsilons`: ``2/255,4/255``."""
+    return separator.join(format_epsilon(value) for value in values)
 
 
 def format_epsilon(value: float | None) -> str:

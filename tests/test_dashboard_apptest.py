@@ -28,6 +28,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.resources import _run_data, cached_dataset, cached_split
 from dashboard.ui.session import DATASET_KEY, RUN_KEY
+from pipeline.__main__ import build_parser
 from pipeline.data import DataSpec, load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import cancel_job, register_self
@@ -43,6 +44,7 @@ from pipeline.store import (
     update_status,
 )
 from pipeline.training import TrainConfig, train
+from pipeline.units import parse_epsilons
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
 from tests.dicom_studies import make_dicom_studies
@@ -524,6 +526,16 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
         "Full report (HTML)",
         "Everything (JSON)",
     }
+
+
+def test_the_evaluate_page_and_the_command_line_start_from_the_same_settings(lab: Lab) -> None:
+    flags = build_parser().parse_args(["evaluate", "--run", "any"])
+    at = page("evaluate")
+    assert parse_epsilons(at.text_input(key="evaluate:eps").value) == parse_epsilons(flags.eps)
+    assert at.multiselect(key="evaluate:attacks").value == flags.attacks.split(",")
+    assert at.toggle(key="evaluate:strength").value == flags.strength
+    assert at.toggle(key="evaluate:form:transfer").value == flags.transfer
+    assert at.toggle(key="evaluate:form:minimal").value == flags.min_eps
 
 
 def test_evaluate_page_refuses_a_bad_epsilon_with_a_message(lab: Lab) -> None:

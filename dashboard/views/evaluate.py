@@ -24,21 +24,23 @@ from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.suite import SuiteSettings
 from pipeline.jobs import job_state, list_jobs
 from pipeline.store import RunRecord
+from pipeline.units import format_epsilons
 
-#: The reference table's attacks first; then every other attack with an L∞ budget.
-TABLE = ("fgsm", "pgd", "cw-linf")
 WATCH_KEY = "evaluate.watch"
+#: The form starts from the settings' own defaults, as the command line's flags do.
+DEFAULTS = SuiteSettings()
 
 
 def attack_choices() -> list[str]:
+    """The default attacks (the reference table's) first; then every other attack with an L∞ budget."""
     others = [
         name
         for name in available()
         if attack_class(name).norm == "linf"
         and any(param.name == "eps" for param in attack_class(name).params)
-        and name not in TABLE
+        and name not in DEFAULTS.attacks
     ]
-    return [*TABLE, *others]
+    return [*DEFAULTS.attacks, *others]
 
 
 def running_jobs(run_dirs: list[str]) -> list[str]:
@@ -79,13 +81,13 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
         attacks = left.multiselect(
             "Attacks",
             attack_choices(),
-            default=list(TABLE),
+            default=list(DEFAULTS.attacks),
             key="evaluate:attacks",
             format_func=lambda name: attack_class(name).title,
         )
         epsilons = middle.text_input(
             "Budgets ε",
-            "2/255, 4/255",
+            format_epsilons(DEFAULTS.epsilons, ", "),
             key="evaluate:eps",
             help="Comma-separated, in grey levels: 4/255 is 4 of 255 levels (≈ 24 HU)",
         )
@@ -105,19 +107,19 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
         )
         strength = middle.toggle(
             "Strength checks",
-            value=True,
+            value=DEFAULTS.strength,
             key="evaluate:strength",
             help="Stronger attacks beside every figure to catch gradient masking (slower)",
         )
         minimal = right.toggle(
             "Smallest flipping ε per scan",
-            value=False,
+            value=DEFAULTS.minimal_epsilon,
             key="evaluate:form:minimal",
             help="For every scan, the smallest PGD budget that changes the answer (a bisection: slower)",
         )
         transfer = right.toggle(
             "Transfer between the models",
-            value=True,
+            value=DEFAULTS.transfer,
             key="evaluate:form:transfer",
             help="Attacks crafted on one model, replayed on the others (needs two models or more)",
         )

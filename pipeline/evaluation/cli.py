@@ -27,7 +27,10 @@ from pipeline.jobs import raise_on_sigterm
 from pipeline.json_object import read_json_file
 from pipeline.progress import tqdm_progress
 from pipeline.store import update_status
-from pipeline.units import format_share
+from pipeline.units import format_epsilons, format_share
+
+#: The settings' own defaults, the one set: every flag starts from them, as the Evaluate page's form does.
+DEFAULTS, STRENGTH = SuiteSettings(), StrengthSettings()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -54,47 +57,66 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
     parser.add_argument(
         "--attacks",
-        default="fgsm,pgd,cw-linf",
+        default=",".join(DEFAULTS.attacks),
         help="comma-separated registry names of L∞ attacks: fgsm, pgd, cw-linf (the reference table's; "
         "CW's margin loss inside the ball) and e.g. apgd, mifgsm, square, autoattack (default: "
-        "fgsm,pgd,cw-linf)",
+        f"{','.join(DEFAULTS.attacks)})",
     )
     parser.add_argument(
-        "--eps", default="4/255", help="comma-separated L∞ budgets, e.g. 2/255,4/255 (default 4/255)"
+        "--eps",
+        default=format_epsilons(DEFAULTS.epsilons),
+        help=f"comma-separated L∞ budgets, e.g. 2/255,4/255 (default {format_epsilons(DEFAULTS.epsilons)})",
     )
     parser.add_argument("--split", default="test", choices=SPLIT_SIDES, help="which scans (default: test)")
     parser.add_argument("--limit", type=int, help="evaluate only this many scans, classes in turn")
     parser.add_argument("--out", type=Path, help="directory for report.json/csv/html")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=32, help="scans per batch (default 32)")
-    parser.add_argument("--steps", type=int, default=10, help="steps of PGD and CW (default 10)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS.batch_size,
+        help=f"scans per batch (default {DEFAULTS.batch_size})",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULTS.steps, help=f"steps of PGD and CW (default {DEFAULTS.steps})"
+    )
     parser.add_argument(
         "--strength",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the strength checks beside every figure (default: on)",
+        default=DEFAULTS.strength,
+        help=f"run the strength checks beside every figure (default: {'on' if DEFAULTS.strength else 'off'})",
     )
     parser.add_argument(
-        "--strong-steps", type=int, default=50, help="steps of the long PGD check (default 50)"
+        "--strong-steps",
+        type=int,
+        default=STRENGTH.strong_steps,
+        help=f"steps of the long PGD check (default {STRENGTH.strong_steps})",
     )
-    parser.add_argument("--restarts", type=int, default=3, help="restarts of the long PGD check (default 3)")
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=STRENGTH.strong_restarts,
+        help=f"restarts of the long PGD check (default {STRENGTH.strong_restarts})",
+    )
     parser.add_argument(
         "--ensemble-steps",
         type=int,
-        default=20,
-        help="steps of each APGD member of the AutoAttack check (default 20)",
+        default=STRENGTH.ensemble_steps,
+        help=f"steps of each APGD member of the AutoAttack check (default {STRENGTH.ensemble_steps})",
     )
     parser.add_argument(
         "--queries",
         type=int,
-        default=1000,
-        help="queries of the Square attack and of AutoAttack's Square member (default 1000)",
+        default=STRENGTH.square_queries,
+        help="queries of the Square attack and of AutoAttack's Square member "
+        f"(default {STRENGTH.square_queries})",
     )
     parser.add_argument(
         "--transfer",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="transfer matrix between the runs, when there are several (default: on)",
+        default=DEFAULTS.transfer,
+        help="transfer matrix between the runs, when there are several "
+        f"(default: {'on' if DEFAULTS.transfer else 'off'})",
     )
     parser.add_argument(
         "--min-eps", action="store_true", help="per-scan minimal flipping epsilon (PGD bisection)"
@@ -105,7 +127,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="SIGMA",
         help="certify by randomized smoothing with this noise level (e.g. 0.25)",
     )
-    parser.add_argument("--certify-n", type=int, default=1000, help="noise samples per scan when certifying")
+    parser.add_argument(
+        "--certify-n",
+        type=int,
+        default=DEFAULTS.certify_n,
+        help=f"noise samples per scan when certifying (default {DEFAULTS.certify_n})",
+    )
     parser.add_argument(
         "--defenses",
         default="",
