@@ -508,9 +508,10 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
         "Strength checks",
         "Certified",
     ]
-    table = at.table[0].value  # static tables: no text cut off at a cell's edge
-    models = list(table["model"])
-    assert models[:2] == [lab.first.name, lab.second.name] and "(reported by the study)" in models[2]
+    table, study = at.table[0].value, at.table[1].value  # static tables: no text cut off at a cell's edge
+    assert list(table["model"]) == [lab.first.name, lab.second.name]
+    assert list(study["model"]) == ["normal training", "adversarial training"]  # its own columns, apart
+    assert "CW-L2" in study.columns and "CW-L2" not in table.columns and "CW-L∞" in table.columns
     # transfer; per model confusion (clean + 3 attacks); curves; certified accuracy; and the minimal-epsilon
     # histogram, or the sentence that no scan flipped within the searched budget
     histogram = charts(at) - (1 + 2 * 4 + 1 + 1)
@@ -520,7 +521,7 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     assert "trained classifier?" in table.columns
     verdicts = [item.value for item in (*at.success, *at.warning) if " at ε = " in item.value]
     assert len(verdicts) == 2 * 2  # strength checks: two models at two budgets
-    assert len(at.table) == 2 + 4  # reference tables at two budgets, then the four strength check tables
+    assert len(at.table) == 2 * 2 + 4  # ours and the study's at two budgets, four strength check tables
     assert {button.label for button in at.download_button} == {
         "Results (CSV)",
         "Full report (HTML)",

@@ -17,6 +17,7 @@ import streamlit as st
 
 from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
+from pipeline.attacks import attack_class
 from pipeline.evaluation import figures
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.reference import COLUMN_LABELS
@@ -40,11 +41,17 @@ def chart(figure: Any, key: str, caption: str) -> None:
 
 
 
+def attack_label(name: str) -> str:
+    """An attack as the tables name it (``CW-L∞``), never by its registry name (``cw-linf``)."""
+    return COLUMN_LABELS.get(name) or attack_class(name).title
+
+
 def header(report: dict[str, Any]) -> None:
     settings = report["settings"]
+    attacks = ", ".join(map(attack_label, settings["attacks"]))
     st.markdown(
         f"**{report['scans']} {report['split']} scans** of {report['dataset']} · attacks "
-        f"{', '.join(settings['attacks'])} at ε = {', '.join(settings['epsilon_labels'])} · "
+        f"{attacks} at ε = {', '.join(settings['epsilon_labels'])} · "
         f"{settings['steps']} steps · {report['device']} · {report['seconds']:.0f} s · {report['created']}"
     )
     if report["synthetic"]:
@@ -68,28 +75,32 @@ def reference_tables(report: dict[str, Any]) -> None:
             }
             for row in table["rows"]
         ]
+        st.table(rows, hide_index=True)
         study = table["reference_study"]
-        rows += [
-            {
-                "model": f"{name} (reported by the study)",
-                **{COLUMN_LABELS.get(column, column): f"{value:.1f}%" for column, value in values.items()},
-                "worst case, all attacks": "—",
-                "trained classifier?": "—",
-            }
-            for name, values in study["rows"].items()
-        ]
-        st.table(rows, hide_index=True)  # static: the verdict column wraps instead of being cut off
+        st.caption(f"For comparison only, {study['source']}:")
+        # Its own table: its columns are not ours (its CW was CW-L2, unbounded), so no cell is shared.
+        st.table(
+            [
+                {
+                    "model": name,
+                    **{COLUMN_LABELS[column]: f"{value:.1f}%" for column, value in values.items()},
+                }
+                for name, values in study["rows"].items()
+            ],
+            hide_index=True,
+        )
         st.caption(
-            f"Share of scans each model still reads correctly under each attack. The study's rows "
-            f"({study['source']}) are printed for comparison only: {study['caveat']}"
+            f"Share of scans each model still reads correctly under each attack. The study's figures are "
+            f"quoted as published: {study['caveat']}"
         )
 
 
 def trained_cell(check: Optional[dict[str, Any]]) -> str:
-    """The table cell for :mod:`pipeline.evaluation.degenerate`'s judgment ("—" in older reports)."""
+    """The table cell for :mod:`pipeline.evaluation.degenerate`'s judgment ("—" in older reports); the
+    reasons stand in full above the tabs."""
     if not check:
         return "—"
-    return f"⚠ {check['reason']}" if check["flagged"] else "yes"
+    return "⚠ no (see above)" if check["flagged"] else "yes"
 
 
 def untrained_warnings(report: dict[str, Any]) -> None:
