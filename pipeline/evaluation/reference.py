@@ -127,7 +127,7 @@ class ReferenceTable:
             if row.strength is not None:
                 lines.append(
                     f"{'':<{width}}  worst case over all {len(row.strength.accuracies)} attacks at this ε: "
-                    f"{row.strength.worst_case.accuracy:.1%}  [{row.strength.verdict}]"
+                    f"{format_share(row.strength.worst_case.accuracy, row.scans)}  [{row.strength.verdict}]"
                 )
                 lines += [
                     f"{'':<{width}}    {'!!' if c.flagged else 'ok'} {c.title}: {c.detail}"

@@ -40,7 +40,7 @@ from pipeline.evaluation.robustness import (
 )
 from pipeline.params import Param, from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 Kind = Literal["degenerate", "masking", "weak-attack"]
 
@@ -281,7 +281,7 @@ def _judge(
     name = {role: result.label for role, result in by_role.items()}
 
     def pct(role: str) -> str:
-        return f"{name[role]} {acc[role]:.1%}"
+        return f"{name[role]} {format_share(acc[role], scans)}"
 
     checks = []
     for key, role, title, kind, beaten, holds in _VERSUS_PGD:
@@ -293,7 +293,7 @@ def _judge(
         )
     rises = any(later > earlier + tolerance for (_, earlier), (_, later) in zip(ladder, ladder[1:]))
     flat = ladder[0][1] > tolerance and ladder[-1][1] >= ladder[0][1] - tolerance
-    curve = " → ".join(f"{format_epsilon(e)}: {a:.0%}" for e, a in ladder)
+    curve = " → ".join(f"{format_epsilon(e)}: {format_share(a, scans)}" for e, a in ladder)
     checks.append(
         StrengthCheck(
             "epsilon",
@@ -315,7 +315,7 @@ def _judge(
             f"accuracy at ε={format_epsilon(largest)} (must be near zero)",
             "masking",
             last > LARGE_EPS_MAX_ACCURACY,
-            f"PGD ε={format_epsilon(largest)}: {last:.1%}",
+            f"PGD ε={format_epsilon(largest)}: {format_share(last, scans)}",
             f"At ε={format_epsilon(largest)} the attack may repaint a quarter of the grey range, enough to "
             "turn any scan into another class; an attack that still fails is not reaching the model "
             "(masking), is broken, or faces a model that ignores its input (one class for every scan): none "
