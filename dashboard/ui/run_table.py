@@ -14,9 +14,18 @@ from pipeline.store import RunRecord
 from pipeline.tracking import run_link
 
 #: Accuracies in whole percent: validation sets of tens of scans cannot support decimals.
-ACCURACY = st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100)
-#: Columns shown in the table; the full text of a problem is listed under it, never cut off.
-SHOWN = ("run", "model", "state", "epochs", "best epoch", "clean val. acc.", "val. acc. under PGD", "problem")
+ACCURACY = {"format": "%.0f%%"}
+#: The columns shown and their widths in pixels: together they fit the page at 1,440 px without
+#: scrolling (970 of its 980); the full text of a problem is listed under the table, never cut off.
+WIDTHS = {
+    "run": 235,
+    "model": 205,
+    "state": 75,
+    "epochs": 60,
+    "clean val. acc.": 100,
+    "val. acc. under PGD": 130,
+    "problem": 165,
+}
 
 
 #: A running training's phases in one word: validating an epoch is still training, not an evaluation.
@@ -58,7 +67,7 @@ def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
     st.dataframe(
         [
             {
-                **{name: row[name] for name in SHOWN},
+                **{name: row[name] for name in WIDTHS},
                 **{name: _percent(row[name]) for name in ("clean val. acc.", "val. acc. under PGD")},
                 "problem": _headline(row["problem"] or row["job"]),
                 **({"MLflow": row["MLflow"]} if links else {}),
@@ -67,9 +76,14 @@ def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
         ],
         hide_index=True,
         column_config={
-            "clean val. acc.": ACCURACY,
-            "val. acc. under PGD": ACCURACY,
-            "MLflow": st.column_config.LinkColumn(display_text="open", help="The run in the MLflow UI"),
+            **{name: st.column_config.Column(width=width) for name, width in WIDTHS.items()},
+            **{
+                name: st.column_config.NumberColumn(width=WIDTHS[name], **ACCURACY)
+                for name in ("clean val. acc.", "val. acc. under PGD")
+            },
+            "MLflow": st.column_config.LinkColumn(
+                display_text="open", help="The run in the MLflow UI", width="small"
+            ),
         },
     )
     for row in rows:
