@@ -363,7 +363,7 @@ def test_a_training_run_is_shown_as_the_store_has_it_on_every_page(
     for name in saved:
         (run_dir / name).unlink()
     (run_dir / METRICS).touch()
-    update_status(run_dir, {"phase": "evaluating", "message": "epoch 1/1: validation under PGD", "job": None})
+    update_status(run_dir, {"phase": "validating", "message": "epoch 1/1: validation under PGD", "job": None})
     register_self(run_dir)
     monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(runs))
     at = page("models")

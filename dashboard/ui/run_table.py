@@ -29,7 +29,7 @@ WIDTHS = {
 
 
 #: A running training's phases in one word: validating an epoch is still training, not an evaluation.
-RUNNING_WORDS = {"queued": "starting", "loading": "starting", "evaluating": "training"}
+RUNNING_WORDS = {"queued": "starting", "loading": "starting", "validating": "training"}
 
 
 def state_word(state: JobState) -> str:

@@ -365,7 +365,7 @@ class Trainer:
             trained = self._train_epoch(epoch, epoch_times)
             train_time = time.time() - started
             self.job.status(
-                phase="evaluating", message=f"epoch {epoch}/{config.epochs}: validation under PGD"
+                phase="validating", message=f"epoch {epoch}/{config.epochs}: validation under PGD"
             )
             images = trained.pop("images")
             line = {
