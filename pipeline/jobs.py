@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import psutil
 
 from pipeline.errors import CheckpointError, UserInputError
-from pipeline.progress import ProgressCallback
+from pipeline.progress import ProgressCallback, TimeLeft
 from pipeline.store import (
     STATUS,
     TERMINAL_PHASES,
@@ -352,6 +352,7 @@ class JobContext:
         self.started = time.time()
         self.cancelled = False
         self._written = 0.0
+        self._timer = TimeLeft()
 
     def __enter__(self) -> JobContext:
         if self.writer:
@@ -385,19 +386,29 @@ class JobContext:
     def report(self, done: int, total: int, message: str = "", *, eta_s: Optional[float] = None) -> None:
         """Progress: echoed at once, written at most every ``STATUS_INTERVAL_S`` seconds.
 
-        ``eta_s`` (seconds left) defaults to the elapsed time scaled by the fraction left.
+        ``eta_s`` (seconds left) defaults to :class:`pipeline.progress.TimeLeft`'s, from the rate of
+        the recent reports. It is written with ``eta_at``, the time it was true, and ``progress_at``,
+        when the work last moved, so a watcher counts it down and sees a job that went quiet.
         """
         if self.echo is not None:
             self.echo(done, total, message)
         now = time.time()
-        if not total or now - self._written < STATUS_INTERVAL_S:
+        if not total:
+            return
+        fraction = min(done / total, 1.0)
+        self._timer.update(fraction, now)
+        if now - self._written < STATUS_INTERVAL_S:
             return
         self._written = now
-        fraction = min(done / total, 1.0)
-        if eta_s is None and fraction > 0:
-            eta_s = (now - self.started) * (1 - fraction) / fraction
-        fields = {"progress": round(fraction, 4), "eta_s": None if eta_s is None else round(eta_s, 1)}
-        self.status(**fields, **({"message": message} if message else {}))
+        if eta_s is None:
+            eta_s = self._timer.seconds(now)
+        self.status(
+            progress=round(fraction, 4),
+            eta_s=None if eta_s is None else round(eta_s, 1),
+            eta_at=now,
+            progress_at=self._timer.moved,
+            **({"message": message} if message else {}),
+        )
 
     def progress(self) -> ProgressCallback:
         """A progress callback for pipeline work that also raises :class:`JobCancelled` when asked to stop."""

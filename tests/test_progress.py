@@ -9,9 +9,10 @@ from torch.utils.data import TensorDataset
 
 from dashboard.ui.job_view import job_time_left
 from pipeline.evaluation.robustness import AttackSpec, evaluate
-from pipeline.jobs import JobState
+from pipeline.jobs import JobContext, JobState
 from pipeline.models import build_model
 from pipeline.progress import TimeLeft, time_left_words
+from pipeline.store import read_status
 
 
 def test_time_left_follows_the_recent_rate_not_the_average() -> None:
@@ -46,6 +47,15 @@ def test_a_jobs_estimate_is_read_against_the_clock() -> None:
     assert job_time_left(state, now=written + 60) == "about 16 min left"
     state = JobState("running", True, {"eta_s": 100.0, "eta_at": written, "progress_at": written})
     assert job_time_left(state, now=written + 898) == "slower than measured so far: no progress for 898 s"
+
+
+def test_a_job_writes_when_its_estimate_was_true(tmp_path) -> None:
+    job = JobContext(tmp_path / "job", kind="evaluation")
+    (tmp_path / "job").mkdir()
+    job.report(3, 10, "PGD, batch 1/4")
+    status = read_status(tmp_path / "job")
+    assert status["progress"] == 0.3 and status["message"] == "PGD, batch 1/4"
+    assert status["eta_at"] == status["progress_at"] and status["eta_s"] is None  # no rate from one report
 
 
 def test_an_evaluation_reports_from_inside_each_attack() -> None:

@@ -69,12 +69,12 @@ def _number(value: object) -> float:
 def job_time_left(state: JobState, now: float) -> str:
     """The job's time left at ``now``: its last estimate counted down since it was written.
 
-    A job writes ``eta_s`` at ``eta_at`` (else the status's ``updated_at``) and ``progress_at`` when
-    its progress last moved; reading them against the clock, a job gone quiet shows as overdue
-    instead of repeating its last estimate.
+    A job writes ``eta_s`` at ``eta_at`` and ``progress_at`` when its progress last moved
+    (:meth:`pipeline.jobs.JobContext.report`); read against the clock, a job gone quiet shows as
+    overdue instead of repeating its last estimate.
     """
     status = state.status
-    written = status.get("eta_at", status.get("updated_at"))
+    written = status.get("eta_at")
     moved = status.get("progress_at", written)
     seconds = None if state.eta_s is None or written is None else state.eta_s - (now - written)
     return time_left_words(seconds, now - moved if moved is not None else 0.0)
