@@ -40,11 +40,12 @@ from pipeline.evaluation import (
     reference_attacks,
 )
 from pipeline.evaluation import figures
-from pipeline.evaluation.background import start_evaluation_job
+from pipeline.evaluation.background import run_job, start_evaluation_job
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.data import split_indices
 from pipeline.evaluation.reference import ATTACK_COLUMNS, COLUMN_LABELS, COLUMNS
 from pipeline.evaluation.report import (
+    INCOMPLETE,
     SYNTHETIC_BANNER,
     jsonable,
     read_report,
@@ -373,3 +374,27 @@ def test_the_dashboard_draws_the_reports_own_figures(suite) -> None:
     assert histogram([again]).to_json() == histogram([minimal]).to_json()
     dashboard_figures = (REPO / "dashboard" / "ui" / "figures.py").read_text()
     assert not re.search(r"#[0-9a-fA-F]{6}", dashboard_figures), "colours come from pipeline.evaluation.figures"
+
+
+def test_a_cancelled_evaluation_keeps_the_sections_that_finished(runs: Path, tmp_path: Path) -> None:
+    """Cancelled while its strength checks run: the attacks that had finished stay, marked incomplete."""
+    run_dir = sorted(runs.iterdir())[0]
+    job_dir = tmp_path / "job"
+    strength = StrengthSettings(
+        pgd_steps=2, strong_steps=2, strong_restarts=1, square_queries=10, ensemble_steps=2
+    )
+    suite = SuiteSettings(attacks=("fgsm", "pgd"), epsilons=(4 / 255,), steps=2, strength_settings=strength)
+    request = EvaluationRequest(runs=(str(run_dir),), suite=suite, limit=4, device="cpu", out=str(job_dir))
+
+    def cancel_in_the_strength_checks(done: int, total: int, message: str) -> None:
+        if "strength checks" in message:
+            (job_dir / "cancel").write_bytes(b"cancel requested\n")  # as the Cancel button does
+
+    with pytest.raises(UserInputError, match="sections that had finished"):
+        run_job(request, job_dir, echo=cancel_in_the_strength_checks)
+    assert job_state(job_dir).phase == "cancelled"
+    kept = read_report(job_dir / "report.json")
+    assert kept["complete"] is False and kept["scans"] == 4
+    assert [attack["attack"]["name"] for attack in kept["models"][0]["report"]["attacks"]] == ["fgsm", "pgd"]
+    assert kept["models"][0]["strength"] == []  # the section it was cancelled in is not half-kept
+    assert INCOMPLETE in (job_dir / "report.html").read_text()

@@ -80,23 +80,27 @@ def job_time_left(state: JobState, now: float) -> str:
     return time_left_words(seconds, now - moved if moved is not None else 0.0)
 
 
-def job_panel(run_dir: Path | str, *, key: str, curves: bool = True, what: str = "training") -> bool:
-    """Draw the job's progress (live while it runs); returns True while it is still running."""
+def job_panel(
+    run_dir: Path | str,
+    *,
+    key: str,
+    curves: bool = True,
+    what: str = "training",
+    kept: str = "its last finished epoch is kept",
+) -> bool:
+    """Draw the job's progress (live while it runs); returns True while it is still running.
+
+    ``kept`` says what of a job that stopped early is still there (its last epoch, finished sections).
+    """
     state = job_state(run_dir)
     if state.running:
         _live(str(run_dir), key, curves, what)
         return True
     if state.phase == "failed":
-        st.error(
-            f"The {what} {Path(run_dir).name} failed: {state.error or 'no reason recorded'}",
-            icon=":material/error:",
-        )
+        name, why = Path(run_dir).name, state.error or "no reason recorded"
+        st.error(f"The {what} {name} failed: {why}. {kept.capitalize()}.", icon=":material/error:")
     elif state.phase == "cancelled":
-        st.warning(
-            f"The {what} {Path(run_dir).name} was cancelled"
-            + ("; its last finished epoch is kept." if curves else "."),
-            icon=":material/stop_circle:",
-        )
+        st.warning(f"The {what} {Path(run_dir).name} was cancelled; {kept}.", icon=":material/stop_circle:")
     if curves:
         training_curves(Path(run_dir), key)
     return False

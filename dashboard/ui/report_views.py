@@ -21,6 +21,7 @@ from pipeline.attacks import attack_class
 from pipeline.evaluation import figures
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.reference import COLUMN_LABELS
+from pipeline.evaluation.report import INCOMPLETE
 from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
 from pipeline.units import format_epsilon, format_share
@@ -260,6 +261,8 @@ def downloads(outputs: dict[str, str]) -> None:
 
 def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     header(report)
+    if report.get("complete") is False:
+        st.warning(INCOMPLETE, icon=":material/hourglass_bottom:")
     untrained_warnings(report)
     tabs = st.tabs(
         ["Reference table", "Confusion matrices", "Robustness curves", "Strength checks", "Certified"]

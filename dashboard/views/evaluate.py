@@ -170,7 +170,12 @@ ended = [watched] if watched and watched not in running and job_state(watched).p
 for job_dir in running + ended:
     with st.container(border=True):
         st.markdown(f"**Evaluation {Path(job_dir).name}**")
-        job_panel(job_dir, key=f"evaluate:{job_dir}", curves=False, what="evaluation")
+        kept = (
+            "the sections that had finished are kept: choose it under Evaluation below"
+            if (Path(job_dir) / FILES["json"]).is_file()
+            else "no section had finished, so nothing was kept"
+        )
+        job_panel(job_dir, key=f"evaluate:{job_dir}", curves=False, what="evaluation", kept=kept)
 
 reports = {str(folder): folder for folder in finished_reports(list(runs))}
 if not reports:

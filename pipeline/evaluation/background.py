@@ -42,11 +42,12 @@ def run_job(
 ) -> tuple[EvaluationSuite, dict[str, Path]]:
     """In the job's process: evaluate with status and progress in ``job_dir``, stopping when cancelled.
 
-    Raises :class:`UserInputError` when the job was cancelled (nothing is written then).
+    Raises :class:`UserInputError` when the job was cancelled; the sections that had finished are
+    kept in ``job_dir``'s report, marked incomplete.
     """
     with jobs.JobContext(job_dir, kind="evaluation", echo=echo) as job:
         job.status(phase="running", message="loading runs", progress=0.0)
         suite, paths = evaluate_runs(request, job.progress())
         job.finish(message="evaluation finished", outputs={kind: str(path) for kind, path in paths.items()})
         return suite, paths
-    raise UserInputError("the evaluation was cancelled; nothing was written")
+    raise UserInputError(f"the evaluation was cancelled; the sections that had finished are in {job_dir}")

@@ -44,6 +44,11 @@ from pipeline.store import atomic_write_bytes
 from pipeline.units import format_epsilon, format_share
 
 FILES = {"json": "report.json", "csv": "report.csv", "html": "report.html"}
+#: Above a report of an evaluation that has not finished all its sections (still running, or stopped).
+INCOMPLETE = (
+    "Incomplete: this evaluation is still running or stopped before its end (cancelled or failed); only "
+    "the sections that finished are shown."
+)
 OURS = "this evaluation"
 
 
@@ -238,6 +243,8 @@ def report_html(suite: EvaluationSuite) -> str:
     ]
     if suite.synthetic:
         parts.append(f"<div class='banner'>{_e(SYNTHETIC_BANNER)}</div>")
+    if not suite.complete:
+        parts.append(f"<div class='banner'>{_e(INCOMPLETE)}</div>")
     parts += _summary(suite)
     for table in suite.tables:
         parts += _reference_table(table)

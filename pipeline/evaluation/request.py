@@ -69,6 +69,8 @@ def evaluate_runs(
 ) -> tuple[EvaluationSuite, dict[str, Path]]:
     """Evaluate the requested runs on their held-out scans; return the suite and the report files.
 
+    The reports are also written after every finished section, marked incomplete, so an
+    evaluation that is cancelled or fails later keeps what it had done.
     Raises :class:`UserInputError` when a run is missing or unreadable, is given twice, or when
     the runs were trained on different data or splits (their figures would not be comparable).
     """
@@ -90,6 +92,7 @@ def evaluate_runs(
         }
     dataset, split = run_data(loaded[0][1])
     indices = split_indices(split, request.split, dataset.labels, limit=request.limit)
+    out = Path(request.out) if request.out is not None else new_evaluation_dir(run_dirs[0])
     suite = evaluate_models(
         models,
         dataset,
@@ -99,8 +102,8 @@ def evaluate_runs(
         info=info,
         device=request.device,
         progress=progress,
+        on_section=lambda partial: save_report(partial, out),  # kept if the rest is cancelled or fails
     )
-    out = Path(request.out) if request.out is not None else new_evaluation_dir(run_dirs[0])
     return suite, save_report(suite, out)
 
 

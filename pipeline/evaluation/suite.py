@@ -12,7 +12,7 @@ import itertools
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -176,6 +176,8 @@ class EvaluationSuite:
     device: str
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     seconds: float = 0.0
+    #: False for the sections finished so far of an evaluation still running, or stopped before its end.
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,6 +192,7 @@ class EvaluationSuite:
             "device": self.device,
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "seconds": self.seconds,
+            "complete": self.complete,
             "reference_tables": [table.to_dict() for table in self.tables],
             "models": [model.to_dict() for model in self.models],
             "transfer": self.transfer.to_dict() if self.transfer else None,
@@ -206,8 +209,13 @@ def evaluate_models(
     info: Optional[Mapping[str, dict[str, Any]]] = None,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    on_section: Optional[Callable[[EvaluationSuite], None]] = None,
 ) -> EvaluationSuite:
-    """Run the whole evaluation; ``info`` adds per-model facts (run directory, strategy) to the report."""
+    """Run the whole evaluation; ``info`` adds per-model facts (run directory, strategy) to the report.
+
+    ``on_section`` receives the suite of every section finished so far (``complete=False``) each
+    time one ends, so work that is cancelled or fails later is not lost with it.
+    """
     started = time.perf_counter()
     specs = attack_specs(settings.attacks, settings.epsilons, settings.steps)
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
@@ -223,12 +231,49 @@ def evaluate_models(
         + (settings.transfer and len(models) > 1)
     )
     stage_numbers = itertools.count()
+    common = dict(batch_size=settings.batch_size, device=device)
+    evaluated: list[ModelEvaluation] = []
+    transfer: Optional[TransferResult] = None
+
+    def suite(complete: bool) -> EvaluationSuite:
+        reports = [entry.report for entry in evaluated]
+        tables = (
+            [
+                reference_table(
+                    reports,
+                    eps,
+                    {
+                        entry.name: entry.strength_at(eps)
+                        for entry in evaluated
+                        if entry.strength_at(eps) is not None
+                    },
+                )
+                for eps in settings.epsilons
+            ]
+            if any(name in ATTACK_COLUMNS for name in settings.attacks)
+            else []
+        )
+        first = reports[0]
+        return EvaluationSuite(
+            dataset=first.dataset,
+            synthetic=any(r.synthetic for r in reports),
+            split=split,
+            indices=first.indices,
+            settings=settings,
+            models=list(evaluated),
+            tables=tables,
+            transfer=transfer,
+            device=first.device,
+            seconds=time.perf_counter() - started,
+            complete=complete,
+        )
 
     def next_stage(label: str) -> Optional[ProgressCallback]:
+        """The progress of the next section; the sections before it are finished: hand them over."""
+        if on_section is not None and evaluated:
+            on_section(suite(complete=False))
         return staged(progress, next(stage_numbers), stage_count, label, separator=" — ")
 
-    common = dict(batch_size=settings.batch_size, device=device)
-    evaluated = []
     for name, model in models.items():
         result = evaluate(
             model,
@@ -243,8 +288,9 @@ def evaluate_models(
         entry = ModelEvaluation(
             name, result, sweep_from_report(result), info=dict((info or {}).get(name, {}))
         )
-        if settings.strength:
-            entry.strength = [
+        evaluated.append(entry)  # filled in section by section below
+        for eps in settings.epsilons if settings.strength else ():
+            entry.strength.append(
                 strength_checks(
                     model,
                     dataset,
@@ -256,8 +302,7 @@ def evaluate_models(
                     progress=next_stage(f"{name}: strength checks at ε={format_epsilon(eps)}"),
                     **common,
                 )
-                for eps in settings.epsilons
-            ]
+            )
         if settings.minimal_epsilon:
             entry.minimal = minimal_epsilon_distribution(
                 model,
@@ -290,8 +335,6 @@ def evaluate_models(
                     **common,
                 )
             )
-        evaluated.append(entry)
-    transfer = None
     if settings.transfer and len(models) > 1:
         transfer = transfer_matrix(
             models,
@@ -301,34 +344,5 @@ def evaluate_models(
             progress=next_stage("transfer matrix"),
             **common,
         )
-    reports = [entry.report for entry in evaluated]
-    tables = (
-        [
-            reference_table(
-                reports,
-                eps,
-                {
-                    entry.name: entry.strength_at(eps)
-                    for entry in evaluated
-                    if entry.strength_at(eps) is not None
-                },
-            )
-            for eps in settings.epsilons
-        ]
-        if any(name in ATTACK_COLUMNS for name in settings.attacks)
-        else []
-    )
     report(progress, 1, 1, "evaluation done")
-    first = reports[0]
-    return EvaluationSuite(
-        dataset=first.dataset,
-        synthetic=any(r.synthetic for r in reports),
-        split=split,
-        indices=first.indices,
-        settings=settings,
-        models=evaluated,
-        tables=tables,
-        transfer=transfer,
-        device=first.device,
-        seconds=time.perf_counter() - started,
-    )
+    return suite(complete=True)
