@@ -124,7 +124,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             help="Attacks crafted on one model, replayed on the others (needs two models or more)",
         )
         sigma = middle.number_input(
-            "Certify with noise σ (0 = off)",
+            "Certify with noise σ (image scale 0–1; 0 = off)",
             0.0,
             10.0,
             0.0,

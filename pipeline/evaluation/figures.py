@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from pipeline.constants import GREY_LEVEL
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.evaluation.sweeps import WORST_CASE, MinimalEpsilon, SweepResult
@@ -200,13 +201,18 @@ def minimal_epsilon_histogram(results: Sequence[MinimalEpsilon]) -> go.Figure:
 
 
 def certified_curves(curves: Sequence[tuple[str, CertifiedCurve]]) -> go.Figure:
-    """Certified accuracy against L2 radius (randomized smoothing)."""
+    """Certified accuracy against L2 radius (randomized smoothing), the radius in grey levels like every
+    L2 size the lab shows, the noise σ per pixel like every ε."""
     series = {
-        f"{model} (σ={curve.sigma:g}, n={curve.n})": (curve.radii, curve.accuracy) for model, curve in curves
+        f"{model} (σ={format_epsilon(curve.sigma)}, n={curve.n})": (
+            [radius / GREY_LEVEL for radius in curve.radii],
+            curve.accuracy,
+        )
+        for model, curve in curves
     }
     return lines(
         series,
-        x_title="L2 radius (image scale)",
+        x_title="L2 radius (grey levels)",
         y_title="certified accuracy (%)",
         percent=True,
         title="Certified accuracy by randomized smoothing (a guarantee, not an attack)",

@@ -35,7 +35,7 @@ from pipeline.evaluation.reference import (
     STUDY_COLUMNS,
     ReferenceTable,
 )
-from pipeline.constants import SYNTHETIC_BANNER
+from pipeline.constants import GREY_LEVEL, SYNTHETIC_BANNER
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
@@ -378,8 +378,12 @@ def _model_section(model: ModelEvaluation) -> list[str]:
     if model.certified is not None:
         curve = model.certified
         parts.append(
-            f"<p>Randomized smoothing (σ={curve.sigma:g}, n={curve.n}, α={curve.alpha:g}): certified "
-            + ", ".join(f"{format_share(a)} at r={r:g}" for r, a in zip(curve.radii, curve.accuracy))
+            f"<p>Randomized smoothing (σ={format_epsilon(curve.sigma)}, n={curve.n}, α={curve.alpha:g}): "
+            "certified "
+            + ", ".join(
+                f"{format_share(a)} at L2 radius {r / GREY_LEVEL:.0f} grey levels"
+                for r, a in zip(curve.radii, curve.accuracy)
+            )
             + f"; abstained on {format_share(curve.abstained)} of the scans.</p>"
         )
     examples = [(result, example) for result in report.attacks for example in result.examples[:1]]
