@@ -69,7 +69,7 @@ def runs_table(records: list[RunRecord], states: dict[str, JobState]) -> None:
             {
                 **{name: row[name] for name in WIDTHS},
                 **{name: _percent(row[name]) for name in ("clean val. acc.", "val. acc. under PGD")},
-                "problem": _headline(row["problem"] or row["job"]),
+                "problem": _headline(row["problem"]),  # the job's own failure shows as its state
                 **({"MLflow": row["MLflow"]} if links else {}),
             }
             for row in rows

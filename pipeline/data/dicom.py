@@ -58,9 +58,9 @@ from pydicom.uid import (
 )
 
 from pipeline.constants import LUNG_WINDOW, MEDIASTINAL_WINDOW
-from pipeline.data.pixels import check_dimensions, failure_reason, to_grey, to_uint8
+from pipeline.data.pixels import check_dimensions, to_grey, to_uint8
 from pipeline.data.studies import SliceIdentity, slice_identity
-from pipeline.errors import ScanError, UserInputError
+from pipeline.errors import ScanError, UserInputError, failure_reason
 
 #: A window: a name, or ``(width, level)`` in the file's units (Hounsfield units for CT).
 Window = Union[str, tuple[float, float]]

@@ -6,14 +6,11 @@ conversions (one place to audit for decompression bombs and odd bit depths).
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
 import numpy as np
 
 from pipeline.errors import ScanError
-
-log = logging.getLogger("lunglab.data")
 
 #: Largest image accepted, checked from the header before any pixel is decoded (a 50 MP
 #: decompression bomb would take 50 MB as 8-bit and several times that while converting).
@@ -100,21 +97,3 @@ def to_uint8(pixels: np.ndarray, notes: list[str]) -> np.ndarray:
         return np.zeros(values.shape, dtype=np.uint8)
     notes.append(f"{pixels.dtype} values scaled to 8-bit by the image's own range ({low:g} -> 0, {high:g} -> 255)")
     return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def failure_reason(exc: BaseException) -> str:
-    """What a decoder's exception means, in the lab's words, for a user-facing message.
-
-    A decoding library's own text ("image file is truncated (7 bytes not processed)") names its
-    internals, not the file's problem; it goes to the server log for the operator instead.
-    """
-    text = " ".join(str(exc).split())
-    log.info("decoder failure: %s: %s", type(exc).__name__, text[:500])
-    lowered = text.lower()
-    if isinstance(exc, EOFError) or any(word in lowered for word in ("truncat", "end of file", "premature")):
-        return "the file ends early, so part of the image is missing"
-    if isinstance(exc, MemoryError):
-        return "decoding it needs more memory than this machine has"
-    if isinstance(exc, NotImplementedError) or "unsupported" in lowered or "not supported" in lowered:
-        return "it is encoded in a way this lab cannot decode"
-    return "its encoded pixel data does not add up to an image"

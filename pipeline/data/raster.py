@@ -31,8 +31,8 @@ from typing import Callable, Final
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.data.pixels import check_dimensions, failure_reason
-from pipeline.errors import ScanError
+from pipeline.data.pixels import check_dimensions
+from pipeline.errors import ScanError, failure_reason
 
 ACCEPTED_FORMATS: Final[str] = "JPEG, PNG (8- or 16-bit), TIFF, BMP or DICOM"
 #: Pillow format names we decode; MPO is a JPEG with extra pictures (some cameras write it).

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Final
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, failure_reason
 from pipeline.store.files import MAX_BYTES, atomic_write_json, save_failure
 from pipeline.store.layout import CONFIG, LAST, LAST_META, MODEL, RUN_FILES, STATUS
 from pipeline.store.model import load_model
@@ -88,7 +88,9 @@ def import_run(zip_path: Path | str, runs_dir: Path | str) -> Path:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as error:
-        raise CheckpointError(f"{zip_path.name} is a damaged or unsupported zip file ({error})") from None
+        raise CheckpointError(
+            f"{zip_path.name} is a damaged or unsupported zip file ({failure_reason(error)})"
+        ) from None
     return target
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, failure_reason
 from pipeline.models import ScanClassifier
 from pipeline.store.files import atomic_write_bytes, read_limited
 
@@ -35,8 +35,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
     except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as error:
         raise CheckpointError(
-            f"{path.name} is not a readable safetensors file ({error}); it is truncated, damaged or not a "
-            "checkpoint of this lab (pickled .pt files are never loaded)"
+            f"{path.name} is not a readable safetensors file ({failure_reason(error)}); it is truncated, "
+            "damaged or not a checkpoint of this lab (pickled .pt files are never loaded)"
         ) from None
     return tensors, metadata
 
