@@ -10,15 +10,18 @@ Debian's Chromium is used (``/usr/bin/chromium``), never a downloaded browser.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,46 +97,28 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"streamlit did not become healthy in {STARTUP_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("browser")
-    runs, cache = home / "runs", home / "cache"
+@contextlib.contextmanager
+def serve(home: Path, runs: Path) -> Iterator[str]:
+    """``streamlit run dashboard/app.py`` on its own port over ``runs``; yields its URL once healthy."""
+    cache = home / "cache"
     env = {
         **os.environ,
         "LUNGLAB_RUNS_DIR": str(runs),
         "LUNGLAB_CACHE_DIR": str(cache),
         "LUNGLAB_DATA": "synthetic",
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LUNGLAB_CACHE_DIR", str(cache))
-        torch.manual_seed(0)
-        second = train(TrainConfig.from_dict({**TINY, "seed": 1}), runs)
-        run_dir = train(TrainConfig.from_dict(TINY), runs)  # the newest: the model the sidebar selects
-        finished_evaluation([run_dir, second])
     port = _free_port()
     log = home / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+        "--server.headless", "true", "--server.port", str(port),
+    ]  # fmt: skip
     with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "dashboard/app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process, log)
-        yield Server(url, runs, run_dir)
+        yield url
     finally:
         process.terminate()
         try:
@@ -142,6 +127,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             process.kill()
             process.wait()
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("browser")
+    runs = home / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUNGLAB_CACHE_DIR", str(home / "cache"))
+        torch.manual_seed(0)
+        second = train(TrainConfig.from_dict({**TINY, "seed": 1}), runs)
+        run_dir = train(TrainConfig.from_dict(TINY), runs)  # the newest: the model the sidebar selects
+        finished_evaluation([run_dir, second])
+    with serve(home, runs) as url:
+        yield Server(url, runs, run_dir)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server started just now on an empty runs folder: what a newcomer starts."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with serve(tmp_path, runs) as url:
+        yield Server(url, runs, runs / "none yet")
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +162,44 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-def open_page(browser, server: Server, path: str = ""):
+#: Every request each open page made to a host other than this machine (there must be none).
+OUTSIDE: dict[object, list[str]] = {}
+#: The app's navigation labels; the page files' names must never show in their place.
+NAVIGATION = ["Data", "Train", "Attack a scan", "Evaluate", "Models"]
+#: On a fresh server, the page drawn while the libraries load.
+LOADING = "freshly started server"
+
+
+def new_page(browser):
+    """A page in a fresh context that records every request leaving the machine."""
     context = browser.new_context(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
     page = context.new_page()
+    OUTSIDE[page] = []
+    page.on(
+        "request",
+        lambda request: OUTSIDE[page].append(request.url)
+        if urllib.parse.urlparse(request.url).hostname not in (None, "127.0.0.1", "localhost")
+        else None,
+    )
+    return page
+
+
+def open_page(browser, server: Server, path: str = ""):
+    page = new_page(browser)
     page.goto(f"{server.url}/{path}")
     page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=RESULT_MS)
+    page.wait_for_function(
+        f"() => !document.querySelector('[data-testid=\"stMain\"]').innerText.includes('{LOADING}')",
+        timeout=RESULT_MS,
+    )
     wait_idle(page)
     return page
+
+
+def navigation(page) -> list[str]:
+    """The sidebar's navigation labels (a link's text is its icon's ligature name, then its label)."""
+    links = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    return [text.strip().splitlines()[-1].strip() for text in links]
 
 
 def wait_idle(page) -> None:
@@ -197,6 +236,36 @@ def go(page, title: str) -> None:
         timeout=RESULT_MS
     )
     wait_idle(page)
+
+
+#: How many plot legends overlap an x-axis title among the charts on screen (must be 0).
+LEGEND_OVER_AXIS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(plot => plot.offsetParent !== null)
+    .flatMap(plot => {
+        const legend = plot.querySelector('.legend');
+        if (!legend) return [];
+        const a = legend.getBoundingClientRect();
+        return [...plot.querySelectorAll('.xtitle')].map(title => {
+            const b = title.getBoundingClientRect();
+            return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        });
+    }).filter(Boolean).length"""
+#: Each visible chart's x-axis title, number of points in its first series and number of shapes.
+CHARTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => ({
+    x: (((plot.layout || {}).xaxis || {}).title || {}).text || '',
+    points: plot.data && plot.data[0] && plot.data[0].x ? plot.data[0].x.length : 0,
+    shapes: ((plot.layout || {}).shapes || []).length,
+}))"""
+#: What the time left on a progress bar may say (pipeline.progress.time_left_words).
+TIME_LEFT = re.compile(
+    r"· (estimating time left|about \d+ (s|min) left|no progress for \d+ s"
+    r"|slower than measured so far: no progress for \d+ s)$"
+)
+
+
+def legends_over_axis_titles(page) -> int:
+    page.wait_for_timeout(500)  # plotly lays legends out after the first paint
+    return page.evaluate(LEGEND_OVER_AXIS)
 
 
 #: Results on screen are those of the current choices: no attack running, no "previous choices" note.
@@ -270,6 +339,7 @@ def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) ->
     assert page.get_by_role("heading", name="Attack a scan").count() == 1
     assert page.get_by_text("synthetic — not medical data").count() >= 1
     choose_test_scan(page, first_correct(server))  # a scan the model gets right: the attack has work to do
+    page.get_by_text("Also find the smallest budget").click()  # off by default, its cost stated
     run_attack(page)
     assert_no_error(page)
     assert metric(page, "Largest change") == "4/255"
@@ -278,9 +348,12 @@ def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) ->
     assert page.locator(".js-plotly-plot").count() >= 3
     record = json.loads(download(page, "What was done (JSON)"))
     assert record["result"]["attack"] == "fgsm" and record["scan"]["source"] == "test split"
+    assert record["result"]["minimal_eps_attack"] == "fgsm"  # searched with the attack that was run
     attacked = np.asarray(Image.open(io.BytesIO(download(page, "Attacked scan (PNG)"))))
     assert attacked.shape == (48, 48) and attacked.dtype == np.uint8
+    assert legends_over_axis_titles(page) == 0
     screenshot(page, "attack", publish=True)
+    assert OUTSIDE.pop(page) == []
     page.context.close()
 
 
@@ -309,17 +382,20 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     )  # clean + 3 attacks
     assert_no_error(page)
     screenshot(page, "evaluate", publish=True)
+    page.get_by_role("tab", name="Robustness curves").click()
+    assert legends_over_axis_titles(page) == 0
 
     go(page, "Models")
     assert page.get_by_text(server.run_dir.name).count() >= 1
     assert_no_error(page)
+    assert legends_over_axis_titles(page) == 0
     screenshot(page, "models", publish=True)
+    assert OUTSIDE.pop(page) == []  # every asset of every page is served by this machine
     page.context.close()
 
 
 def test_upload_a_png_and_a_dicom(browser, server: Server) -> None:
     page = open_page(browser, server)
-    page.get_by_text("Also find the smallest budget").click()  # off: one search is tested above
     choose_upload_source(page)
     scan = (np.indices((96, 80)).sum(axis=0) % 256).astype(np.uint8)
     upload(page, "slice.png", png(scan), "image/png")
@@ -395,7 +471,7 @@ def test_several_people_attack_different_scans_at_once(browser, server: Server) 
             {"eps": 4 * GREY_LEVEL},
             label=label,
             classes=tuple(record.config["classes"]),
-            find_minimal_eps=True,
+            find_minimal_eps=False,  # off unless asked for: its cost is stated beside the switch
         )
         expected = json.loads(json.dumps(serial.to_dict()))
         for key in (
@@ -413,3 +489,85 @@ def test_several_people_attack_different_scans_at_once(browser, server: Server) 
     screenshot(pages[-1], "attack-concurrent")
     for page in pages:
         page.context.close()
+
+
+# ------------------------------------------------------------------------ the newcomer's path
+def prepare_first_model(page, fresh: Server, trained: Server) -> None:
+    """THE DEMO STEP. The first-start card offers to train the quick demo model, which takes minutes
+    on a CPU; the walk copies in a tiny trained run instead. When issue 12's "Prepare the demo"
+    button is on the card, click it here and wait for its model in its place."""
+    assert page.get_by_role("button", name="Train a quick demo model").count() == 1
+    ignore = shutil.ignore_patterns("evaluations")
+    shutil.copytree(trained.run_dir, fresh.runs / trained.run_dir.name, ignore=ignore)
+
+
+def test_a_newcomer_walks_from_the_first_start_to_the_models(
+    browser, server: Server, fresh_server: Server
+) -> None:
+    """First start, the demo, an attack, an evaluation and the Models page, as a person meets them."""
+    page = new_page(browser)
+    page.goto(fresh_server.url)
+    # First start: the app's own navigation and the page title come before the libraries load, and
+    # the navigation never lists the page files.
+    labels_seen: list[list[str]] = []
+    while not page.locator('[data-testid="stMain"] h1').count() or not navigation(page):
+        labels_seen.append(navigation(page))
+        page.wait_for_timeout(100)
+    labels_seen.append(navigation(page))
+    assert all(labels in ([], NAVIGATION) for labels in labels_seen), labels_seen
+    assert page.locator('[data-testid="stMain"] h1').first.inner_text() == "Attack a scan"
+    page.get_by_role("heading", name="No trained model yet").wait_for(timeout=RESULT_MS)
+    wait_idle(page)
+    assert_no_error(page)
+    assert LOADING not in page.locator('[data-testid="stMain"]').inner_text()  # nothing stale is left
+    screenshot(page, "first-start", publish=True)
+
+    prepare_first_model(page, fresh_server, server)
+    page.reload()
+    page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)
+    wait_idle(page)
+
+    # Attack: PGD with its 10 steps; the costly budget search is off and says what it would cost.
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Attack").first.click()
+    page.get_by_role("option", name="PGD (L∞) · white-box").click()
+    page.get_by_text("Costs up to 8 more runs of PGD (L∞)").wait_for(timeout=RESULT_MS)
+    wait_idle(page)
+    search = page.locator("label").filter(has_text="Also find the smallest budget").locator("input")
+    assert not search.is_checked()
+    run_attack(page)
+    assert_no_error(page)
+    assert metric(page, "Largest change").endswith("/255")
+    assert metric(page, "Total change (L2)").endswith(" grey levels")  # one unit for both sizes
+    trace = next(chart for chart in page.evaluate(CHARTS) if chart["x"].startswith("attack step"))
+    # PGD-10: the original scan and one point per step, and no threshold line
+    assert trace == {"x": "attack step (0 = the original scan)", "points": 11, "shapes": 0}
+    assert legends_over_axis_titles(page) == 0
+
+    # Evaluate: a small evaluation in the background, its bar saying honestly how long is left.
+    go(page, "Evaluate")
+    form = page.locator('[data-testid="stForm"]')
+    form.get_by_role("spinbutton", name="At most this many scans (0 = all)").fill("3")
+    form.get_by_text("Strength checks").click()
+    form.get_by_role("button", name="Start the evaluation").click()
+    bars: list[str] = []
+    header = page.get_by_text(re.compile(r"^3 test scans"))
+    while not header.count():
+        bars += page.locator('[data-testid="stProgress"]').all_inner_texts()
+        page.wait_for_timeout(250)
+        assert len(bars) < 100_000
+    wait_idle(page)
+    assert_no_error(page)
+    assert all(TIME_LEFT.search(" ".join(bar.split())) for bar in bars if bar.strip()), bars
+    main = page.locator('[data-testid="stMain"]').inner_text()
+    assert not re.search(r"Evaluation \d{8}-\d{6}", main)  # no box left behind by the finished job
+    ours = page.locator('[data-testid="stTable"]').first.inner_text()
+    assert re.search(r"\d+%", ours) and not re.search(r"\d+\.\d+%", ours)  # 3 scans: whole percent
+
+    # Models: the run as the store has it, every column readable.
+    go(page, "Models")
+    assert page.get_by_text(server.run_dir.name).count() >= 1
+    assert page.locator('[data-testid="stTable"]').count() >= 1  # the settings, nothing cut off
+    assert legends_over_axis_titles(page) == 0
+    assert_no_error(page)
+    assert OUTSIDE.pop(page) == []
+    page.context.close()
