@@ -23,25 +23,27 @@ import argparse
 import datetime
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.dashboard_server import serve  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 #: The app's navigation labels; the page files' names (``app``, ``attack``…) must never show instead.
 NAVIGATION = ("Data", "Train", "Attack a scan", "Evaluate", "Models")
 FIRST_PAINT = r"""() => {
     const title = document.querySelector('[data-testid="stMain"] h1');
-    const nav = [...document.querySelectorAll('[data-testid="stSidebarNav"] a')].map(a => a.innerText.trim().split("\n").pop().trim());
+    const links = [...document.querySelectorAll('[data-testid="stSidebarNav"] a')];
+    const nav = links.map(a => a.innerText.trim().split("\n").pop().trim());
     return title && title.innerText.trim().length > 0 && nav.includes("Attack a scan");
 }"""
 PAGE_READY = """() => {
@@ -60,36 +62,6 @@ class Start:
     file_names_in_nav: bool
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch_server(port: int, runs: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "LUNGLAB_RUNS_DIR": str(runs), "LUNGLAB_DATA": "synthetic"}
-    command = [
-        sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
-        "--server.headless", "true", "--server.port", str(port),
-    ]  # fmt: skip
-    with open(log, "wb") as output:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"streamlit did not answer within {TIMEOUT_S} s")
-
-
 def outside(url: str) -> bool:
     parsed = urlparse(url)
     return parsed.scheme in ("http", "https", "ws", "wss") and parsed.hostname not in LOCAL_HOSTS
@@ -98,39 +70,29 @@ def outside(url: str) -> bool:
 def one_start(browser, home: Path) -> Start:
     runs = home / "runs"
     runs.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = home / "streamlit.log"
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     names_seen: set[str] = set()
     started = time.monotonic()
-    process = launch_server(port, runs, log)
     try:
-        wait_healthy(url, process, log)
-        server_up = time.monotonic() - started
-        page.goto(url)
-        # Poll often and remember every label the navigation ever showed, not only the last ones.
-        while not page.evaluate(FIRST_PAINT):
+        with serve(home, runs, startup_s=TIMEOUT_S) as url:
+            server_up = time.monotonic() - started
+            page.goto(url)
+            # Poll often and remember every label the navigation ever showed, not only the last ones.
+            while not page.evaluate(FIRST_PAINT):
+                names_seen.update(page.locator('[data-testid="stSidebarNav"] a').all_inner_texts())
+                if time.monotonic() - started > TIMEOUT_S:
+                    raise RuntimeError("the page never painted")
+                page.wait_for_timeout(50)
+            first_paint = time.monotonic() - started
             names_seen.update(page.locator('[data-testid="stSidebarNav"] a').all_inner_texts())
-            if time.monotonic() - started > TIMEOUT_S:
-                raise RuntimeError("the page never painted")
-            page.wait_for_timeout(50)
-        first_paint = time.monotonic() - started
-        names_seen.update(page.locator('[data-testid="stSidebarNav"] a').all_inner_texts())
-        page.wait_for_function(PAGE_READY, timeout=TIMEOUT_S * 1000, polling=50)
-        page_ready = time.monotonic() - started
-        page.wait_for_timeout(1000)  # late requests (favicon, fonts) after the content arrived
+            page.wait_for_function(PAGE_READY, timeout=TIMEOUT_S * 1000, polling=50)
+            page_ready = time.monotonic() - started
+            page.wait_for_timeout(1000)  # late requests (favicon, fonts) after the content arrived
     finally:
         context.close()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     # a link's text is its icon's ligature name, then its label
     labels = {name.strip().splitlines()[-1].strip() for name in names_seen if name.strip()}
     return Start(
@@ -143,7 +105,9 @@ def one_start(browser, home: Path) -> Start:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -151,7 +115,8 @@ def main() -> None:
     starts = []
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="first-paint-") as temp:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         for number in range(args.repeats):
             home = Path(temp) / str(number)
@@ -163,7 +128,9 @@ def main() -> None:
         f"\n{datetime.date.today()}, {platform.machine()} CPU, {os.cpu_count()} cores, "
         f"load average {load:.1f} at the end (shared machine), cold server start, empty runs folder\n"
     )
-    print("| start | server up (s) | first paint (s) | page ready (s) | outside requests | page files in nav |")
+    print(
+        "| start | server up (s) | first paint (s) | page ready (s) | outside requests | page files in nav |"
+    )
     print("|---|---|---|---|---|---|")
     for number, start in enumerate(starts, 1):
         print(

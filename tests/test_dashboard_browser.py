@@ -10,19 +10,12 @@ Debian's Chromium is used (``/usr/bin/chromium``), never a downloaded browser.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +34,7 @@ from pipeline.scan_report import analyse_scan
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
+from tests.dashboard_server import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +50,6 @@ LAUNCH_ARGS = [
 ]
 #: The models read 48 px scans: big enough for Grad-CAM to show something.
 TINY = {**TINY_RUN, "image_size": 48}
-STARTUP_S = 120
 RESULT_MS = 120_000
 ERROR_SELECTOR = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
@@ -75,58 +68,6 @@ class Server:
     url: str
     runs: Path
     run_dir: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"streamlit did not become healthy in {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def serve(home: Path, runs: Path) -> Iterator[str]:
-    """``streamlit run dashboard/app.py`` on its own port over ``runs``; yields its URL once healthy."""
-    cache = home / "cache"
-    env = {
-        **os.environ,
-        "LUNGLAB_RUNS_DIR": str(runs),
-        "LUNGLAB_CACHE_DIR": str(cache),
-        "LUNGLAB_DATA": "synthetic",
-    }
-    port = _free_port()
-    log = home / "streamlit.log"
-    command = [
-        sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
-        "--server.headless", "true", "--server.port", str(port),
-    ]  # fmt: skip
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +163,9 @@ def screenshot(page, name: str, *, publish: bool = False) -> None:
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": 1440, "height": min(max(int(height), 900), 4000)})
     page.wait_for_timeout(600)
+    # widgets resized into view draw a placeholder first: wait for them, so no picture shows grey bars
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=RESULT_MS)
+    page.wait_for_timeout(300)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": 1440, "height": 1100})
@@ -537,7 +481,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(
     run_attack(page)
     assert_no_error(page)
     assert metric(page, "Largest change").endswith("/255")
-    assert metric(page, "Total change (L2)").endswith(" grey levels")  # one unit for both sizes
+    assert metric(page, "Total change (L2)").endswith("/255")  # one unit, grey levels, for both sizes
     trace = next(chart for chart in page.evaluate(CHARTS) if chart["x"].startswith("attack step"))
     # PGD-10: the original scan and one point per step, and no threshold line
     assert trace == {"x": "attack step (0 = the original scan)", "points": 11, "shapes": 0}

@@ -151,8 +151,9 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
     )
     columns[1].metric(
         "Total change (L2)",
-        f"{captions.grey_levels(report.l2)} grey levels",
-        help="L2 norm: the Euclidean size of the whole change, in grey levels like the largest change",
+        f"{report.l2 / GREY_LEVEL:.0f}/255",
+        help="L2 norm: the Euclidean size of the whole change, in grey levels out of 255 like the "
+        "largest change",
     )
     columns[2].metric(
         "Pixels changed",

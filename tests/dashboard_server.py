@@ -1,0 +1,68 @@
+"""``streamlit run dashboard/app.py`` as a real server on a free port, for the browser suite and
+``bench/first_paint.py`` alike."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"streamlit did not become healthy in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def serve(home: Path, runs: Path, *, startup_s: float = 120.0) -> Iterator[str]:
+    """The dashboard over the run store ``runs`` (its cache and log under ``home``); yields its URL
+    once it answers its health check, and stops it afterwards. A traceback in its log fails."""
+    env = {
+        **os.environ,
+        "LUNGLAB_RUNS_DIR": str(runs),
+        "LUNGLAB_CACHE_DIR": str(home / "cache"),
+        "LUNGLAB_DATA": "synthetic",
+    }
+    port = free_port()
+    log = home / "streamlit.log"
+    command = [
+        sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+        "--server.headless", "true", "--server.port", str(port),
+    ]  # fmt: skip
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log, startup_s)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
