@@ -1,10 +1,12 @@
 """What makes a slice benign or malignant: nodules and masses, always inside the lungs.
 
-Benign: one to four smooth round nodules (6-16 mm), some calcified. Malignant: usually one large
-(20-55 mm) lobulated or spiculated mass, one in ten a small irregular nodule, sometimes touching the
-pleura or cavitating. The size ranges overlap on purpose, so size alone does not decide the class.
-The sizes sit at the upper end of what real slices show (IQ-OTH/NCCD's malignant slices mostly show
-advanced masses) so that a CPU demo at low resolution, where a pixel is several mm, can still see them.
+Benign: one to three smooth round nodules (10-24 mm), some calcified. Malignant: usually one large
+(25-65 mm) lobulated or spiculated mass, one in twenty a small (10-18 mm) irregular nodule, sometimes
+touching the pleura or cavitating. The size ranges overlap on purpose, so size alone does not decide
+the class. Calibrated to IQ-OTH/NCCD (phantom v3, bench/RESULTS.md): its malignant slices mostly show
+large, conspicuous advanced masses and its benign ones small well-defined nodules, so that at the
+demo's 96 px (about 3.4 mm a pixel) a mass spans 7-19 pixels and a nodule 3-7, against vessel
+cross-sections of 1-2.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def draw_lesions(anatomy: Anatomy, label: int, rng: np.random.Generator,
     depth_mm = cv2.distanceTransform((lung_cover > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
     depth_mm *= anatomy.canvas.mm_per_px
     if label == BENIGN:
-        count = int(rng.choice((1, 2, 3, 4), p=(0.3, 0.3, 0.25, 0.15)))
+        count = int(rng.choice((1, 2, 3), p=(0.45, 0.35, 0.2)))
         findings = [_nodule(anatomy, rng, depth_mm, lung_cover, cover, slice_mm) for _ in range(count)]
     else:
         findings = [_mass(anatomy, rng, depth_mm, lung_cover, cover, slice_mm)]
@@ -74,8 +76,8 @@ def _place(rng: np.random.Generator, anatomy: Anatomy, depth_mm: np.ndarray, rad
 def _nodule(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lung_cover: np.ndarray,
             cover: np.ndarray, slice_mm: float, *, near: tuple[float, float] | None = None,
             calcify: bool = True) -> Finding:
-    """A smooth round nodule, 6-16 mm; 40% are calcified (fully or centrally)."""
-    diameter = float(np.exp(rng.uniform(np.log(6.0), np.log(16.0))))
+    """A smooth round nodule, 10-24 mm; 40% are calcified (fully or centrally)."""
+    diameter = float(np.exp(rng.uniform(np.log(10.0), np.log(24.0))))
     centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.12, near=near)
     shape = blob(rng, *centre, radius, radius * rng.uniform(0.85, 1.0), roughness=0.03, harmonics=3,
                  angle_deg=rng.uniform(0.0, 180.0))
@@ -96,11 +98,11 @@ def _nodule(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lu
 
 def _mass(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lung_cover: np.ndarray,
           cover: np.ndarray, slice_mm: float) -> Finding:
-    """A lobulated, often spiculated mass of 20-55 mm; one in ten is a small 8-14 mm irregular nodule."""
-    small = rng.random() < 0.1
-    low, high = (8.0, 14.0) if small else (20.0, 55.0)
+    """A lobulated, often spiculated mass of 25-65 mm; one in twenty is a small 10-18 mm irregular nodule."""
+    small = rng.random() < 0.05
+    low, high = (10.0, 18.0) if small else (25.0, 65.0)
     diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.3)
+    centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.2)
     canvas = anatomy.canvas
     outline = blob(rng, *centre, radius, radius * rng.uniform(0.75, 1.0), roughness=rng.uniform(0.1, 0.25),
                    harmonics=6, angle_deg=rng.uniform(0.0, 180.0))
