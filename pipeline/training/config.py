@@ -120,8 +120,12 @@ class TrainConfig:
         0, low=0, high=2**31 - 1, help="seed of the weights, shuffling, augmentation and attacks"
     )
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps")
-    amp: bool = setting(True, help="bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing)")
-    channels_last: bool = setting(True, help="channels-last memory format on CUDA")
+    amp: bool = setting(
+        True,
+        help="bf16 autocast where the hardware computes it natively: CUDA (fp16 with a grad scaler where "
+        "bf16 is missing) and CPUs with AVX512-BF16 or AMX",
+    )
+    channels_last: bool = setting(True, help="channels-last memory format on CUDA and CPU")
     compile: bool = setting(False, help="torch.compile the model (slow first epoch, faster later ones)")
 
     def __post_init__(self) -> None:

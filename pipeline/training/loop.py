@@ -32,6 +32,7 @@ from torch import nn
 from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
 from pipeline.data import ScanDataset, Split, load_dataset, split_for
+from pipeline.device import mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.progress import ProgressCallback, report
@@ -303,7 +304,7 @@ class Trainer:
         return model.train()
 
     def _memory_format(self, value: Any) -> Any:
-        if self.cuda and self.config.channels_last:
+        if self.config.channels_last and self.device.type in ("cuda", "cpu"):
             return value.to(memory_format=torch.channels_last)
         return value
 
@@ -322,9 +323,7 @@ class Trainer:
 
     @property
     def amp_dtype(self) -> Optional[torch.dtype]:
-        if not (self.cuda and self.config.amp):
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return mixed_precision(self.device) if self.config.amp else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = self.amp_dtype

@@ -1,0 +1,340 @@
+"""The demo: a standard and an adversarially fine-tuned model on the synthetic phantom, in one call.
+
+A clinician is shown the story in two models: the standard one reads a malignant scan correctly and
+an invisible PGD perturbation flips its answer; the robust one holds. :func:`prepare_demo` trains
+both through the ordinary training loop (so they are two normal runs under ``runs_dir``), measures
+them on their held-out test split under PGD-20, picks the test scan that tells the story, and
+records the pair in ``runs_dir/demo.json``, which the dashboard reads to open the Attack page on it.
+
+Every figure comes from the synthetic phantom: an engineering check of the method, never a
+medical result. Recipes and their measured times are in ``bench/RESULTS.md`` (``bench/demo.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Mapping, Optional
+
+import numpy as np
+
+from pipeline.constants import CLASSES
+from pipeline.device import select_device
+from pipeline.errors import CheckpointError, UserInputError
+from pipeline.evaluation import AttackSpec, RobustnessReport, evaluate
+from pipeline.evaluation.data import run_data
+from pipeline.json_object import parse_json_object
+from pipeline.progress import ProgressCallback, report
+from pipeline.store import atomic_write_json, load_model, read_record
+from pipeline.training import TrainConfig, train
+from pipeline.units import format_epsilon
+
+DEMO_FILE: Final[str] = "demo.json"
+DEMO_FORMAT: Final[str] = "lunglab-demo"
+#: The held-out check: PGD-20 (Madry et al. 2018, https://arxiv.org/abs/1706.06083) at a budget the
+#: robust model is trained for and at a large one no small model survives.
+EVAL_EPSILONS: Final[tuple[float, ...]] = (2 / 255, 8 / 255)
+EVAL_STEPS: Final[int] = 20
+STORY_EPSILON: Final[float] = 2 / 255
+STORY_CLASS: Final[str] = "malignant"
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the two demo models are trained: settings on top of a training preset.
+
+    ``standard`` trains from scratch; ``robust`` fine-tunes the standard model with PGD-AT
+    (``init_from`` is filled in by :func:`prepare_demo`). ``shares`` is the measured share of the
+    wall time spent on each stage (standard, robust, evaluation), which turns stage progress into
+    an honest overall progress and ETA; ``minutes`` is the measured total on ``machine``.
+    """
+
+    name: str
+    preset: str
+    standard: Mapping[str, Any]
+    robust: Mapping[str, Any]
+    minutes: float
+    machine: str
+    shares: tuple[float, float, float]
+
+    def configs(self, device: str = "auto") -> tuple[TrainConfig, TrainConfig]:
+        """The two training configurations; the robust one still lacks its ``init_from``."""
+        standard = TrainConfig.from_preset(self.preset, **self.standard, device=device)
+        robust = TrainConfig.from_preset(self.preset, **{**self.standard, **self.robust}, device=device)
+        return standard, robust
+
+    def describe(self) -> str:
+        """What the recipe trains, in words a card or ``--help`` can show."""
+        standard, robust = self.configs()
+        data = standard.data
+        return (
+            f"two {_arch_name(standard.arch)} models on {data.count:,} synthetic phantom scans of "
+            f"{data.image_size}×{data.image_size} pixels: a standard one trained from scratch for "
+            f"{standard.epochs} epochs, then a robust one fine-tuned from it with PGD adversarial training "
+            f"({robust.steps} steps, budget {format_epsilon(robust.eps)}) for {robust.epochs} epochs; "
+            f"both are then attacked with PGD-{EVAL_STEPS} on their held-out test scans. "
+            f"About {self.minutes:.0f} minutes on {self.machine}."
+        )
+
+
+RECIPES: Final[dict[str, DemoRecipe]] = {
+    # bench/RESULTS.md, "The demo": from-scratch ResNet-18 at 96 px on 2,000 phantom scans. Fresh
+    # scans replace augmentation (the phantom is an unlimited source, and augmentation halves how
+    # fast a from-scratch network learns in a CPU budget); the robust model fine-tunes the standard
+    # one with PGD-2 at 2/255, since PGD-AT from scratch does not learn in CPU minutes.
+    "cpu": DemoRecipe(
+        name="cpu",
+        preset="quick",
+        standard={
+            "image_size": 96, "count": 2000, "val_fraction": 0.1, "test_fraction": 0.1, "epochs": 6,
+            "batch_size": 16, "lr": 2e-3, "schedule": "cosine", "augment": False, "val_steps": 1,
+        },
+        robust={
+            "strategy": "pgd", "eps": 2 / 255, "steps": 2, "alpha": 1.5 / 255, "epochs": 4, "lr": 5e-4,
+            "val_steps": 5,
+        },
+        minutes=12.0,
+        machine="2 CPU cores",
+        shares=(0.3, 0.6, 0.1),
+    ),
+    # The reference study's ResNet-50 at 224 px on a GPU (bf16, channels_last).
+    "gpu": DemoRecipe(
+        name="gpu",
+        preset="full",
+        standard={
+            "count": 3000, "val_fraction": 0.1, "test_fraction": 0.1, "epochs": 12, "batch_size": 64,
+            "augment": False, "val_steps": 1, "patience": 0,
+        },
+        robust={"strategy": "pgd", "eps": 2 / 255, "steps": 3, "alpha": 1 / 255, "epochs": 6, "lr": 0.01},
+        minutes=6.0,
+        machine="one H100/H200-class GPU (not yet measured)",
+        shares=(0.35, 0.55, 0.1),
+    ),
+}
+
+
+def default_recipe(device: str = "auto") -> str:
+    """``gpu`` where ``device`` resolves to a CUDA GPU, else ``cpu``."""
+    return "gpu" if select_device(device).type == "cuda" else "cpu"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One trained demo model and how it fares on its held-out test scans.
+
+    ``clean`` and ``recall`` (per class, in ``CLASSES`` order) are on clean scans; ``robust`` maps
+    each budget (image scale, e.g. 2/255) to accuracy under PGD-20; all in ``[0, 1]``.
+    """
+
+    role: str
+    run_dir: Path
+    seconds: float
+    clean: float
+    recall: tuple[float, ...]
+    robust: dict[float, float]
+    test_scans: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role, "run": self.run_dir.name, "seconds": round(self.seconds, 1),
+            "clean": self.clean, "recall": list(self.recall), "test_scans": self.test_scans,
+            "robust": [{"eps": eps, "accuracy": accuracy} for eps, accuracy in self.robust.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], runs_dir: Path) -> DemoModel:
+        run_dir = runs_dir / _run_name(values.get("run"))
+        return cls(
+            role=str(values["role"]), run_dir=run_dir, seconds=float(values["seconds"]),
+            clean=float(values["clean"]), recall=tuple(float(r) for r in values["recall"]),
+            robust={float(item["eps"]): float(item["accuracy"]) for item in values["robust"]},
+            test_scans=int(values["test_scans"]),
+        )
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The prepared pair. ``showcase`` is the dataset index of the test scan that tells the story
+    (malignant, read correctly by both models, flipped by PGD at 2/255 on the standard model only),
+    or None when no test scan does; ``story`` says which it is in words."""
+
+    recipe: str
+    standard: DemoModel
+    robust: DemoModel
+    showcase: Optional[int]
+    story: str
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def models(self) -> tuple[DemoModel, DemoModel]:
+        return self.standard, self.robust
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": DEMO_FORMAT, "recipe": self.recipe, "synthetic": True,
+            "standard": self.standard.to_dict(), "robust": self.robust.to_dict(),
+            "showcase": self.showcase, "story": self.story, "created_at": self.created_at,
+        }
+
+    def table(self) -> str:
+        """The two models side by side as a Markdown table (accuracy in %, time in seconds)."""
+        budgets = [eps for eps in self.standard.robust]
+        header = ["model", "run", "clean", *(f"PGD-{EVAL_STEPS} {format_epsilon(eps)}" for eps in budgets),
+                  "lowest class recall", "time (s)"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for model in self.models:
+            cells = [model.role, model.run_dir.name, _percent(model.clean),
+                     *(_percent(model.robust[eps]) for eps in budgets),
+                     _percent(min(model.recall)), f"{model.seconds:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def prepare_demo(
+    runs_dir: Path | str,
+    recipe: str = "cpu",
+    *,
+    device: str = "auto",
+    progress: Optional[ProgressCallback] = None,
+) -> Demo:
+    """Train the standard and the robust demo model one after the other and record them.
+
+    Returns the :class:`Demo` also written to ``runs_dir/demo.json``. Progress covers the three
+    stages in proportion to their measured time. Raises :class:`UserInputError` for an unknown
+    recipe; training errors (a full disk, a cancel) propagate, and runs already finished stay.
+    """
+    if recipe not in RECIPES:
+        raise UserInputError(f"unknown demo recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    chosen = RECIPES[recipe]
+    runs_dir = Path(runs_dir)
+    standard_config, robust_config = chosen.configs(device)
+    stages = _Stages(progress, chosen.shares)
+
+    started = time.perf_counter()
+    standard_dir = train(standard_config, runs_dir, progress=stages.stage(0, "standard model"))
+    standard_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
+    robust_dir = train(robust_config, runs_dir, progress=stages.stage(1, "robust model"))
+    robust_seconds = time.perf_counter() - started
+
+    standard, standard_report = _measure("standard", standard_dir, standard_seconds, device,
+                                         stages.stage(2, "held-out check of the standard model", 0.5))
+    robust, robust_report = _measure("robust", robust_dir, robust_seconds, device,
+                                     stages.stage(2, "held-out check of the robust model", 0.5, 0.5))
+    showcase, story = _showcase(standard_report, robust_report)
+    demo = Demo(recipe=recipe, standard=standard, robust=robust, showcase=showcase, story=story)
+    atomic_write_json(runs_dir / DEMO_FILE, demo.to_dict())
+    report(progress, 1, 1, "demo ready")
+    return demo
+
+
+def read_demo(runs_dir: Path | str) -> Optional[Demo]:
+    """The demo recorded under ``runs_dir``, or None when there is none or one of its runs is gone.
+
+    Raises :class:`CheckpointError` when ``demo.json`` exists but is not a demo record of this lab.
+    """
+    runs_dir = Path(runs_dir)
+    path = runs_dir / DEMO_FILE
+    if not path.is_file():
+        return None
+    try:
+        values = parse_json_object(path.read_bytes(), f"{DEMO_FILE} in {runs_dir}")
+        if values.get("format") != DEMO_FORMAT:
+            raise ValueError("not a demo record")
+        showcase = values.get("showcase")
+        demo = Demo(
+            recipe=str(values["recipe"]),
+            standard=DemoModel.from_dict(values["standard"], runs_dir),
+            robust=DemoModel.from_dict(values["robust"], runs_dir),
+            showcase=None if showcase is None else int(showcase),
+            story=str(values["story"]),
+            created_at=float(values["created_at"]),
+        )
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is damaged ({error}); delete it and prepare the demo again (the runs themselves stay)"
+        ) from None
+    if not all(model.run_dir.is_dir() for model in demo.models):
+        return None  # a demo run was deleted: there is no pair to show any more
+    return demo
+
+
+# ------------------------------------------------------------------------------------ helpers
+class _Stages:
+    """Overall progress over the demo's stages, each weighted by its measured share of the time."""
+
+    def __init__(self, progress: Optional[ProgressCallback], shares: tuple[float, ...]) -> None:
+        self.progress = progress
+        self.starts = np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / sum(shares)
+        self.shares = np.asarray(shares) / sum(shares)
+
+    def stage(self, index: int, name: str, part: float = 1.0, offset: float = 0.0) -> Optional[ProgressCallback]:
+        if self.progress is None:
+            return None
+        start = self.starts[index] + offset * self.shares[index]
+        width = part * self.shares[index]
+        whole = 10_000
+
+        def inner(done: int, total: int, message: str) -> None:
+            fraction = min(done / total, 1.0) if total else 0.0
+            self.progress(int(whole * (start + width * fraction)), whole,  # type: ignore[misc]
+                          f"{name}: {message}" if message else name)
+
+        return inner
+
+
+def _measure(role: str, run_dir: Path, seconds: float, device: str,
+             progress: Optional[ProgressCallback]) -> tuple[DemoModel, RobustnessReport]:
+    """Clean accuracy, per-class recall and PGD-20 accuracy at each budget on the held-out test split."""
+    record = read_record(run_dir)
+    model, _ = load_model(run_dir, device=None if device == "auto" else device)
+    dataset, split = run_data(record)
+    attacks = [AttackSpec("pgd", {"eps": eps, "steps": EVAL_STEPS}, f"PGD-{EVAL_STEPS} {format_epsilon(eps)}")
+               for eps in EVAL_EPSILONS]
+    result = evaluate(model, dataset, split.test, attacks, device=None if device == "auto" else device,
+                      progress=progress, model_name=role)
+    robust = {eps: attack.outcome.accuracy for eps, attack in zip(EVAL_EPSILONS, result.attacks)}
+    demo_model = DemoModel(role=role, run_dir=run_dir, seconds=seconds, clean=result.clean.accuracy,
+                           recall=tuple(float(r) for r in result.clean.recall), robust=robust,
+                           test_scans=len(split.test))
+    return demo_model, result
+
+
+def _showcase(standard: RobustnessReport, robust: RobustnessReport) -> tuple[Optional[int], str]:
+    """The first malignant test scan both models read correctly that PGD at 2/255 flips on the
+    standard model and not on the robust one; failing that, one the standard model reads correctly."""
+    story = EVAL_EPSILONS.index(STORY_EPSILON)
+    malignant = standard.clean.labels == CLASSES.index(STORY_CLASS)
+    right = malignant & standard.clean.correct & robust.clean.correct
+    flips = right & ~standard.attacks[story].outcome.correct & robust.attacks[story].outcome.correct
+    budget = format_epsilon(STORY_EPSILON)
+    for candidates, words in (
+        (flips, f"a {STORY_CLASS} test scan both models read correctly; PGD at {budget} flips the standard "
+                "model's answer and not the robust model's"),
+        (malignant & standard.clean.correct,
+         f"a {STORY_CLASS} test scan the standard model reads correctly (no test scan showed the robust "
+         f"model holding where the standard one flips at {budget})"),
+    ):
+        positions = np.flatnonzero(candidates)
+        if positions.size:
+            return int(standard.indices[positions[0]]), words
+    return None, f"no {STORY_CLASS} test scan is read correctly by the standard model"
+
+
+def _percent(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def _arch_name(arch: str) -> str:
+    return arch.replace("resnet", "ResNet-")
+
+
+def _run_name(value: Any) -> str:
+    """A run's directory name as stored in demo.json: one plain path component, nothing else."""
+    if not isinstance(value, str) or not value or Path(value).name != value or value in (".", ".."):
+        raise ValueError(f"run name {value!r} is not a plain directory name")
+    return value
