@@ -7,7 +7,8 @@ epoch, FGSM-RS within 2.2x.
 
     python bench/train.py --quick            # seconds on a CPU: checks that the script runs
     python bench/train.py                    # ResNet50 at 224 px on the best device
-    python bench/train.py --preset-check     # wall time, accuracy and robust gap of the quick preset (CPU)
+
+The quick preset's accuracy and the robust gap on the phantom are measured by ``bench/demo.py``.
 
 Figures on the synthetic phantom are engineering measurements, not medical results.
 """
@@ -18,7 +19,6 @@ import argparse
 import datetime
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -28,9 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import describe  # noqa: E402
 from pipeline.device import select_device  # noqa: E402
-from pipeline.evaluation import AttackSpec, evaluate  # noqa: E402
-from pipeline.evaluation.data import run_data  # noqa: E402
-from pipeline.store import load_model, read_metrics, read_record  # noqa: E402
+from pipeline.store import read_metrics  # noqa: E402
 from pipeline.training import TrainConfig, train  # noqa: E402
 
 
@@ -99,60 +97,9 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"| {label} | {rate:.1f} | {ratio:.2f}x | {target} |", flush=True)
 
 
-#: Adversarial fine-tuning of the quick preset's standard model: PGD-3 for 5 epochs at a lower rate.
-FINE_TUNE = {"strategy": "pgd", "steps": 3, "epochs": 5, "lr": 3e-4}
-
-
-def preset_check(args: argparse.Namespace) -> None:
-    """The quick preset's promise: minutes on a CPU, above chance on the phantom, and a robust gap.
-
-    Standard and FGSM-RS train from scratch; PGD-AT fine-tunes the standard model (``init_from``),
-    the CPU path to a robust model. Every row is validated and attacked at the same budget.
-    """
-    device = select_device(args.device)
-    eps = args.eps_grey / 255
-    print(f"# quick preset check, {datetime.date.today()}, {describe(device)}, eps {args.eps_grey}/255")
-    print("| training | wall time (s) | val acc | val PGD-3 acc | test acc | test PGD-10 acc | epochs |")
-    print("|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as runs:
-
-        def row(label: str, settings: dict) -> Path:
-            config = TrainConfig.from_preset("quick", eps=eps, device=str(device), **settings)
-            started = time.perf_counter()
-            run_dir = train(config, runs, track=False)
-            wall = time.perf_counter() - started
-            best = read_record(run_dir).best
-            clean, attacked = held_out_accuracy(run_dir, device, eps)
-            print(
-                f"| {label} | {wall:.0f} | {best['val_acc']:.3f} | {best['val_robust_acc']:.3f} | "
-                f"{clean:.3f} | {attacked:.3f} | {len(read_metrics(run_dir))} |",
-                flush=True,
-            )
-            return run_dir
-
-        standard = row("standard", {"strategy": "standard"})
-        row("fgsm-rs", {"strategy": "fgsm-rs"})
-        row("pgd-3 fine-tuned from standard", {**FINE_TUNE, "init_from": str(standard)})
-
-
-def held_out_accuracy(run_dir: Path, device: torch.device, eps: float) -> tuple[float, float]:
-    """Clean and PGD-10 accuracy of the kept model on the run's own held-out test split."""
-    model, record = load_model(run_dir, device=device)
-    dataset, split = run_data(record)
-    pgd = AttackSpec("pgd", {"eps": eps, "steps": 10}, "pgd")
-    report = evaluate(model, dataset, split.test, [pgd], device=device)
-    return report.clean.accuracy, report.attacks[0].outcome.accuracy
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of this script")
-    parser.add_argument(
-        "--preset-check",
-        action="store_true",
-        help="time the quick preset: standard, fgsm-rs, and PGD fine-tuning of the standard model",
-    )
-    parser.add_argument("--eps-grey", type=int, default=2, help="preset check's budget in grey levels")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--image-size", type=int, default=224)
@@ -161,9 +108,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="k of PGD-k")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    if args.preset_check:
-        preset_check(args)
-        return
     if args.quick:
         args.arch, args.image_size, args.batch_size, args.count, args.steps = "resnet18", 32, 16, 120, 2
     throughput(args)

@@ -7,7 +7,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.data import leakage_report, load_dataset, open_scan, split_dataset

@@ -1,62 +1,92 @@
-"""The first-run path: no model yet, so offer to train a small demo model in the background."""
+"""The first-run path: prepare the demo (a standard and a robust model) and open the Attack page on its story.
+
+The card calls :func:`pipeline.demo.background.start_demo_job`, the same preparation as
+``python -m pipeline demo``, as one background job. Once ``runs/demo.json`` exists, the Attack page
+is set up once per demo: the standard model selected, the robust one beside it, the story's
+malignant test scan and PGD at the budget the robust model was trained for, one click from
+"Run the attack".
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import streamlit as st
 
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.settings import runs_dir
+from dashboard.ui.status import select_run_next
+from pipeline.constants import GREY_LEVEL
+from pipeline.demo import RECIPES, Demo, default_recipe, read_demo
+from pipeline.demo.background import demo_job_dir, start_demo_job
+from pipeline.demo.core import STORY_CLASS, STORY_EPSILON
 from pipeline.jobs import job_state
-from pipeline.store import list_runs
-from pipeline.training import TrainConfig, start_job
 
-DEMO_RUN_KEY = "demo.run"
-
-
-def demo_config() -> TrainConfig:
-    """The training preset meant for a CPU demo, on the synthetic phantom."""
-    return TrainConfig.from_preset("quick", data="synthetic")
+#: The demo (its creation time) whose story this session has already set up on the Attack page.
+APPLIED_KEY = "demo.applied"
 
 
-def describe(config: TrainConfig) -> str:
-    return (
-        f"A {config.arch.replace('resnet', 'ResNet-')} trained the normal way (no adversarial training) on "
-        f"{config.data.count} synthetic phantom scans of {config.data.image_size}×{config.data.image_size} "
-        f"pixels for {config.epochs} epochs. It exists so you can try the tools right away: it has never "
-        "seen a real scan, is not a medical model, and its answers mean nothing clinically (its accuracy "
-        "is on the Models page). It takes a few minutes on a laptop CPU, seconds on a GPU."
-    )
+def preparing() -> bool:
+    """Whether the demo job of this run store is running now."""
+    return job_state(demo_job_dir(runs_dir())).running
 
 
-def running_jobs() -> list[str]:
-    return [str(record.run_dir) for record in list_runs(runs_dir()) if job_state(record.run_dir).running]
+def progress_panel() -> None:
+    """The running demo job: stage, progress, time left and a cancel button."""
+    job_panel(demo_job_dir(runs_dir()), key="demo:job", curves=False, what="demo preparation")
 
 
 def offer() -> None:
-    """Explain that a model is needed and train the demo one on request, showing live progress."""
-    active = running_jobs()
-    if active:
-        st.info(
-            "A model is being trained. This page fills in as soon as its first epoch is saved.",
-            icon=":material/hourglass_top:",
-        )
-        for run_dir in active:
-            job_panel(run_dir, key=f"demo:{run_dir}", curves=False)
+    """No model yet: explain why one is needed and prepare the demo on request."""
+    job_dir = demo_job_dir(runs_dir())
+    state = job_state(job_dir)
+    if state.running:
+        st.info("The demo is being prepared. This page opens on it as soon as both models are ready.",
+                icon=":material/hourglass_top:")
+        progress_panel()
         return
-    if st.session_state.get(DEMO_RUN_KEY):  # the demo ended without a model: say why
-        job_panel(st.session_state[DEMO_RUN_KEY], key="demo:ended", curves=False)
-    config = demo_config()
+    if state.phase in ("failed", "cancelled"):  # say why the last try ended
+        job_panel(job_dir, key="demo:ended", curves=False, what="demo preparation")
+    recipe = RECIPES[default_recipe()]
     with st.container(border=True):
         st.markdown("#### No trained model yet")
         st.write(
-            "Attacking a scan needs a model to attack. Train one on the **Train** page, import one on the "
-            "**Models** page, or start the demo model here."
+            "Attacking a scan needs a model to attack. Prepare the demo here, train a model on the **Train** "
+            "page, or import one on the **Models** page."
         )
-        st.caption(describe(config))
+        st.caption(
+            f"The demo trains {recipe.describe()} It exists so you can see what an attack does right away: "
+            "both models have only ever seen the synthetic phantom, are not medical models, and their "
+            "answers mean nothing clinically."
+        )
         if st.button(
-            "Train a quick demo model", type="primary", icon=":material/play_arrow:", key="demo:start"
+            f"Prepare the demo (two models, about {recipe.minutes:.0f} minutes)",
+            type="primary", icon=":material/play_arrow:", key="demo:start",
         ):
-            with shown_errors("start the demo training"):
-                st.session_state[DEMO_RUN_KEY] = str(start_job(config, runs_dir()))
+            with shown_errors("start preparing the demo"):
+                start_demo_job(runs_dir(), recipe.name)
                 st.rerun()
+
+
+def adopt() -> Optional[Demo]:
+    """Set the Attack page up on the demo's story, once per demo; returns the demo when it did so.
+
+    Must run before the page draws its widgets (it writes their Session State); the model is
+    selected through the sidebar on the next script run, so the caller reruns when this returns a demo.
+    """
+    with shown_errors("read the demo record"):
+        demo = read_demo(runs_dir())
+        if demo is None or st.session_state.get(APPLIED_KEY) == demo.created_at:
+            return None
+        st.session_state[APPLIED_KEY] = demo.created_at
+        select_run_next(str(demo.standard.run_dir))
+        st.session_state["attack:compare"] = str(demo.robust.run_dir)
+        st.session_state["attack:source"] = "Test split"
+        st.session_state["attack:name"] = "pgd"
+        st.session_state["attack:pgd:eps"] = STORY_EPSILON / GREY_LEVEL
+        if demo.showcase_rank is not None:
+            st.session_state["attack:class"] = STORY_CLASS
+            st.session_state["attack:position"] = demo.showcase_rank
+        return demo
+    return None

@@ -119,7 +119,8 @@ def sidebar() -> None:
             )
         else:
             st.info(
-                "No trained model yet. The Attack page can train a quick demo model.", icon=":material/info:"
+                "No trained model yet. The Attack page can prepare the demo: a standard and a robust model.",
+                icon=":material/info:",
             )
         choice = dataset_choice()
         st.markdown(f"**Dataset** · {dataset_label(choice)}")

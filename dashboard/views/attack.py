@@ -278,10 +278,14 @@ st.caption(
 )
 
 collect_finished()
+if demo.adopt() is not None:  # the demo just became ready: open on its story
+    st.rerun()
 run = selected_run()
 if run is None:
     demo.offer()
     st.stop()
+if demo.preparing():
+    demo.progress_panel()
 
 loaded = None
 with shown_errors("load the model"):

@@ -25,9 +25,10 @@ from pipeline.device import select_device
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation import AttackSpec, RobustnessReport, evaluate
 from pipeline.evaluation.data import run_data
+from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
-from pipeline.store import atomic_write_json, load_model, read_record
+from pipeline.store import atomic_write_json, load_model
 from pipeline.training import TrainConfig, train
 from pipeline.units import format_epsilon
 
@@ -58,6 +59,7 @@ class DemoRecipe:
     minutes: float
     machine: str
     shares: tuple[float, float, float]
+    eval_steps: int = EVAL_STEPS
 
     def configs(self, device: str = "auto") -> tuple[TrainConfig, TrainConfig]:
         """The two training configurations; the robust one still lacks its ``init_from``."""
@@ -74,7 +76,7 @@ class DemoRecipe:
             f"{data.image_size}×{data.image_size} pixels: a standard one trained from scratch for "
             f"{standard.epochs} epochs, then a robust one fine-tuned from it with PGD adversarial training "
             f"({robust.steps} steps, budget {format_epsilon(robust.eps)}) for {robust.epochs} epochs; "
-            f"both are then attacked with PGD-{EVAL_STEPS} on their held-out test scans. "
+            f"both are then attacked with PGD-{self.eval_steps} on their held-out test scans. "
             f"About {self.minutes:.0f} minutes on {self.machine}."
         )
 
@@ -83,16 +85,14 @@ RECIPES: Final[dict[str, DemoRecipe]] = {
     # bench/RESULTS.md, "The demo": from-scratch ResNet-18 at 96 px on 2,000 phantom scans. Fresh
     # scans replace augmentation (the phantom is an unlimited source, and augmentation halves how
     # fast a from-scratch network learns in a CPU budget); the robust model fine-tunes the standard
-    # one with PGD-2 at 2/255, since PGD-AT from scratch does not learn in CPU minutes.
+    # one with PGD-2 at 3/255 (a margin over the 2/255 the story is told at), since PGD-AT from scratch
+    # does not learn in CPU minutes.
     "cpu": DemoRecipe(
         name="cpu",
         preset="quick",
-        standard={
-            "image_size": 96, "count": 2000, "val_fraction": 0.1, "test_fraction": 0.1, "epochs": 6,
-            "batch_size": 16, "lr": 2e-3, "schedule": "cosine", "augment": False, "val_steps": 1,
-        },
+        standard={"augment": False},
         robust={
-            "strategy": "pgd", "eps": 2 / 255, "steps": 2, "alpha": 1.5 / 255, "epochs": 4, "lr": 5e-4,
+            "strategy": "pgd", "eps": 3 / 255, "steps": 2, "alpha": 2 / 255, "epochs": 4, "lr": 5e-4,
             "val_steps": 5,
         },
         minutes=12.0,
@@ -135,12 +135,15 @@ class DemoModel:
     recall: tuple[float, ...]
     robust: dict[float, float]
     test_scans: int
+    trained: bool  #: False: its answers do not depend on the scan (see pipeline.evaluation.degenerate)
+    verdict: str  #: the judgment behind ``trained``, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "role": self.role, "run": self.run_dir.name, "seconds": round(self.seconds, 1),
             "clean": self.clean, "recall": list(self.recall), "test_scans": self.test_scans,
             "robust": [{"eps": eps, "accuracy": accuracy} for eps, accuracy in self.robust.items()],
+            "trained": self.trained, "verdict": self.verdict,
         }
 
     @classmethod
@@ -150,7 +153,8 @@ class DemoModel:
             role=str(values["role"]), run_dir=run_dir, seconds=float(values["seconds"]),
             clean=float(values["clean"]), recall=tuple(float(r) for r in values["recall"]),
             robust={float(item["eps"]): float(item["accuracy"]) for item in values["robust"]},
-            test_scans=int(values["test_scans"]),
+            test_scans=int(values["test_scans"]), trained=bool(values["trained"]),
+            verdict=str(values["verdict"]),
         )
 
 
@@ -158,13 +162,16 @@ class DemoModel:
 class Demo:
     """The prepared pair. ``showcase`` is the dataset index of the test scan that tells the story
     (malignant, read correctly by both models, flipped by PGD at 2/255 on the standard model only),
-    or None when no test scan does; ``story`` says which it is in words."""
+    or None when no test scan does; ``showcase_rank`` is its place (from 1) among the malignant test
+    scans in split order, as the Attack page lists them; ``story`` says which scan it is in words."""
 
     recipe: str
     standard: DemoModel
     robust: DemoModel
     showcase: Optional[int]
+    showcase_rank: Optional[int]
     story: str
+    eval_steps: int = EVAL_STEPS
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -175,26 +182,28 @@ class Demo:
         return {
             "format": DEMO_FORMAT, "recipe": self.recipe, "synthetic": True,
             "standard": self.standard.to_dict(), "robust": self.robust.to_dict(),
-            "showcase": self.showcase, "story": self.story, "created_at": self.created_at,
+            "showcase": self.showcase, "showcase_rank": self.showcase_rank, "story": self.story,
+            "eval_steps": self.eval_steps, "created_at": self.created_at,
         }
 
     def table(self) -> str:
         """The two models side by side as a Markdown table (accuracy in %, time in seconds)."""
         budgets = [eps for eps in self.standard.robust]
-        header = ["model", "run", "clean", *(f"PGD-{EVAL_STEPS} {format_epsilon(eps)}" for eps in budgets),
-                  "lowest class recall", "time (s)"]
+        header = ["model", "run", "clean", *(f"PGD-{self.eval_steps} {format_epsilon(eps)}" for eps in budgets),
+                  "lowest class recall", "time (s)", "judgment"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model in self.models:
             cells = [model.role, model.run_dir.name, _percent(model.clean),
                      *(_percent(model.robust[eps]) for eps in budgets),
-                     _percent(min(model.recall)), f"{model.seconds:.0f}"]
+                     _percent(min(model.recall)), f"{model.seconds:.0f}",
+                     "trained classifier" if model.trained else NOT_TRAINED.upper()]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
 def prepare_demo(
     runs_dir: Path | str,
-    recipe: str = "cpu",
+    recipe: str | DemoRecipe = "cpu",
     *,
     device: str = "auto",
     progress: Optional[ProgressCallback] = None,
@@ -205,9 +214,12 @@ def prepare_demo(
     stages in proportion to their measured time. Raises :class:`UserInputError` for an unknown
     recipe; training errors (a full disk, a cancel) propagate, and runs already finished stay.
     """
-    if recipe not in RECIPES:
+    if isinstance(recipe, DemoRecipe):
+        chosen = recipe
+    elif recipe in RECIPES:
+        chosen = RECIPES[recipe]
+    else:
         raise UserInputError(f"unknown demo recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    chosen = RECIPES[recipe]
     runs_dir = Path(runs_dir)
     standard_config, robust_config = chosen.configs(device)
     stages = _Stages(progress, chosen.shares)
@@ -221,12 +233,14 @@ def prepare_demo(
     robust_dir = train(robust_config, runs_dir, progress=stages.stage(1, "robust model"))
     robust_seconds = time.perf_counter() - started
 
-    standard, standard_report = _measure("standard", standard_dir, standard_seconds, device,
+    steps = chosen.eval_steps
+    standard, standard_report = _measure("standard", standard_dir, standard_seconds, device, steps,
                                          stages.stage(2, "held-out check of the standard model", 0.5))
-    robust, robust_report = _measure("robust", robust_dir, robust_seconds, device,
+    robust, robust_report = _measure("robust", robust_dir, robust_seconds, device, steps,
                                      stages.stage(2, "held-out check of the robust model", 0.5, 0.5))
-    showcase, story = _showcase(standard_report, robust_report)
-    demo = Demo(recipe=recipe, standard=standard, robust=robust, showcase=showcase, story=story)
+    showcase, rank, story = _showcase(standard_report, robust_report)
+    demo = Demo(recipe=chosen.name, standard=standard, robust=robust, showcase=showcase, showcase_rank=rank,
+                story=story, eval_steps=steps)
     atomic_write_json(runs_dir / DEMO_FILE, demo.to_dict())
     report(progress, 1, 1, "demo ready")
     return demo
@@ -245,13 +259,15 @@ def read_demo(runs_dir: Path | str) -> Optional[Demo]:
         values = parse_json_object(path.read_bytes(), f"{DEMO_FILE} in {runs_dir}")
         if values.get("format") != DEMO_FORMAT:
             raise ValueError("not a demo record")
-        showcase = values.get("showcase")
+        showcase, rank = values.get("showcase"), values.get("showcase_rank")
         demo = Demo(
             recipe=str(values["recipe"]),
             standard=DemoModel.from_dict(values["standard"], runs_dir),
             robust=DemoModel.from_dict(values["robust"], runs_dir),
             showcase=None if showcase is None else int(showcase),
+            showcase_rank=None if rank is None else int(rank),
             story=str(values["story"]),
+            eval_steps=int(values["eval_steps"]),
             created_at=float(values["created_at"]),
         )
     except (OSError, KeyError, TypeError, ValueError) as error:
@@ -287,42 +303,46 @@ class _Stages:
         return inner
 
 
-def _measure(role: str, run_dir: Path, seconds: float, device: str,
+def _measure(role: str, run_dir: Path, seconds: float, device: str, steps: int,
              progress: Optional[ProgressCallback]) -> tuple[DemoModel, RobustnessReport]:
-    """Clean accuracy, per-class recall and PGD-20 accuracy at each budget on the held-out test split."""
-    record = read_record(run_dir)
-    model, _ = load_model(run_dir, device=None if device == "auto" else device)
+    """Clean accuracy, per-class recall and PGD-``steps`` accuracy at each budget on the held-out test split."""
+    model, record = load_model(run_dir, device=select_device(device))
     dataset, split = run_data(record)
-    attacks = [AttackSpec("pgd", {"eps": eps, "steps": EVAL_STEPS}, f"PGD-{EVAL_STEPS} {format_epsilon(eps)}")
+    attacks = [AttackSpec("pgd", {"eps": eps, "steps": steps}, f"PGD-{steps} {format_epsilon(eps)}")
                for eps in EVAL_EPSILONS]
-    result = evaluate(model, dataset, split.test, attacks, device=None if device == "auto" else device,
-                      progress=progress, model_name=role)
+    result = evaluate(model, dataset, split.test, attacks, progress=progress, model_name=role)
     robust = {eps: attack.outcome.accuracy for eps, attack in zip(EVAL_EPSILONS, result.attacks)}
+    check = result.trained
     demo_model = DemoModel(role=role, run_dir=run_dir, seconds=seconds, clean=result.clean.accuracy,
                            recall=tuple(float(r) for r in result.clean.recall), robust=robust,
-                           test_scans=len(split.test))
+                           test_scans=len(split.test), trained=not check.flagged, verdict=check.reason)
     return demo_model, result
 
 
-def _showcase(standard: RobustnessReport, robust: RobustnessReport) -> tuple[Optional[int], str]:
+def _showcase(standard: RobustnessReport,
+              robust: RobustnessReport) -> tuple[Optional[int], Optional[int], str]:
     """The first malignant test scan both models read correctly that PGD at 2/255 flips on the
-    standard model and not on the robust one; failing that, one the standard model reads correctly."""
+    standard model and not on the robust one; failing that, one the standard model reads correctly.
+
+    Returns its dataset index, its rank (from 1) among the malignant test scans, and the story in words.
+    """
     story = EVAL_EPSILONS.index(STORY_EPSILON)
     malignant = standard.clean.labels == CLASSES.index(STORY_CLASS)
     right = malignant & standard.clean.correct & robust.clean.correct
     flips = right & ~standard.attacks[story].outcome.correct & robust.attacks[story].outcome.correct
     budget = format_epsilon(STORY_EPSILON)
     for candidates, words in (
-        (flips, f"a {STORY_CLASS} test scan both models read correctly; PGD at {budget} flips the standard "
-                "model's answer and not the robust model's"),
+        (flips, (f"a {STORY_CLASS} test scan both models read correctly; PGD at {budget} flips the standard "
+                 "model's answer and not the robust model's")),
         (malignant & standard.clean.correct,
-         f"a {STORY_CLASS} test scan the standard model reads correctly (no test scan showed the robust "
-         f"model holding where the standard one flips at {budget})"),
+         (f"a {STORY_CLASS} test scan the standard model reads correctly (no test scan showed the robust "
+          f"model holding where the standard one flips at {budget})")),
     ):
         positions = np.flatnonzero(candidates)
         if positions.size:
-            return int(standard.indices[positions[0]]), words
-    return None, f"no {STORY_CLASS} test scan is read correctly by the standard model"
+            rank = int(np.count_nonzero(malignant[: positions[0] + 1]))
+            return int(standard.indices[positions[0]]), rank, words
+    return None, None, f"no {STORY_CLASS} test scan is read correctly by the standard model"
 
 
 def _percent(value: float) -> str:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.constants import CLASSES
 from pipeline.data import ScanDataset, load_dataset
 from pipeline.errors import CheckpointError
 from pipeline.evaluation.data import run_data

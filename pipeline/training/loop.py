@@ -54,7 +54,6 @@ from pipeline.store import (
     resolve_run,
     save_checkpoint,
     save_model,
-    update_status,
     write_config,
     write_metrics,
     write_request,
