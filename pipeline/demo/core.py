@@ -26,9 +26,10 @@ from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation import AttackSpec, RobustnessReport, evaluate
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.degenerate import NOT_TRAINED
+from pipeline.jobs import JobCancelled
 from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
-from pipeline.store import atomic_write_json, load_model
+from pipeline.store import atomic_write_json, load_model, read_status
 from pipeline.training import TrainConfig, train
 from pipeline.units import format_epsilon
 
@@ -226,12 +227,13 @@ def prepare_demo(
     stages = _Stages(progress, chosen.shares)
 
     started = time.perf_counter()
-    standard_dir = train(standard_config, runs_dir, progress=stages.stage(0, "standard model"))
+    standard_dir = _finished(train(standard_config, runs_dir, progress=stages.stage(0, "standard model")),
+                             "standard")
     standard_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
-    robust_dir = train(robust_config, runs_dir, progress=stages.stage(1, "robust model"))
+    robust_dir = _finished(train(robust_config, runs_dir, progress=stages.stage(1, "robust model")), "robust")
     robust_seconds = time.perf_counter() - started
 
     steps = chosen.eval_steps
@@ -302,6 +304,17 @@ class _Stages:
                           f"{name}: {message}" if message else name)
 
         return inner
+
+
+def _finished(run_dir: Path, role: str) -> Path:
+    """``run_dir`` when its training finished; a cancelled one stops the demo, a failed one says why."""
+    status = read_status(run_dir)
+    phase = status.get("phase")
+    if phase == "cancelled":
+        raise JobCancelled(f"cancelled while training the {role} model")
+    if phase != "done":
+        raise UserInputError(f"the {role} model's training ended {phase}: {status.get('error') or 'no reason given'}")
+    return run_dir
 
 
 def _measure(role: str, run_dir: Path, seconds: float, device: str, steps: int,
