@@ -169,9 +169,9 @@ def test_attack_page_without_model_offers_the_demo(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(tmp_path))
     at = page("attack")
     assert_calm(at)
-    assert at.button(key="demo:start").label == "Train a quick demo model"
+    assert at.button(key="demo:start").label.startswith("Prepare the demo (two models, about")
     description = " ".join(item.value for item in at.caption)
-    assert "synthetic phantom" in description and "not a medical model" in description
+    assert "synthetic phantom" in description and "not medical models" in description
 
 
 def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
