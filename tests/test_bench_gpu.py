@@ -19,6 +19,9 @@ ROWS = (
     "pgd-2 epoch cost vs standard",
     "PGD-10 on one scan (ms)",
     "PGD-10 / 11 forward+backward",
+    "demo standard model: clean / PGD-1 2/255",
+    "demo robust model: clean / PGD-1 2/255",
+    "demo preparation, whole",
 )
 
 
