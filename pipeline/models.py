@@ -66,6 +66,11 @@ class ScanClassifier(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
+def arch_title(arch: str) -> str:
+    """How people write an architecture name: ``resnet50`` -> ``ResNet-50``."""
+    return arch.replace("resnet", "ResNet-")
+
+
 def build_model(
     arch: str = "resnet50",
     num_classes: int = NUM_CLASSES,

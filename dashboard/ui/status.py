@@ -11,6 +11,7 @@ from dashboard.ui.session import RUN_KEY, dataset_choice, dataset_label
 from dashboard.ui.settings import runs_dir
 from pipeline.device import select_device
 from pipeline.jobs import job_state
+from pipeline.models import arch_title
 from pipeline.store import RunRecord, list_runs
 
 #: Set by a page to select a run on the next script run (a widget's value cannot change mid-run).
@@ -68,7 +69,7 @@ def model_summary(record: RunRecord) -> str:
     )
     if config.get("init_from"):
         strategy += " fine-tuned"
-    arch = str(config.get("arch", "?")).replace("resnet", "ResNet-")
+    arch = arch_title(str(config.get("arch", "?")))
     return f"{arch}, {strategy}, {config.get('data', {}).get('image_size', '?')} px"
 
 

@@ -28,6 +28,7 @@ from pipeline.evaluation.data import run_data
 from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import JobCancelled
 from pipeline.json_object import parse_json_object
+from pipeline.models import arch_title
 from pipeline.progress import ProgressCallback, report
 from pipeline.store import atomic_write_json, load_model, read_status
 from pipeline.training import TrainConfig, train
@@ -73,7 +74,7 @@ class DemoRecipe:
         standard, robust = self.configs()
         data = standard.data
         return (
-            f"two {_arch_name(standard.arch)} models on {data.count:,} synthetic phantom scans of "
+            f"two {arch_title(standard.arch)} models on {data.count:,} synthetic phantom scans of "
             f"{data.image_size}×{data.image_size} pixels: a standard one trained from scratch for "
             f"{standard.epochs} epochs, then a robust one fine-tuned from it with PGD adversarial training "
             f"({robust.steps} steps, budget {format_epsilon(robust.eps)}) for {robust.epochs} epochs; "
@@ -361,10 +362,6 @@ def _showcase(standard: RobustnessReport,
 
 def _percent(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{100 * value:.0f}%"
-
-
-def _arch_name(arch: str) -> str:
-    return arch.replace("resnet", "ResNet-")
 
 
 def _run_name(value: Any) -> str:
