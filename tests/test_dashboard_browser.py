@@ -28,6 +28,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pipeline.constants import GREY_LEVEL
+from pipeline.demo import Demo, DemoRecipe, prepare_demo
 from pipeline.evaluation.data import run_data
 from pipeline.store import load_model
 from pipeline.scan_report import analyse_scan
@@ -436,18 +437,40 @@ def test_several_people_attack_different_scans_at_once(browser, server: Server) 
 
 
 # ------------------------------------------------------------------------ the newcomer's path
-def prepare_first_model(page, fresh: Server, trained: Server) -> None:
-    """THE DEMO STEP. The first-start card offers to train the quick demo model, which takes minutes
-    on a CPU; the walk copies in a tiny trained run instead. When issue 12's "Prepare the demo"
-    button is on the card, click it here and wait for its model in its place."""
-    assert page.get_by_role("button", name="Train a quick demo model").count() == 1
-    ignore = shutil.ignore_patterns("evaluations")
-    shutil.copytree(trained.run_dir, fresh.runs / trained.run_dir.name, ignore=ignore)
+#: The demo's CPU recipe shrunk to seconds: the same code path as ``python -m pipeline demo``
+#: (tests/test_demo.py checks what the full recipes learn; bench/demo.py times the real one).
+TINY_DEMO = DemoRecipe(
+    name="tiny",
+    preset="quick",
+    standard={"image_size": 48, "count": 150, "val_fraction": 0.2, "test_fraction": 0.2, "epochs": 1,
+              "batch_size": 16, "augment": False, "val_steps": 1, "eval_size": 8},
+    robust={"strategy": "pgd", "eps": 2 / 255, "steps": 1, "alpha": 2.5 / 255, "epochs": 1, "val_steps": 1},
+    minutes=1.0,
+    machine="one CPU core",
+    shares=(0.4, 0.4, 0.2),
+    eval_steps=2,
+)
 
 
-def test_a_newcomer_walks_from_the_first_start_to_the_models(
-    browser, server: Server, fresh_server: Server
-) -> None:
+def prepare_the_demo(page, fresh: Server) -> Demo:
+    """THE DEMO STEP. The first-start card offers to prepare the demo, minutes on a CPU; the walk
+    prepares a shrunk one through the same code instead, then the page opens on the demo: the
+    standard model in use, the robust one beside it, PGD at the budget of the story."""
+    card = page.get_by_role("button", name=re.compile(r"^Prepare the demo \(two models, about \d+ minutes\)$"))
+    assert card.count() == 1
+    demo = prepare_demo(fresh.runs, TINY_DEMO)
+    page.reload()
+    page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)
+    wait_idle(page)
+    assert page.get_by_role("combobox", name="Attack").input_value() == "PGD (L∞) · white-box"
+    beside = page.get_by_role("combobox", name="Compare with a second model").input_value()
+    assert demo.robust.run_dir.name in beside, beside
+    budget = page.locator('[data-testid="stSlider"]').filter(has_text="Budget").inner_text()
+    assert "2.00/255" in budget, budget
+    return demo
+
+
+def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_server: Server) -> None:
     """First start, the demo, an attack, an evaluation and the Models page, as a person meets them."""
     page = new_page(browser)
     page.goto(fresh_server.url)
@@ -466,10 +489,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(
     assert LOADING not in page.locator('[data-testid="stMain"]').inner_text()  # nothing stale is left
     screenshot(page, "first-start", publish=True)
 
-    prepare_first_model(page, fresh_server, server)
-    page.reload()
-    page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)
-    wait_idle(page)
+    demo = prepare_the_demo(page, fresh_server)
 
     # Attack: PGD with its 10 steps; the costly budget search is off and says what it would cost.
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Attack").first.click()
@@ -509,7 +529,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(
 
     # Models: the run as the store has it, every column readable.
     go(page, "Models")
-    assert page.get_by_text(server.run_dir.name).count() >= 1
+    assert page.get_by_text(demo.standard.run_dir.name).count() >= 1
     assert page.locator('[data-testid="stTable"]').count() >= 1  # the settings, nothing cut off
     assert legends_over_axis_titles(page) == 0
     assert_no_error(page)
