@@ -199,6 +199,12 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     assert at.slider(key="attack:position").value == demo.showcase_rank
     assert at.selectbox(key="attack:name").value == "pgd"
     assert at.slider(key="attack:pgd:eps").value == pytest.approx(2.0)
+    # the story and the two models' held-out figures, labelled synthetic
+    panel = at.expander[0]
+    assert panel.label.startswith("The demo: a standard and a robust model")
+    shown = " ".join(item.value for item in panel.markdown)
+    assert demo.story in shown and demo.robust.run_dir.name in shown and "PGD-" in shown
+    assert "not a medical result" in " ".join(item.value for item in panel.caption)
     at.button(key="attack:run").click().run()
     rerun_until(at, lambda app: "attack.task" not in app.session_state and "attack.result" in app.session_state)
     assert not at.exception and not at.error

@@ -7,7 +7,7 @@ The wording thresholds are for captions only (how to describe a number), never u
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from dashboard.ui.controls import HU_PER_GREY_LEVEL
 from pipeline.attacks import attack_class

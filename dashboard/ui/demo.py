@@ -90,3 +90,23 @@ def adopt() -> Optional[Demo]:
             st.session_state["attack:position"] = demo.showcase_rank
         return demo
     return None
+
+
+def story_panel(run: str) -> None:
+    """While the demo's standard model is in use: which scan tells the story, and how the two models
+    fare on all their held-out test scans (the figures ``python -m pipeline demo`` printed)."""
+    with shown_errors("read the demo record"):
+        demo = read_demo(runs_dir())
+        if demo is None or run != str(demo.standard.run_dir):
+            return
+        with st.expander("The demo: a standard and a robust model on the synthetic phantom", expanded=False,
+                         icon=":material/science:"):
+            st.write(
+                f"The scan chosen is {demo.story}. Run the attack to see the standard model's answer change "
+                "while the robust model, shown beside it, keeps its own."
+            )
+            st.markdown(demo.table())
+            st.caption(
+                f"Accuracy on the held-out test scans of the synthetic phantom ({demo.standard.test_scans} scans), "
+                f"clean and under PGD-{demo.eval_steps}; not a medical result."
+            )

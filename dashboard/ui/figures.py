@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from pipeline.evaluation.figures import ATTACKED, CLEAN, DIVERGING, NEUTRAL, SERIES, style
+from pipeline.evaluation.figures import ATTACKED, CLEAN, DIVERGING, SERIES, style
 
 
 def probabilities(

@@ -8,7 +8,6 @@ rebuilt from the saved report.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 

@@ -286,6 +286,7 @@ if run is None:
     st.stop()
 if demo.preparing():
     demo.progress_panel()
+demo.story_panel(run)
 
 loaded = None
 with shown_errors("load the model"):

@@ -66,11 +66,12 @@ class JSMA(Attack):
         untouched = torch.ones((n, x[0].numel()), dtype=torch.bool, device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
         changed = 0
+        logits: Optional[torch.Tensor] = None  # every scan's latest logits, for the trace
         while True:
             active = (~done).nonzero().flatten()
             grad_goal, grad_others, active_logits = self._gradients(model, current[active], goal[active],
                                                                     targeted)
-            logits = active_logits if changed == 0 else logits.index_put((active,), active_logits)
+            logits = active_logits if logits is None else logits.index_put((active,), active_logits)
             done[active] = succeeded(active_logits, goal[active], targeted)
             self.record(logits, y)
             report(progress, changed, budget, f"{changed} pixels changed, {int(done.sum())}/{n} fooled")
