@@ -1,8 +1,12 @@
-"""Time of the reference table: PGD, FGSM, CW, the per-scan combined column and AutoAttack.
+"""Where an evaluation's time goes: the reference table's attacks, or a whole evaluation of saved runs.
 
     python bench/evaluate.py            # ResNet50 at 224 px on the synthetic test split, CPU and CUDA
     python bench/evaluate.py --quick    # ResNet18 at 32 px on a few scans: a smoke run of this script
     python bench/evaluate.py --strength # also time the full strength checks at the same epsilon
+    python bench/evaluate.py --suite RUN RUN [--strength-level full] [--no-early-stop]
+                                        # the whole evaluation of trained runs, as the CLI runs it,
+                                        # timed section by section (attacks, strength checks,
+                                        # calibration, corruptions, faithfulness) and attack by attack
 
 Prints a Markdown table per device: seconds per attack column (the combined column is computed
 from the others, so it costs nothing), the clean pass, the total, and scans per second. The
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,11 +30,16 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import describe  # noqa: E402
-from pipeline.data import load_dataset, split_dataset  # noqa: E402
+from pipeline.data import load_dataset, split_dataset, split_groups  # noqa: E402
 from pipeline.evaluation import AttackSpec, StrengthSettings, evaluate, reference_attacks, strength_checks  # noqa: E402
 from pipeline.evaluation.batches import stopwatch  # noqa: E402
+from pipeline.evaluation.corruption import CT_CORRUPTIONS  # noqa: E402
+from pipeline.evaluation.data import run_data, split_indices  # noqa: E402
+from pipeline.evaluation.strength import STRENGTH_LEVELS  # noqa: E402
+from pipeline.evaluation.suite import SuiteSettings, evaluate_models  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.units import format_epsilon, parse_epsilon  # noqa: E402
+from pipeline.store import load_model  # noqa: E402
+from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons  # noqa: E402
 
 
 def test_scans(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> TensorDataset:
@@ -90,8 +100,93 @@ def run(args: argparse.Namespace, device: torch.device) -> None:
         )
 
 
+class Ledger:
+    """Per evaluation stage (the progress message before " — "): process CPU seconds, and scans the
+    models saw in forward passes with and without a gradient (each with a gradient is one
+    forward+backward). Work in scans does not depend on how loaded the machine is."""
+
+    def __init__(self, models: dict[str, torch.nn.Module]) -> None:
+        self.stage = "loading"
+        self.mark = time.process_time()
+        self.cpu: dict[str, float] = {}
+        self.scans: dict[str, list[int]] = {}
+        for model in models.values():
+            model.register_forward_hook(self._count)
+
+    def _count(self, _module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+        counts = self.scans.setdefault(self.stage, [0, 0])
+        counts[torch.is_grad_enabled()] += int(inputs[0].shape[0])
+
+    def progress(self, _done: int, _total: int, message: str) -> None:
+        stage = message.split(" — ")[0]
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+
+    def close(self) -> None:
+        now = time.process_time()
+        self.cpu[self.stage] = self.cpu.get(self.stage, 0.0) + now - self.mark
+        self.mark = now
+
+
+def suite(args: argparse.Namespace) -> None:
+    """The whole default evaluation of ``args.suite`` runs on their test split, timed by section."""
+    loaded = [load_model(run) for run in args.suite]
+    dataset, split = run_data(loaded[0][1])
+    indices = split_indices(split, "test", dataset.labels, limit=args.limit)
+    settings = SuiteSettings(
+        attacks=tuple(args.attacks.split(",")),
+        epsilons=tuple(parse_epsilons(args.eps)),
+        strength_settings=STRENGTH_LEVELS[args.strength_level],
+        early_stop=not args.no_early_stop,
+        corruptions=CT_CORRUPTIONS if args.corruptions else (),
+        faithfulness_scans=args.faithfulness_scans,
+    )
+    models = {record.name: model for model, record in loaded}
+    info = {record.name: {"strategy": record.config.get("strategy")} for _, record in loaded}
+    ledger = Ledger(models)
+    cpu = time.process_time()
+    groups = split_groups(dataset, split)
+    result = evaluate_models(
+        models, dataset, indices, settings, info=info, groups=groups, progress=ledger.progress
+    )
+    ledger.close()
+    cpu = time.process_time() - cpu
+    print(
+        f"\n# whole evaluation, {datetime.date.today()}, {describe(torch.device('cpu'))}, {len(models)} "
+        f"models, {indices.size} test scans of {dataset.name}, attacks {args.attacks} at {args.eps}, "
+        f"strength {args.strength_level}, early stop {'off' if args.no_early_stop else 'on'}"
+    )
+    print(f"wall {result.seconds:.1f} s, CPU {cpu:.1f} s (process, all threads)")
+    print("| stage | CPU s | share | scans forward | scans forward+backward |")
+    print("|---|---|---|---|---|")
+    for stage, seconds in ledger.cpu.items():
+        forward, backward = ledger.scans.get(stage, [0, 0])
+        print(f"| {stage} | {seconds:.1f} | {seconds / max(cpu, 1e-9):.0%} | {forward} | {backward} |")
+    print("\n| model | attack (table, then strength checks) | wall s |")
+    print("|---|---|---|")
+    for entry in result.models:
+        for attack in entry.report.attacks:
+            print(f"| {entry.name} | {attack.label} | {attack.seconds:.1f} |")
+        for check in entry.strength:
+            for attack in check.extra.attacks:
+                print(f"| {entry.name} | check: {attack.label} | {attack.seconds:.1f} |")
+    for entry in result.models:
+        print(f"{entry.name}: clean {entry.report.clean.accuracy:.1%}; " + "; ".join(
+            f"{attack.label} {attack.accuracy:.1%}" for attack in entry.report.attacks
+        ))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", nargs="+", metavar="RUN", help="time the whole evaluation of these runs")
+    parser.add_argument("--attacks", default="fgsm,pgd,cw-linf", help="with --suite: the table's attacks")
+    parser.add_argument("--strength-level", default="quick", choices=sorted(STRENGTH_LEVELS))
+    parser.add_argument(
+        "--no-early-stop", action="store_true", help="with --suite: go on attacking scans already fooled"
+    )
+    parser.add_argument("--corruptions", action="store_true", help="with --suite: add the CT corruptions")
+    parser.add_argument("--faithfulness-scans", type=int, default=16, help="with --suite: 0 leaves it out")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run of this script")
     parser.add_argument("--strength", action="store_true", help="also time the strength checks")
     parser.add_argument("--arch", default="resnet50")
@@ -99,7 +194,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1200, help="synthetic scans (the test split is 15%%)")
     parser.add_argument("--limit", type=int, help="use only the first N test scans")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--eps", default="4/255")
+    parser.add_argument("--eps", default="4/255", help="one epsilon; with --suite a list like 2/255,4/255")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--ensemble-steps", type=int, default=20)
     parser.add_argument("--queries", type=int, default=1000)
@@ -108,6 +203,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suite:
+        suite(args)
+        return
     args.eps = parse_epsilon(args.eps)
     if args.quick:
         args.arch, args.image_size, args.count, args.limit, args.batch_size = "resnet18", 32, 120, 12, 12

@@ -8,8 +8,11 @@ It sits below the data, run and training layers so that each can use it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 from pipeline.errors import CheckpointError, UserInputError
 
@@ -41,3 +44,11 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     except OSError as error:
         raise UserInputError(f"cannot read {what} {path}: {error.strerror}") from None
     return parse_json_object(data, f"{what} {path}", error=UserInputError)
+def json_float(value: Any) -> float:
+    """A number read back from a report: JSON has no NaN, so reports write it as null."""
+    return math.nan if value is None else float(value)
+
+
+def json_floats(values: Iterable[Any]) -> np.ndarray:
+    """Numbers read back from a report as float64 ``[N]``, null as NaN (see :func:`json_float`)."""
+    return np.array([json_float(value) for value in values], dtype=np.float64)

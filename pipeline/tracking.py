@@ -307,8 +307,11 @@ def log_evaluation(
     """Log a finished :class:`~pipeline.evaluation.suite.EvaluationSuite` as one MLflow run.
 
     Metrics, per model: ``<model>/clean/accuracy``; per attack ``<model>/<attack label>/accuracy``
-    and ``.../attack_success_rate``; per epsilon ``<model>/worst case <eps>/accuracy``. Returns
-    the run's ``tracking`` entry (empty when tracking is off).
+    and ``.../attack_success_rate``; per epsilon ``<model>/worst case <eps>/accuracy``; each
+    accuracy's 95% interval as ``.../accuracy_low`` and ``.../accuracy_high``; the expected
+    calibration error ``<model>/<condition>/ece``; ``<model>/mCE`` against the baseline model and
+    ``<model>/<condition>/road`` where they were measured. Returns the run's ``tracking`` entry
+    (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -327,13 +330,27 @@ def log_evaluation(
     )
     for model_name, model in models.items():
         report = model.report
-        values: dict[str, float] = {f"{model_name}/clean/accuracy": report.clean.accuracy}
+        values: dict[str, float] = {}
+
+        def accuracy(prefix: str, outcome: Any) -> None:
+            interval = outcome.accuracy_interval
+            values[f"{prefix}/accuracy"] = outcome.accuracy
+            values[f"{prefix}/accuracy_low"], values[f"{prefix}/accuracy_high"] = interval.low, interval.high
+
+        accuracy(f"{model_name}/clean", report.clean)
         for result in report.attacks:
-            values[f"{model_name}/{result.label}/accuracy"] = result.accuracy
+            accuracy(f"{model_name}/{result.label}", result.outcome)
             values[f"{model_name}/{result.label}/attack_success_rate"] = result.success_rate
         for combined in report.combined:
             label = "all" if combined.eps is None else f"{combined.eps * 255:g}/255"
-            values[f"{model_name}/worst case {label}/accuracy"] = combined.accuracy
+            accuracy(f"{model_name}/worst case {label}", combined.outcome)
+        for calibrated in model.calibration:
+            values[f"{model_name}/{calibrated.condition}/ece"] = calibrated.ece
+        if model.corruption_errors is not None:
+            values[f"{model_name}/mCE"] = model.corruption_errors.mce.estimate
+        if model.faithfulness is not None:
+            for side in (model.faithfulness.clean, model.faithfulness.attacked):
+                values[f"{model_name}/{side.condition}/road"] = side.mean.estimate
         run.log_metrics(values, step=0)
     run.log_files(reports, "reports")
     run.finish("FINISHED")

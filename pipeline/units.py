@@ -87,8 +87,12 @@ def format_share(value: float | None, scans: int | None = None) -> str:
     """
     if value is None or not math.isfinite(value):
         return "—"
-    decimals = 1 if scans is not None and scans >= DECIMAL_SCANS else 0
-    return f"{100 * value:.{decimals}f}%"
+    return f"{100 * value:.{share_decimals(scans)}f}%"
+
+
+def share_decimals(scans: int | None) -> int:
+    """Decimals of a percentage backed by ``scans`` scans: 1 from :data:`DECIMAL_SCANS` on, else 0."""
+    return 1 if scans is not None and scans >= DECIMAL_SCANS else 0
 
 
 def _as_grey_levels(raw: str) -> str:

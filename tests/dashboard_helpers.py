@@ -20,7 +20,8 @@ TINY = dict(
     device="cpu",
     test_fraction=0.25,
 )
-#: Every part of a report, each at its smallest: strength checks, transfer, minimal ε, certification.
+#: Every part of a report, each at its smallest: strength checks, transfer, minimal ε, certification,
+#: two CT corruptions and the faithfulness of a few maps.
 SMALL_SUITE = SuiteSettings(
     attacks=("fgsm", "pgd", "cw-linf"),
     epsilons=(2 / 255, 4 / 255),
@@ -33,6 +34,8 @@ SMALL_SUITE = SuiteSettings(
     minimal_epsilon=True,
     certify_sigma=0.25,
     certify_n=20,
+    corruptions=("jpeg", "rings"),
+    faithfulness_scans=4,
 )
 
 

@@ -11,7 +11,8 @@ from torch import nn
 from pipeline.attacks import available, get_attack
 from pipeline.errors import AttackParameterError
 
-CORRUPTIONS = ["gaussian-noise", "gaussian-blur", "contrast", "brightness", "jpeg", "rotation"]
+CORRUPTIONS = ["gaussian-noise", "gaussian-blur", "contrast", "brightness", "jpeg", "rotation", "low-dose",
+               "streaks", "rings", "motion-blur", "window-shift", "downsample"]
 SIZE = 64
 
 
@@ -126,9 +127,70 @@ def test_overrides_do_what_they_say(model: nn.Module) -> None:
     assert float((by_severity - x).abs().mean()) < float((by_pixels - x).abs().mean())
 
 
+def test_low_dose_noise_has_the_level_of_its_dose_and_the_texture_of_ct(model: nn.Module) -> None:
+    """Variance grows as 1/dose; the noise is not white: its power spectrum is empty at zero frequency
+    (the ramp filter) and at the top (the kernel's apodization), peaking in between."""
+    x = torch.full((4, 1, SIZE, SIZE), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    quarter = get_attack("low-dose", dose=0.25)(model, x, y) - x
+    expected = get_attack("low-dose").REFERENCE_NOISE * (1 / 0.25 - 1) ** 0.5
+    assert float(quarter.std()) == pytest.approx(expected, rel=0.03)
+    assert float(get_attack("low-dose", dose=1 / 16)(model, x, y).sub(x).std()) > 2 * float(quarter.std())
+    assert torch.equal(get_attack("low-dose", dose=1.0)(model, x, y), x)
+    power = torch.fft.rfft2(quarter[:, 0]).abs().pow(2).mean(dim=0)
+    frequency = torch.sqrt(torch.fft.fftfreq(SIZE)[:, None] ** 2 + torch.fft.rfftfreq(SIZE)[None, :] ** 2)
+    low, middle, top = (float(power[band].mean()) for band in (
+        frequency < 0.03, (frequency > 0.1) & (frequency < 0.2), frequency > 0.45))
+    assert float(power[0, 0]) < 1e-6 * float(power.sum())
+    assert low < 0.3 * middle and top < 0.05 * middle
+
+
+def test_rings_are_concentric_and_streaks_are_straight_lines_through_one_point(model: nn.Module) -> None:
+    x = torch.full((1, 1, SIZE, SIZE), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    rings = get_attack("rings", severity=5)(model, x, y) - x
+    # Centred on the middle of the scan, so a quarter turn leaves them where they were.
+    torch.testing.assert_close(rings, torch.rot90(rings, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    assert float(rings.abs().max()) > 0.05
+    one = get_attack("streaks", count=1, amplitude=0.3)(model, x, y)[0, 0] - 0.5
+    # One straight line: its brightest pixels have collinear coordinates (a rank-1 spread).
+    rows, cols = torch.nonzero(one.abs() > 0.2, as_tuple=True)
+    points = torch.stack([rows, cols], dim=1).float()
+    singular = torch.linalg.svdvals(points - points.mean(dim=0))
+    assert points.shape[0] >= SIZE // 2 and float(singular[1]) < 0.1 * float(singular[0])
+
+
+def test_motion_blur_smears_a_dot_into_a_line_of_its_length_and_keeps_flat_areas(model: nn.Module) -> None:
+    x = torch.zeros(1, 1, SIZE, SIZE)
+    x[..., 32, 32] = 1.0
+    y = torch.zeros(1, dtype=torch.long)
+    smeared = get_attack("motion-blur", length=9.0)(model, x, y)[0, 0]
+    assert float(smeared.sum()) == pytest.approx(1.0, rel=1e-4)  # nothing lost or added
+    lit = torch.nonzero(smeared > 0.02).float()
+    extent = float(torch.cdist(lit, lit).max())
+    assert 7.0 <= extent <= 11.0
+    flat = torch.full((1, 1, SIZE, SIZE), 0.3)
+    torch.testing.assert_close(get_attack("motion-blur", severity=5)(model, flat, y), flat)
+
+
+def test_window_shift_and_downsampling_do_what_they_say(model: nn.Module) -> None:
+    x = phantom()
+    y = torch.zeros(2, dtype=torch.long)
+    shifted = get_attack("window-shift", level=0.1, width=0.5)(model, x, y)
+    torch.testing.assert_close(shifted, ((x - 0.6) / 0.5 + 0.5).clamp(0, 1))
+    torch.testing.assert_close(get_attack("window-shift", level=0.0, width=1.0)(model, x, y), x)
+    checker = ((torch.arange(SIZE)[:, None] + torch.arange(SIZE)[None, :]) % 2).float()[None, None]
+    coarse = get_attack("downsample", factor=2.0)(model, checker, y[:1])
+    torch.testing.assert_close(coarse, torch.full_like(checker, 0.5))  # finest detail gone
+    smooth = torch.linspace(0.2, 0.8, SIZE).repeat(SIZE, 1)[None, None]
+    assert float((get_attack("downsample", factor=2.0)(model, smooth, y[:1]) - smooth).abs().max()) < 0.02
+    assert torch.equal(get_attack("downsample", factor=1.0)(model, x, y), x)
+
+
 @pytest.mark.parametrize(("name", "params"), [
     ("jpeg", {"severity": 6}), ("jpeg", {"quality": 0}), ("contrast", {"factor": 1.5}),
-    ("rotation", {"spin": 3}),
+    ("rotation", {"spin": 3}), ("low-dose", {"dose": 0.0}), ("rings", {"count": 0}),
+    ("window-shift", {"width": 0.0}), ("downsample", {"factor": 0.5}),
 ])
 def test_bad_parameters_say_what_is_valid(name: str, params: dict) -> None:
     with pytest.raises(AttackParameterError, match="must|valid parameters"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -503,6 +504,10 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     assert_calm(at)
     assert [tab.label for tab in at.tabs] == [
         "Reference table",
+        "Comparison",
+        "Calibration",
+        "Corruptions",
+        "Explanations",
         "Confusion matrices",
         "Robustness curves",
         "Strength checks",
@@ -512,16 +517,28 @@ def test_evaluate_page_draws_a_finished_evaluation(lab: Lab) -> None:
     assert list(table["model"]) == [lab.first.name, lab.second.name]
     assert list(study["model"]) == ["normal training", "adversarial training"]  # its own columns, apart
     assert "CW-L2" in study.columns and "CW-L2" not in table.columns and "CW-L∞" in table.columns
-    # transfer; per model confusion (clean + 3 attacks); curves; certified accuracy; and the minimal-epsilon
-    # histogram, or the sentence that no scan flipped within the searched budget
-    histogram = charts(at) - (1 + 2 * 4 + 1 + 1)
+    # every figure of ours with its 95% interval, in whole percent on these few scans: "43% (35–51)"
+    assert all(re.fullmatch(r"\d+% \(\d+–\d+\)", cell) for cell in table["Clean"])
+    # transfer; the paired comparison; the reliability diagram; the corruption errors; per model confusion
+    # (clean + 3 attacks); curves; certified accuracy; faithfulness where the maps could be measured; and
+    # the minimal-epsilon histogram, or the sentence that no scan flipped within the searched budget
+    faithful = sum("Faithfulness of the explanations" in item.value for item in at.markdown)
+    histogram = charts(at) - (1 + 1 + 1 + 1 + 2 * 4 + 1 + 1 + faithful)
     no_flip = any("No correctly read scan flipped" in item.value for item in at.caption)
     assert (histogram, no_flip) in ((1, False), (0, True))
     assert any(NOT_TRAINED in item.value for item in at.warning)  # the lab's one-epoch models
     assert "trained classifier?" in table.columns
     verdicts = [item.value for item in (*at.success, *at.warning) if " at ε = " in item.value]
-    assert len(verdicts) == 2 * 2  # strength checks: two models at two budgets
-    assert len(at.table) == 2 * 2 + 4  # ours and the study's at two budgets, four strength check tables
+    assert len(verdicts) == 2  # strength checks of two models at the largest budget (a quick level)
+    assert any("Compared with" in item.value for item in at.markdown)
+    assert any("Strength checks at the **custom** level" in item.value for item in at.caption)
+    # static tables: ours and the study's at two budgets, two strength check tables (the quick level's
+    # largest budget), faithfulness where measured; dataframes: calibration, the corruptions of each
+    # model, where the time went
+    assert len(at.table) == 2 * 2 + 2 + faithful
+    assert len(at.dataframe) == 1 + 2 + 1
+    assert any("CT corruptions at five severities" in item.value for item in at.markdown)
+    assert any("mCE" in item.value for item in at.markdown)  # the second model against the first
     assert {button.label for button in at.download_button} == {
         "Results (CSV)",
         "Full report (HTML)",
@@ -554,6 +571,9 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
     at.toggle(key="evaluate:form:minimal").set_value(True)
     at.toggle(key="evaluate:form:transfer").set_value(False)
     at.number_input(key="evaluate:form:sigma").set_value(0.25)
+    at.selectbox(key="evaluate:form:level").set_value("full")
+    at.toggle(key="evaluate:form:corruptions").set_value(True)
+    at.number_input(key="evaluate:form:faithfulness").set_value(4)
     at.button[0].click().run()
     assert_calm(at)
     job_dir = Path(at.session_state[WATCH_EVALUATION])
@@ -561,6 +581,9 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
         request = json.loads((job_dir / "request.json").read_text())
         assert request["suite"]["minimal_epsilon"] and not request["suite"]["transfer"]
         assert request["suite"]["certify_sigma"] == 0.25 and request["limit"] == 3
+        assert request["suite"]["strength_settings"]["level"] == "full"
+        assert request["suite"]["corruptions"][:3] == ["low-dose", "streaks", "rings"]
+        assert request["suite"]["faithfulness_scans"] == 4
     finally:
         cancel_job(job_dir)
 

@@ -329,6 +329,11 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     screenshot(page, "evaluate", publish=True)
     page.get_by_role("tab", name="Robustness curves").click()
     assert legends_over_axis_titles(page) == 0
+    for tab in ("Comparison", "Calibration"):  # the forest plot; the reliability diagram
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(800)
+        assert page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 1, tab
+        assert_no_error(page)
 
     go(page, "Models")
     assert page.get_by_text(server.run_dir.name).count() >= 1

@@ -23,7 +23,7 @@ from dashboard.ui.run_table import run_row
 from pipeline.constants import CLASSES
 from pipeline.errors import CheckpointError
 from pipeline.evaluation import StrengthSettings, SuiteSettings, evaluate_models, strength_checks
-from pipeline.evaluation.degenerate import NOT_TRAINED, check_answers, check_epoch, wilson_interval
+from pipeline.evaluation.degenerate import NOT_TRAINED, check_answers, check_epoch
 from pipeline.evaluation.profile import PROFILE, validation_profile
 from pipeline.evaluation.report import report_csv, report_html
 from pipeline.jobs import job_state
@@ -49,12 +49,6 @@ class OneAnswer(nn.Module):
         logits = torch.zeros(x.shape[0], 3, device=x.device)
         logits[:, self.answer] = 5.0
         return logits + self.weight * x.flatten(1).mean(1, keepdim=True)
-
-
-def test_wilson_interval_matches_the_textbook() -> None:
-    low, high = wilson_interval(5, 10)
-    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_the_demo_model_that_never_answers_benign_is_flagged() -> None:

@@ -166,8 +166,19 @@ def test_html_has_no_banner_for_real_data() -> None:
 def test_csv_has_one_row_per_figure_and_labels_the_study(suite) -> None:
     rows = list(csv.DictReader(io.StringIO(report_csv(suite))))
     ours = [row for row in rows if row["source"] == "this evaluation"]
-    per_model = 1 + 6 + 2 + 2  # clean, 3 attacks x 2 eps, worst case per eps, strength worst case per eps
-    assert len(ours) == 2 * per_model
+    # clean, 3 attacks x 2 eps, worst case per eps, and the strength checks' worst case at the largest eps
+    per_model = 1 + 6 + 2 + 1
+    figures = [row for row in ours if row["section"] == "robustness"]
+    assert len(figures) == 2 * per_model
+    for row in figures:  # every figure carries its interval
+        assert float(row["accuracy_low"]) <= float(row["accuracy"]) <= float(row["accuracy_high"])
+        assert row["interval_method"] == "Wilson"
+    attacked = [row for row in figures if row["success_rate"]]
+    assert attacked and all(row["success_rate_low"] and row["success_rate_high"] for row in attacked)
+    # Calibration of each of the 9 answer sets (clean, 6 attacks, 2 worst cases), four figures each.
+    assert len([row for row in ours if row["section"] == "calibration"]) == 2 * 9 * 4
+    comparisons = [row for row in ours if row["section"] == "comparison"]
+    assert len(comparisons) == 9 and all(row["p_value"] for row in comparisons)
     study = [row for row in rows if row["source"] == "reported by the reference study, weak attacks"]
     assert len(study) == 10 and {row["eps_label"] for row in study} == {"not stated"}
     assert all(row["synthetic"] == "True" for row in ours)
@@ -209,15 +220,27 @@ def test_cli_prints_the_table_and_writes_three_reports(runs: Path, capsys: pytes
             "10",
             "--ensemble-steps",
             "2",
+            "--corruptions",
+            "jpeg,rings",
+            "--faithfulness",
+            "2",
             "--quiet",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
     assert "Reference table at ε=2/255" in out and "Reference table at ε=0.0314" in out
-    # the strength checks stand under every model's row, at every epsilon
-    assert len(re.findall(r"^\s+(ok|!!) AutoAttack vs PGD", out, re.M)) == 4
-    assert out.count("worst case over all") == 4
+    # at the quick level the strength checks stand under every model's row at the largest epsilon
+    assert len(re.findall(r"^\s+(ok|!!) AutoAttack vs PGD", out, re.M)) == 2
+    assert out.count("worst case over all") == 2
+    assert "Strength checks at the custom level" in out and "--strength-level full" in out
+    # every accuracy with its interval, calibration, the paired comparison and where the time went
+    assert re.search(r"clean \d+% \(95% CI \d+–\d+\) on 6 scans", out)  # whole percent on 6 scans
+    assert "calibration, clean" in out and "ECE" in out
+    assert re.search(r"(holds more scans|no clear difference)", out) and "McNemar" in out
+    assert out.count("time, ") == 2
+    assert out.count("corruption error, mean of severities 1-5: jpeg") == 2 and "mCE" in out
+    assert out.count("faithfulness (ROAD") + out.count("faithfulness not measured") == 2
     assert "reported by the reference study, weak attacks" in out
     assert out.count(SYNTHETIC_BANNER.upper()) == 2  # once per table, never a second time above it
     html = Path(re.search(r"^html: (.+)$", out, re.M).group(1))
@@ -237,6 +260,9 @@ def test_cli_refuses_absurd_input_with_a_clear_message(runs: Path, capsys: pytes
         (["--limit", "0"], "at least 1"),
         (["--defenses", "tinfoil"], "unknown defence"),
         (["--certify", "0"], "sigma"),
+        (["--corruptions", "pgd"], "not a corruption"),
+        (["--faithfulness", "-1"], "at least 0"),
+        (["--strong-steps", "0"], "at least 1"),
     ):
         assert main(["evaluate", "--runs-dir", str(runs), "--run", name, "--quiet", *args]) == 2
         assert message in capsys.readouterr().err

@@ -85,6 +85,9 @@ def test_evaluation_logs_its_figures_and_reports(tracked: Tracked, capsys: pytes
     assert run.data.metrics[f"{model}/clean/accuracy"] == report["models"][0]["report"]["clean"]["accuracy"]
     fgsm = [key for key in run.data.metrics if key.startswith(f"{model}/FGSM")]
     assert any(key.endswith("/attack_success_rate") for key in fgsm)
+    interval = report["models"][0]["report"]["clean"]["accuracy_ci"]
+    assert run.data.metrics[f"{model}/clean/accuracy_low"] == pytest.approx(interval["low"])
+    assert run.data.metrics[f"{model}/clean/ece"] == report["models"][0]["calibration"][0]["ece"]
     assert run.data.params["settings.attacks"] == "['fgsm']"
     trained = report["models"][0]["report"]["trained_classifier"]  # a two-epoch run: judged as everywhere
     assert run.data.tags.get(tracking.metric_key(f"lunglab.not_trained.{model}")) == (

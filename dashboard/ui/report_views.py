@@ -8,6 +8,7 @@ rebuilt from the saved report.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,12 +19,16 @@ from dashboard.ui.controls import grey_levels_text
 from dashboard.ui.status import synthetic_badge
 from pipeline.attacks import attack_class
 from pipeline.evaluation import figures
+from pipeline.evaluation.calibration import CONFIDENT, Calibration
 from pipeline.evaluation.certify import CertifiedCurve
+from pipeline.evaluation.corruption import SEVERITIES, CorruptionErrors, CorruptionReport
+from pipeline.evaluation.faithfulness import FaithfulnessReport
+from pipeline.evaluation.intervals import Interval, PairedComparison, percent_text
 from pipeline.evaluation.reference import COLUMN_LABELS
 from pipeline.evaluation.report import INCOMPLETE
 from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
-from pipeline.units import format_epsilon, format_share
+from pipeline.units import format_epsilon, format_share, share_decimals
 
 CHART = {"displaylogo": False}
 
@@ -33,12 +38,29 @@ def percent(value: Optional[float]) -> str:
     return format_share(value)
 
 
+def with_interval(value: Optional[float], interval: Optional[dict[str, Any]]) -> str:
+    """``43% (35–51)``: a share and its 95% interval, where the report has one (older: none)."""
+    if interval is None or value is None:
+        return percent(value)
+    return interval_cell(Interval.from_dict(interval))
+
+
+def interval_cell(interval: Interval, digits: Optional[int] = None) -> str:
+    """A share and its 95% interval in percent, ``43% (35–51)``, as precise as its scans allow unless
+    ``digits`` is given; a dash when there is none."""
+    if not math.isfinite(interval.estimate):
+        return "—"
+    digits = share_decimals(interval.scans) if digits is None else digits
+    shown = f"{percent_text(interval.estimate, digits)}%"
+    if not math.isfinite(interval.low):
+        return shown
+    return f"{shown} ({percent_text(interval.low, digits)}–{percent_text(interval.high, digits)})"
+
+
 def chart(figure: Any, key: str, caption: str) -> None:
     """A figure with its one-line reading underneath."""
     st.plotly_chart(figure, key=key, config=CHART)
     st.caption(caption)
-
-
 
 
 def attack_label(name: str) -> str:
@@ -54,6 +76,19 @@ def header(report: dict[str, Any]) -> None:
         f"{attacks} at ε = {', '.join(settings['epsilon_labels'])} · "
         f"{settings['steps']} steps · {report['device']} · {report['seconds']:.0f} s · {report['created']}"
     )
+    level = report.get("strength_level")
+    groups = report.get("groups")
+    st.caption(
+        "In brackets: 95% intervals"
+        + (
+            f", resampling the {groups} groups of related scans the grouped split found."
+            if groups
+            else " (Wilson; the scans counted as independent)."
+        )
+        + (f" Strength checks at the **{level}** level." if level else "")
+        + (" The full level (literature settings, every ε, every scan) is one choice away in the form above."
+           if level and level != "full" else "")
+    )
     if report["synthetic"]:
         synthetic_badge()
         st.caption(
@@ -68,7 +103,10 @@ def reference_tables(report: dict[str, Any]) -> None:
             {
                 "model": row["model"],
                 **{
-                    COLUMN_LABELS.get(column, column): percent(row.get(column)) for column in table["columns"]
+                    COLUMN_LABELS.get(column, column): with_interval(
+                        row.get(column), (row.get("intervals") or {}).get(column)
+                    )
+                    for column in table["columns"]
                 },
                 "worst case, all attacks": percent(row.get("worst_case_all_attacks")),
                 "trained classifier?": trained_cell(row.get("trained_classifier")),
@@ -151,7 +189,8 @@ def epsilon_curves(report: dict[str, Any]) -> None:
         figures.epsilon_curves(sweeps),
         "evaluate:curves",
         "How quickly each model loses accuracy as the allowed change per pixel grows (a colour per model, "
-        "a dash per attack). 'worst case' counts a scan as robust only if it survives every attack.",
+        "a dash per attack; bars: 95% intervals). 'worst case' counts a scan as robust only if it survives "
+        "every attack.",
     )
 
 
@@ -236,6 +275,156 @@ def certified(report: dict[str, Any]) -> None:
     )
 
 
+def comparisons(report: dict[str, Any]) -> None:
+    """Each model against the baseline, scan by scan, in plain words and as a forest plot."""
+    found = [PairedComparison.from_dict(item) for item in report.get("comparisons") or []]
+    if not found:
+        st.caption("Paired comparisons need two models or more evaluated together.")
+        return
+    st.markdown(f"##### Compared with {report.get('baseline')}, on the same scans")
+    for comparison in found:
+        if comparison.clear:
+            st.markdown(f"**{comparison.sentence}**")
+        else:
+            st.caption(comparison.sentence)
+    chart(
+        figures.comparison_forest(found),
+        "evaluate:comparisons",
+        "Only scans one model gets right and the other wrong carry evidence (McNemar's test). A coloured "
+        "point's interval excludes zero: that difference is more than chance on scans like these.",
+    )
+
+
+def calibration(report: dict[str, Any]) -> None:
+    """ECE and confidently wrong answers per model and condition, and the reliability diagram."""
+    rows, shown = [], []
+    for model in report["models"]:
+        results = [Calibration.from_dict(item) for item in model.get("calibration") or []]
+        rows += [
+            {
+                "model": model["name"],
+                "condition": result.condition,
+                "accuracy": percent(result.accuracy),
+                "mean confidence": percent(result.mean_confidence),
+                "ECE": percent(result.ece),
+                "confidence of wrong answers": percent(result.wrong_confidence),
+                f"wrong with ≥ {CONFIDENT:.0%} confidence": interval_cell(result.confidently_wrong),
+            }
+            for result in results
+        ]
+        shown += [(model["name"], result) for result in results[:1] + results[-1:]]
+    if not rows:
+        st.caption("Calibration was not measured in this evaluation.")
+        return
+    st.markdown("##### Calibration: does the model know when it is wrong?")
+    st.dataframe(rows, hide_index=True)
+    chart(
+        figures.reliability_diagram(shown),
+        "evaluate:reliability",
+        "On the dotted line a model is right as often as it is sure. An attack that flips a scan usually "
+        "leaves the model sure of its wrong answer, the clinically harmful case counted in the last column.",
+    )
+
+
+def corruptions(report: dict[str, Any]) -> None:
+    """Error under each CT corruption and severity, and CE / mCE against the baseline."""
+    found = [
+        (CorruptionReport.from_dict(model["corruption"]), model.get("corruption_errors"))
+        for model in report["models"]
+        if model.get("corruption")
+    ]
+    if not found:
+        st.caption(
+            "CT corruptions were not run; switch them on in the form above (they take about as long as the "
+            "attacks)."
+        )
+        return
+    st.markdown("##### CT corruptions at five severities")
+    for result, errors in found:
+        summary = CorruptionErrors.from_dict(errors) if errors else None
+        st.markdown(
+            f"**{result.model}**: clean error {percent(result.clean_error)}"
+            + (
+                f"; mCE {percent_text(summary.mce.estimate, 0)}% and relative mCE "
+                f"{percent_text(summary.relative_mce.estimate, 0)}% of {summary.baseline}'s"
+                if summary
+                else ""
+            )
+        )
+        st.dataframe(
+            [
+                {
+                    "corruption": name,
+                    **{
+                        f"severity {severity}": interval_cell(result.error_interval(c, s), 0)
+                        for s, severity in enumerate(SEVERITIES)
+                    },
+                    "mean": interval_cell(result.mean_error_interval(c), 0),
+                    **({"CE": interval_cell(summary.ce[c], 0)} if summary else {}),
+                }
+                for c, name in enumerate(result.corruptions)
+            ],
+            hide_index=True,
+        )
+    chart(
+        figures.corruption_errors([result for result, _ in found]),
+        "evaluate:corruptions",
+        "Error of each model under scanner and PACS accidents (lowered dose, streaks, rings, motion, JPEG, a "
+        "shifted window, a coarser matrix), averaged over five severities; CE is relative to the baseline "
+        "model (100% = the baseline's error), as ImageNet-C and MedMNIST-C report it.",
+    )
+
+
+def faithfulness(report: dict[str, Any]) -> None:
+    """ROAD scores of each model's Grad-CAM maps, clean and attacked."""
+    found = [
+        FaithfulnessReport.from_dict(model["faithfulness"])
+        for model in report["models"]
+        if model.get("faithfulness")
+    ]
+    for model in report["models"]:
+        if (model.get("skipped") or {}).get("faithfulness"):
+            st.caption(f"{model['name']}: faithfulness not measured: {model['skipped']['faithfulness']}")
+    if not found:
+        return
+    st.markdown("##### Faithfulness of the explanations")
+    # A static table: the maps' description and the reasons wrap instead of being cut off.
+    st.table(
+        [
+            {
+                "model": result.model,
+                "maps": f"{result.method}, {result.layer} ({result.grid[0]}×{result.grid[1]} cells), "
+                f"{result.imputation} imputation",
+                "clean ROAD": f"{result.clean.mean.estimate:+.2f}",
+                f"under {result.attacked.condition}": f"{result.attacked.mean.estimate:+.2f}",
+                "change": f"{result.change.estimate:+.2f} ({result.change.bounds(0)} hundredths)",
+                "left out": result.clean.problem or result.attacked.problem or "none",
+            }
+            for result in found
+        ],
+        hide_index=True,
+    )
+    chart(
+        figures.faithfulness_scores(found),
+        "evaluate:faithfulness",
+        "ROAD: above 0, removing what the map marks hurts the answer more than removing the rest, so the map "
+        "shows what the answer rests on; near 0 it is no better than a random map. Under attack the map "
+        "explains the wrong answer.",
+    )
+
+
+def timing(report: dict[str, Any]) -> None:
+    """Where the evaluation's time went."""
+    rows = [
+        {"model": model["name"], **{part: f"{seconds:.0f} s" for part, seconds in model["seconds"].items()}}
+        for model in report["models"]
+        if model.get("seconds")
+    ]
+    if rows:
+        st.markdown("##### Where the time went")
+        st.dataframe(rows, hide_index=True)
+
+
 def downloads(outputs: dict[str, str]) -> None:
     columns = st.columns(3)
     for column, (kind, label, mime) in zip(
@@ -263,21 +452,50 @@ def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     if report.get("complete") is False:
         st.warning(INCOMPLETE, icon=":material/hourglass_bottom:")
     untrained_warnings(report)
-    tabs = st.tabs(
-        ["Reference table", "Confusion matrices", "Robustness curves", "Strength checks", "Certified"]
+    (
+        table_tab,
+        comparison_tab,
+        calibration_tab,
+        corruption_tab,
+        explanation_tab,
+        confusion_tab,
+        curve_tab,
+        strength_tab,
+        certified_tab,
+    ) = st.tabs(
+        [
+            "Reference table",
+            "Comparison",
+            "Calibration",
+            "Corruptions",
+            "Explanations",
+            "Confusion matrices",
+            "Robustness curves",
+            "Strength checks",
+            "Certified",
+        ]
     )
-    with tabs[0]:
+    with table_tab:
         reference_tables(report)
         transfer(report)
-    with tabs[1]:
+    with comparison_tab:
+        comparisons(report)
+    with calibration_tab:
+        calibration(report)
+    with corruption_tab:
+        corruptions(report)
+    with explanation_tab:
+        faithfulness(report)
+    with confusion_tab:
         confusion_matrices(report)
-    with tabs[2]:
+    with curve_tab:
         epsilon_curves(report)
         minimal_epsilons(report)
-    with tabs[3]:
+    with strength_tab:
         strength(report)
-    with tabs[4]:
+    with certified_tab:
         certified(report)
         if not any(model.get("certified") for model in report["models"]):
             st.caption("Certification was not run for this evaluation.")
+        timing(report)
     downloads(outputs)

@@ -19,8 +19,10 @@ from dashboard.ui.session import selected_run
 from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available
 from pipeline.evaluation.background import start_evaluation_job
+from pipeline.evaluation.corruption import CT_CORRUPTIONS
 from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
+from pipeline.evaluation.strength import STRENGTH_LEVELS
 from pipeline.evaluation.suite import SuiteSettings
 from pipeline.jobs import job_state, list_jobs
 from pipeline.store import RunRecord
@@ -111,6 +113,33 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             key="evaluate:strength",
             help="Stronger attacks beside every figure to catch gradient masking (slower)",
         )
+        level = middle.selectbox(
+            "Strength of the checks",
+            list(STRENGTH_LEVELS),
+            index=list(STRENGTH_LEVELS).index(DEFAULTS.strength_settings.level),
+            key="evaluate:form:level",
+            format_func={
+                "quick": f"quick: sized for a CPU (largest ε, {STRENGTH_LEVELS['quick'].scans} scans)",
+                "full": "full: the literature's settings (every ε, every scan; for a GPU)",
+            }.get,
+            help="Quick keeps a whole evaluation of two small models within minutes on a laptop; full runs "
+            "PGD-50 with 3 restarts, APGD-20 and AutoAttack with Square at 1,000 queries, as papers report",
+        )
+        corrupt = left.toggle(
+            "CT corruptions at 5 severities",
+            value=bool(DEFAULTS.corruptions),
+            key="evaluate:form:corruptions",
+            help="Low dose, streaks, rings, motion, JPEG, window shift, downsampling: every scan 35 times "
+            "through each model, about as long as the attacks",
+        )
+        explained = left.number_input(
+            "Explanations scored (0 = off)",
+            0,
+            256,
+            DEFAULTS.faithfulness_scans,
+            key="evaluate:form:faithfulness",
+            help="How many scans' Grad-CAM maps are checked for faithfulness (ROAD), clean and attacked",
+        )
         minimal = right.toggle(
             "Smallest flipping ε per scan",
             value=DEFAULTS.minimal_epsilon,
@@ -141,6 +170,9 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 attacks=tuple(attacks),
                 epsilons=epsilons,
                 strength=strength,
+                strength_settings=STRENGTH_LEVELS[level],
+                corruptions=CT_CORRUPTIONS if corrupt else (),
+                faithfulness_scans=int(explained),
                 minimal_epsilon=minimal,
                 certify_sigma=sigma or None,
                 transfer=transfer,

@@ -6,10 +6,10 @@ from pipeline.data.kaggle import download_iqothnccd
 from pipeline.data.preprocess import preprocess_image
 from pipeline.data.scan import ACCEPTED_FORMATS, Scan, open_scan, read_scan
 from pipeline.data.spec import DataSpec, fold_data_settings
-from pipeline.data.splits import Split, leakage_report, split_dataset, split_for
+from pipeline.data.splits import Split, leakage_report, split_dataset, split_for, split_groups
 
 __all__ = [
     "ACCEPTED_FORMATS", "DataSpec", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split",
     "WINDOW_NAMES", "Window", "attacked_dicom", "download_iqothnccd", "fold_data_settings", "leakage_report",
-    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for",
+    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for", "split_groups",
 ]

@@ -176,6 +176,23 @@ def group_scans(ds: ScanDataset, *, block_length: int = BLOCK_LENGTH,
     return groups, summary
 
 
+def split_groups(ds: ScanDataset, split: Split) -> np.ndarray | None:
+    """The group id of every scan of ``ds`` (int ``[N]``) as the grouped ``split`` drew them, for
+    intervals that resample whole groups; None for a random split, whose scans count as independent.
+
+    Recomputed from the data with the settings stored in the split's report (grouping is
+    deterministic), so splits stored before group ids were kept work too.
+    """
+    if split.strategy != "grouped":
+        return None
+    groups, _ = group_scans(
+        ds,
+        block_length=int(split.report.get("block_length", BLOCK_LENGTH)),
+        near_threshold=float(split.report.get("near_threshold", NEAR_THRESHOLD)),
+    )
+    return groups
+
+
 def near_duplicate_pairs(ds: ScanDataset, threshold: float = NEAR_THRESHOLD) -> np.ndarray:
     """Pairs ``(i, j)``, ``i < j``, whose normalised thumbnails differ by less than ``threshold`` RMS."""
     return _near_pairs(_thumbnails(ds.images), threshold)

@@ -30,6 +30,20 @@ def resolve_indices(dataset: Dataset, indices: Optional[Sequence[int]]) -> np.nd
     return chosen
 
 
+def groups_of(
+    groups: Optional[Sequence[int] | np.ndarray], dataset: Dataset, chosen: np.ndarray
+) -> Optional[np.ndarray]:
+    """The group ids (int ``[len(chosen)]``) of the chosen scans, from one id per scan of ``dataset``
+    (:func:`pipeline.data.split_groups`); None stays None (independent scans)."""
+    if groups is None:
+        return None
+    ids = np.asarray(groups, dtype=np.int64).reshape(-1)
+    size = len(dataset)  # type: ignore[arg-type]
+    if ids.size != size:
+        raise UserInputError(f"got {ids.size} group ids for a dataset of {size} scans; give one per scan")
+    return ids[chosen]
+
+
 def iter_batches(
     dataset: Dataset, indices: np.ndarray, batch_size: int, device: torch.device
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
@@ -57,6 +71,12 @@ def model_device(model: nn.Module, device: str | torch.device | None) -> torch.d
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes for a batch already on the model's device."""
     return model(x).argmax(dim=1)
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities ``[N, C]`` (float32) for a batch already on the model's device."""
+    return torch.softmax(model(x).float(), dim=1)
 
 
 @contextmanager

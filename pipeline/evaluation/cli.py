@@ -10,6 +10,7 @@ when the job is cancelled.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -19,10 +20,12 @@ from pipeline import tracking
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import UserInputError
 from pipeline.evaluation.background import run_job
+from pipeline.evaluation.calibration import CONFIDENT
 from pipeline.evaluation.data import SPLIT_SIDES
+from pipeline.evaluation.report import interval_note, strength_note
 from pipeline.evaluation.request import EvaluationRequest, evaluate_runs
-from pipeline.evaluation.strength import StrengthSettings
-from pipeline.evaluation.suite import EvaluationSuite, SuiteSettings
+from pipeline.evaluation.strength import FULL_STRENGTH, QUICK_STRENGTH, STRENGTH_LEVELS
+from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation, SuiteSettings
 from pipeline.jobs import raise_on_sigterm
 from pipeline.json_object import read_json_file
 from pipeline.progress import tqdm_progress
@@ -30,7 +33,7 @@ from pipeline.store import update_status
 from pipeline.units import format_epsilons, format_share
 
 #: The settings' own defaults, the one set: every flag starts from them, as the Evaluate page's form does.
-DEFAULTS, STRENGTH = SuiteSettings(), StrengthSettings()
+DEFAULTS = SuiteSettings()
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,29 +90,65 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"run the strength checks beside every figure (default: {'on' if DEFAULTS.strength else 'off'})",
     )
     parser.add_argument(
+        "--strength-level",
+        choices=sorted(STRENGTH_LEVELS),
+        default=DEFAULTS.strength_settings.level,
+        help=f"quick: the checks sized for a CPU, at the largest epsilon on {QUICK_STRENGTH.scans} scans; full: "
+        "the literature's settings at every epsilon on every scan (PGD-50 x3, APGD-20, Square 1,000 "
+        f"queries; default {DEFAULTS.strength_settings.level})",
+    )
+    parser.add_argument(
         "--strong-steps",
         type=int,
-        default=STRENGTH.strong_steps,
-        help=f"steps of the long PGD check (default {STRENGTH.strong_steps})",
+        help=f"steps of the long PGD check (default: the level's, quick {QUICK_STRENGTH.strong_steps}, "
+        f"full {FULL_STRENGTH.strong_steps})",
     )
     parser.add_argument(
         "--restarts",
         type=int,
-        default=STRENGTH.strong_restarts,
-        help=f"restarts of the long PGD check (default {STRENGTH.strong_restarts})",
+        help=f"restarts of the long PGD check (default: the level's, quick {QUICK_STRENGTH.strong_restarts}, "
+        f"full {FULL_STRENGTH.strong_restarts})",
     )
     parser.add_argument(
         "--ensemble-steps",
         type=int,
-        default=STRENGTH.ensemble_steps,
-        help=f"steps of each APGD member of the AutoAttack check (default {STRENGTH.ensemble_steps})",
+        help="steps of each APGD member of the AutoAttack check (default: the level's, quick "
+        f"{QUICK_STRENGTH.ensemble_steps}, full {FULL_STRENGTH.ensemble_steps})",
     )
     parser.add_argument(
         "--queries",
         type=int,
-        default=STRENGTH.square_queries,
-        help="queries of the Square attack and of AutoAttack's Square member "
-        f"(default {STRENGTH.square_queries})",
+        help=f"queries of the Square check (default: the level's, quick {QUICK_STRENGTH.square_queries}, "
+        f"full {FULL_STRENGTH.square_queries})",
+    )
+    parser.add_argument(
+        "--corruptions",
+        default=",".join(DEFAULTS.corruptions),
+        help="CT corruptions at severities 1-5: 'ct' for all of them (low-dose, streaks, rings, "
+        "motion-blur, jpeg, window-shift, downsample) or a comma-separated list (default: none; about "
+        "as long as the attacks)",
+    )
+    parser.add_argument(
+        "--faithfulness",
+        type=int,
+        default=DEFAULTS.faithfulness_scans,
+        metavar="SCANS",
+        help="score the Grad-CAM maps of this many scans by ROAD, clean and attacked (0: off; default "
+        f"{DEFAULTS.faithfulness_scans})",
+    )
+    parser.add_argument(
+        "--faithfulness-imputation",
+        choices=("linear", "blur"),
+        default=DEFAULTS.faithfulness_imputation,
+        help="how ROAD fills removed pixels: linear (the paper's) or blur (about half the cost; default "
+        f"{DEFAULTS.faithfulness_imputation})",
+    )
+    parser.add_argument(
+        "--early-stop",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.early_stop,
+        help="stop attacking a scan once it is fooled (same accuracies, less time; default: "
+        f"{'on' if DEFAULTS.early_stop else 'off'})",
     )
     parser.add_argument(
         "--transfer",
@@ -170,18 +209,28 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
         return EvaluationRequest.from_dict(read_json_file(args.config_json, "settings file"))
     if not args.run:
         raise UserInputError("give a run to evaluate: --run RUN (repeat it to compare models)")
+    overrides = {
+        field: value
+        for field, value in (
+            ("strong_steps", args.strong_steps),
+            ("strong_restarts", args.restarts),
+            ("square_queries", args.queries),
+            ("ensemble_steps", args.ensemble_steps),
+        )
+        if value is not None
+    }
     suite = SuiteSettings(
         attacks=args.attacks,
         epsilons=args.eps,
         steps=args.steps,
         strength=args.strength,
-        strength_settings=StrengthSettings(
-            pgd_steps=args.steps,
-            strong_steps=args.strong_steps,
-            strong_restarts=args.restarts,
-            square_queries=args.queries,
-            ensemble_steps=args.ensemble_steps,
+        strength_settings=dataclasses.replace(
+            STRENGTH_LEVELS[args.strength_level], pgd_steps=args.steps, **overrides
         ),
+        corruptions=args.corruptions,
+        faithfulness_scans=args.faithfulness,
+        faithfulness_imputation=args.faithfulness_imputation,
+        early_stop=args.early_stop,
         transfer=args.transfer,
         minimal_epsilon=args.min_eps,
         certify_sigma=args.certify,
@@ -222,25 +271,67 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
     for table in suite.tables:
         print(table.format())
         print()
+    print(interval_note(suite))
+    if suite.settings.strength:
+        print(strength_note(suite.settings))
     for model in suite.models:
         scans = model.report.size
-        print(f"{model.name}: clean {format_share(model.report.clean.accuracy, scans)} on {scans} scans")
+        print(f"{model.name}: clean {model.report.clean.accuracy_interval.format()} on {scans} scans")
         for result in model.report.attacks:
             size = result.size_summary()
             print(
-                f"  {result.label:<28} accuracy {format_share(result.accuracy, scans):>6}   success "
-                f"{format_share(result.success_rate, scans):>6}   median L∞ "
+                f"  {result.label:<28} accuracy {result.outcome.accuracy_interval.format():<22} success "
+                f"{result.success_interval.format():<22} median L∞ "
                 f"{_shown(size['linf_median'] * 255, '5.2f')}/255   PSNR {_shown(size['psnr_mean'], '5.1f')} "
                 f"dB   {result.seconds:7.1f} s"
             )
+        _print_sections(model)
         for defense in model.defenses:
             print(
                 f"  defence {defense.defense}: clean {format_share(defense.naive.clean.accuracy, scans)}, "
                 f"naive attack {format_share(defense.naive.attacks[0].accuracy, scans)}, adaptive attack "
                 f"{format_share(defense.adaptive.attacks[0].accuracy, scans)}"
             )
+    for comparison in suite.comparisons:
+        print(comparison.sentence)
+    for model in suite.models:
+        parts = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in model.seconds.items())
+        print(f"time, {model.name}: {parts}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+
+
+def _print_sections(model: ModelEvaluation) -> None:
+    """Calibration, corruptions and faithfulness of one model, a line or a few each."""
+    for result in model.calibration:
+        print(
+            f"  calibration, {result.condition:<24} ECE {result.ece:6.1%}   confidence of wrong answers "
+            f"{_shown(result.wrong_confidence, '6.1%')}   wrong with ≥{CONFIDENT:.0%} confidence "
+            f"{result.confidently_wrong.format()}"
+        )
+    if model.corruption is not None:
+        corruption = model.corruption
+        errors_text = "; ".join(
+            f"{name} {corruption.mean_error_interval(c).format(0)}"
+            for c, name in enumerate(corruption.corruptions)
+        )
+        print(f"  corruption error, mean of severities 1-5: {errors_text}")
+    if model.corruption_errors is not None:
+        errors = model.corruption_errors
+        relative = errors.relative_mce.format(0)
+        print(f"  mCE {errors.mce.format(0)}, relative mCE {relative} of {errors.baseline}'s")
+    if model.faithfulness is not None:
+        faithful = model.faithfulness
+        clean, attacked = faithful.clean.mean, faithful.attacked.mean
+        measured = (
+            f"clean {clean.estimate:+.2f} ({clean.bounds(0)} hundredths), under "
+            f"{faithful.attacked.condition} {attacked.estimate:+.2f} ({attacked.bounds(0)})"
+            if clean.scans
+            else f"no map could be measured: {faithful.clean.problem}"
+        )
+        print(f"  faithfulness (ROAD, {faithful.method} on {faithful.layer}): {measured}")
+    for section, reason in model.skipped.items():
+        print(f"  {section} not measured: {reason}")
 
 
 def _track(

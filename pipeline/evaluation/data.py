@@ -80,13 +80,14 @@ def split_indices(split: Split, side: str, labels: np.ndarray, *, limit: Optiona
     if limit is not None:
         if limit < 1:
             raise UserInputError(f"--limit must be at least 1, got {limit}")
-        chosen = _balanced_subset(chosen, np.asarray(labels)[chosen], limit)
+        chosen = balanced_subset(chosen, np.asarray(labels)[chosen], limit)
     return chosen
 
 
-def _balanced_subset(indices: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
-    """``limit`` indices taken from the classes in turn (lowest index first), so a short run still sees
-    every class; deterministic, hence the same scans for every model compared."""
+def balanced_subset(indices: np.ndarray, labels: np.ndarray, limit: int) -> np.ndarray:
+    """``limit`` of ``indices`` (with their ``labels``) taken from the classes in turn (lowest index
+    first), so a short run still sees every class; deterministic, hence the same scans for every
+    model compared. Sorted, like ``indices``."""
     order = np.argsort(indices, kind="stable")
     indices, labels = indices[order], labels[order]
     rank = np.zeros(indices.size, dtype=np.int64)  # position of each scan within its class

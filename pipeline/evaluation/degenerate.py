@@ -23,12 +23,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from pipeline.constants import CLASSES
+from pipeline.evaluation.intervals import wilson
 
 NOT_TRAINED = "not a trained classifier: no robustness to measure"
 #: A class needs this many labelled scans before "never answered" counts against the model.
 MIN_CLASS_SCANS = 3
-#: The two-sided 95% normal quantile of the Wilson interval.
-Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,8 @@ class AnswerCheck:
     @property
     def majority_interval(self) -> tuple[float, float]:
         """The 95% Wilson interval of the majority-class rate over this many scans."""
-        return wilson_interval(max(self.labels), self.scans)
+        interval = wilson(max(self.labels), self.scans)
+        return interval.low, interval.high
 
     @property
     def never_answered(self) -> list[str]:
@@ -122,17 +122,6 @@ class AnswerCheck:
             "majority_interval": list(self.majority_interval),
             "never_answered": self.never_answered,
         }
-
-
-def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion (Wilson 1927, JASA 22:209); ``(nan, nan)`` for none."""
-    if trials <= 0:
-        return math.nan, math.nan
-    rate = successes / trials
-    spread = Z_95**2 / trials
-    centre = (rate + spread / 2) / (1 + spread)
-    half = Z_95 / (1 + spread) * math.sqrt(rate * (1 - rate) / trials + spread / (4 * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def check_answers(

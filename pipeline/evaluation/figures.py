@@ -2,20 +2,25 @@
 
 The report's figures take the typed results (a :class:`SweepResult`, a :class:`TransferResult`,
 ...); the dashboard rebuilds the same objects from ``report.json`` with their ``from_dict`` and
-calls the same functions, so a figure looks and reads the same in both. The lab's one palette
-and style live here too (the dashboard's other figures import them). Nothing here computes a
-metric, and nothing imports streamlit.
+calls the same functions, so a figure looks and reads the same in both. Where a figure has a 95%
+interval it is drawn as an error bar. The lab's one palette and style live here too (the
+dashboard's other figures import them). Nothing here computes a metric, and nothing imports
+streamlit.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from pipeline.constants import GREY_LEVEL
+from pipeline.evaluation.calibration import Calibration
 from pipeline.evaluation.certify import CertifiedCurve
+from pipeline.evaluation.corruption import CorruptionReport
+from pipeline.evaluation.faithfulness import FaithfulnessReport
+from pipeline.evaluation.intervals import Interval, PairedComparison
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.evaluation.sweeps import WORST_CASE, MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
@@ -140,9 +145,11 @@ def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
         xs = [0.0] + [eps * 255 for eps in sweep.epsilons]
         for a, (attack, values) in enumerate(sweep.accuracy.items()):
             worst = attack == WORST_CASE
+            bounds = [sweep.clean_interval, *sweep.intervals.get(attack, [None] * len(values))]
             figure.add_scatter(
                 x=xs,
                 y=[100 * sweep.clean] + [100 * v for v in values],
+                error_y=error_bars(bounds, [sweep.clean, *values]),
                 mode="lines+markers",
                 name=f"{sweep.model}: {attack}",
                 line={
@@ -154,7 +161,8 @@ def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
     figure.update_xaxes(title="ε (grey levels, k/255; 0 = clean)")
     figure.update_yaxes(title="accuracy (%)", range=[0, 100])
     many = sum(len(sweep.accuracy) for sweep in sweeps) > 4
-    return style(figure, title="Accuracy as the attack budget grows", height=380, legend_right=many)
+    title = "Accuracy as the attack budget grows (bars: 95% intervals)"
+    return style(figure, title=title, height=380, legend_right=many)
 
 
 def strength_ladder(reports: Sequence[StrengthReport]) -> go.Figure:
@@ -181,7 +189,8 @@ def transfer_heatmap(result: TransferResult) -> go.Figure:
         result.accuracy,
         result.models,
         result.models,
-        title=f"Transfer: accuracy under {result.attack.title} crafted on another model",
+        title=f"Transfer: accuracy under {result.attack.title} crafted on another model ({result.scans} "
+        "scans)",
         x_title="attacked model",
         y_title="examples crafted on",
     )
@@ -217,3 +226,96 @@ def certified_curves(curves: Sequence[tuple[str, CertifiedCurve]]) -> go.Figure:
         percent=True,
         title="Certified accuracy by randomized smoothing (a guarantee, not an attack)",
     )
+
+
+def error_bars(
+    intervals: Sequence[Optional[Interval]], values: Sequence[float], *, scale: float = 100
+) -> dict:
+    """Plotly ``error_y`` for ``values`` from their intervals (None: no bar), in percent by default."""
+    known = [i is not None and np.isfinite(i.low) and np.isfinite(i.high) for i in intervals]
+    upper = [scale * (i.high - v) if ok else None for i, v, ok in zip(intervals, values, known)]
+    lower = [scale * (v - i.low) if ok else None for i, v, ok in zip(intervals, values, known)]
+    return {"type": "data", "symmetric": False, "array": upper, "arrayminus": lower, "thickness": 1.2}
+
+
+def reliability_diagram(calibrations: Sequence[tuple[str, Calibration]]) -> go.Figure:
+    """Accuracy against confidence per confidence bin, one line per (model, condition); on the
+    diagonal a model is as sure as it is right, below it overconfident. Marker area follows the
+    scans in the bin."""
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[0, 100], y=[0, 100], mode="lines", name="calibrated", line={"color": "#8a99a6", "dash": "dot"}
+    )
+    for m, (model, result) in enumerate(calibrations):
+        filled = result.reliability.scans > 0
+        figure.add_scatter(
+            x=100 * result.reliability.confidence[filled],
+            y=100 * result.reliability.accuracy[filled],
+            mode="lines+markers",
+            name=f"{model}: {result.condition} (ECE {100 * result.ece:.1f}%)",
+            marker={"size": 6 + 18 * np.sqrt(result.reliability.scans[filled] / max(result.scans, 1))},
+            line={"color": SERIES[m % len(SERIES)], "dash": DASHES[m // len(SERIES) % len(DASHES)]},
+        )
+    figure.update_xaxes(title="confidence of the answer (%)", range=[0, 100])
+    figure.update_yaxes(title="share of those answers that are right (%)", range=[0, 100])
+    return style(figure, title="Reliability: how often answers of a given confidence are right")
+
+
+def corruption_errors(reports: Sequence[CorruptionReport]) -> go.Figure:
+    """Error under each corruption, averaged over its five severities, one bar per model, with 95%
+    intervals; the clean error for reference."""
+    figure = go.Figure()
+    for m, result in enumerate(reports):
+        names = ["clean", *result.corruptions]
+        clean = 1.0 - float(result.clean_correct.mean())
+        means = [clean, *(float(e) for e in result.errors().mean(axis=1))]
+        bounds = [None, *(result.mean_error_interval(c) for c in range(len(result.corruptions)))]
+        figure.add_bar(
+            x=names,
+            y=[100 * v for v in means],
+            error_y=error_bars(bounds, means),
+            name=result.model,
+            marker_color=SERIES[m % len(SERIES)],
+        )
+    figure.update_layout(barmode="group")
+    figure.update_yaxes(title="error, mean of severities 1-5 (%)", range=[0, 100])
+    return style(figure, title="Error under CT corruptions (bars: 95% intervals)")
+
+
+def faithfulness_scores(reports: Sequence[FaithfulnessReport]) -> go.Figure:
+    """Mean ROAD score of each model's maps, clean and attacked, with 95% intervals (above 0: the
+    map marks what the answer rests on)."""
+    figure = go.Figure()
+    for condition, colour in (("clean", SERIES[0]), ("attacked", SERIES[1])):
+        means = [getattr(report, condition).mean for report in reports]
+        figure.add_bar(
+            x=[report.model for report in reports],
+            y=[mean.estimate for mean in means],
+            error_y=error_bars(means, [mean.estimate for mean in means], scale=1),
+            name=condition,
+            marker_color=colour,
+        )
+    figure.add_hline(y=0, line={"color": "#8a99a6", "dash": "dot"})
+    figure.update_layout(barmode="group")
+    figure.update_yaxes(title="ROAD score (probability)")
+    return style(figure, title="Faithfulness of the Grad-CAM maps (ROAD; 0 = no better than a random map)")
+
+
+def comparison_forest(comparisons: Sequence[PairedComparison]) -> go.Figure:
+    """Each paired comparison as its difference in points with the 95% interval: to the right of
+    zero the second model holds more scans, to the left the first."""
+    labels = [f"{c.second} − {c.first}: {c.condition}" for c in comparisons]
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[100 * c.difference.estimate for c in comparisons],
+        y=labels,
+        error_x=error_bars([c.difference for c in comparisons], [c.difference.estimate for c in comparisons]),
+        mode="markers",
+        marker={"color": [SERIES[1] if c.clear else "#8a99a6" for c in comparisons], "size": 10},
+        showlegend=False,
+    )
+    figure.add_vline(x=0, line={"color": "#8a99a6", "dash": "dot"})
+    figure.update_xaxes(title="difference in accuracy (points; coloured: the interval excludes 0)")
+    figure.update_yaxes(autorange="reversed")
+    title = "Paired comparison on the same scans (bars: 95% intervals)"
+    return style(figure, title=title, height=120 + 28 * len(labels))

@@ -12,11 +12,12 @@ set for comparison, never mixed with ours.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.evaluation.degenerate import AnswerCheck
+from pipeline.evaluation.intervals import Interval
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, combine, same_eps
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.units import format_epsilon, format_share
@@ -69,9 +70,12 @@ class ReferenceRow:
     scans: int
     strength: Optional[StrengthReport] = None
     trained: Optional[AnswerCheck] = None  #: whether the clean answers show a trained classifier
+    #: The 95% interval of each value (a column whose attack was not run has none).
+    intervals: dict[str, Interval] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"model": self.model, "scans": self.scans, **self.values}
+        row["intervals"] = {column: interval.to_dict() for column, interval in self.intervals.items()}
         if self.trained is not None:
             row["trained_classifier"] = self.trained.to_dict()
         if self.strength is not None:
@@ -106,7 +110,7 @@ class ReferenceTable:
         }
 
     def format(self) -> str:
-        """The table as text for the terminal, strength verdicts under each row."""
+        """The table as text for the terminal: 95% intervals and strength verdicts under each row."""
         width = max([len(row.model) for row in self.rows] + [len(name) for name in REFERENCE_STUDY] + [5])
         header, study_header = (
             f"{'model':<{width}}  " + "  ".join(f"{COLUMN_LABELS[c]:>8}" for c in columns)
@@ -122,6 +126,7 @@ class ReferenceTable:
         for row in self.rows:
             shares = (f"{format_share(row.values[column], row.scans):>8}" for column in COLUMNS)
             lines.append(f"{row.model:<{width}}  " + "  ".join(shares))
+            lines.append(f"{'':<{width}}  " + "  ".join(_bounds(row.intervals.get(c)) for c in COLUMNS))
             if row.trained is not None and row.trained.flagged:
                 lines.append(f"{'':<{width}}  !! {row.trained.reason}")
             if row.strength is not None:
@@ -163,14 +168,27 @@ def reference_table(
                 f"{report.model} has no PGD, FGSM or CW-L∞ result at ε={format_epsilon(eps)}; run "
                 "reference_attacks(eps) first"
             )
+        combined = combine(report.clean, present)[0]
         values = {
             "clean": report.clean.accuracy,
             **{column: result.accuracy if result else math.nan for column, result in found.items()},
-            "combined": combine(report.clean, present)[0].accuracy,
+            "combined": combined.accuracy,
+        }
+        intervals = {
+            "clean": report.clean.accuracy_interval,
+            **{column: result.outcome.accuracy_interval for column, result in found.items() if result},
+            "combined": combined.outcome.accuracy_interval,
         }
         check = strength.get(report.model) if strength else None
         if check is not None and not same_eps(check.eps, eps):
             raise ValueError(f"strength checks of {report.model} were run at a different epsilon")
-        rows.append(ReferenceRow(report.model, values, report.size, check, report.trained))
+        rows.append(ReferenceRow(report.model, values, report.size, check, report.trained, intervals))
     first = reports[0]
     return ReferenceTable(eps, first.dataset, any(report.synthetic for report in reports), rows)
+
+
+def _bounds(interval: Optional[Interval]) -> str:
+    """``[35–51]``: the 95% interval in whole percent, under its figure."""
+    if interval is None or not math.isfinite(interval.low):
+        return f"{'':>8}"
+    return f"{f'[{100 * interval.low:.0f}–{100 * interval.high:.0f}]':>8}"

@@ -22,7 +22,8 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.offline
 
-from pipeline.constants import CLASSES
+from pipeline.attacks import attack_class
+from pipeline.constants import CLASSES, GREY_LEVEL, SYNTHETIC_BANNER
 from pipeline.errors import UserInputError
 from pipeline.evaluation import figures
 from pipeline.evaluation.defenses import DefenseResult
@@ -35,13 +36,15 @@ from pipeline.evaluation.reference import (
     STUDY_COLUMNS,
     ReferenceTable,
 )
-from pipeline.constants import GREY_LEVEL, SYNTHETIC_BANNER
+from pipeline.evaluation.calibration import CONFIDENT
+from pipeline.evaluation.corruption import SEVERITIES
+from pipeline.evaluation.intervals import Interval, percent_text
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
-from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation
+from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation, SuiteSettings
 from pipeline.json_object import parse_json_object
 from pipeline.store import atomic_write_bytes
-from pipeline.units import format_epsilon, format_share
+from pipeline.units import format_epsilon, format_share, share_decimals
 
 FILES = {"json": "report.json", "csv": "report.csv", "html": "report.html"}
 #: Above a report of an evaluation that has not finished all its sections (still running, or stopped).
@@ -129,11 +132,27 @@ CSV_FIELDS = (
     *(f"recall_{name}" for name in CLASSES),
     "strength_verdict",
     "trained_classifier",
+    # 95% intervals of the figures above (see pipeline.evaluation.intervals)
+    "accuracy_low",
+    "accuracy_high",
+    "success_rate_low",
+    "success_rate_high",
+    *(f"recall_{name}_{end}" for name in CLASSES for end in ("low", "high")),
+    "interval_method",
+    # the sections beyond accuracy: one figure per row, its interval and, for comparisons, the test
+    "section",
+    "figure",
+    "value",
+    "value_low",
+    "value_high",
+    "p_value",
 )
 
 
 def report_csv(suite: EvaluationSuite) -> str:
-    """One row per (model, attack): clean, each attack, the worst case per epsilon, the study's rows."""
+    """One row per figure: per (model, attack) clean, each attack, the worst case per epsilon (each
+    with its 95% interval), then calibration, corruptions, faithfulness and paired comparisons
+    (``section``, ``figure``, ``value`` and its interval), then the study's rows."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -154,6 +173,7 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
         clean = model.report.clean
         yield {
             **base,
+            "section": "robustness",
             "attack": "clean",
             "accuracy": clean.accuracy,
             **_recalls(clean),
@@ -161,12 +181,16 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
         }
         for result in model.report.attacks:
             check = model.strength_at(result.spec.eps) if result.spec.eps is not None else None
+            success = result.success_interval
             yield {
                 **base,
                 **_eps(result.spec.eps),
+                "section": "robustness",
                 "attack": result.label,
                 "accuracy": result.accuracy,
                 "success_rate": result.success_rate,
+                "success_rate_low": success.low,
+                "success_rate_high": success.high,
                 "attacked": int(result.clean_correct.sum()),
                 "fooled": int(result.fooled.sum()),
                 **result.size_summary(),
@@ -178,6 +202,7 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
             yield {
                 **base,
                 **_eps(combined.eps),
+                "section": "robustness",
                 "attack": "worst case over: " + " + ".join(combined.attacks),
                 "accuracy": combined.accuracy,
                 **_recalls(combined.outcome),
@@ -186,11 +211,24 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
             yield {
                 **base,
                 **_eps(check.eps),
-                "attack": "worst case over all attacks incl. strength checks",
+                "section": "robustness",
+                "attack": f"worst case over all attacks incl. strength checks ({check.scans} scans)",
                 "accuracy": check.worst_case.accuracy,
                 **_recalls(check.worst_case.outcome),
                 "strength_verdict": check.verdict,
             }
+        yield from _section_rows(model, base)
+    for comparison in suite.comparisons:
+        yield {
+            "source": OURS,
+            "synthetic": suite.synthetic,
+            "model": f"{comparison.second} − {comparison.first}",
+            "section": "comparison",
+            "attack": comparison.condition,
+            "figure": "difference in accuracy",
+            **_value(comparison.difference),
+            "p_value": comparison.p_value,
+        }
     for name, values in REFERENCE_STUDY.items():
         for column, value in zip(STUDY_COLUMNS, values):
             yield {
@@ -203,12 +241,67 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
             }
 
 
+def _section_rows(model: ModelEvaluation, base: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Calibration, corruption and faithfulness figures of one model, one row each."""
+    for result in model.calibration:
+        row = {**base, "section": "calibration", "attack": result.condition}
+        yield {**row, "figure": "expected calibration error", "value": result.ece}
+        yield {**row, "figure": "mean confidence", "value": result.mean_confidence}
+        yield {**row, "figure": "mean confidence of wrong answers", "value": result.wrong_confidence}
+        wrong = result.confidently_wrong
+        yield {**row, "figure": f"share confidently wrong (>= {CONFIDENT:.0%})", **_value(wrong)}
+    if model.corruption is not None:
+        report = model.corruption
+        for c, name in enumerate(report.corruptions):
+            row = {**base, "section": "corruption", "attack": name}
+            for s, severity in enumerate(SEVERITIES):
+                error = report.error_interval(c, s)
+                yield {**row, "figure": f"error at severity {severity}", **_value(error)}
+            yield {**row, "figure": "mean error over severities", **_value(report.mean_error_interval(c))}
+    if model.corruption_errors is not None:
+        errors = model.corruption_errors
+        row = {**base, "section": "corruption error", "attack": f"relative to {errors.baseline}"}
+        for name, ce, relative in zip(errors.corruptions, errors.ce, errors.relative_ce):
+            yield {**row, "figure": f"CE {name}", **_value(ce)}
+            yield {**row, "figure": f"relative CE {name}", **_value(relative)}
+        yield {**row, "figure": "mCE", **_value(errors.mce)}
+        yield {**row, "figure": "relative mCE", **_value(errors.relative_mce)}
+    if model.faithfulness is not None:
+        faithful = model.faithfulness
+        for side in (faithful.clean, faithful.attacked):
+            row = {**base, "section": "faithfulness", "attack": side.condition}
+            figure = f"ROAD score of {faithful.method} maps ({faithful.layer})"
+            yield {**row, "figure": figure, **_value(side.mean)}
+        yield {
+            **base,
+            "section": "faithfulness",
+            "attack": faithful.attacked.condition,
+            "figure": "ROAD change, attacked minus clean",
+            **_value(faithful.change),
+        }
+
+
+def _value(interval: Interval) -> dict[str, Any]:
+    return {"value": interval.estimate, "value_low": interval.low, "value_high": interval.high,
+            "interval_method": interval.method}
+
+
 def _eps(eps: Optional[float]) -> dict[str, Any]:
     return {"eps": eps, "eps_label": format_epsilon(eps)}
 
 
-def _recalls(outcome: Outcome) -> dict[str, float]:
-    return {f"recall_{name}": value for name, value in zip(CLASSES, outcome.recall)}
+def _recalls(outcome: Outcome) -> dict[str, Any]:
+    """Recall per class, and the accuracy's and each recall's 95% interval."""
+    accuracy = outcome.accuracy_interval
+    values: dict[str, Any] = {
+        "accuracy_low": accuracy.low,
+        "accuracy_high": accuracy.high,
+        "interval_method": accuracy.method,
+    }
+    for name, value, interval in zip(CLASSES, outcome.recall, outcome.recall_intervals):
+        values[f"recall_{name}"] = value
+        values[f"recall_{name}_low"], values[f"recall_{name}_high"] = interval.low, interval.high
+    return values
 
 
 def _csv_value(value: Any) -> Any:
@@ -231,6 +324,7 @@ text-transform:uppercase;letter-spacing:.03em}
 .examples{display:flex;flex-wrap:wrap;gap:1.2em}.examples figure{margin:0}.examples img{width:160px;
 image-rendering:pixelated;border:1px solid #d5dde3}figcaption{font-size:.85em;max-width:500px}
 .cm{display:inline-block;margin-right:1.2em;vertical-align:top}.cm table{font-size:.85em}
+.ci{color:#6b7780;font-size:.85em;white-space:nowrap}
 """
 
 
@@ -247,10 +341,15 @@ def report_html(suite: EvaluationSuite) -> str:
         parts.append(f"<div class='banner'>{_e(INCOMPLETE)}</div>")
     parts += _summary(suite)
     for table in suite.tables:
-        parts += _reference_table(table)
+        parts += _reference_table(table, suite.settings)
+    parts += _comparisons(suite)
     parts += _figures(suite)
+    parts += _calibration(suite)
+    parts += _corruptions(suite)
+    parts += _faithfulness(suite)
     for model in suite.models:
         parts += _model_section(model)
+    parts += _timing(suite)
     if suite.synthetic:
         parts.append(f"<div class='banner'>{_e(SYNTHETIC_BANNER)}</div>")
     parts.append("</body></html>\n")
@@ -259,6 +358,22 @@ def report_html(suite: EvaluationSuite) -> str:
 
 def _e(text: Any) -> str:
     return html.escape(str(text))
+
+
+def _ci(interval: Interval, digits: Optional[int] = None, *, unit: str = "%") -> str:
+    """A share with its 95% interval: ``43% (35–51)``, the interval in a quieter tone. Values are shown
+    in hundredths, as precise as the scans behind them allow (:func:`pipeline.units.share_decimals`)
+    unless ``digits`` is given; ``unit`` follows the figure ("%" for shares, "" otherwise)."""
+    if not math.isfinite(interval.estimate):
+        return "—"
+    digits = share_decimals(interval.scans) if digits is None else digits
+    estimate, low, high = (percent_text(v, digits) for v in (interval.estimate, interval.low, interval.high))
+    return f"{estimate}{unit} <span class='ci'>({low} to {high})</span>"
+
+
+def _plot(figure: go.Figure) -> str:
+    """A figure as a fragment of the page; plotly.js itself is inlined once, in the head."""
+    return figure.to_html(full_html=False, include_plotlyjs=False)
 
 
 def _num(value: Optional[float], digits: int = 3) -> str:
@@ -277,12 +392,59 @@ def _summary(suite: EvaluationSuite) -> list[str]:
         "Carlini-Wagner margin loss inside the same L∞ ball, the study's CW-L2 had no bound). Only scans "
         "the model classifies correctly are attacked; accuracy under attack counts the others as errors, and the success rate is over the "
         "correctly classified scans. Perturbation sizes, PSNR and SSIM are over the adversarial examples "
-        "that succeeded. A robust accuracy from attacks is an upper bound: the strength checks beside each "
-        "figure say how far to trust it.</p>",
+        f"that succeeded{_early_stop_note(settings)}. A robust accuracy from attacks is an upper bound: the "
+        "strength checks beside each figure say how far to trust it.</p>",
+        f"<p class='note'>{_e(interval_note(suite))}</p>",
+        f"<p class='note'>{_e(strength_note(settings))}</p>" if settings.strength else "",
     ]
 
 
-def _reference_table(table: ReferenceTable) -> list[str]:
+def _early_stop_note(settings: SuiteSettings) -> str:
+    if not settings.early_stop:
+        return ""
+    return (
+        " (each attack stops on a scan once it is fooled, so these are the sizes of the first fooling "
+        "step, and accuracies are what they would be without stopping)"
+    )
+
+
+def interval_note(suite: EvaluationSuite) -> str:
+    """How the intervals were made, in one sentence."""
+    unit = (
+        f"resampling the {suite.groups} groups of related scans (slices of one patient, near-duplicates) "
+        "that the grouped split found, since such scans are not independent"
+        if suite.groups is not None
+        else "Wilson score intervals (bootstrap for ratios and means), the scans counted as independent"
+    )
+    return (
+        f"Every figure in brackets is a 95% interval: {unit}. On {suite.indices.size} scans a difference "
+        "between two models is only a difference when its interval excludes zero (see the paired comparison)."
+    )
+
+
+def strength_note(settings: SuiteSettings) -> str:
+    """Which strength the checks ran at, and how to run them at full strength."""
+    strength = settings.strength_settings
+    where = "every epsilon" if strength.every_epsilon else f"ε={format_epsilon(max(settings.epsilons))} only"
+    scans = (
+        "every scan"
+        if not strength.scans
+        else f"at most {strength.scans} scans, classes in turn (the transfer matrix too)"
+    )
+    return (
+        f"Strength checks at the {strength.level} level: PGD {strength.strong_steps} steps ×"
+        f"{strength.strong_restarts}, APGD {strength.ensemble_steps} steps, Square {strength.square_queries} "
+        f"queries, at {where}, on {scans}."
+        + (
+            " The full level (--strength-level full, or 'full' on the Evaluate page) runs the literature's "
+            "settings at every epsilon on every scan, for a GPU or a figure to publish."
+            if strength.level != "full"
+            else ""
+        )
+    )
+
+
+def _reference_table(table: ReferenceTable, settings: SuiteSettings) -> list[str]:
     header = (
         "<tr><th class='l'>model</th>"
         + "".join(f"<th>{_e(COLUMN_LABELS[c])}</th>" for c in COLUMNS)
@@ -300,15 +462,22 @@ def _reference_table(table: ReferenceTable) -> list[str]:
             f"<span class='{'flag' if check.flagged else 'ok'}'>{_e(check.verdict)}</span>"
             "<ul>" + "".join(_check_item(c) for c in check.checks) + "</ul>"
             if check
-            else "not run"
+            else _not_checked(table.eps, settings)
         )
         if row.trained is not None and row.trained.flagged and not (check and check.degenerate):
             verdict = f"<span class='flag'>{_e(row.trained.reason)}</span><br>{verdict}"
+        worst = "—"
+        if check is not None:
+            worst = _ci(check.worst_case.outcome.accuracy_interval)
+            if check.scans != row.scans:
+                worst += f"<br><span class='ci'>on the {check.scans} scans of the checks</span>"
         rows.append(
             f"<tr><td class='l'>{_e(row.model)}</td>"
-            + "".join(f"<td>{format_share(row.values[c], row.scans)}</td>" for c in COLUMNS)
-            + f"<td>{format_share(check.worst_case.accuracy, row.scans) if check else '—'}</td>"
-            + f"<td class='l'>{verdict}</td></tr>"
+            + "".join(
+                f"<td>{_ci(row.intervals[c]) if c in row.intervals else format_share(row.values[c], row.scans)}</td>"
+                for c in COLUMNS
+            )
+            + f"<td>{worst}</td><td class='l'>{verdict}</td></tr>"
         )
     reference = [
         f"<tr class='ref'><td class='l'>{_e(name)}</td>"
@@ -322,6 +491,14 @@ def _reference_table(table: ReferenceTable) -> list[str]:
         f"<h3>For comparison: {_e(REFERENCE_SOURCE)}</h3><table>{study_header}{''.join(reference)}</table>",
         f"<p class='note'>{_e(REFERENCE_CAVEAT)}</p>",
     ]
+
+
+def _not_checked(eps: float, settings: SuiteSettings) -> str:
+    """Why a row has no strength checks at this epsilon."""
+    if settings.strength and not settings.strength_settings.every_epsilon and eps < max(settings.epsilons):
+        level = settings.strength_settings.level
+        return f"checked at ε={format_epsilon(max(settings.epsilons))} only ({level} level)"
+    return "not run"
 
 
 def _check_item(check: StrengthCheck) -> str:
@@ -349,11 +526,158 @@ def _figures(suite: EvaluationSuite) -> list[str]:
     certified = [(model.name, model.certified) for model in suite.models if model.certified is not None]
     if certified:
         shown.append(figures.certified_curves(certified))
+    if suite.comparisons:
+        shown.append(figures.comparison_forest(suite.comparisons))
     if not shown:
         return []
     return ["<h2>Figures</h2>"] + [
-        figure.to_html(full_html=False, include_plotlyjs=False) for figure in shown
+        _plot(figure) for figure in shown
     ]
+
+
+def _comparisons(suite: EvaluationSuite) -> list[str]:
+    """Each model against the baseline on the same scans, in plain words."""
+    if not suite.comparisons:
+        return []
+    items = "".join(
+        f"<li class='{'flag' if c.clear else ''}'>{_e(c.sentence)}</li>" for c in suite.comparisons
+    )
+    return [
+        f"<h2>Paired comparison with {_e(suite.baseline)}</h2>",
+        f"<ul>{items}</ul>",
+        "<p class='note'>Both models answered the same scans, so each difference is tested scan by scan: "
+        "only the scans one model gets right and the other wrong carry evidence (McNemar's test; the "
+        "interval of the difference is Newcombe's, or a group bootstrap where the split is grouped).</p>",
+    ]
+
+
+def _calibration(suite: EvaluationSuite) -> list[str]:
+    """ECE, confidence and confidently wrong answers per model and condition, and the diagram."""
+    entries = [model for model in suite.models if model.calibration]
+    if not entries:
+        return []
+    head = (
+        "<tr><th class='l'>model</th><th class='l'>condition</th><th>accuracy</th><th>mean confidence</th>"
+        "<th>ECE</th><th>confidence of wrong answers</th>"
+        f"<th>answered wrongly with ≥ {CONFIDENT:.0%} confidence</th></tr>"
+    )
+    rows = "".join(
+        _row(
+            model.name,
+            _e(result.condition),
+            format_share(result.accuracy, result.scans),
+            format_share(result.mean_confidence, result.scans),
+            format_share(result.ece, result.scans),
+            format_share(result.wrong_confidence, result.scans),
+            _ci(result.confidently_wrong),
+        )
+        for model in entries
+        for result in model.calibration
+    )
+    shown = [
+        (model.name, result)
+        for model in entries
+        for result in (model.calibration[0], model.calibration[-1])
+    ]
+    figure = figures.reliability_diagram(shown)
+    return [
+        "<h2>Calibration: does the model know when it is wrong?</h2>",
+        f"<table>{head}{rows}</table>",
+        _plot(figure),
+        "<p class='note'>Expected calibration error (Guo et al. 2017): the gap between how sure the "
+        "answers are and how often they are right, over ten confidence bins. An attack that flips a scan "
+        "usually leaves the model sure of its wrong answer: the clinically harmful case, counted in the "
+        "last column. On a small test set the ECE reads high even for a calibrated model; compare models "
+        "on the same scans.</p>",
+    ]
+
+
+def _corruptions(suite: EvaluationSuite) -> list[str]:
+    """Error per corruption and severity with intervals, CE and mCE against the baseline."""
+    entries = [model for model in suite.models if model.corruption is not None]
+    if not entries:
+        return []
+    parts = ["<h2>CT corruptions at five severities</h2>"]
+    for model in entries:
+        report = model.corruption
+        assert report is not None
+        head = "<tr><th class='l'>corruption</th>" + "".join(f"<th>severity {s}</th>" for s in SEVERITIES)
+        head += "<th>mean</th>" + ("<th>CE</th><th>relative CE</th>" if model.corruption_errors else "")
+        head += "</tr>"
+        rows = []
+        for c, name in enumerate(report.corruptions):
+            cells = [_ci(report.error_interval(c, s), 0) for s in range(len(SEVERITIES))]
+            cells.append(_ci(report.mean_error_interval(c), 0))
+            errors = model.corruption_errors
+            if errors is not None:
+                cells += [_ci(errors.ce[c], 0), _ci(errors.relative_ce[c], 0)]
+            rows.append(_row(attack_class(name).title, *cells))
+        summary = f"clean error {format_share(report.clean_error, report.scans)}"
+        if model.corruption_errors is not None:
+            errors = model.corruption_errors
+            summary += (
+                f"; mCE {_ci(errors.mce, 0)} and relative mCE {_ci(errors.relative_mce, 0)} of "
+                f"{_e(errors.baseline)}'s"
+            )
+        parts += [f"<h3>{_e(model.name)}: error</h3><p>{summary}</p>", f"<table>{head}{''.join(rows)}"
+                  "</table>"]
+    parts.append(_plot(figures.corruption_errors([m.corruption for m in entries if m.corruption])))
+    parts.append(
+        "<p class='note'>Every scan under each corruption at severities 1–5 (noise of a lowered dose, "
+        "streaks, rings, motion, JPEG, a shifted window, a coarser matrix), the convention of ImageNet-C "
+        "(Hendrycks &amp; Dietterich 2019) and MedMNIST-C. CE is a model's summed error over the severities "
+        "relative to the baseline model's (100% = the baseline); relative CE compares what each loses from "
+        "its clean error. Below 100% is better.</p>"
+    )
+    return parts
+
+
+def _faithfulness(suite: EvaluationSuite) -> list[str]:
+    """ROAD scores of the Grad-CAM maps, clean and attacked."""
+    entries = [model for model in suite.models if model.faithfulness is not None]
+    skipped = [(model.name, why) for model in suite.models if (why := model.skipped.get("faithfulness"))]
+    if not entries and not skipped:
+        return []
+    head = (
+        "<tr><th class='l'>model</th><th class='l'>maps</th><th>clean</th><th>attacked</th>"
+        "<th>change</th><th class='l'>left out</th></tr>"
+    )
+    rows = []
+    for model in entries:
+        result = model.faithfulness
+        assert result is not None
+        rows.append(
+            _row(
+                model.name,
+                _e(f"{result.method}, {result.layer} ({result.grid[0]}×{result.grid[1]} cells), "
+                   f"{result.imputation} imputation, under {result.attacked.condition}"),
+                _ci(result.clean.mean, 0, unit=""),
+                _ci(result.attacked.mean, 0, unit=""),
+                _ci(result.change, 0, unit=""),
+                _e(result.clean.problem or result.attacked.problem or "none"),
+            )
+        )
+    parts = ["<h2>Faithfulness of the explanations</h2>", f"<table>{head}{''.join(rows)}</table>"]
+    parts += [f"<p class='note'>{_e(name)}: not measured: {_e(reason)}</p>" for name, reason in skipped]
+    if entries:
+        parts.append(_plot(figures.faithfulness_scores([m.faithfulness for m in entries if m.faithfulness])))
+    parts.append(
+        "<p class='note'>ROAD (Rong et al. 2022), in hundredths of the explained class's probability: "
+        "the map's most relevant pixels are removed (and filled in from their neighbours) and then its "
+        "least relevant ones; above zero, removing what the map marks hurts the answer more, so the map "
+        "shows what the answer rests on; near zero it is no better than a random map. On attacked scans "
+        "the map explains the wrong answer; a fall means the map no longer shows why the model answered.</p>"
+    )
+    return parts
+
+
+def _timing(suite: EvaluationSuite) -> list[str]:
+    """Where the evaluation's time went, per model and section."""
+    rows = "".join(
+        _row(model.name, *(_e(f"{section} {seconds:.0f} s") for section, seconds in model.seconds.items()))
+        for model in suite.models
+    )
+    return [f"<h2>Where the time went</h2><table>{rows}</table>"] if rows else []
 
 
 def _model_section(model: ModelEvaluation) -> list[str]:
@@ -363,7 +687,7 @@ def _model_section(model: ModelEvaluation) -> list[str]:
     recall_head = "".join(f"<th>recall {_e(name)}</th>" for name in CLASSES)
     parts = [
         f"<h2>Model: {_e(model.name)}</h2>" + (f"<p class='note'>{facts}</p>" if facts else ""),
-        f"<p>Clean accuracy {format_share(report.clean.accuracy, report.size)} on {report.size} scans.</p>",
+        f"<p>Clean accuracy {_ci(report.clean.accuracy_interval)} on {report.size} scans.</p>",
         _trained_note(model),
         "<table><tr><th class='l'>attack</th><th>accuracy</th><th>success rate</th><th>fooled / "
         "attacked</th><th>L∞ mean / median (k/255)</th><th>L2 mean / median (grey levels)</th><th>PSNR "
@@ -407,15 +731,15 @@ def _attack_row(result: AttackResult) -> str:
     size = result.size_summary()
     return _row(
         result.label,
-        format_share(result.accuracy, len(result.clean_correct)),
-        format_share(result.success_rate, int(result.clean_correct.sum())),
+        _ci(result.outcome.accuracy_interval),
+        _ci(result.success_interval),
         f"{int(result.fooled.sum())} / {int(result.clean_correct.sum())}",
         _pair(size["linf_mean"] * 255, size["linf_median"] * 255),
         _pair(size["l2_mean"] * 255, size["l2_median"] * 255),
         _num(size["psnr_mean"]),
         _num(size["ssim_mean"]),
         f"{result.seconds:.2f}",
-        *(format_share(value) for value in result.outcome.recall),
+        *(_ci(interval, 0) for interval in result.outcome.recall_intervals),
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pipeline.data import split_groups
 from pipeline.errors import UserInputError
 from pipeline.evaluation.data import SPLIT_SIDES, run_data, split_indices
 from pipeline.evaluation.report import save_report
@@ -102,6 +103,7 @@ def evaluate_runs(
         info=info,
         device=request.device,
         progress=progress,
+        groups=split_groups(dataset, split),
         on_section=lambda partial: save_report(partial, out),  # kept if the rest is cancelled or fails
     )
     return suite, save_report(suite, out)

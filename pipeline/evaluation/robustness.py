@@ -26,8 +26,16 @@ from pipeline.attacks import Attack, attack_class, get_attack
 from pipeline.attacks.base import batch_norms
 from pipeline.constants import CLASSES
 from pipeline.errors import AttackParameterError
-from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices, stopwatch
+from pipeline.evaluation.batches import (
+    groups_of,
+    iter_batches,
+    model_device,
+    probabilities,
+    resolve_indices,
+    stopwatch,
+)
 from pipeline.evaluation.degenerate import AnswerCheck, check_answers
+from pipeline.evaluation.intervals import Interval, proportion_interval
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report, staged
@@ -84,14 +92,32 @@ SpecLike = Union[AttackSpec, str, tuple]
 
 @dataclass
 class Outcome:
-    """Predictions on a set of scans and what they add up to."""
+    """Predictions on a set of scans and what they add up to, each share with its 95% interval."""
 
     predictions: np.ndarray  #: int [N]
     labels: np.ndarray  #: int [N]
+    #: float32 [N, C]: the class probabilities behind the predictions (None where not recorded)
+    probabilities: Optional[np.ndarray] = None
+    #: int [N]: scans sharing an id are not independent (one patient); None: every scan stands alone
+    groups: Optional[np.ndarray] = None
 
     @property
     def accuracy(self) -> float:
         return accuracy(self.labels, self.predictions)
+
+    @property
+    def accuracy_interval(self) -> Interval:
+        return proportion_interval(self.correct, self.groups)
+
+    @property
+    def recall_intervals(self) -> list[Interval]:
+        """Per class (in class order): the share of its scans predicted correctly, with its interval."""
+        return [
+            proportion_interval(
+                self.correct[members], None if self.groups is None else self.groups[members]
+            )
+            for members in (self.labels == label for label in range(len(CLASSES)))
+        ]
 
     @property
     def confusion(self) -> np.ndarray:
@@ -105,11 +131,22 @@ class Outcome:
     def correct(self) -> np.ndarray:
         return self.predictions == self.labels
 
+    def take(self, rows: np.ndarray) -> "Outcome":
+        """The outcome on the scans at positions ``rows`` only."""
+        return Outcome(
+            self.predictions[rows],
+            self.labels[rows],
+            None if self.probabilities is None else self.probabilities[rows],
+            None if self.groups is None else self.groups[rows],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "accuracy_ci": self.accuracy_interval.to_dict(),
             "confusion": self.confusion.tolist(),
             "recall": dict(zip(CLASSES, self.recall.tolist())),
+            "recall_ci": {name: interval.to_dict() for name, interval in zip(CLASSES, self.recall_intervals)},
             "predictions": self.predictions.tolist(),
         }
 
@@ -157,6 +194,13 @@ class AttackResult:
         attacked = int(self.clean_correct.sum())
         return float(self.fooled.sum() / attacked) if attacked else math.nan
 
+    @property
+    def success_interval(self) -> Interval:
+        """The success rate over the attacked scans, with its 95% interval."""
+        groups = self.outcome.groups
+        attacked = self.clean_correct
+        return proportion_interval(self.fooled[attacked], None if groups is None else groups[attacked])
+
     def size_summary(self) -> dict[str, float]:
         """Mean and median perturbation sizes and image quality over the successful examples."""
         fooled = self.fooled
@@ -173,6 +217,7 @@ class AttackResult:
             "attack": self.spec.to_dict(),
             **self.outcome.to_dict(),
             "success_rate": self.success_rate,
+            "success_rate_ci": self.success_interval.to_dict(),
             "attacked": int(self.clean_correct.sum()),
             "fooled": int(self.fooled.sum()),
             **self.size_summary(),
@@ -230,6 +275,42 @@ class RobustnessReport:
         """Whether the clean answers show a trained classifier (see :mod:`.degenerate`)."""
         return check_answers(self.clean.predictions, self.clean.labels)
 
+    def restricted_to(self, indices: Optional[np.ndarray]) -> "RobustnessReport":
+        """This report on a subset of its scans (dataset ``indices``, all among :attr:`indices`); the
+        example scans are dropped. ``None`` or the same scans return the report itself."""
+        if indices is None or np.array_equal(indices, self.indices):
+            return self
+        position = {int(index): row for row, index in enumerate(self.indices)}
+        missing = [int(index) for index in indices if int(index) not in position]
+        if missing:
+            raise ValueError(f"scans {missing[:5]} are not among this report's scans")
+        rows = np.array([position[int(index)] for index in indices], dtype=np.int64)
+        clean = self.clean.take(rows)
+        attacks = [
+            AttackResult(
+                spec=result.spec,
+                outcome=result.outcome.take(rows),
+                clean_correct=result.clean_correct[rows],
+                linf=result.linf[rows],
+                l2=result.l2[rows],
+                psnr=result.psnr[rows],
+                ssim=result.ssim[rows],
+                seconds=result.seconds,
+            )
+            for result in self.attacks
+        ]
+        return RobustnessReport(
+            model=self.model,
+            dataset=self.dataset,
+            synthetic=self.synthetic,
+            indices=np.asarray(indices, dtype=np.int64),
+            clean=clean,
+            attacks=attacks,
+            combined=combine(clean, attacks),
+            device=self.device,
+            clean_seconds=self.clean_seconds,
+        )
+
     def combined_at(self, eps: Optional[float]) -> CombinedResult:
         for result in self.combined:
             if same_eps(result.eps, eps):
@@ -265,6 +346,7 @@ def evaluate(
     model_name: str = "model",
     examples: int = 2,
     attack_model: Optional[nn.Module] = None,
+    groups: Optional[Sequence[int] | np.ndarray] = None,
 ) -> RobustnessReport:
     """Clean accuracy and every attack in ``attacks`` over ``dataset[indices]``, batch by batch.
 
@@ -272,6 +354,8 @@ def evaluate(
     scans per attack are kept for pictures. ``device`` moves the model; by default it stays put.
     ``attack_model`` is what the attacks differentiate when it is not ``model`` itself: the
     adaptive (BPDA/EOT) view of a defended model, whose predictions are still ``model``'s.
+    ``groups`` gives each scan of ``dataset`` a group id (:func:`pipeline.data.split_groups`):
+    scans of one group are not independent, and every interval then resamples whole groups.
     """
     specs = [AttackSpec.coerce(spec) for spec in attacks]
     built = [spec.build() for spec in specs]  # validate every parameter before any work
@@ -282,9 +366,12 @@ def evaluate(
     device = model_device(model, device)
     attacked_model = model if attack_model is None else attack_model.to(device)
     count = chosen.size
+    chosen_groups = groups_of(groups, dataset, chosen)
     clean_predictions = np.zeros(count, dtype=np.int64)
     truth = np.zeros(count, dtype=np.int64)
     adversarial = np.zeros((len(specs), count), dtype=np.int64)
+    clean_probabilities: Optional[np.ndarray] = None
+    adversarial_probabilities: Optional[np.ndarray] = None
     sizes = {name: np.full((len(specs), count), np.nan) for name in ("linf", "l2", "psnr", "ssim")}
     seconds = np.zeros(len(specs) + 1)
     kept: list[list[Example]] = [[] for _ in specs]
@@ -295,14 +382,22 @@ def evaluate(
             step = number * (len(specs) + 1)
             report(progress, step, total, f"clean, batch {number + 1}/{batches}")
             with stopwatch(device) as elapsed:
-                clean = predict(model, x)
+                clean_scores = probabilities(model, x)
+                clean = clean_scores.argmax(dim=1)
             seconds[0] += elapsed[0]
+            if clean_probabilities is None:
+                classes = clean_scores.shape[1]
+                clean_probabilities = np.zeros((count, classes), dtype=np.float32)
+                adversarial_probabilities = np.zeros((len(specs), count, classes), dtype=np.float32)
+            assert adversarial_probabilities is not None
             truth[span], clean_predictions[span] = y.cpu().numpy(), clean.cpu().numpy()
+            clean_probabilities[span] = clean_scores.cpu().numpy()
             correct = clean == y
             for a, (spec, attack) in enumerate(zip(specs, built)):
                 where_now = f"{spec.title}, batch {number + 1}/{batches}"
                 report(progress, step + a + 1, total, where_now)
                 adversarial[a, span] = clean_predictions[span]
+                adversarial_probabilities[a, span] = clean_probabilities[span]
                 if not bool(correct.any()):
                     continue
                 x_ok, y_ok = x[correct], y[correct]
@@ -310,10 +405,12 @@ def evaluate(
                     # the attack's own steps move the bar, so a slow one (Square) is never silent
                     within = staged(progress, step + a + 1, total, where_now)
                     x_adv = attack(attacked_model, x_ok, y_ok, progress=within)
-                    attacked = predict(model, x_adv)
+                    attacked_scores = probabilities(model, x_adv)
+                    attacked = attacked_scores.argmax(dim=1)
                 seconds[a + 1] += elapsed[0]
                 where = np.flatnonzero(correct.cpu().numpy()) + span.start
                 adversarial[a, where] = attacked.cpu().numpy()
+                adversarial_probabilities[a, where] = attacked_scores.cpu().numpy()
                 norms = batch_norms(x_adv - x_ok)
                 for name, values in (
                     ("linf", norms["linf"]),
@@ -324,11 +421,16 @@ def evaluate(
                     sizes[name][a, where] = values.cpu().numpy()
                 _keep_examples(kept[a], examples, chosen, where, x_ok, x_adv, y_ok, attacked)
     report(progress, total, total, "done")
-    clean_outcome = Outcome(clean_predictions, truth)
+    clean_outcome = Outcome(clean_predictions, truth, clean_probabilities, chosen_groups)
     results = [
         AttackResult(
             spec=spec,
-            outcome=Outcome(adversarial[a], truth),
+            outcome=Outcome(
+                adversarial[a],
+                truth,
+                None if adversarial_probabilities is None else adversarial_probabilities[a],
+                chosen_groups,
+            ),
             clean_correct=clean_outcome.correct,
             **{name: values[a] for name, values in sizes.items()},
             seconds=float(seconds[a + 1]),
@@ -358,14 +460,16 @@ def combine(clean: Outcome, results: Sequence[AttackResult]) -> list[CombinedRes
     combined = []
     for eps, members in groups.items():
         predictions = clean.predictions.copy()
+        scores = None if clean.probabilities is None else clean.probabilities.copy()
         robust = clean.correct.copy()
         for member in members:
             newly_fooled = robust & ~member.outcome.correct
             predictions[newly_fooled] = member.outcome.predictions[newly_fooled]
+            if scores is not None and member.outcome.probabilities is not None:
+                scores[newly_fooled] = member.outcome.probabilities[newly_fooled]
             robust &= member.outcome.correct
-        combined.append(
-            CombinedResult(eps, [m.label for m in members], Outcome(predictions, clean.labels), robust)
-        )
+        outcome = Outcome(predictions, clean.labels, scores, clean.groups)
+        combined.append(CombinedResult(eps, [m.label for m in members], outcome, robust))
     return combined
 
 

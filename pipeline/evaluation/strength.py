@@ -18,7 +18,7 @@ Every check carries a plain-language explanation, whether it passes or not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.attacks import attack_schema
+from pipeline.evaluation.data import balanced_subset
 from pipeline.evaluation.degenerate import NOT_TRAINED, check_answers
 from pipeline.evaluation.robustness import (
     AttackResult,
@@ -50,17 +51,39 @@ LARGE_EPS_MAX_ACCURACY = 0.05
 
 @dataclass(frozen=True)
 class StrengthSettings:
-    """How hard the checks push; the defaults suit a CPU, raise them on a GPU."""
+    """How hard the checks push, and on what. The defaults are :data:`QUICK_STRENGTH`, sized so that
+    a whole evaluation of two small models ends in minutes on a CPU: every check runs, with fewer
+    steps and queries, at the evaluation's largest epsilon, on a class-balanced subset of the scans,
+    and with a single Square run (the standalone check; the ensemble keeps its APGD members).
+    :data:`FULL_STRENGTH` are the literature's settings (AutoAttack with Square, PGD-50 with
+    restarts) at every epsilon on every scan, for a GPU or a final figure. :attr:`level` names
+    which one a report used."""
 
     pgd_steps: int = setting(10, low=1, high=10_000, help="steps of the PGD every check is measured against")
-    strong_steps: int = setting(50, low=1, high=100_000, help="steps of the long PGD check")
-    strong_restarts: int = setting(3, low=1, high=1000, help="restarts of the long PGD check")
+    strong_steps: int = setting(20, low=1, high=100_000, help="steps of the long PGD check")
+    strong_restarts: int = setting(2, low=1, high=1000, help="restarts of the long PGD check")
     square_queries: int = setting(
-        1000, low=1, high=1_000_000, help="queries of the Square attack and of AutoAttack's Square member"
+        100, low=1, high=1_000_000, help="queries of the Square attack (and of AutoAttack's Square member)"
     )
-    ensemble_steps: int = setting(20, low=1, high=10_000, help="steps of each APGD member of AutoAttack")
+    ensemble_steps: int = setting(10, low=1, high=10_000, help="steps of each APGD member of AutoAttack")
     #: Epsilon multiples of the ladder (none: no ladder); its last rung is the largest epsilon PGD accepts.
-    ladder: tuple[float, ...] = (2.0, 4.0)
+    ladder: tuple[float, ...] = (4.0,)
+    scans: int = setting(
+        48, low=0, high=10_000_000, help="scans the checks run on at most, classes in turn (0: every scan)"
+    )
+    every_epsilon: bool = setting(False, help="run the checks at every epsilon, not only at the largest")
+    ensemble_square: bool = setting(
+        False, help="finish the AutoAttack ensemble with Square too (the Square check runs regardless)"
+    )
+
+    @property
+    def level(self) -> str:
+        """"quick", "full", or "custom" for any other combination."""
+        return next((name for name, preset in STRENGTH_LEVELS.items() if preset == self), "custom")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``level`` is added for people and ignored by :meth:`from_dict`."""
+        return {**asdict(self), "level": self.level}
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -69,7 +92,24 @@ class StrengthSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> StrengthSettings:
-        return from_mapping(cls, values, what="strength check")
+        return from_mapping(cls, values, what="strength check", ignored=("level",))
+
+
+#: Sized for a CPU: every check runs, each with fewer steps, restarts and queries.
+QUICK_STRENGTH = StrengthSettings()
+#: The literature's strength: PGD-50 with 3 restarts, APGD-20, AutoAttack with Square and Square
+#: with 1,000 queries, a longer ladder, at every epsilon on every scan.
+FULL_STRENGTH = StrengthSettings(
+    strong_steps=50,
+    strong_restarts=3,
+    square_queries=1000,
+    ensemble_steps=20,
+    ladder=(2.0, 4.0),
+    scans=0,
+    every_epsilon=True,
+    ensemble_square=True,
+)
+STRENGTH_LEVELS: dict[str, StrengthSettings] = {"quick": QUICK_STRENGTH, "full": FULL_STRENGTH}
 
 
 @dataclass
@@ -98,6 +138,11 @@ class StrengthReport:
     ladder: list[tuple[float, float]]  #: (epsilon, PGD accuracy), growing epsilon
     worst_case: CombinedResult  #: per scan, over every attack at ``eps``: the best robustness estimate
     extra: RobustnessReport = field(repr=False)  #: the attacks this check ran itself
+
+    @property
+    def scans(self) -> int:
+        """How many scans the checks (and :attr:`worst_case`) rest on."""
+        return self.extra.size
 
     @property
     def masking(self) -> bool:
@@ -132,6 +177,8 @@ class StrengthReport:
         return {
             "model": self.model,
             "eps": self.eps,
+            "scans": self.scans,
+            "indices": self.extra.indices.tolist(),
             "verdict": self.verdict,
             "degenerate": self.degenerate,
             "masking": self.masking,
@@ -155,25 +202,46 @@ def strength_checks(
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
     model_name: str = "model",
+    groups: Optional[Sequence[int] | np.ndarray] = None,
+    early_stop: bool = True,
 ) -> StrengthReport:
     """Run the checks at ``eps``; PGD and FGSM results already in ``baseline`` (any epsilon the
-    checks need) are reused rather than run again."""
+    checks need) are reused rather than run again. ``groups`` as in :func:`.evaluate`;
+    ``early_stop`` stops each PGD on a scan once it is fooled (the accuracies compared are the same).
+
+    With ``settings.scans`` (0: all) the checks run on that many of the scans, classes in turn
+    (labels from ``baseline``, else from ``dataset.labels``), and the reused results are cut to them.
+    """
+    chosen = _check_scans(dataset, indices, baseline, settings.scans or None)
+    if baseline is not None:
+        baseline = baseline.restricted_to(chosen)
+    if settings.scans and chosen is not None:
+        # A few scans in one batch: Square's queries then reach all of them in one forward pass.
+        batch_size = max(batch_size, chosen.size)
     largest = _largest_eps("pgd")
     ladder_eps = sorted({min(eps * factor, largest) for factor in settings.ladder} | {largest})
     ladder_eps = [value for value in ladder_eps if value > eps * (1 + 1e-9)]
     planned = {
-        "pgd": _pgd(eps, settings.pgd_steps),
+        "pgd": _pgd(eps, settings.pgd_steps, early_stop=early_stop),
         "fgsm": AttackSpec("fgsm", {"eps": eps}),
-        "strong": _pgd(eps, settings.strong_steps, settings.strong_restarts),
+        "strong": _pgd(eps, settings.strong_steps, settings.strong_restarts, early_stop=early_stop),
         "square": AttackSpec(
             "square", {"eps": eps, "n_queries": settings.square_queries}, f"Square ε={format_epsilon(eps)}"
         ),
         "autoattack": AttackSpec(
             "autoattack",
-            {"eps": eps, "steps": settings.ensemble_steps, "n_queries": settings.square_queries},
-            f"AutoAttack ε={format_epsilon(eps)}",
+            {
+                "eps": eps,
+                "steps": settings.ensemble_steps,
+                "n_queries": settings.square_queries,
+                "square": settings.ensemble_square,
+            },
+            f"AutoAttack{'' if settings.ensemble_square else ' (APGD members)'} ε={format_epsilon(eps)}",
         ),
-        **{f"ladder{i}": _pgd(value, settings.pgd_steps) for i, value in enumerate(ladder_eps)},
+        **{
+            f"ladder{i}": _pgd(value, settings.pgd_steps, early_stop=early_stop)
+            for i, value in enumerate(ladder_eps)
+        },
     }
     reusable = [role for role in planned if role in ("pgd", "fgsm") or role.startswith("ladder")]
     found = (
@@ -183,12 +251,13 @@ def strength_checks(
     extra = evaluate(
         model,
         dataset,
-        indices,
+        chosen,
         [spec for role, spec in planned.items() if role not in reused],
         batch_size=batch_size,
         device=device,
         progress=progress,
         model_name=model_name,
+        groups=groups,
     )
     if baseline is not None and not np.array_equal(baseline.indices, extra.indices):
         raise ValueError("the baseline report was computed on different scans")
@@ -215,6 +284,24 @@ def strength_checks(
     )
 
 
+def _check_scans(
+    dataset: Dataset,
+    indices: Optional[Sequence[int]],
+    baseline: Optional[RobustnessReport],
+    limit: Optional[int],
+) -> Optional[np.ndarray]:
+    """The scans the checks run on: all of ``indices``, or ``limit`` of them, classes in turn."""
+    if baseline is not None:
+        everything, labels = baseline.indices, baseline.clean.labels
+    else:
+        everything = None if indices is None else np.asarray(indices, dtype=np.int64)
+        known = getattr(dataset, "labels", None)
+        labels = None if known is None or everything is None else np.asarray(known)[everything]
+    if limit is None or everything is None or labels is None or everything.size <= limit:
+        return everything if everything is not None else None
+    return balanced_subset(everything, labels, limit)
+
+
 def _trained_check(clean: Outcome) -> StrengthCheck:
     """A model whose answers do not depend on the scan cannot be fooled, and is not robust either."""
     answers = check_answers(clean.predictions, clean.labels)
@@ -237,7 +324,7 @@ _VERSUS_PGD: tuple[tuple[str, str, str, Kind, str, str], ...] = (
         "autoattack",
         "AutoAttack vs PGD",
         "weak-attack",
-        "The AutoAttack ensemble (APGD with two losses plus a black-box attack) found clearly more "
+        "The AutoAttack ensemble (APGD with two losses, targeted and untargeted) found clearly more "
         "adversarial scans than PGD alone, so PGD's figure overstates robustness: quote the ensemble's.",
         "The AutoAttack ensemble agrees with PGD, so PGD's figure is not an artefact of one weak attack.",
     ),
@@ -327,10 +414,13 @@ def _judge(
     return checks
 
 
-def _pgd(eps: float, steps: int, restarts: int = 1) -> AttackSpec:
+def _pgd(eps: float, steps: int, restarts: int = 1, *, early_stop: bool = True) -> AttackSpec:
+    """PGD, by default stopping on each scan once fooled: the checks compare accuracies, which that keeps."""
     title = "PGD" if restarts == 1 else f"PGD {steps} steps ×{restarts}"
     return AttackSpec(
-        "pgd", {"eps": eps, "steps": steps, "restarts": restarts}, f"{title} ε={format_epsilon(eps)}"
+        "pgd",
+        {"eps": eps, "steps": steps, "restarts": restarts, "early_stop": early_stop},
+        f"{title} ε={format_epsilon(eps)}",
     )
 
 

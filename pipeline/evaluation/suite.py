@@ -1,9 +1,12 @@
 """A whole evaluation of several models on the same scans: what the CLI and the dashboard run.
 
 For every model: the attacks at every epsilon (one pass, one clean forward per batch), the
-strength checks at every epsilon, and optionally minimal epsilons, randomized-smoothing
-certificates and input-transformation defences; across models, the transfer matrix and the
-reference table per epsilon.
+strength checks (at the largest epsilon on the quick level, at every one on the full), calibration clean and under each attack, the CT corruptions at
+five severities, the faithfulness of its Grad-CAM maps, and optionally minimal epsilons,
+randomized-smoothing certificates and input-transformation defences; across models, the
+transfer matrix, the reference table per epsilon, corruption errors against the baseline model
+and a paired comparison of each model with the baseline on every figure. Each section's wall
+time is kept (``ModelEvaluation.seconds``), so a report says where its time went.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import itertools
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +26,21 @@ from torch.utils.data import Dataset
 from pipeline.attacks import attack_class
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import AttackParameterError, UserInputError
+from pipeline.evaluation.calibration import Calibration, calibration
 from pipeline.evaluation.certify import CertifiedCurve, certified_accuracy_curve, check_settings
+from pipeline.evaluation.corruption import (
+    CorruptionErrors,
+    CorruptionReport,
+    corruption_benchmark,
+    corruption_errors,
+    corruption_names,
+)
+from pipeline.evaluation.data import balanced_subset
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
+from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_faithfulness
+from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
-from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
+from pipeline.evaluation.robustness import AttackSpec, Outcome, RobustnessReport, evaluate, same_eps
 from pipeline.evaluation.strength import StrengthReport, StrengthSettings, strength_checks
 from pipeline.evaluation.sweeps import (
     MinimalEpsilon,
@@ -56,7 +71,22 @@ class SuiteSettings:
     epsilons: tuple[float, ...] = (4 / 255,)
     steps: int = setting(10, low=1, high=10_000, help="steps of PGD and CW")
     strength: bool = setting(True, help="run the strength checks beside every figure")
+    #: The quick level by default (:data:`.strength.QUICK_STRENGTH`); FULL_STRENGTH for a GPU.
     strength_settings: StrengthSettings = field(default_factory=StrengthSettings)
+    calibration: bool = setting(True, help="calibration clean and under each attack (no extra passes)")
+    #: Registered corruptions run at severities 1-5; none by default, since every scan then goes
+    #: through the model 35 times for the CT set (:data:`.corruption.CT_CORRUPTIONS`): about as
+    #: long as the attack table takes. Text such as "ct" or "jpeg,rings" is read as on the CLI.
+    corruptions: tuple[str, ...] = ()
+    faithfulness_scans: int = setting(
+        16, low=0, high=1_000_000, help="scans whose Grad-CAM maps ROAD scores, clean and attacked (0: none)"
+    )
+    faithfulness_imputation: str = setting(
+        "linear", choices=("linear", "blur"), help="how ROAD fills removed pixels: the paper's linear, or blur"
+    )
+    early_stop: bool = setting(
+        True, help="stop attacking a scan once it is fooled: the same accuracies for less work"
+    )
     transfer: bool = setting(True, help="transfer matrix between the runs, when there are several")
     minimal_epsilon: bool = setting(False, help="per-scan minimal flipping epsilon (PGD bisection)")
     certify_sigma: Optional[float] = setting(
@@ -82,8 +112,11 @@ class SuiteSettings:
         defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
         defenses = tuple(name.strip().lower() for name in defenses if name.strip())
         strength = StrengthSettings.from_dict(self.strength_settings)
+        corruptions = corruption_names(
+            self.corruptions if isinstance(self.corruptions, str) else ",".join(self.corruptions)
+        )
         for name, value in (("attacks", attacks), ("epsilons", tuple(values)), ("defenses", defenses),
-                            ("strength_settings", strength)):
+                            ("strength_settings", strength), ("corruptions", corruptions)):
             object.__setattr__(self, name, value)
         attack_specs(attacks, values, self.steps)  # unknown names and bad parameters fail here
         for name in defenses:
@@ -95,6 +128,7 @@ class SuiteSettings:
         """JSON-ready; ``epsilon_labels`` (k/255) is added for people and ignored by :meth:`from_dict`."""
         values = asdict(self)
         values["epsilon_labels"] = [format_epsilon(eps) for eps in self.epsilons]
+        values["strength_settings"] = self.strength_settings.to_dict()
         return values
 
     @classmethod
@@ -103,8 +137,11 @@ class SuiteSettings:
         return from_mapping(cls, values, what="evaluation", ignored=("epsilon_labels",))
 
 
-def attack_specs(names: Sequence[str], epsilons: Sequence[float], steps: int) -> list[AttackSpec]:
-    """Specs for ``names`` at every epsilon; the reference table's attacks get its specs and labels."""
+def attack_specs(
+    names: Sequence[str], epsilons: Sequence[float], steps: int, *, early_stop: bool = True
+) -> list[AttackSpec]:
+    """Specs for ``names`` at every epsilon; the reference table's attacks get its specs and labels.
+    ``early_stop`` stops each attack that can on a scan once it is fooled."""
     specs: list[AttackSpec] = []
     unknown = [name for name in names if _has(name, "eps") is None]
     if unknown:
@@ -117,10 +154,13 @@ def attack_specs(names: Sequence[str], epsilons: Sequence[float], steps: int) ->
         table = {spec.name: spec for spec in reference_attacks(eps, steps=steps)}
         for name in dict.fromkeys(names):
             if name in table:
-                specs.append(table[name])
+                spec = table[name]
             else:
-                params = {"eps": eps, **({"steps": steps} if _has(name, "steps") else {})}
-                specs.append(AttackSpec(name, params))
+                spec = AttackSpec(name, {"eps": eps, **({"steps": steps} if _has(name, "steps") else {})})
+            # Accuracy needs only whether each scan can be fooled: stop attacking it once it is.
+            if early_stop and _has(spec.name, "early_stop"):
+                spec = AttackSpec(spec.name, {**spec.params, "early_stop": True}, spec.label)
+            specs.append(spec)
     return specs
 
 
@@ -144,9 +184,30 @@ class ModelEvaluation:
     certified: Optional[CertifiedCurve] = None
     defenses: list[DefenseResult] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  #: run directory, architecture, training strategy
+    #: Clean, under each attack, and the worst case per epsilon.
+    calibration: list[Calibration] = field(default_factory=list)
+    corruption: Optional[CorruptionReport] = None
+    #: CE and mCE against the suite's baseline model (None for the baseline itself, or no corruptions).
+    corruption_errors: Optional[CorruptionErrors] = None
+    faithfulness: Optional[FaithfulnessReport] = None
+    #: Wall time of each section, in seconds: attacks, strength checks, corruptions, ...
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: Sections that could not be measured on this model, with why (e.g. nothing to explain).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def strength_at(self, eps: float) -> Optional[StrengthReport]:
         return next((check for check in self.strength if same_eps(check.eps, eps)), None)
+
+    def outcomes(self) -> list[tuple[str, Outcome]]:
+        """Every set of answers compared across models: clean, each attack, the worst case per
+        epsilon (over every attack the strength checks ran too, where they ran)."""
+        found = [("clean", self.report.clean)]
+        found += [(result.label, result.outcome) for result in self.report.attacks]
+        for combined in self.report.combined:
+            check = self.strength_at(combined.eps) if combined.eps is not None else None
+            worst = check.worst_case if check is not None else combined
+            found.append((f"worst case ε={format_epsilon(combined.eps)}", worst.outcome))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +219,12 @@ class ModelEvaluation:
             "minimal_epsilon": self.minimal.to_dict() if self.minimal else None,
             "certified": self.certified.to_dict() if self.certified else None,
             "defenses": [result.to_dict() for result in self.defenses],
+            "calibration": [result.to_dict() for result in self.calibration],
+            "corruption": self.corruption.to_dict() if self.corruption else None,
+            "corruption_errors": self.corruption_errors.to_dict() if self.corruption_errors else None,
+            "faithfulness": self.faithfulness.to_dict() if self.faithfulness else None,
+            "seconds": self.seconds,
+            "skipped": self.skipped,
         }
 
 
@@ -176,6 +243,12 @@ class EvaluationSuite:
     device: str
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     seconds: float = 0.0
+    #: The model others are compared with: the first trained the standard way, else the first.
+    baseline: Optional[str] = None
+    #: Each other model against the baseline, scan by scan, on every figure both have.
+    comparisons: list[PairedComparison] = field(default_factory=list)
+    #: Independent groups among the scans when the split is grouped (None: every scan stands alone).
+    groups: Optional[int] = None
     #: False for the sections finished so far of an evaluation still running, or stopped before its end.
     complete: bool = True
 
@@ -193,9 +266,13 @@ class EvaluationSuite:
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "seconds": self.seconds,
             "complete": self.complete,
+            "strength_level": self.settings.strength_settings.level if self.settings.strength else None,
+            "groups": self.groups,
             "reference_tables": [table.to_dict() for table in self.tables],
             "models": [model.to_dict() for model in self.models],
             "transfer": self.transfer.to_dict() if self.transfer else None,
+            "baseline": self.baseline,
+            "comparisons": [comparison.to_dict() for comparison in self.comparisons],
         }
 
 
@@ -209,21 +286,29 @@ def evaluate_models(
     info: Optional[Mapping[str, dict[str, Any]]] = None,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    groups: Optional[Sequence[int] | np.ndarray] = None,
     on_section: Optional[Callable[[EvaluationSuite], None]] = None,
 ) -> EvaluationSuite:
     """Run the whole evaluation; ``info`` adds per-model facts (run directory, strategy) to the report.
 
-    ``on_section`` receives the suite of every section finished so far (``complete=False``) each
-    time one ends, so work that is cancelled or fails later is not lost with it.
+    ``groups`` gives each scan of ``dataset`` a group id (:func:`pipeline.data.split_groups`); every
+    interval and paired test then treats a group as one unit of evidence. ``on_section`` receives
+    the suite of every section finished so far (``complete=False``) each time one ends, so work
+    that is cancelled or fails later is not lost with it.
     """
     started = time.perf_counter()
-    specs = attack_specs(settings.attacks, settings.epsilons, settings.steps)
+    specs = attack_specs(settings.attacks, settings.epsilons, settings.steps, early_stop=settings.early_stop)
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
+    # The quick strength level checks the largest epsilon only: the signs of masking and of a weak
+    # attack belong to the model and the attack, and show at one budget as at another.
+    checked = settings.epsilons if settings.strength_settings.every_epsilon else (max(settings.epsilons),)
     stage_count = (
         len(models)
         * (
             1
-            + settings.strength * len(settings.epsilons)
+            + settings.strength * len(checked)
+            + bool(settings.corruptions)
+            + bool(settings.faithfulness_scans)
             + settings.minimal_epsilon
             + (settings.certify_sigma is not None)
             + len(settings.defenses)
@@ -253,6 +338,7 @@ def evaluate_models(
             if any(name in ATTACK_COLUMNS for name in settings.attacks)
             else []
         )
+        baseline = _baseline(evaluated)
         first = reports[0]
         return EvaluationSuite(
             dataset=first.dataset,
@@ -266,6 +352,9 @@ def evaluate_models(
             device=first.device,
             seconds=time.perf_counter() - started,
             complete=complete,
+            baseline=baseline.name if len(evaluated) > 1 else None,
+            comparisons=_compare(evaluated, baseline),
+            groups=None if first.clean.groups is None else int(np.unique(first.clean.groups).size),
         )
 
     def next_stage(label: str) -> Optional[ProgressCallback]:
@@ -275,74 +364,180 @@ def evaluate_models(
         return staged(progress, next(stage_numbers), stage_count, label, separator=" — ")
 
     for name, model in models.items():
-        result = evaluate(
-            model,
-            dataset,
-            indices,
-            specs,
-            model_name=name,
-            examples=settings.examples,
-            progress=next_stage(f"{name}: attacks"),
-            **common,
-        )
-        entry = ModelEvaluation(
-            name, result, sweep_from_report(result), info=dict((info or {}).get(name, {}))
-        )
-        evaluated.append(entry)  # filled in section by section below
-        for eps in settings.epsilons if settings.strength else ():
-            entry.strength.append(
-                strength_checks(
-                    model,
-                    dataset,
-                    result.indices,
-                    eps,
-                    baseline=result,
-                    settings=settings.strength_settings,
-                    model_name=name,
-                    progress=next_stage(f"{name}: strength checks at ε={format_epsilon(eps)}"),
-                    **common,
-                )
-            )
-        if settings.minimal_epsilon:
-            entry.minimal = minimal_epsilon_distribution(
+        clock = _Clock()
+        with clock("attacks"):
+            result = evaluate(
                 model,
                 dataset,
-                result.indices,
+                indices,
+                specs,
                 model_name=name,
-                progress=next_stage(f"{name}: minimal epsilon"),
+                examples=settings.examples,
+                progress=next_stage(f"{name}: attacks"),
+                groups=groups,
                 **common,
             )
-        if settings.certify_sigma is not None:
-            entry.certified = certified_accuracy_curve(
-                model,
-                dataset,
-                result.indices,
-                settings.certify_sigma,
-                CERTIFY_RADII,
-                settings.certify_n,
-                device=device,
-                progress=next_stage(f"{name}: certification"),
-            )
-        for defense in defenses:
-            entry.defenses.append(
-                evaluate_defense(
+        facts = dict((info or {}).get(name, {}))
+        entry = ModelEvaluation(name, result, sweep_from_report(result), info=facts, seconds=clock.seconds)
+        evaluated.append(entry)  # filled in section by section below
+        for eps in checked if settings.strength else ():
+            with clock("strength checks"):
+                entry.strength.append(
+                    strength_checks(
+                        model,
+                        dataset,
+                        result.indices,
+                        eps,
+                        baseline=result,
+                        settings=settings.strength_settings,
+                        model_name=name,
+                        progress=next_stage(f"{name}: strength checks at ε={format_epsilon(eps)}"),
+                        groups=groups,
+                        early_stop=settings.early_stop,
+                        **common,
+                    )
+                )
+        if settings.calibration:
+            with clock("calibration"):
+                entry.calibration = [
+                    calibration(outcome.probabilities, outcome.labels, condition=label, groups=outcome.groups)
+                    for label, outcome in entry.outcomes()
+                    if outcome.probabilities is not None
+                ]
+        if settings.corruptions:
+            with clock("corruptions"):
+                entry.corruption = corruption_benchmark(
                     model,
-                    defense,
                     dataset,
                     result.indices,
-                    reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
-                    progress=next_stage(f"{name}: defence {defense.name}"),
+                    settings.corruptions,
+                    model_name=name,
+                    progress=next_stage(f"{name}: corruptions"),
+                    groups=groups,
                     **common,
                 )
-            )
+        if settings.faithfulness_scans:
+            with clock("faithfulness"), _skipped(entry, "faithfulness"):
+                entry.faithfulness = explanation_faithfulness(
+                    model,
+                    dataset,
+                    result.indices,
+                    _explained_attack(specs),
+                    limit=settings.faithfulness_scans,
+                    imputation=settings.faithfulness_imputation,
+                    model_name=name,
+                    progress=next_stage(f"{name}: faithfulness of the explanations"),
+                    device=device,
+                )
+        if settings.minimal_epsilon:
+            with clock("minimal epsilon"):
+                entry.minimal = minimal_epsilon_distribution(
+                    model,
+                    dataset,
+                    result.indices,
+                    model_name=name,
+                    progress=next_stage(f"{name}: minimal epsilon"),
+                    **common,
+                )
+        if settings.certify_sigma is not None:
+            with clock("certification"):
+                entry.certified = certified_accuracy_curve(
+                    model,
+                    dataset,
+                    result.indices,
+                    settings.certify_sigma,
+                    CERTIFY_RADII,
+                    settings.certify_n,
+                    device=device,
+                    progress=next_stage(f"{name}: certification"),
+                )
+        for defense in defenses:
+            with clock(f"defence {defense.name}"):
+                entry.defenses.append(
+                    evaluate_defense(
+                        model,
+                        defense,
+                        dataset,
+                        result.indices,
+                        reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
+                        progress=next_stage(f"{name}: defence {defense.name}"),
+                        **common,
+                    )
+                )
     if settings.transfer and len(models) > 1:
+        # A masking check too (a model that resists only its own gradients is masking them), so it
+        # runs on the scans the strength level gives the checks.
+        first = evaluated[0].report
+        limit = settings.strength_settings.scans
+        scans = first.indices
+        if limit and scans.size > limit:
+            scans = balanced_subset(scans, first.clean.labels, limit)
         transfer = transfer_matrix(
             models,
             dataset,
-            evaluated[0].report.indices,
+            scans,
             reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
             progress=next_stage("transfer matrix"),
             **common,
         )
     report(progress, 1, 1, "evaluation done")
     return suite(complete=True)
+
+
+class _Clock:
+    """Adds the wall time of each ``with clock(section):`` block to ``seconds[section]``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, section: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[section] = self.seconds.get(section, 0.0) + time.perf_counter() - started
+
+
+@contextmanager
+def _skipped(entry: ModelEvaluation, section: str) -> Iterator[None]:
+    """Record a section this model cannot have (a UserInputError: no layer to explain) and go on."""
+    try:
+        yield
+    except UserInputError as error:
+        entry.skipped[section] = str(error)
+
+
+def _explained_attack(specs: Sequence[AttackSpec]) -> AttackSpec:
+    """The attack whose scans the faithfulness check explains: PGD at the largest epsilon, where it
+    was run, else the last attack."""
+    pgd = [spec for spec in specs if spec.name == "pgd"]
+    return max(pgd, key=lambda spec: spec.eps or 0.0) if pgd else specs[-1]
+
+
+def _baseline(evaluated: Sequence[ModelEvaluation]) -> ModelEvaluation:
+    """The model the others are measured against: the first trained the standard way, else the first."""
+    return next((entry for entry in evaluated if entry.info.get("strategy") == "standard"), evaluated[0])
+
+
+def _compare(evaluated: Sequence[ModelEvaluation], baseline: ModelEvaluation) -> list[PairedComparison]:
+    """Each other model against the baseline: corruption errors, and a paired test on each figure."""
+    comparisons = []
+    for entry in evaluated:
+        if entry is baseline:
+            continue
+        if entry.corruption is not None and baseline.corruption is not None:
+            entry.corruption_errors = corruption_errors(entry.corruption, baseline.corruption)
+        theirs = dict(baseline.outcomes())
+        for condition, outcome in entry.outcomes():
+            if condition in theirs:
+                comparisons.append(
+                    paired_comparison(
+                        theirs[condition].correct,
+                        outcome.correct,
+                        names=(baseline.name, entry.name),
+                        condition=condition,
+                        groups=outcome.groups,
+                    )
+                )
+    return comparisons

@@ -8,7 +8,7 @@ clean forward pass and every attack reuses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -18,7 +18,9 @@ from torch.utils.data import Dataset
 
 from pipeline.attacks import attack_class, minimal_epsilon
 from pipeline.evaluation.batches import iter_batches, model_device, resolve_indices
+from pipeline.evaluation.intervals import Interval
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
+from pipeline.json_object import json_float, json_floats
 from pipeline.progress import ProgressCallback, report
 from pipeline.units import format_epsilon
 
@@ -33,6 +35,9 @@ class SweepResult:
     epsilons: list[float]
     clean: float
     accuracy: dict[str, list[float]]  #: attack name (or "worst case") -> accuracy per epsilon; NaN: not run
+    #: The 95% interval of each accuracy (None where not run), and of the clean one.
+    intervals: dict[str, list[Optional[Interval]]] = field(default_factory=dict)
+    clean_interval: Optional[Interval] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,13 +45,29 @@ class SweepResult:
             "epsilons": self.epsilons,
             "clean": self.clean,
             "accuracy": self.accuracy,
+            "clean_ci": None if self.clean_interval is None else self.clean_interval.to_dict(),
+            "accuracy_ci": {
+                name: [None if interval is None else interval.to_dict() for interval in values]
+                for name, values in self.intervals.items()
+            },
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SweepResult:
-        """The result :meth:`to_dict` wrote (a saved report's; a null accuracy, not run, reads as NaN)."""
-        accuracy = {name: [_number(v) for v in values] for name, values in data["accuracy"].items()}
-        return cls(str(data["model"]), [float(e) for e in data["epsilons"]], float(data["clean"]), accuracy)
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepResult":
+        """The sweep :meth:`to_dict` wrote; reports written before intervals were kept have none."""
+        intervals = {
+            name: [None if item is None else Interval.from_dict(item) for item in values]
+            for name, values in (data.get("accuracy_ci") or {}).items()
+        }
+        clean = data.get("clean_ci")
+        return cls(
+            model=str(data["model"]),
+            epsilons=[float(eps) for eps in data["epsilons"]],
+            clean=json_float(data["clean"]),
+            accuracy={name: json_floats(values).tolist() for name, values in data["accuracy"].items()},
+            intervals=intervals,
+            clean_interval=None if clean is None else Interval.from_dict(clean),
+        )
 
 
 def sweep_from_report(report: RobustnessReport) -> SweepResult:
@@ -58,12 +79,17 @@ def sweep_from_report(report: RobustnessReport) -> SweepResult:
             epsilons.append(eps)
     epsilons.sort()
     names = list(dict.fromkeys(result.spec.name for result in report.attacks if result.spec.eps is not None))
-    accuracy = {}
+    accuracy, intervals = {}, {}
     for name in names:
         found = [report.find(name, eps) for eps in epsilons]
-        accuracy[attack_class(name).title] = [r.accuracy if r is not None else float("nan") for r in found]
+        title = attack_class(name).title
+        accuracy[title] = [r.accuracy if r is not None else float("nan") for r in found]
+        intervals[title] = [r.outcome.accuracy_interval if r is not None else None for r in found]
     accuracy[WORST_CASE] = [report.combined_at(eps).accuracy for eps in epsilons]
-    return SweepResult(report.model, epsilons, report.clean.accuracy, accuracy)
+    intervals[WORST_CASE] = [report.combined_at(eps).outcome.accuracy_interval for eps in epsilons]
+    return SweepResult(
+        report.model, epsilons, report.clean.accuracy, accuracy, intervals, report.clean.accuracy_interval
+    )
 
 
 def epsilon_sweep(
@@ -142,10 +168,6 @@ class MinimalEpsilon:
             np.asarray(data["labels"], dtype=np.int64),
             np.asarray(data["correct"], dtype=bool),
         )
-
-
-def _number(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def minimal_epsilon_distribution(
