@@ -261,8 +261,8 @@ def test_cli_refuses_absurd_input_with_a_clear_message(runs: Path, capsys: pytes
         (["--defenses", "tinfoil"], "unknown defence"),
         (["--certify", "0"], "sigma"),
         (["--corruptions", "pgd"], "not a corruption"),
-        (["--faithfulness", "-1"], "at least 0"),
-        (["--strong-steps", "0"], "at least 1"),
+        (["--faithfulness", "-1"], "faithfulness_scans must lie in [0,"),
+        (["--strong-steps", "0"], "strong_steps must lie in [1,"),
     ):
         assert main(["evaluate", "--runs-dir", str(runs), "--run", name, "--quiet", *args]) == 2
         assert message in capsys.readouterr().err

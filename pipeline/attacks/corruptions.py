@@ -284,6 +284,10 @@ class LowDose(Corruption):
     projection gives it a power spectrum rising with frequency (the ramp filter) and falling at
     the top (the reconstruction kernel's apodization), the fine-grained texture of low-dose CT.
     The noise is drawn white from the ``seed`` and shaped by ``f · hann(f)²`` (cycles per pixel).
+
+    Paper: Di Salvo, Doerrich and Ledig, "MedMNIST-C: Comprehensive benchmark and improved classifier
+    robustness by simulating realistic image corruptions", 2024 (the severity-graded medical benchmark
+    this follows). https://arxiv.org/abs/2406.17536
     """
 
     name = "low-dose"
@@ -294,6 +298,9 @@ class LowDose(Corruption):
     levels = (0.5, 0.25, 0.125, 1 / 16, 1 / 32)
     #: Noise standard deviation (image scale) assumed at the full dose.
     REFERENCE_NOISE: ClassVar[float] = 0.04
+    severity: int
+    dose: Optional[float]
+    seed: int
     params = (
         severity_param(),
         Param("dose", float, None, "fraction of the original dose (1 = unchanged); overrides severity",
@@ -319,7 +326,12 @@ class Streaks(Corruption):
     """Streak artefacts: thin bright and dark lines through a dense spot, as photon starvation or
     metal (beam hardening) leave after filtered back-projection (Barrett & Keat 2004, RadioGraphics
     24:1679). Each line passes through one point near the centre at a random angle, with a random
-    sign; ``severity`` sets their number and contrast."""
+    sign; ``severity`` sets their number and contrast.
+
+    Paper: Di Salvo, Doerrich and Ledig, "MedMNIST-C: Comprehensive benchmark and improved classifier
+    robustness by simulating realistic image corruptions", 2024 (the severity-graded medical benchmark
+    this follows). https://arxiv.org/abs/2406.17536
+    """
 
     name = "streaks"
     title = "Streak artefacts"
@@ -327,6 +339,10 @@ class Streaks(Corruption):
     override = "amplitude"
     levels = (0.05, 0.08, 0.12, 0.16, 0.22)
     counts = (2, 3, 4, 6, 8)
+    severity: int
+    amplitude: Optional[float]
+    count: Optional[int]
+    seed: int
     params = (
         severity_param(),
         Param("amplitude", float, None, "grey levels a streak adds or removes at its centre line "
@@ -354,7 +370,12 @@ class Streaks(Corruption):
 class Rings(Corruption):
     """Ring artefacts: concentric circles around the centre of rotation, left by detector elements
     whose gain is off (Barrett & Keat 2004, RadioGraphics 24:1679). Radii and signs are drawn from
-    the ``seed``; ``severity`` sets their number and contrast."""
+    the ``seed``; ``severity`` sets their number and contrast.
+
+    Paper: Di Salvo, Doerrich and Ledig, "MedMNIST-C: Comprehensive benchmark and improved classifier
+    robustness by simulating realistic image corruptions", 2024 (the severity-graded medical benchmark
+    this follows). https://arxiv.org/abs/2406.17536
+    """
 
     name = "rings"
     title = "Ring artefacts"
@@ -363,6 +384,10 @@ class Rings(Corruption):
     override = "amplitude"
     levels = (0.04, 0.06, 0.09, 0.12, 0.16)
     counts = (2, 3, 5, 7, 10)
+    severity: int
+    amplitude: Optional[float]
+    count: Optional[int]
+    seed: int
     params = (
         severity_param(),
         Param("amplitude", float, None,
@@ -389,13 +414,20 @@ class Rings(Corruption):
 class MotionBlur(Corruption):
     """Motion blur: the scan smeared along a straight line of ``length`` pixels at a random angle
     (ImageNet-C's motion blur; in CT, a patient who moved or breathed during the rotation). Lengths
-    refer to a 224-pixel scan, so a severity looks alike at any size."""
+    refer to a 224-pixel scan, so a severity looks alike at any size.
+
+    Paper: Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019. https://arxiv.org/abs/1903.12261
+    """
 
     name = "motion-blur"
     title = "Motion blur"
     description = "Smears the scan along a straight line at a random angle, like a patient who moved."
     override = "length"
     levels = (4.0, 7.0, 11.0, 16.0, 24.0)
+    severity: int
+    length: Optional[float]
+    seed: int
     params = (
         severity_param(),
         Param("length", float, None, "length of the smear in pixels of this scan; overrides severity "
@@ -404,9 +436,7 @@ class MotionBlur(Corruption):
     )
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
-        length = self.setting if self.config["length"] is None else float(self.config["length"])
-        if self.config["length"] is None:
-            length = _scaled(length, x)
+        length = _scaled(self.setting, x) if self.length is None else self.length
         n, channels, height, width = x.shape
         radius = min(math.ceil(length / 2), (min(height, width) - 1) // 2)
         if radius < 1:
@@ -430,7 +460,12 @@ class WindowShift(Corruption):
     """A display window set wrong: level moved and width narrowed, as a PACS preset or an export
     with another window does. The scan is re-windowed as ``(x - 0.5 - level) / width + 0.5``,
     clipped: the level shift darkens (or brightens) everything, the narrower width raises contrast
-    and clips the extremes. ``severity`` sets both; each can be overridden."""
+    and clips the extremes. ``severity`` sets both; each can be overridden.
+
+    Paper: Di Salvo, Doerrich and Ledig, "MedMNIST-C: Comprehensive benchmark and improved classifier
+    robustness by simulating realistic image corruptions", 2024 (the severity-graded medical benchmark
+    this follows). https://arxiv.org/abs/2406.17536
+    """
 
     name = "window-shift"
     title = "Window level/width shift"
@@ -439,6 +474,9 @@ class WindowShift(Corruption):
     override = "level"
     levels = (0.04, 0.08, 0.12, 0.16, 0.20)
     widths = (0.9, 0.8, 0.7, 0.6, 0.5)
+    severity: int
+    level: Optional[float]
+    width: Optional[float]
     params = (
         severity_param(),
         Param("level", float, None, "window level moved by this fraction of the window (positive darkens); "
@@ -455,13 +493,20 @@ class WindowShift(Corruption):
 @register
 class Downsample(Corruption):
     """A coarser matrix: the scan averaged down by ``factor`` and interpolated back (bilinear), as a
-    smaller reconstruction matrix or a thumbnail export gives (MedMNIST-C's pixelate, smoothed)."""
+    smaller reconstruction matrix or a thumbnail export gives (MedMNIST-C's pixelate, smoothed).
+
+    Paper: Di Salvo, Doerrich and Ledig, "MedMNIST-C: Comprehensive benchmark and improved classifier
+    robustness by simulating realistic image corruptions", 2024 (the severity-graded medical benchmark
+    this follows). https://arxiv.org/abs/2406.17536
+    """
 
     name = "downsample"
     title = "Downsampling"
     description = "Averages the scan down to a coarser grid and scales it back up, losing fine detail."
     override = "factor"
     levels = (1.5, 2.0, 3.0, 4.0, 6.0)
+    severity: int
+    factor: Optional[float]
     params = (
         severity_param(),
         Param("factor", float, None, "how many times coarser (1 = unchanged); overrides severity",
