@@ -63,4 +63,4 @@ def test_the_step_by_step_trace_keeps_every_step_with_early_stop() -> None:
     model = trained_model().model
     x, y = nodule_images(12, seed=19)
     _, info = get_attack("pgd", eps=8 / 255, steps=6, early_stop=True)(model, x, y, return_info=True)
-    assert info.trace.shape == (8, 12)  # the clean row, six steps, the result
+    assert info.trace.shape == (6 + 1, 12)  # the clean scan, then one point per step, for every scan
