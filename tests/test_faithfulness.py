@@ -67,7 +67,8 @@ def test_faithfulness_clean_and_under_attack() -> None:
         assert (side.problem is None) == (side.unreadable == 0)
     assert report.clean.indices.size >= 8 and report.attacked.indices.size >= 6
     rows = np.searchsorted(expected, report.clean.indices)
-    assert np.array_equal(report.clean.explained, y.numpy()[expected][rows])  # the clean answer: the true class
+    # the clean answer: the true class
+    assert np.array_equal(report.clean.explained, y.numpy()[expected][rows])
     both = np.intersect1d(report.clean.indices, report.attacked.indices)
     flipped = report.attacked.explained[np.searchsorted(report.attacked.indices, both)]
     assert not np.array_equal(flipped, y.numpy()[both])  # the attack changed some answers

@@ -11,5 +11,6 @@ from pipeline.data.splits import Split, leakage_report, split_dataset, split_for
 __all__ = [
     "ACCEPTED_FORMATS", "DataSpec", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split",
     "WINDOW_NAMES", "Window", "attacked_dicom", "download_iqothnccd", "fold_data_settings", "leakage_report",
-    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for", "split_groups",
+    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for",
+    "split_groups",
 ]

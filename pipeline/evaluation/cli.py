@@ -34,6 +34,13 @@ from pipeline.units import format_epsilons, format_share
 
 #: The settings' own defaults, the one set: every flag starts from them, as the Evaluate page's form does.
 DEFAULTS = SuiteSettings()
+#: Flags that override one setting of the chosen strength level: (flag, StrengthSettings field, what it is).
+STRENGTH_FLAGS = (
+    ("--strong-steps", "strong_steps", "steps of the long PGD check"),
+    ("--restarts", "strong_restarts", "restarts of the long PGD check"),
+    ("--ensemble-steps", "ensemble_steps", "steps of each APGD member of the AutoAttack check"),
+    ("--queries", "square_queries", "queries of the Square check and of AutoAttack's Square member"),
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,44 +90,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=DEFAULTS.steps, help=f"steps of PGD and CW (default {DEFAULTS.steps})"
     )
-    parser.add_argument(
-        "--strength",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.strength,
-        help=f"run the strength checks beside every figure (default: {'on' if DEFAULTS.strength else 'off'})",
-    )
+    _switch(parser, "--strength", "strength", "run the strength checks beside every figure")
     parser.add_argument(
         "--strength-level",
         choices=sorted(STRENGTH_LEVELS),
         default=DEFAULTS.strength_settings.level,
-        help=f"quick: the checks sized for a CPU, at the largest epsilon on {QUICK_STRENGTH.scans} scans; full: "
-        "the literature's settings at every epsilon on every scan (PGD-50 x3, APGD-20, Square 1,000 "
+        help=f"quick: the checks sized for a CPU, at the largest epsilon on {QUICK_STRENGTH.scans} scans; "
+        "full: the literature's settings at every epsilon on every scan (PGD-50 x3, APGD-20, Square 1,000 "
         f"queries; default {DEFAULTS.strength_settings.level})",
     )
-    parser.add_argument(
-        "--strong-steps",
-        type=int,
-        help=f"steps of the long PGD check (default: the level's, quick {QUICK_STRENGTH.strong_steps}, "
-        f"full {FULL_STRENGTH.strong_steps})",
-    )
-    parser.add_argument(
-        "--restarts",
-        type=int,
-        help=f"restarts of the long PGD check (default: the level's, quick {QUICK_STRENGTH.strong_restarts}, "
-        f"full {FULL_STRENGTH.strong_restarts})",
-    )
-    parser.add_argument(
-        "--ensemble-steps",
-        type=int,
-        help="steps of each APGD member of the AutoAttack check (default: the level's, quick "
-        f"{QUICK_STRENGTH.ensemble_steps}, full {FULL_STRENGTH.ensemble_steps})",
-    )
-    parser.add_argument(
-        "--queries",
-        type=int,
-        help=f"queries of the Square check (default: the level's, quick {QUICK_STRENGTH.square_queries}, "
-        f"full {FULL_STRENGTH.square_queries})",
-    )
+    for flag, name, what in STRENGTH_FLAGS:
+        parser.add_argument(
+            flag,
+            type=int,
+            dest=name,
+            metavar="N",
+            help=f"{what} (default: the level's, quick {getattr(QUICK_STRENGTH, name)}, full "
+            f"{getattr(FULL_STRENGTH, name)})",
+        )
     parser.add_argument(
         "--corruptions",
         default=",".join(DEFAULTS.corruptions),
@@ -143,20 +130,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="how ROAD fills removed pixels: linear (the paper's) or blur (about half the cost; default "
         f"{DEFAULTS.faithfulness_imputation})",
     )
-    parser.add_argument(
-        "--early-stop",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.early_stop,
-        help="stop attacking a scan once it is fooled (same accuracies, less time; default: "
-        f"{'on' if DEFAULTS.early_stop else 'off'})",
-    )
-    parser.add_argument(
-        "--transfer",
-        action=argparse.BooleanOptionalAction,
-        default=DEFAULTS.transfer,
-        help="transfer matrix between the runs, when there are several "
-        f"(default: {'on' if DEFAULTS.transfer else 'off'})",
-    )
+    _switch(parser, "--early-stop", "early_stop", "stop attacking a scan once it is fooled (less time)")
+    _switch(parser, "--transfer", "transfer", "transfer matrix between the runs, when there are several")
     parser.add_argument(
         "--min-eps", action="store_true", help="per-scan minimal flipping epsilon (PGD bisection)"
     )
@@ -185,6 +160,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _switch(parser: argparse.ArgumentParser, flag: str, name: str, what: str) -> None:
+    """An on/off flag (``--x`` / ``--no-x``) for the boolean setting ``name``, defaulting to its default."""
+    default = getattr(DEFAULTS, name)
+    parser.add_argument(
+        flag,
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help=f"{what} (default: {'on' if default else 'off'})",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     request = _request(args)
     bar = None if args.quiet else tqdm_progress("evaluating")
@@ -209,16 +195,8 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
         return EvaluationRequest.from_dict(read_json_file(args.config_json, "settings file"))
     if not args.run:
         raise UserInputError("give a run to evaluate: --run RUN (repeat it to compare models)")
-    overrides = {
-        field: value
-        for field, value in (
-            ("strong_steps", args.strong_steps),
-            ("strong_restarts", args.restarts),
-            ("square_queries", args.queries),
-            ("ensemble_steps", args.ensemble_steps),
-        )
-        if value is not None
-    }
+    given = {name: getattr(args, name) for _, name, _ in STRENGTH_FLAGS}
+    overrides = {name: value for name, value in given.items() if value is not None}
     suite = SuiteSettings(
         attacks=args.attacks,
         epsilons=args.eps,

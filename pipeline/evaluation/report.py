@@ -34,6 +34,7 @@ from pipeline.evaluation.reference import (
     REFERENCE_SOURCE,
     REFERENCE_STUDY,
     STUDY_COLUMNS,
+    ReferenceRow,
     ReferenceTable,
 )
 from pipeline.evaluation.calibration import CONFIDENT
@@ -371,6 +372,13 @@ def _ci(interval: Interval, digits: Optional[int] = None, *, unit: str = "%") ->
     return f"{estimate}{unit} <span class='ci'>({low} to {high})</span>"
 
 
+def _cell(row: ReferenceRow, column: str) -> str:
+    """One figure of a reference table's row, with its interval where the row has one."""
+    if column in row.intervals:
+        return _ci(row.intervals[column])
+    return format_share(row.values[column], row.scans)
+
+
 def _plot(figure: go.Figure) -> str:
     """A figure as a fragment of the page; plotly.js itself is inlined once, in the head."""
     return figure.to_html(full_html=False, include_plotlyjs=False)
@@ -473,10 +481,7 @@ def _reference_table(table: ReferenceTable, settings: SuiteSettings) -> list[str
                 worst += f"<br><span class='ci'>on the {check.scans} scans of the checks</span>"
         rows.append(
             f"<tr><td class='l'>{_e(row.model)}</td>"
-            + "".join(
-                f"<td>{_ci(row.intervals[c]) if c in row.intervals else format_share(row.values[c], row.scans)}</td>"
-                for c in COLUMNS
-            )
+            + "".join(f"<td>{_cell(row, column)}</td>" for column in COLUMNS)
             + f"<td>{worst}</td><td class='l'>{verdict}</td></tr>"
         )
     reference = [

@@ -1,12 +1,13 @@
 """A whole evaluation of several models on the same scans: what the CLI and the dashboard run.
 
 For every model: the attacks at every epsilon (one pass, one clean forward per batch), the
-strength checks (at the largest epsilon on the quick level, at every one on the full), calibration clean and under each attack, the CT corruptions at
-five severities, the faithfulness of its Grad-CAM maps, and optionally minimal epsilons,
-randomized-smoothing certificates and input-transformation defences; across models, the
-transfer matrix, the reference table per epsilon, corruption errors against the baseline model
-and a paired comparison of each model with the baseline on every figure. Each section's wall
-time is kept (``ModelEvaluation.seconds``), so a report says where its time went.
+strength checks (at the largest epsilon on the quick level, at every one on the full),
+calibration clean and under each attack, the CT corruptions at five severities, the faithfulness
+of its Grad-CAM maps, and optionally minimal epsilons, randomized-smoothing certificates and
+input-transformation defences; across models, the transfer matrix, the reference table per
+epsilon, corruption errors against the baseline model and a paired comparison of each model
+with the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``),
+so a report says where its time went.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class SuiteSettings:
         16, low=0, high=1_000_000, help="scans whose Grad-CAM maps ROAD scores, clean and attacked (0: none)"
     )
     faithfulness_imputation: str = setting(
-        "linear", choices=("linear", "blur"), help="how ROAD fills removed pixels: the paper's linear, or blur"
+        "linear", choices=("linear", "blur"), help="how ROAD fills removed pixels: the paper's linear or blur"
     )
     early_stop: bool = setting(
         True, help="stop attacking a scan once it is fooled: the same accuracies for less work"
