@@ -199,6 +199,7 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     assert at.slider(key="attack:position").value == demo.showcase_rank
     assert at.selectbox(key="attack:name").value == "pgd"
     assert at.slider(key="attack:pgd:eps").value == pytest.approx(2.0)
+    assert at.number_input(key="attack:pgd:steps").value == demo.eval_steps
     # the story and the two models' held-out figures, labelled synthetic
     panel = at.expander[0]
     assert panel.label.startswith("The demo: a standard and a robust model")

@@ -3,8 +3,8 @@
 The card calls :func:`pipeline.demo.background.start_demo_job`, the same preparation as
 ``python -m pipeline demo``, as one background job. Once ``runs/demo.json`` exists, the Attack page
 is set up once per demo: the standard model selected, the robust one beside it, the story's
-malignant test scan and PGD at the budget the robust model was trained for, one click from
-"Run the attack".
+malignant test scan and PGD at the story's budget with the steps the demo was measured with, one
+click from "Run the attack".
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def adopt() -> Optional[Demo]:
         st.session_state["attack:source"] = "Test split"
         st.session_state["attack:name"] = "pgd"
         st.session_state["attack:pgd:eps"] = STORY_EPSILON / GREY_LEVEL
+        st.session_state["attack:pgd:steps"] = demo.eval_steps  # the attack the demo's figures were measured with
         if demo.showcase_rank is not None:
             st.session_state["attack:class"] = STORY_CLASS
             st.session_state["attack:position"] = demo.showcase_rank
