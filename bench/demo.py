@@ -27,22 +27,37 @@ from pipeline.device import select_device  # noqa: E402
 from pipeline.units import format_epsilon  # noqa: E402
 
 
+#: Accuracies are counts over the same test scans: 169/200 - 109/200 is 0.3 exactly, not 0.29999...
+ROUNDING = 1e-9
+
+
+def at_least(value: float, bound: float) -> bool:
+    return value >= bound - ROUNDING
+
+
+def at_most(value: float, bound: float) -> bool:
+    return value <= bound + ROUNDING
+
+
 def targets(demo: Demo, total_s: float) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for every promise of the demo."""
     standard, robust = demo.standard, demo.robust
     low, high = 2 / 255, 8 / 255
     return [
         ("standard: training within 5 min (data included)", f"{standard.seconds:.0f} s", standard.seconds <= 300),
-        ("standard: held-out accuracy >= 0.85", f"{standard.clean:.3f}", standard.clean >= 0.85),
-        ("standard: every class recall >= 0.5", f"{min(standard.recall):.3f}", min(standard.recall) >= 0.5),
+        ("standard: held-out accuracy >= 0.85", f"{standard.clean:.3f}", at_least(standard.clean, 0.85)),
+        ("standard: every class recall >= 0.5", f"{min(standard.recall):.3f}",
+         at_least(min(standard.recall), 0.5)),
         (f"standard: PGD-20 {format_epsilon(high)} <= 0.05", f"{standard.robust[high]:.3f}",
-         standard.robust[high] <= 0.05),
+         at_most(standard.robust[high], 0.05)),
         ("robust: fine-tuning within 10 more min", f"{robust.seconds:.0f} s", robust.seconds <= 600),
-        ("robust: clean accuracy >= 0.75", f"{robust.clean:.3f}", robust.clean >= 0.75),
-        ("robust: every class recall >= 0.3", f"{min(robust.recall):.3f}", min(robust.recall) >= 0.3),
-        (f"robust: PGD-20 {format_epsilon(low)} >= 0.6", f"{robust.robust[low]:.3f}", robust.robust[low] >= 0.6),
+        ("robust: clean accuracy >= 0.75", f"{robust.clean:.3f}", at_least(robust.clean, 0.75)),
+        ("robust: every class recall >= 0.3", f"{min(robust.recall):.3f}", at_least(min(robust.recall), 0.3)),
+        (f"robust: PGD-20 {format_epsilon(low)} >= 0.6", f"{robust.robust[low]:.3f}",
+         at_least(robust.robust[low], 0.6)),
         (f"robust: PGD-20 {format_epsilon(low)} >= standard's + 0.3",
-         f"{robust.robust[low] - standard.robust[low]:+.3f}", robust.robust[low] - standard.robust[low] >= 0.3),
+         f"{robust.robust[low] - standard.robust[low]:+.3f}",
+         at_least(robust.robust[low] - standard.robust[low], 0.3)),
         ("both: trained classifiers (answers depend on the scan)", f"{standard.trained}, {robust.trained}",
          standard.trained and robust.trained),
         ("whole command within 15 min", f"{total_s:.0f} s", total_s <= 900),
