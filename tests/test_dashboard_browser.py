@@ -472,6 +472,7 @@ def prepare_the_demo(page, fresh: Server) -> Demo:
     assert demo.robust.run_dir.name in beside, beside
     budget = page.locator('[data-testid="stSlider"]').filter(has_text="Budget").inner_text()
     assert "2.00/255" in budget, budget
+    assert page.get_by_role("spinbutton", name="Steps").input_value() == str(demo.eval_steps)  # as measured
     return demo
 
 
@@ -496,7 +497,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
 
     demo = prepare_the_demo(page, fresh_server)
 
-    # Attack: PGD with its 10 steps; the costly budget search is off and says what it would cost.
+    # Attack: PGD with the demo's steps; the costly budget search is off and says what it would cost.
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Attack").first.click()
     page.get_by_role("option", name="PGD (L∞) · white-box").click()
     page.get_by_text("Costs up to 8 more runs of PGD (L∞)").wait_for(timeout=RESULT_MS)
@@ -508,8 +509,8 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     assert metric(page, "Largest change").endswith("/255")
     assert metric(page, "Total change (L2)").endswith("/255")  # one unit, grey levels, for both sizes
     trace = next(chart for chart in page.evaluate(CHARTS) if chart["x"].startswith("attack step"))
-    # PGD-10: the original scan and one point per step, and no threshold line
-    assert trace == {"x": "attack step (0 = the original scan)", "points": 11, "shapes": 0}
+    # the original scan and one point per step, and no threshold line
+    assert trace == {"x": "attack step (0 = the original scan)", "points": demo.eval_steps + 1, "shapes": 0}
     assert legends_over_axis_titles(page) == 0
 
     # Evaluate: a small evaluation in the background, its bar saying honestly how long is left.

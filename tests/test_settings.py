@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pipeline.attacks import get_attack
@@ -38,7 +40,8 @@ def test_flat_and_nested_settings_name_the_same_training() -> None:
     assert config.seed == 9 and config.data.split_seed == 4  # the training seed no longer moves the split
     quick = TrainConfig.from_preset("quick", data=DataSpec(image_size=48, count=36))
     assert quick.data == DataSpec(image_size=48, count=36) and quick.arch == "resnet18"
-    assert TrainConfig.from_preset("quick", image_size=96).data.count == 1200  # a flat override changes one field
+    overridden, preset = TrainConfig.from_preset("quick", image_size=64).data, TrainConfig.from_preset("quick").data
+    assert overridden == replace(preset, image_size=64) != preset  # a flat override changes one field
     with pytest.raises(UserInputError, match="at least 32 pixels"):
         TrainConfig(data=DataSpec(image_size=16))
 
