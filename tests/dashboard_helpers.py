@@ -1,8 +1,12 @@
-"""What both dashboard suites set up: tiny trained runs and a finished evaluation of them."""
+"""What the dashboard suites share: tiny trained runs, a finished evaluation, rerunning an app until done."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
+
+from streamlit.testing.v1 import AppTest
 
 from pipeline.evaluation import StrengthSettings, SuiteSettings, evaluate_models
 from pipeline.evaluation.data import run_data
@@ -49,3 +53,13 @@ def finished_evaluation(run_dirs: list[Path]) -> Path:
     folder = run_dirs[0] / "evaluations" / "20260101-000000"
     save_report(evaluate_models(loaded, dataset, split.test, SMALL_SUITE), folder)
     return folder
+
+
+def run_until(at: AppTest, done: Callable[[AppTest], bool], timeout: float = 120.0) -> AppTest:
+    """Rerun the app (as the page's polling fragment would) until ``done`` holds."""
+    deadline = time.monotonic() + timeout
+    while not done(at):
+        assert time.monotonic() < deadline, "the dashboard did not finish in time"
+        time.sleep(0.3)
+        at.run()
+    return at

@@ -12,10 +12,8 @@ import io
 import json
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -47,7 +45,7 @@ from pipeline.store import (
 from pipeline.training import TrainConfig, train
 from pipeline.units import parse_epsilons
 from tests.dashboard_helpers import TINY as TINY_RUN
-from tests.dashboard_helpers import finished_evaluation
+from tests.dashboard_helpers import finished_evaluation, run_until
 from tests.dicom_studies import make_dicom_studies
 
 WATCH_EVALUATION = "evaluate.watch"
@@ -90,16 +88,6 @@ def page(name: str, *, state: dict | None = None) -> AppTest:
     at.run()  # the entry point registers the pages; only then can a page be chosen by file
     at.switch_page(f"views/{name}.py")
     return at.run()
-
-
-def run_until(at: AppTest, done: Callable[[AppTest], bool], timeout: float = 120.0) -> AppTest:
-    """Rerun the app (as the page's polling fragment would) until ``done`` holds."""
-    deadline = time.monotonic() + timeout
-    while not done(at):
-        assert time.monotonic() < deadline, "the dashboard did not finish in time"
-        time.sleep(0.3)
-        at.run()
-    return at
 
 
 def assert_calm(at: AppTest) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from pipeline.errors import CheckpointError
 from pipeline.evaluation.data import run_data
 from pipeline.jobs import cancel_job, job_state
 from pipeline.store import read_record
+from tests.dashboard_helpers import run_until
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
@@ -142,15 +142,6 @@ def attack_page(runs: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return AppTest.from_file(APP, default_timeout=120).run()
 
 
-def rerun_until(at: AppTest, done, timeout: float = 240.0) -> AppTest:
-    deadline = time.monotonic() + timeout
-    while not done(at):
-        assert time.monotonic() < deadline, "the dashboard did not get there in time"
-        time.sleep(0.5)
-        at.run()
-    return at
-
-
 def test_the_first_start_card_offers_the_demo_and_says_what_it_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,13 +162,13 @@ def test_the_card_prepares_the_demo_as_one_background_job(tmp_path: Path, monkey
     job = demo_job_dir(tmp_path)
     try:
         assert job_state(job).running or job_state(job).phase == "queued"
-        rerun_until(at, lambda app: job_state(job).running, timeout=120)
+        run_until(at, lambda app: job_state(job).running, timeout=120)
         at.run()
         assert any("demo is being prepared" in item.value for item in at.info)
         assert at.button(key="demo:job:cancel").label == "Cancel the demo preparation"
     finally:
         cancel_job(job)
-    rerun_until(at, lambda app: not job_state(job).running, timeout=120)
+    run_until(at, lambda app: not job_state(job).running, timeout=120)
     assert job_state(job).phase == "cancelled"
     assert not (tmp_path / DEMO_FILE).exists()  # nothing half-made is offered as the demo
 
@@ -207,7 +198,8 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     assert demo.story in shown and demo.robust.run_dir.name in shown and "PGD-" in shown
     assert "not a medical result" in " ".join(item.value for item in panel.caption)
     at.button(key="attack:run").click().run()
-    rerun_until(at, lambda app: "attack.task" not in app.session_state and "attack.result" in app.session_state)
+    run_until(at, lambda app: "attack.task" not in app.session_state and "attack.result" in app.session_state,
+              timeout=240)
     assert not at.exception and not at.error
     _, reports = at.session_state["attack.result"]
     assert [title for title, _ in reports] == [demo.standard.run_dir.name, demo.robust.run_dir.name]
