@@ -69,45 +69,48 @@ def offer() -> None:
                 st.rerun()
 
 
-def adopt() -> Optional[Demo]:
-    """Set the Attack page up on the demo's story, once per demo; returns the demo when it did so.
-
-    Must run before the page draws its widgets (it writes their Session State); the model is
-    selected through the sidebar on the next script run, so the caller reruns when this returns a demo.
-    """
+def current() -> Optional[Demo]:
+    """The demo recorded in this run store, read once per page run; None when there is none (a
+    damaged record is said on the page and counts as none)."""
     with shown_errors("read the demo record"):
-        demo = read_demo(runs_dir())
-        if demo is None or st.session_state.get(APPLIED_KEY) == demo.created_at:
-            return None
-        st.session_state[APPLIED_KEY] = demo.created_at
-        select_run_next(str(demo.standard.run_dir))
-        st.session_state["attack:compare"] = str(demo.robust.run_dir)
-        st.session_state["attack:source"] = "Test split"
-        st.session_state["attack:name"] = "pgd"
-        st.session_state["attack:pgd:eps"] = STORY_EPSILON / GREY_LEVEL
-        st.session_state["attack:pgd:steps"] = demo.eval_steps  # the attack the demo's figures were measured with
-        if demo.showcase_rank is not None:
-            st.session_state["attack:class"] = STORY_CLASS
-            st.session_state["attack:position"] = demo.showcase_rank
-        return demo
+        return read_demo(runs_dir())
     return None
 
 
-def story_panel(run: str) -> None:
+def adopt(demo: Optional[Demo]) -> bool:
+    """Set the Attack page up on ``demo``'s story, once per demo; True when it did so.
+
+    Must run before the page draws its widgets (it writes their Session State); the model is
+    selected through the sidebar on the next script run, so the caller reruns when this returns True.
+    """
+    if demo is None or st.session_state.get(APPLIED_KEY) == demo.created_at:
+        return False
+    st.session_state[APPLIED_KEY] = demo.created_at
+    select_run_next(str(demo.standard.run_dir))
+    st.session_state["attack:compare"] = str(demo.robust.run_dir)
+    st.session_state["attack:source"] = "Test split"
+    st.session_state["attack:name"] = "pgd"
+    st.session_state["attack:pgd:eps"] = STORY_EPSILON / GREY_LEVEL
+    st.session_state["attack:pgd:steps"] = demo.eval_steps  # the attack the demo's figures were measured with
+    if demo.showcase_rank is not None:
+        st.session_state["attack:class"] = STORY_CLASS
+        st.session_state["attack:position"] = demo.showcase_rank
+    return True
+
+
+def story_panel(demo: Optional[Demo], run: str) -> None:
     """While the demo's standard model is in use: which scan tells the story, and how the two models
     fare on all their held-out test scans (the figures ``python -m pipeline demo`` printed)."""
-    with shown_errors("read the demo record"):
-        demo = read_demo(runs_dir())
-        if demo is None or run != str(demo.standard.run_dir):
-            return
-        with st.expander("The demo: a standard and a robust model on the synthetic phantom", expanded=False,
-                         icon=":material/science:"):
-            st.write(
-                f"The scan chosen is {demo.story}. Run the attack to see the standard model's answer change "
-                "while the robust model, shown beside it, keeps its own."
-            )
-            st.markdown(demo.table())
-            st.caption(
-                f"Accuracy on the held-out test scans of the synthetic phantom ({demo.standard.test_scans} scans), "
-                f"clean and under PGD-{demo.eval_steps}; not a medical result."
-            )
+    if demo is None or run != str(demo.standard.run_dir):
+        return
+    with st.expander("The demo: a standard and a robust model on the synthetic phantom", expanded=False,
+                     icon=":material/science:"):
+        st.write(
+            f"The scan chosen is {demo.story}. Run the attack to see the standard model's answer change "
+            "while the robust model, shown beside it, keeps its own."
+        )
+        st.markdown(demo.table())
+        st.caption(
+            f"Accuracy on the held-out test scans of the synthetic phantom ({demo.standard.test_scans} scans), "
+            f"clean and under PGD-{demo.eval_steps}; not a medical result."
+        )

@@ -278,7 +278,8 @@ st.caption(
 )
 
 collect_finished()
-if demo.adopt() is not None:  # the demo just became ready: open on its story
+prepared = demo.current()
+if demo.adopt(prepared):  # the demo just became ready: open on its story
     st.rerun()
 run = selected_run()
 if run is None:
@@ -286,7 +287,7 @@ if run is None:
     st.stop()
 if demo.preparing():
     demo.progress_panel()
-demo.story_panel(run)
+demo.story_panel(prepared, run)
 
 loaded = None
 with shown_errors("load the model"):
