@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.demo import read_demo  # noqa: E402
-from tests.dashboard_server import serve  # noqa: E402
+from tests.dashboard_server import full_length_screenshot, serve  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 600_000
@@ -54,16 +54,8 @@ def main() -> None:
             run.click()
             page.wait_for_timeout(1000)
             page.wait_for_function(RESULTS_DRAWN, timeout=TIMEOUT_MS)
-            # the page scrolls inside its main pane: make the window as tall as the page, then wait
-            # for the widgets resized into view to replace their placeholders
-            height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-            page.set_viewport_size({"width": 1440, "height": min(max(int(height), 900), 5000)})
-            page.wait_for_timeout(1000)
-            page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
-                                   timeout=TIMEOUT_MS)
-            page.wait_for_timeout(1000)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=True)
+            full_length_screenshot(page, args.out, timeout_ms=TIMEOUT_MS, max_height=5000)
             browser.close()
     print(f"wrote {args.out}")
 

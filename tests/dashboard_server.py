@@ -1,5 +1,5 @@
-"""``streamlit run dashboard/app.py`` as a real server on a free port, for the browser suite and
-``bench/first_paint.py`` alike."""
+"""``streamlit run dashboard/app.py`` as a real server on a free port, and a whole-page screenshot of
+it, for the browser suite, ``bench/first_paint.py`` and ``scripts/demo_screenshot.py`` alike."""
 
 from __future__ import annotations
 
@@ -66,3 +66,17 @@ def serve(home: Path, runs: Path, *, startup_s: float = 120.0) -> Iterator[str]:
             process.kill()
             process.wait()
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def full_length_screenshot(page, path: Path, *, timeout_ms: float, max_height: int = 4000) -> None:
+    """Save the whole page to ``path``. The app scrolls inside its main pane, so the window is made
+    as tall as the page (900 to ``max_height`` px) and the widgets resized into view replace their
+    placeholders first, so no picture shows grey bars; the window is set back afterwards."""
+    size = page.viewport_size
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": min(max(int(height), 900), max_height)})
+    page.wait_for_timeout(600)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=timeout_ms)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)

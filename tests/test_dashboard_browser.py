@@ -35,7 +35,7 @@ from pipeline.scan_report import analyse_scan
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY as TINY_RUN
 from tests.dashboard_helpers import finished_evaluation
-from tests.dashboard_server import serve
+from tests.dashboard_server import full_length_screenshot, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,15 +161,8 @@ def assert_no_error(page) -> None:
 def screenshot(page, name: str, *, publish: bool = False) -> None:
     """Full-length screenshot into test-artifacts/ (and docs/screenshots/ for the README)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1440, "height": min(max(int(height), 900), 4000)})
-    page.wait_for_timeout(600)
-    # widgets resized into view draw a placeholder first: wait for them, so no picture shows grey bars
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=RESULT_MS)
-    page.wait_for_timeout(300)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    page.set_viewport_size({"width": 1440, "height": 1100})
+    full_length_screenshot(page, path, timeout_ms=RESULT_MS)
     if publish:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
