@@ -7,7 +7,7 @@ long-running code never knows which front end is watching.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 #: ``progress(done, total, message)``; ``total`` may be 0 when unknown.
 ProgressCallback = Callable[[int, int, str], None]
@@ -54,27 +54,33 @@ STAGE_STEPS = 1000
 def staged(
     progress: Optional[ProgressCallback],
     index: int,
-    stages: int,
+    stages: int | Sequence[float],
     name: str,
     *,
     separator: str = ": ",
 ) -> Optional[ProgressCallback]:
-    """A callback that maps stage ``index``'s own ``done/total`` into its share of ``stages`` stages.
+    """A callback that maps stage ``index``'s own ``done/total`` into its share of all the stages.
 
     Long operations are built from steps that each report their own progress (an attack, a
     sweep, a certification); this lets one bar cover them all without any step knowing it is
-    one of several. Stage ``index`` fills ``[index, index + 1) * STAGE_STEPS`` of
-    ``stages * STAGE_STEPS``; a stage that overshoots its total is clamped so the bar never runs
-    backwards, and each message is prefixed with ``name``. Returns ``None`` when ``progress``
-    is ``None``, so nothing is called at all.
+    one of several. ``stages`` is their number, each an equal share (stage ``index`` fills
+    ``[index, index + 1) * STAGE_STEPS`` of ``stages * STAGE_STEPS``), or each stage's weight,
+    e.g. its measured share of the time. A stage that overshoots its total is clamped so the bar
+    never runs backwards, and each message is prefixed with ``name``. Returns ``None`` when
+    ``progress`` is ``None``, so nothing is called at all.
     """
     if progress is None:
         return None
-    whole = STAGE_STEPS * max(stages, 1)
+    if isinstance(stages, int):
+        whole, start, width = STAGE_STEPS * max(stages, 1), float(STAGE_STEPS * index), float(STAGE_STEPS)
+    else:
+        whole = STAGE_STEPS * len(stages)
+        scale = whole / sum(stages)
+        start, width = scale * sum(stages[:index]), scale * stages[index]
 
     def inner(done: int, total: int, message: str) -> None:
         share = min(done / total, 1.0) if total else 0.0
-        progress(int(STAGE_STEPS * (index + share)), whole, f"{name}{separator}{message}" if message else name)
+        progress(int(start + width * share), whole, f"{name}{separator}{message}" if message else name)
 
     return inner
 

@@ -11,7 +11,7 @@ from dashboard.ui.job_view import job_time_left
 from pipeline.evaluation.robustness import AttackSpec, evaluate
 from pipeline.jobs import JobContext, JobState
 from pipeline.models import build_model
-from pipeline.progress import TimeLeft, time_left_words
+from pipeline.progress import STAGE_STEPS, TimeLeft, staged, time_left_words
 from pipeline.store import read_status
 
 
@@ -71,3 +71,17 @@ def test_an_evaluation_reports_from_inside_each_attack() -> None:
     fractions = [done / total for done, total, _ in seen]
     assert fractions == sorted(fractions)  # the bar never runs backwards
     assert sum("query" in message for _, _, message in seen) >= 10
+
+
+def test_stages_share_one_bar_equally_or_by_weight() -> None:
+    seen: list[tuple[int, int, str]] = []
+    record = lambda done, total, message: seen.append((done, total, message))  # noqa: E731
+    staged(record, 1, 2, "second")(1, 2, "half")  # equal shares: half of the second of two stages
+    staged(record, 1, (1.0, 3.0), "long")(1, 2, "")  # weighted: a quarter done, then half of three quarters
+    staged(record, 0, (1.0, 3.0), "short")(5, 2, "over")  # an overshoot is clamped to its stage's end
+    assert seen == [
+        (3 * STAGE_STEPS // 2, 2 * STAGE_STEPS, "second: half"),
+        (int(2 * STAGE_STEPS * (0.25 + 0.75 / 2)), 2 * STAGE_STEPS, "long"),
+        (2 * STAGE_STEPS // 4, 2 * STAGE_STEPS, "short: over"),
+    ]
+    assert staged(None, 0, (1.0, 3.0), "nothing") is None

@@ -29,7 +29,7 @@ from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import JobCancelled
 from pipeline.json_object import parse_json_object
 from pipeline.models import arch_title
-from pipeline.progress import ProgressCallback, report
+from pipeline.progress import ProgressCallback, report, staged
 from pipeline.store import atomic_write_json, load_model, read_status
 from pipeline.training import TrainConfig, train
 from pipeline.units import format_epsilon
@@ -226,23 +226,25 @@ def prepare_demo(
         raise UserInputError(f"unknown demo recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     runs_dir = Path(runs_dir)
     standard_config, robust_config = chosen.configs(device)
-    stages = _Stages(progress, chosen.shares)
+    # the held-out check is two stages of equal weight, one per model
+    weights = (*chosen.shares[:2], chosen.shares[2] / 2, chosen.shares[2] / 2)
 
     started = time.perf_counter()
-    standard_dir = _finished(train(standard_config, runs_dir, progress=stages.stage(0, "standard model")),
-                             "standard")
+    trained = train(standard_config, runs_dir, progress=staged(progress, 0, weights, "standard model"))
+    standard_dir = _finished(trained, "standard")
     standard_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
-    robust_dir = _finished(train(robust_config, runs_dir, progress=stages.stage(1, "robust model")), "robust")
+    trained = train(robust_config, runs_dir, progress=staged(progress, 1, weights, "robust model"))
+    robust_dir = _finished(trained, "robust")
     robust_seconds = time.perf_counter() - started
 
     steps = chosen.eval_steps
     standard, standard_report = _measure("standard", standard_dir, standard_seconds, device, steps,
-                                         stages.stage(2, "held-out check of the standard model", 0.5))
+                                         staged(progress, 2, weights, "held-out check of the standard model"))
     robust, robust_report = _measure("robust", robust_dir, robust_seconds, device, steps,
-                                     stages.stage(2, "held-out check of the robust model", 0.5, 0.5))
+                                     staged(progress, 3, weights, "held-out check of the robust model"))
     showcase, rank, story = _showcase(standard_report, robust_report)
     demo = Demo(recipe=chosen.name, standard=standard, robust=robust, showcase=showcase, showcase_rank=rank,
                 story=story, eval_steps=steps)
@@ -285,29 +287,6 @@ def read_demo(runs_dir: Path | str) -> Optional[Demo]:
 
 
 # ------------------------------------------------------------------------------------ helpers
-class _Stages:
-    """Overall progress over the demo's stages, each weighted by its measured share of the time."""
-
-    def __init__(self, progress: Optional[ProgressCallback], shares: tuple[float, ...]) -> None:
-        self.progress = progress
-        self.starts = np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / sum(shares)
-        self.shares = np.asarray(shares) / sum(shares)
-
-    def stage(self, index: int, name: str, part: float = 1.0, offset: float = 0.0) -> Optional[ProgressCallback]:
-        if self.progress is None:
-            return None
-        start = self.starts[index] + offset * self.shares[index]
-        width = part * self.shares[index]
-        whole = 10_000
-
-        def inner(done: int, total: int, message: str) -> None:
-            fraction = min(done / total, 1.0) if total else 0.0
-            self.progress(int(whole * (start + width * fraction)), whole,  # type: ignore[misc]
-                          f"{name}: {message}" if message else name)
-
-        return inner
-
-
 def _finished(run_dir: Path, role: str) -> Path:
     """``run_dir`` when its training finished; a cancelled one stops the demo, a failed one says why."""
     status = read_status(run_dir)
