@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -42,3 +43,8 @@ def mixed_precision(device: torch.device) -> Optional[torch.dtype]:
             native = False
         return torch.bfloat16 if native else None
     return None
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing when ``dtype`` is None (full fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline.attacks import get_attack
 from pipeline.data import load_dataset, split_dataset
+from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, UserInputError
+from pipeline.evaluation import confusion_matrix, per_class_recall
 from pipeline.models import build_model
 from pipeline.store import load_model, read_config, read_metrics, read_status
 from pipeline.params import params_of
@@ -113,6 +116,7 @@ def test_standard_training_learns_the_phantom(runs: Path) -> None:
         "train_robust_acc",
         "val_acc",
         "val_robust_acc",
+        "val_balanced_acc",
         "val_loss",
         "lr",
         "time_s",
@@ -122,6 +126,18 @@ def test_standard_training_learns_the_phantom(runs: Path) -> None:
     ):
         assert key in lines[0], key
     assert read_config(run_dir)["dataset"]["is_synthetic"]
+    # standard training keeps the epoch with the best balanced accuracy (mean recall), whose figure is
+    # the kept model's own on the validation scans (to one borderline scan: bf16 batches may differ)
+    kept = lines[read_status(run_dir)["best_epoch"] - 1]
+    assert kept["val_balanced_acc"] == max(line["val_balanced_acc"] for line in lines)
+    model, record = load_model(run_dir)
+    x, y = load_dataset(record.data).tensors()
+    index = torch.as_tensor(record.config["split"]["val"])
+    with torch.no_grad(), autocast(torch.device("cpu"), mixed_precision(torch.device("cpu"))):
+        answers = model(x[index]).float().argmax(1)
+    recall = per_class_recall(confusion_matrix(y[index].numpy(), answers.numpy()))
+    one_scan = 1 / min(n for n in kept["val_labels"] if n)
+    assert abs(kept["val_balanced_acc"] - np.nanmean(recall)) <= one_scan + 1e-9
 
 
 def test_pgd_training_raises_pgd_accuracy(standard_run: Path, pgd_run: Path) -> None:

@@ -33,6 +33,7 @@ def training_curves(run_dir: Path, key: str) -> None:
         label: (epochs, [_number(line.get(name)) for line in metrics])
         for label, name in (
             ("validation, clean", "val_acc"),
+            ("validation, mean class recall", "val_balanced_acc"),
             ("validation, under PGD", "val_robust_acc"),
             ("training, clean", "train_acc"),
             ("training, under PGD", "train_robust_acc"),
@@ -57,7 +58,8 @@ def training_curves(run_dir: Path, key: str) -> None:
     )
     st.caption(
         "Accuracy on clean scans and under a PGD attack after each epoch; a robust model keeps "
-        "the two curves close."
+        "the two curves close. Mean class recall (balanced accuracy) weighs the rare benign class "
+        "like the others; by default standard training keeps the epoch where it is highest."
     )
 
 

@@ -120,8 +120,9 @@ def _print_outcome(run_dir: Path) -> None:
     print(f"status: {record.status.get('phase')} - {record.status.get('message', '')}")
     if best:
         print(
-            f"kept epoch {best['epoch']}: validation accuracy {best['val_acc']:.3f}, "
-            f"under PGD {best['val_robust_acc']:.3f} (eps {best['eps']:.4f})"
+            f"kept epoch {best['epoch']}: validation accuracy {best['val_acc']:.3f}"
+            + (f", mean class recall {best['val_balanced_acc']:.3f}" if "val_balanced_acc" in best else "")
+            + f", under PGD {best['val_robust_acc']:.3f} (eps {best['eps']:.4f})"
         )
     if record.status.get("tracking"):
         print(describe(record.status["tracking"]))

@@ -103,8 +103,10 @@ class TrainConfig:
     )
     select_by: str = setting(
         "auto",
-        choices=("auto", "robust", "clean"),
-        help="keep the epoch with the best robust (PGD) or clean validation accuracy",
+        choices=("auto", "robust", "clean", "balanced"),
+        help="keep the epoch with the best validation accuracy under PGD (robust), on clean scans "
+        "(clean) or averaged over the classes' recalls (balanced); auto: balanced for standard "
+        "training, robust for adversarial training",
     )
     patience: int = setting(
         0, low=0, high=1000, help="stop after this many epochs without improvement (0: never)"
@@ -155,10 +157,12 @@ class TrainConfig:
 
     @property
     def selection(self) -> str:
-        """``robust`` or ``clean``: ``auto`` picks robust for every adversarial strategy."""
+        """``robust``, ``clean`` or ``balanced``: ``auto`` picks robust for every adversarial strategy
+        and balanced (mean per-class recall) for standard training, so that the kept epoch is not one
+        that reads the rare benign class as normal."""
         if self.select_by != "auto":
             return self.select_by
-        return "clean" if self.strategy == "standard" else "robust"
+        return "balanced" if self.strategy == "standard" else "robust"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the data settings nested under ``data``."""

@@ -32,7 +32,7 @@ from torch import nn
 from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
 from pipeline.data import ScanDataset, Split, load_dataset, split_for
-from pipeline.device import mixed_precision
+from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.progress import ProgressCallback, report
@@ -325,10 +325,7 @@ class Trainer:
         return mixed_precision(self.device) if self.config.amp else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = self.amp_dtype
-        return (
-            torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        )
+        return autocast(self.device, self.amp_dtype)
 
     # ------------------------------------------------------------------------ resuming
     def _resume_state(self) -> dict[str, Any]:
@@ -487,8 +484,8 @@ class Trainer:
         mine = torch.arange(context.rank, len(x), context.world_size, device=self.device)
         alpha = max(config.eps / 4, 2.5 * config.eps / config.val_steps)
         classes = len(self.classes)
-        # loss, clean, robust, then per class: the clean answers and the labels
-        totals = torch.zeros(3 + 2 * classes, device=self.device, dtype=torch.float64)
+        # loss, clean, robust, then per class: the clean answers, the labels and the right answers
+        totals = torch.zeros(3 + 3 * classes, device=self.device, dtype=torch.float64)
         count = 0
         self.model.eval()
         for start in range(0, len(mine), self.batch_size):
@@ -520,6 +517,7 @@ class Trainer:
                     ),
                     torch.bincount(answers, minlength=classes).double(),
                     torch.bincount(yb, minlength=classes).double(),
+                    torch.bincount(yb[answers == yb], minlength=classes).double(),
                 ]
             )
             count += len(yb)
@@ -532,12 +530,19 @@ class Trainer:
             # what pipeline.evaluation.degenerate judges "a trained classifier" from, for the runs table
             values["val_answers"] = [int(n) for n in summed[3 : 3 + classes]]
             values["val_labels"] = [int(n) for n in summed[3 + classes : 3 + 2 * classes]]
+            values["val_balanced_acc"] = _balanced_accuracy(
+                summed[3 + 2 * classes : 3 + 3 * classes], values["val_labels"]
+            )
         return values
 
     # --------------------------------------------------------------------- epoch results
     def _score(self, line: dict[str, Any]) -> list[float]:
-        clean, robust = line["val_acc"], line["val_robust_acc"]
-        return [robust, clean] if self.config.selection == "robust" else [clean, robust]
+        clean, robust, balanced = line["val_acc"], line["val_robust_acc"], line["val_balanced_acc"]
+        return {
+            "robust": [robust, clean],
+            "clean": [clean, robust],
+            "balanced": [balanced, clean, robust],
+        }[self.config.selection]
 
     def _collapsed(self, line: dict[str, Any]) -> bool:
         """FGSM-RS's catastrophic overfitting: validation PGD accuracy falls off a cliff."""
@@ -613,6 +618,13 @@ class Trainer:
             report(self.progress, done, total, message or phase)
 
         return forward
+
+
+def _balanced_accuracy(correct: list[float], labels: list[int]) -> float:
+    """Mean recall over the classes present (balanced accuracy, in [0, 1]): unlike accuracy it does
+    not reward a model for ignoring a rare class such as benign (11% of IQ-OTH/NCCD)."""
+    recalls = [right / count for right, count in zip(correct, labels) if count > 0]
+    return sum(recalls) / len(recalls) if recalls else 0.0
 
 
 def _with_count(totals: torch.Tensor, count: int) -> torch.Tensor:
