@@ -163,7 +163,7 @@ def test_calcified_nodules_are_brighter_than_soft_tissue_nodules():
 def test_sizes_match_their_class_descriptions(by_class):
     benign = [f.diameter_mm for s in by_class[BENIGN] for f in s.findings]
     malignant = [f.diameter_mm for s in by_class[MALIGNANT] for f in s.findings if f.kind == "mass"]
-    assert 9.5 <= min(benign) and max(benign) <= 24.5
+    assert 9.5 <= min(benign) and max(benign) <= 20.5
     assert np.median(malignant) > 2 * np.median(benign)
     assert max(malignant) <= 65.5
 

@@ -207,7 +207,7 @@ def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
 
 #: Settings of the two presets; combine with a strategy: ``TrainConfig.from_preset("quick", strategy="pgd")``.
 PRESETS: Final[dict[str, dict[str, Any]]] = {
-    # A CPU demo: ResNet18 from scratch at 96 px (phantom v3: a mass spans 7-19 pixels, a nodule 3-7),
+    # A CPU demo: ResNet18 from scratch at 96 px (phantom v4: a mass spans 7-19 pixels, a nodule 3-6),
     # 2,000 phantom scans, 10 epochs of AdamW at batch 16 with a cosine schedule, classes drawn evenly
     # (the balanced sampler: benign, 11% of the scans, is otherwise rarely learned in so few steps). On
     # the phantom without augmentation (the demo's recipe, pipeline.demo) it reaches about 0.88 held-out

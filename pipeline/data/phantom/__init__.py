@@ -36,7 +36,7 @@ SYNTHETIC_LABEL = "synthetic"
 #: A title for figures and reports.
 SYNTHETIC_TITLE = "Synthetic chest-CT phantom (not patient data)"
 #: Bumped whenever the same seed would draw different images; part of any cache key.
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 
 #: IQ-OTH/NCCD's class sizes (benign, malignant, normal), whose ratio the default set follows.
 REAL_CLASS_COUNTS = (120, 561, 416)

@@ -1,12 +1,14 @@
 """What makes a slice benign or malignant: nodules and masses, always inside the lungs.
 
-Benign: one to three smooth round nodules (10-24 mm), some calcified. Malignant: usually one large
+Benign: one to three smooth round nodules (10-20 mm), some calcified. Malignant: usually one large
 (25-65 mm) lobulated or spiculated mass, one in twenty a small (10-18 mm) irregular nodule, sometimes
 touching the pleura or cavitating. The size ranges overlap on purpose, so size alone does not decide
 the class. Calibrated to IQ-OTH/NCCD (phantom v3, bench/RESULTS.md): its malignant slices mostly show
-large, conspicuous advanced masses and its benign ones small well-defined nodules, so that at the
-demo's 96 px (about 3.4 mm a pixel) a mass spans 7-19 pixels and a nodule 3-7, against vessel
-cross-sections of 1-2.
+large, conspicuous advanced masses and its benign ones small well-defined nodules, so that at 96 px
+(about 3.4 mm a pixel) a mass spans 7-19 pixels and a nodule 3-6, against vessel cross-sections of
+1-2. Phantom v4 capped benign nodules at 20 mm instead of 24: at the demo's 112 px a lone 20-24 mm
+nodule was a round blob of 7-8 pixels, a small mass by size with two pixels of smooth outline to say
+otherwise, and the reference's benign nodules are small.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def _place(rng: np.random.Generator, anatomy: Anatomy, depth_mm: np.ndarray, rad
 def _nodule(anatomy: Anatomy, rng: np.random.Generator, depth_mm: np.ndarray, lung_cover: np.ndarray,
             cover: np.ndarray, slice_mm: float, *, near: tuple[float, float] | None = None,
             calcify: bool = True) -> Finding:
-    """A smooth round nodule, 10-24 mm; 40% are calcified (fully or centrally)."""
-    diameter = float(np.exp(rng.uniform(np.log(10.0), np.log(24.0))))
+    """A smooth round nodule, 10-20 mm; 40% are calcified (fully or centrally)."""
+    diameter = float(np.exp(rng.uniform(np.log(10.0), np.log(20.0))))
     centre, radius = _place(rng, anatomy, depth_mm, diameter / 2.0, pleural=rng.random() < 0.12, near=near)
     shape = blob(rng, *centre, radius, radius * rng.uniform(0.85, 1.0), roughness=0.03, harmonics=3,
                  angle_deg=rng.uniform(0.0, 180.0))
