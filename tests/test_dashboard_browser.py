@@ -188,6 +188,11 @@ LEGEND_OVER_AXIS = """() => [...document.querySelectorAll('.js-plotly-plot')]
             return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
         });
     }).filter(Boolean).length"""
+#: How many visible charts give less than half their width to the plot itself (a legend or margins
+#: squeezing it, as a right-hand legend does in a half-width column; must be 0).
+SQUEEZED_PLOTS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(plot => plot.offsetParent !== null && plot._fullLayout && plot._fullLayout._size)
+    .filter(plot => plot._fullLayout._size.w < 0.5 * plot._fullLayout.width).length"""
 #: Each visible chart's x-axis title, number of points in its first series and number of shapes.
 CHARTS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(plot => ({
     x: (((plot.layout || {}).xaxis || {}).title || {}).text || '',
@@ -204,6 +209,11 @@ TIME_LEFT = re.compile(
 def legends_over_axis_titles(page) -> int:
     page.wait_for_timeout(500)  # plotly lays legends out after the first paint
     return page.evaluate(LEGEND_OVER_AXIS)
+
+
+def squeezed_plots(page) -> int:
+    page.wait_for_timeout(500)  # plotly lays legends out after the first paint
+    return page.evaluate(SQUEEZED_PLOTS)
 
 
 #: Results on screen are those of the current choices: no attack running, no "previous choices" note.
@@ -290,6 +300,7 @@ def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) ->
     attacked = np.asarray(Image.open(io.BytesIO(download(page, "Attacked scan (PNG)"))))
     assert attacked.shape == (48, 48) and attacked.dtype == np.uint8
     assert legends_over_axis_titles(page) == 0
+    assert squeezed_plots(page) == 0
     screenshot(page, "attack", publish=True)
     assert OUTSIDE.pop(page) == []
     page.context.close()
@@ -322,6 +333,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     screenshot(page, "evaluate", publish=True)
     page.get_by_role("tab", name="Robustness curves").click()
     assert legends_over_axis_titles(page) == 0
+    assert squeezed_plots(page) == 0
     for tab in ("Comparison", "Calibration"):  # the forest plot; the reliability diagram
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(800)
@@ -332,6 +344,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     assert page.get_by_text(server.run_dir.name).count() >= 1
     assert_no_error(page)
     assert legends_over_axis_titles(page) == 0
+    assert squeezed_plots(page) == 0
     screenshot(page, "models", publish=True)
     assert OUTSIDE.pop(page) == []  # every asset of every page is served by this machine
     page.context.close()
@@ -505,6 +518,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     # the original scan and one point per step, and no threshold line
     assert trace == {"x": "attack step (0 = the original scan)", "points": demo.eval_steps + 1, "shapes": 0}
     assert legends_over_axis_titles(page) == 0
+    assert squeezed_plots(page) == 0
 
     # Evaluate: a small evaluation in the background, its bar saying honestly how long is left.
     go(page, "Evaluate")
@@ -531,6 +545,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     assert page.get_by_text(demo.standard.run_dir.name).count() >= 1
     assert page.locator('[data-testid="stTable"]').count() >= 1  # the settings, nothing cut off
     assert legends_over_axis_titles(page) == 0
+    assert squeezed_plots(page) == 0
     assert_no_error(page)
     assert OUTSIDE.pop(page) == []
     page.context.close()

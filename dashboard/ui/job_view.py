@@ -52,7 +52,9 @@ def training_curves(run_dir: Path, key: str) -> None:
         config={"displaylogo": False},
     )
     right.plotly_chart(
-        lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy", percent=True),
+        # a half-width column: the legend wraps underneath rather than squeezing the plot from the right
+        lines(accuracy, x_title="epoch", y_title="accuracy (%)", title="Accuracy", percent=True,
+              legend_right=False),
         key=f"{key}:acc",
         config={"displaylogo": False},
     )

@@ -65,8 +65,12 @@ def lines(
     y_title: str,
     title: str = "",
     percent: bool = False,
+    legend_right: Optional[bool] = None,
 ) -> go.Figure:
-    """One line per named ``(x, y)`` series: training curves, accuracy against epsilon, certified radius."""
+    """One line per named ``(x, y)`` series: training curves, accuracy against epsilon, certified radius.
+
+    The legend goes to the right of more than four series unless ``legend_right`` says otherwise (a
+    figure in a narrow column keeps its plot area by wrapping the legend in rows underneath)."""
     figure = go.Figure()
     for index, (name, (xs, ys)) in enumerate(series.items()):
         values = [100 * float(v) if percent else float(v) for v in ys]
@@ -81,7 +85,8 @@ def lines(
     figure.update_xaxes(title=x_title)
     figure.update_yaxes(title=y_title, range=[0, 100] if percent else None)
     many = len(series) > 4
-    return style(figure, title=title, height=380 if many else 320, legend_right=many)
+    right = many if legend_right is None else legend_right
+    return style(figure, title=title, height=380 if many else 320, legend_right=right)
 
 
 def histogram(samples: Mapping[str, Sequence[float]], *, x_title: str, title: str = "") -> go.Figure:
