@@ -283,7 +283,7 @@ def test_a_long_attack_runs_in_the_background_and_can_be_cancelled(lab: Lab) -> 
     assert "attack.task" in at.session_state  # the page came back while the attack runs
     assert at.button(key="attack:run").disabled
     at.button(key="attack.task:cancel").click().run()
-    run_until(at, lambda app: "attack.task" not in app.session_state, timeout=60)
+    run_until(at, lambda app: "attack.task" not in app.session_state)
     assert_calm(at)
     assert "attack.result" not in at.session_state
     assert not at.button(key="attack:run").disabled
@@ -423,7 +423,7 @@ def test_data_page_downloads_in_the_background_and_explains_a_failure(
     before = at.session_state[DATASET_KEY]
     at.radio(key="data:kind").set_value("kaggle")
     at.button[0].click().run()
-    run_until(at, lambda app: bool(app.error), timeout=120)
+    run_until(at, lambda app: bool(app.error))
     assert not at.exception
     assert any("by hand" in item.value and "kaggle.com" in item.value for item in at.error)
     assert at.session_state[DATASET_KEY] == before  # the failed download changed nothing
@@ -621,7 +621,7 @@ def test_train_page_trains_in_the_background_and_offers_the_model(lab: Lab) -> N
     assert_calm(at)
     watched = Path(at.session_state["train.watch"])
     assert watched.name not in before
-    run_until(at, lambda app: any(button.label == "Use this model" for button in app.button), timeout=240)
+    run_until(at, lambda app: any(button.label == "Use this model" for button in app.button))
     assert_calm(at)
     assert charts(at) == 2  # loss, accuracy
     record = next(record for record in list_runs(lab.runs) if record.run_dir == watched)

@@ -206,14 +206,11 @@ TIME_LEFT = re.compile(
 )
 
 
-def legends_over_axis_titles(page) -> int:
+def assert_charts_laid_out(page) -> None:
+    """No visible chart has a legend over an axis title or a plot squeezed to under half its width."""
     page.wait_for_timeout(500)  # plotly lays legends out after the first paint
-    return page.evaluate(LEGEND_OVER_AXIS)
-
-
-def squeezed_plots(page) -> int:
-    page.wait_for_timeout(500)  # plotly lays legends out after the first paint
-    return page.evaluate(SQUEEZED_PLOTS)
+    assert page.evaluate(LEGEND_OVER_AXIS) == 0
+    assert page.evaluate(SQUEEZED_PLOTS) == 0
 
 
 #: Results on screen are those of the current choices: no attack running, no "previous choices" note.
@@ -299,8 +296,7 @@ def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) ->
     assert record["result"]["minimal_eps_attack"] == "fgsm"  # searched with the attack that was run
     attacked = np.asarray(Image.open(io.BytesIO(download(page, "Attacked scan (PNG)"))))
     assert attacked.shape == (48, 48) and attacked.dtype == np.uint8
-    assert legends_over_axis_titles(page) == 0
-    assert squeezed_plots(page) == 0
+    assert_charts_laid_out(page)
     screenshot(page, "attack", publish=True)
     assert OUTSIDE.pop(page) == []
     page.context.close()
@@ -332,8 +328,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     assert_no_error(page)
     screenshot(page, "evaluate", publish=True)
     page.get_by_role("tab", name="Robustness curves").click()
-    assert legends_over_axis_titles(page) == 0
-    assert squeezed_plots(page) == 0
+    assert_charts_laid_out(page)
     for tab in ("Comparison", "Calibration"):  # the forest plot; the reliability diagram
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(800)
@@ -343,8 +338,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     go(page, "Models")
     assert page.get_by_text(server.run_dir.name).count() >= 1
     assert_no_error(page)
-    assert legends_over_axis_titles(page) == 0
-    assert squeezed_plots(page) == 0
+    assert_charts_laid_out(page)
     screenshot(page, "models", publish=True)
     assert OUTSIDE.pop(page) == []  # every asset of every page is served by this machine
     page.context.close()
@@ -517,8 +511,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     trace = next(chart for chart in page.evaluate(CHARTS) if chart["x"].startswith("attack step"))
     # the original scan and one point per step, and no threshold line
     assert trace == {"x": "attack step (0 = the original scan)", "points": demo.eval_steps + 1, "shapes": 0}
-    assert legends_over_axis_titles(page) == 0
-    assert squeezed_plots(page) == 0
+    assert_charts_laid_out(page)
 
     # Evaluate: a small evaluation in the background, its bar saying honestly how long is left.
     go(page, "Evaluate")
@@ -544,8 +537,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     go(page, "Models")
     assert page.get_by_text(demo.standard.run_dir.name).count() >= 1
     assert page.locator('[data-testid="stTable"]').count() >= 1  # the settings, nothing cut off
-    assert legends_over_axis_titles(page) == 0
-    assert squeezed_plots(page) == 0
+    assert_charts_laid_out(page)
     assert_no_error(page)
     assert OUTSIDE.pop(page) == []
     page.context.close()

@@ -162,13 +162,13 @@ def test_the_card_prepares_the_demo_as_one_background_job(tmp_path: Path, monkey
     job = demo_job_dir(tmp_path)
     try:
         assert job_state(job).running or job_state(job).phase == "queued"
-        run_until(at, lambda app: job_state(job).running, timeout=120)
+        run_until(at, lambda app: job_state(job).running)
         at.run()
         assert any("demo is being prepared" in item.value for item in at.info)
         assert at.button(key="demo:job:cancel").label == "Cancel the demo preparation"
     finally:
         cancel_job(job)
-    run_until(at, lambda app: not job_state(job).running, timeout=120)
+    run_until(at, lambda app: not job_state(job).running)
     assert job_state(job).phase == "cancelled"
     assert not (tmp_path / DEMO_FILE).exists()  # nothing half-made is offered as the demo
 
@@ -198,8 +198,8 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     assert demo.story in shown and demo.robust.run_dir.name in shown and "PGD-" in shown
     assert "not a medical result" in " ".join(item.value for item in panel.caption)
     at.button(key="attack:run").click().run()
-    run_until(at, lambda app: "attack.task" not in app.session_state and "attack.result" in app.session_state,
-              timeout=240)
+    run_until(at, lambda app: "attack.task" not in app.session_state
+              and "attack.result" in app.session_state)
     assert not at.exception and not at.error
     _, reports = at.session_state["attack.result"]
     assert [title for title, _ in reports] == [demo.standard.run_dir.name, demo.robust.run_dir.name]
