@@ -14,4 +14,6 @@ GREY_LEVEL: Final[float] = 1.0 / 255.0
 
 #: The lung window (width, level) in Hounsfield units used to map DICOM to 8-bit by default.
 LUNG_WINDOW: Final[tuple[float, float]] = (1500.0, -600.0)
+#: One 8-bit grey level under the lung window spans this many Hounsfield units (1500/255 ≈ 5.9).
+LUNG_HU_PER_GREY_LEVEL: Final[float] = LUNG_WINDOW[0] / 255.0
 MEDIASTINAL_WINDOW: Final[tuple[float, float]] = (350.0, 40.0)

@@ -71,6 +71,10 @@ class ScanReport:
     ood: Optional[OODResult] = None  #: the clean scan against the model's training distribution
     trained: Optional[AnswerCheck] = None  #: the model's answers on its validation split
     unchecked: Optional[str] = None  #: why ``ood`` and ``trained`` are missing
+    #: Hounsfield units one grey level of the scan spans (a CT slice in a known window), else None:
+    #: then no figure of the report is said in Hounsfield units
+    hu_per_grey_level: Optional[float] = None
+    modality: str = "CT"  #: what the scan shows (``CT``, ``MR``, ...; empty when the file does not say)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,6 +147,8 @@ def analyse_scan(
     cam_layer: Optional[str] = None,
     profile: Optional[ValidationProfile] = None,
     unchecked: Optional[str] = None,
+    hu_per_grey_level: Optional[float] = None,
+    modality: str = "CT",
     progress: Optional[ProgressCallback] = None,
 ) -> ScanReport:
     """Attack ``image`` (``[1, H, W]`` or ``[H, W]`` in ``[0, 1]``) on ``model`` and measure everything.
@@ -152,6 +158,8 @@ def analyse_scan(
     ``cam_layer`` is the layer Grad-CAM explains (default: the deepest fine enough to localise).
     ``profile`` is the run's :func:`pipeline.evaluation.profile.validation_profile`; without it
     the report says ``unchecked`` (why) instead of the out-of-distribution and model checks.
+    ``hu_per_grey_level`` and ``modality`` say what the scan is (a CT slice in the lung window:
+    :data:`pipeline.constants.LUNG_HU_PER_GREY_LEVEL`), for the words that describe the change.
     ``find_minimal_eps`` also searches the smallest L∞ budget at which the same attack, with the
     same other settings, changes the answer (:func:`pipeline.attacks.minimal_epsilon`: up to
     :func:`pipeline.attacks.search_runs` more runs of the attack); an attack without an L∞ budget
@@ -233,6 +241,8 @@ def analyse_scan(
         ood=profile.detector.judge(model, x) if profile else None,
         trained=profile.trained if profile else None,
         unchecked=None if profile else unchecked or "the model's validation profile was not computed",
+        hu_per_grey_level=hu_per_grey_level,
+        modality=modality,
     )
 
 

@@ -17,6 +17,9 @@ os.environ.setdefault(
 #: MLflow tracking is on by default, and opening a SQLite store costs seconds; the suite's many
 #: trainings run untracked, and tests/test_tracking.py turns it on against real local stores.
 os.environ.setdefault("LUNGLAB_TRACKING", "off")
+#: The dashboard puts the shipped demo models into an empty run store on first start; the suite's
+#: many empty-store pages start empty, and tests/test_demo.py turns it on where it checks that.
+os.environ.setdefault("LUNGLAB_DEMO", "off")
 if _WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)

@@ -7,6 +7,7 @@ shrunk to a small phantom, which must still learn (a trained classifier, above t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from pipeline.__main__ import main
@@ -22,10 +24,24 @@ from dashboard.ui.session import RUN_KEY
 from pipeline.demo import DEMO_FILE, RECIPES, DemoRecipe, default_recipe, read_demo
 from pipeline.demo.background import demo_job_dir
 from pipeline.demo.core import STORY_CLASS
+from pipeline.data import DataSpec, preprocess_image
+from pipeline.data.dataset import PHANTOM_RENDER_SIZE
+from pipeline.data.phantom import PHANTOM_VERSION, render_slice
+from pipeline.demo.core import measure_pair
+from pipeline.demo.shipped import (
+    MANIFEST,
+    SHIPPED_DIR,
+    SHIPPED_RECIPE,
+    StaleShippedDemo,
+    install_shipped,
+    ship,
+    verify_shipped,
+)
+from pipeline.evaluation.profile import validation_profile
 from pipeline.errors import CheckpointError
 from pipeline.evaluation.data import run_data
 from pipeline.jobs import cancel_job, job_state
-from pipeline.store import read_record
+from pipeline.store import MODEL, load_model, load_tensors, read_record
 from tests.dashboard_helpers import run_until
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -55,7 +71,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         patch.setitem(RECIPES, SHRUNK.name, SHRUNK)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            assert main(["demo", "--runs-dir", str(runs), "--recipe", SHRUNK.name, "--quiet"]) == 0
+            assert main(["demo", "--train", "--runs-dir", str(runs), "--recipe", SHRUNK.name, "--quiet"]) == 0
     return runs, printed.getvalue()
 
 
@@ -120,7 +136,7 @@ def test_a_damaged_or_dangling_record_is_named_not_trusted(prepared: tuple[Path,
 
 def test_an_unknown_recipe_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as stopped:
-        main(["demo", "--runs-dir", str(tmp_path), "--recipe", "laptop"])
+        main(["demo", "--train", "--runs-dir", str(tmp_path), "--recipe", "laptop"])
     assert stopped.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -142,17 +158,25 @@ def attack_page(runs: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     return AppTest.from_file(APP, default_timeout=120).run()
 
 
-def test_the_first_start_card_offers_the_demo_and_says_what_it_trains(
+def test_the_no_model_card_offers_the_shipped_demo_and_retraining(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    at = attack_page(tmp_path, monkeypatch)
+    at = attack_page(tmp_path, monkeypatch)  # LUNGLAB_DEMO=off (conftest): the store stays empty
     assert not at.exception and not at.error
     recipe = RECIPES[default_recipe()]
+    assert at.button(key="demo:install").label == "Open the demo (ready in seconds)"
     assert at.button(key="demo:start").label == (
-        f"Prepare the demo (two models, about {recipe.minutes:.0f} minutes)"
+        f"Retrain the demo yourself (about {recipe.minutes:.0f} minutes on {recipe.machine}; longer on a busy "
+        "machine)"
     )
     card = " ".join(item.value for item in at.caption)
-    assert recipe.describe() in card and "synthetic phantom" in card and "not medical models" in card
+    assert "ship with the lab" in card and "synthetic phantom" in card and "not medical models" in card
+    at.button(key="demo:install").click().run()  # the real shipped files, copied in seconds
+    assert not at.exception and not at.error
+    demo = read_demo(tmp_path)
+    assert demo is not None and demo.recipe == SHIPPED_RECIPE
+    assert at.session_state[RUN_KEY] == str(demo.standard.run_dir)
+    assert not job_state(demo_job_dir(tmp_path)).running and job_state(demo_job_dir(tmp_path)).phase != "queued"
 
 
 @pytest.mark.slow
@@ -209,3 +233,141 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     # a second visit keeps what the person chose since: the story is set up once per demo
     at.selectbox(key="attack:name").set_value("fgsm").run()
     assert at.selectbox(key="attack:name").value == "fgsm"
+
+
+# ------------------------------------------------------------------------- the shipped demo
+@pytest.fixture(scope="module")
+def shipped(prepared: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shrunk demo written as shipped files (half-precision weights, profiles, scans, manifest)."""
+    dest = tmp_path_factory.mktemp("shipping") / "shipped"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(RECIPES, SHRUNK.name, SHRUNK)
+        ship(prepared[0], dest)
+    return dest
+
+
+@pytest.fixture
+def shrunk_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shrunk recipe is one this code has (as ``cpu`` is for the real shipped files)."""
+    monkeypatch.setitem(RECIPES, SHRUNK.name, SHRUNK)
+
+
+def _no_loading(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the shipped profile should have been used, not computed from the scans")
+
+
+@pytest.mark.slow
+def test_shipped_files_install_as_runs_that_need_no_fitting(
+    shipped: Path, shrunk_known: None, tmp_path: Path
+) -> None:
+    manifest = json.loads((shipped / MANIFEST).read_text())
+    assert manifest["synthetic"] is True and manifest["phantom_version"] == PHANTOM_VERSION
+    assert manifest["precision"] == "float16" and manifest["recipe"] == SHRUNK.name
+    assert manifest["trained_at_commit"] != "" and set(manifest["runs"]) == {"standard", "robust"}
+    tensors, _ = load_tensors(shipped / "standard" / MODEL)
+    assert {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()} == {torch.float16}
+    status = json.loads((shipped / "robust" / "status.json").read_text())
+    assert "job" not in status and "tracking" not in status  # nothing of the machine that trained it
+    assert json.loads((shipped / "robust" / "config.json").read_text())["init_from"] == manifest["runs"]["standard"]
+
+    demo = install_shipped(tmp_path, shipped)
+    assert read_demo(tmp_path) == demo and demo.to_dict() == manifest["demo"]
+    for role, model_entry in zip(("standard", "robust"), demo.models):
+        assert model_entry.run_dir == tmp_path / manifest["runs"][role]
+        model, record = load_model(model_entry.run_dir)  # widened to float32 on load
+        assert next(model.parameters()).dtype == torch.float32 and record.config["data"] == manifest["data"]
+        validation_profile(model_entry.run_dir, model, load=_no_loading)  # precomputed: nothing is fitted
+    assert install_shipped(tmp_path, shipped) == demo  # installing again reuses the same runs
+
+
+@pytest.mark.slow
+def test_shipped_figures_are_measured_on_the_stored_weights(
+    shipped: Path, shrunk_known: None, tmp_path: Path
+) -> None:
+    demo = install_shipped(tmp_path, shipped)
+    again = measure_pair(demo.standard.run_dir, demo.robust.run_dir, recipe=SHRUNK.name,
+                         seconds=(demo.standard.seconds, demo.robust.seconds), device="cpu")
+    for shipped_model, measured in zip(demo.models, again.models):
+        assert measured.clean == shipped_model.clean and measured.recall == shipped_model.recall
+        for eps, accuracy in shipped_model.robust.items():
+            assert abs(measured.robust[eps] - accuracy) <= 1 / shipped_model.test_scans + 1e-9
+    assert again.showcase_rank is not None
+
+
+@pytest.mark.slow
+def test_a_damaged_missing_or_stale_shipped_demo_is_named_and_installs_nothing(
+    shipped: Path, shrunk_known: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "shipped"
+    shutil.copytree(shipped, broken)
+    runs = tmp_path / "runs"
+    weights = broken / "robust" / MODEL
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"robust/model\.safetensors is damaged.*retrain the demo"):
+        install_shipped(runs, broken)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"robust/model\.safetensors is missing"):
+        install_shipped(runs, broken)
+    assert not runs.exists() or not any(runs.iterdir())  # nothing half-installed
+
+    shutil.rmtree(broken)
+    shutil.copytree(shipped, broken)
+    manifest = json.loads((broken / MANIFEST).read_text())
+    (broken / MANIFEST).write_text(json.dumps({**manifest, "phantom_version": PHANTOM_VERSION - 1}))
+    with pytest.raises(StaleShippedDemo, match=f"phantom version {PHANTOM_VERSION - 1}"):
+        install_shipped(runs, broken)
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setitem(RECIPES, SHRUNK.name, dataclasses.replace(SHRUNK, standard={**SHRUNK.standard, "epochs": 9}))
+    with pytest.raises(StaleShippedDemo, match=r"recipe changed.*standard\.epochs"):
+        verify_shipped(broken)
+    (broken / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match="the shipped demo is missing"):
+        install_shipped(runs, broken)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+# -------------------------------------------------------------- the files that really ship
+def test_the_shipped_demo_is_current_complete_and_small() -> None:
+    """Fails when the phantom version or the cpu recipe changed and the shipped files were not regenerated
+    (python -m pipeline demo --ship), or when a shipped file is missing or damaged."""
+    manifest = verify_shipped()
+    assert manifest["recipe"] == SHIPPED_RECIPE and manifest["synthetic"] is True
+    weights = sum((SHIPPED_DIR / role / MODEL).stat().st_size for role in ("standard", "robust"))
+    assert weights <= 50 * 2**20
+    demo = manifest["demo"]
+    assert demo["showcase"] is not None, demo["story"]  # the story scan exists
+
+
+def test_the_shipped_scans_are_the_ones_the_phantom_renders() -> None:
+    manifest = verify_shipped()
+    spec = DataSpec.from_dict(manifest["data"])
+    with np.load(SHIPPED_DIR / "scans.npz", allow_pickle=False) as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+    assert images.shape == (spec.count, spec.image_size, spec.image_size)
+    for index in (0, 1, 2, 997, spec.count - 1):
+        rendered = render_slice(int(labels[index]), np.random.default_rng([spec.seed, index]), PHANTOM_RENDER_SIZE)
+        assert np.array_equal(preprocess_image(rendered, spec.image_size), images[index]), index
+
+
+@pytest.mark.slow
+def test_the_shipped_models_reproduce_their_manifest(tmp_path: Path) -> None:
+    demo = install_shipped(tmp_path)
+    again = measure_pair(demo.standard.run_dir, demo.robust.run_dir, recipe=SHIPPED_RECIPE,
+                         seconds=(demo.standard.seconds, demo.robust.seconds), device="cpu")
+    for shipped_model, measured in zip(demo.models, again.models):
+        assert measured.clean == shipped_model.clean  # exactly: the same weights on the same scans
+        for eps, accuracy in shipped_model.robust.items():  # PGD: within one scan
+            assert abs(measured.robust[eps] - accuracy) <= 1 / shipped_model.test_scans + 1e-9
+        assert measured.trained
+
+
+def test_the_command_installs_the_shipped_demo_without_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["demo", "--runs-dir", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    demo = read_demo(tmp_path)
+    assert demo is not None and "nothing was trained now" in printed and "| standard |" in printed
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [DEMO_FILE, demo.standard.run_dir.name, demo.robust.run_dir.name]
+    )

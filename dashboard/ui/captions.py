@@ -9,12 +9,22 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from dashboard.ui.controls import HU_PER_GREY_LEVEL
+from dashboard.ui.controls import hounsfield_text
+from dashboard.ui.figures import probability_text
 from pipeline.attacks import attack_class
 from pipeline.constants import GREY_LEVEL
 from pipeline.scan_report import ScanReport
 
-#: PSNR above which a change is generally invisible on a monitor, and below which it is plain to see.
+#: How a change is worded, by the most any one pixel changed (grey levels of the 8-bit image shown).
+#: On a display calibrated to the DICOM Grayscale Standard Display Function (DICOM PS3.14,
+#: https://dicom.nema.org/medical/dicom/current/output/html/part14.html) an 8-bit grey level spans
+#: about one just-noticeable luminance difference or more, so a change of a whole level can in
+#: principle be seen on a flat area; below half a level the 8-bit image shown does not change at all.
+UNSEEN_LEVELS = 0.5
+#: Up to this many levels per pixel, with a PSNR of at least :data:`INVISIBLE_DB`, a noise-like
+#: change passes unnoticed without a side-by-side comparison (a few just-noticeable differences).
+SUBTLE_LEVELS = 4.0
+#: PSNR (dB) above which image-processing practice calls a change imperceptible, below which plain.
 INVISIBLE_DB = 40.0
 VISIBLE_DB = 30.0
 
@@ -28,24 +38,37 @@ def grey_levels(value: float) -> str:
     return f"{levels:.0f}" if abs(levels - round(levels)) < 0.05 else f"{levels:.1f}"
 
 
-def visibility(psnr_db: float) -> str:
-    if not math.isfinite(psnr_db) or psnr_db >= INVISIBLE_DB:
-        return "invisible to the eye"
-    if psnr_db >= VISIBLE_DB:
-        return "hard to see without comparing side by side"
-    return "visible on close inspection"
+def visibility(linf: float, psnr_db: float) -> str:
+    """Whether a person would notice a change of at most ``linf`` (image scale) per pixel with this PSNR.
+
+    "Invisible" only below half a grey level, where the 8-bit image shown is the same; larger changes
+    are "hard to notice" (at most :data:`SUBTLE_LEVELS` levels and PSNR >= :data:`INVISIBLE_DB`), "hard
+    to see without comparing side by side" (PSNR >= :data:`VISIBLE_DB`) or "visible on close inspection".
+    """
+    levels = linf / GREY_LEVEL
+    if levels < UNSEEN_LEVELS:
+        return "invisible: no pixel of the 8-bit image shown changes"
+    quiet = not math.isfinite(psnr_db) or psnr_db >= INVISIBLE_DB
+    if quiet and levels <= SUBTLE_LEVELS:
+        return (f"hard to notice without the original beside it (each changed pixel moves by a few "
+                f"just-noticeable differences at most; PSNR {psnr_db:.0f} dB)")
+    if quiet or psnr_db >= VISIBLE_DB:
+        return (f"hard to see without comparing side by side, though single pixels change by up to "
+                f"{grey_levels(linf)} grey levels (PSNR {psnr_db:.0f} dB)")
+    return f"visible on close inspection (PSNR {psnr_db:.0f} dB)"
 
 
 def change_sentence(report: ScanReport) -> str:
-    """How big the change is, in grey levels and Hounsfield units, and whether one would notice it."""
+    """How big the change is, in grey levels (and Hounsfield units for a CT slice), and whether one
+    would notice it (:func:`visibility`)."""
     if report.linf == 0:
         return "The attack left the scan unchanged."
     levels = report.linf / GREY_LEVEL
     share = report.l0 / report.clean.size
     return (
         f"The attacked scan differs from the original by at most {grey_levels(report.linf)} grey "
-        f"level{'s' if levels >= 1.5 else ''} per pixel (≈ {levels * HU_PER_GREY_LEVEL:.0f} HU in the lung "
-        f"window), in {percent(share)} of the pixels: {visibility(report.psnr)}."
+        f"level{'s' if levels >= 1.5 else ''} per pixel{hounsfield_text(report.linf, report.hu_per_grey_level)}, "
+        f"in {percent(share)} of the pixels: {visibility(report.linf, report.psnr)}."
     )
 
 
@@ -69,7 +92,7 @@ def verdict(report: ScanReport) -> str:
         return f"The model said **{before}** for the original and now says **{after}**{basis}."
     return (
         f"The model still says **{after}**: its confidence in {names[report.label]} went from "
-        f"{percent(p_before)} to {percent(p_after)}{basis}."
+        f"{probability_text(p_before)} to {probability_text(p_after)}{basis}."
     )
 
 
@@ -88,8 +111,8 @@ def minimal_eps_sentence(report: ScanReport, high_text: str) -> str:
     if not math.isfinite(value):
         return f"Even the largest budget searched ({high_text}) did not change the model's answer."
     return (
-        f"{attack_class(report.attack).title} with a budget of {grey_levels(value)}/255 grey levels "
-        f"(≈ {value / GREY_LEVEL * HU_PER_GREY_LEVEL:.0f} HU) is the smallest found that changes the "
+        f"{attack_class(report.attack).title} with a budget of {grey_levels(value)}/255 grey levels"
+        f"{hounsfield_text(value, report.hu_per_grey_level)} is the smallest found that changes the "
         "model's answer on this scan."
     )
 

@@ -17,7 +17,7 @@ from pipeline.data import DataSpec
 from pipeline.models import build_model
 from pipeline.store import (
     MODEL,
-    check_state,
+    load_state,
     load_tensors,
     new_run_dir,
     save_model,
@@ -35,8 +35,7 @@ def import_checkpoint(path: Path, runs_dir: Path, *, arch: str, image_size: int)
     config = TrainConfig(arch=arch, data=DataSpec(source=FOREIGN_DATA, image_size=image_size))  # validated
     tensors, _ = load_tensors(path)
     model = build_model(arch)
-    check_state(tensors, model, path.name)
-    model.load_state_dict(tensors, strict=True)
+    load_state(tensors, model, path.name)
     run_dir = new_run_dir(runs_dir, f"{arch}-imported")
     try:
         save_model(run_dir / MODEL, model)

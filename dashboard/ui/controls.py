@@ -1,22 +1,21 @@
 """Controls built from an attack's parameter schema, so every registered attack gets a form.
 
 Budgets and step sizes (``Param.grey_levels``) are shown as ``k/255`` grey levels, the unit a
-person can picture, with what that means in Hounsfield units under the lung window.
+person can picture, with what that means in Hounsfield units where the scan is a CT slice in a known
+window (never for other modalities or images that do not say).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import streamlit as st
 
-from pipeline.attacks import attack_schema
-from pipeline.constants import GREY_LEVEL, LUNG_WINDOW
+from pipeline.attacks import attack_class, attack_schema
+from pipeline.constants import GREY_LEVEL, LUNG_HU_PER_GREY_LEVEL
 from pipeline.params import Param
 
-#: One 8-bit grey level under the lung window spans this many Hounsfield units (1500/255 ≈ 5.9).
-HU_PER_GREY_LEVEL = LUNG_WINDOW[0] / 255.0
 #: Grey-level sliders move in quarter levels: fine enough for the 0.5/255 steps medical work uses.
 GREY_STEP = 0.25
 
@@ -51,14 +50,24 @@ def label_for(name: str) -> str:
     return LABELS.get(name, name.replace("_", " ").capitalize())
 
 
-def grey_levels_text(value: float) -> str:
-    """``4/255 grey levels (≈ 23.5 HU in the lung window)`` for a value in image scale."""
+def hounsfield_text(value: float, hu_per_grey_level: Optional[float]) -> str:
+    """`` (≈ 24 HU in the lung window)`` for a change of ``value`` (image scale); empty when the scan's
+    grey levels are not Hounsfield units. Whole HU: CT numbers are integers."""
+    if hu_per_grey_level is None:
+        return ""
+    window = " in the lung window" if math.isclose(hu_per_grey_level, LUNG_HU_PER_GREY_LEVEL) else ""
+    return f" (≈ {value / GREY_LEVEL * hu_per_grey_level:.0f} HU{window})"
+
+
+def grey_levels_text(value: float, hu_per_grey_level: Optional[float] = LUNG_HU_PER_GREY_LEVEL) -> str:
+    """``4/255 grey levels (≈ 24 HU in the lung window)`` for a value in image scale; without the HU
+    where ``hu_per_grey_level`` is None (not a CT slice in a known window)."""
     levels = value / GREY_LEVEL
     shown = f"{levels:.0f}" if abs(levels - round(levels)) < 1e-6 else f"{levels:.2f}"
-    return f"{shown}/255 grey levels (≈ {levels * HU_PER_GREY_LEVEL:.1f} HU in the lung window)"
+    return f"{shown}/255 grey levels{hounsfield_text(value, hu_per_grey_level)}"
 
 
-def _grey_slider(param: Param, key: str, start: float) -> float:
+def _grey_slider(param: Param, key: str, start: float, hu_per_grey_level: Optional[float]) -> float:
     low = (param.low or 0.0) / GREY_LEVEL
     high = (param.high if param.high is not None else 64 * GREY_LEVEL) / GREY_LEVEL
     levels = st.slider(
@@ -71,7 +80,7 @@ def _grey_slider(param: Param, key: str, start: float) -> float:
         key=key,
         help=param.help,
     )
-    st.caption(f"{label_for(param.name)} = {grey_levels_text(levels * GREY_LEVEL)}")
+    st.caption(f"{label_for(param.name)} = {grey_levels_text(levels * GREY_LEVEL, hu_per_grey_level)}")
     return levels * GREY_LEVEL
 
 
@@ -89,8 +98,9 @@ def _starting_value(param: Param) -> Any:
     return param.kind()
 
 
-def param_control(param: Param, key: str) -> Any:
-    """One widget for ``param``; a parameter that defaults to automatic (None) has an opt-in switch."""
+def param_control(param: Param, key: str, hu_per_grey_level: Optional[float] = LUNG_HU_PER_GREY_LEVEL) -> Any:
+    """One widget for ``param``; a parameter that defaults to automatic (None) has an opt-in switch.
+    A budget in grey levels is also said in Hounsfield units where ``hu_per_grey_level`` is known."""
     if param.default is None and not st.checkbox(
         f"Set {label_for(param.name).lower()} by hand",
         key=f"{key}:manual",
@@ -99,7 +109,7 @@ def param_control(param: Param, key: str) -> Any:
         return None
     start = _starting_value(param)
     if param.grey_levels:
-        return _grey_slider(param, key, start)
+        return _grey_slider(param, key, start, hu_per_grey_level)
     if param.choices is not None:
         choices = list(param.choices)
         return st.selectbox(
@@ -138,20 +148,55 @@ def param_control(param: Param, key: str) -> Any:
 BASIC = ("eps", "steps", "severity", "n_queries", "c", "pixels")
 
 
-def attack_controls(name: str, *, key: str) -> dict[str, Any]:
+def attack_controls(name: str, *, key: str, hu_per_grey_level: Optional[float] = LUNG_HU_PER_GREY_LEVEL) -> dict[str, Any]:
     """Draw a control per parameter of attack ``name``; return the chosen values (None = automatic).
+    Budgets are said in Hounsfield units only where ``hu_per_grey_level`` is known (a CT slice).
 
     The budget and the effort are shown directly, the rest in an "Advanced settings" expander,
     so a clinician sees what matters and a researcher can still reach every knob.
     """
     schema = attack_schema(name)
+    norm = attack_class(name).norm
     values: dict[str, Any] = {}
+
+    def control(param: Param) -> Any:
+        widget = f"{key}:{name}:{param.name}"
+        _carry_in(param, widget, f"{key}:{norm}:{param.name}")
+        value = param_control(param, widget, hu_per_grey_level)
+        _carry_out(param, widget, f"{key}:{norm}:{param.name}")
+        return value
+
     for param in schema:
         if param.name in BASIC:
-            values[param.name] = param_control(param, f"{key}:{name}:{param.name}")
+            values[param.name] = control(param)
     advanced = [param for param in schema if param.name not in BASIC]
     if advanced:
         with st.expander("Advanced settings"):
             for param in advanced:
-                values[param.name] = param_control(param, f"{key}:{name}:{param.name}")
+                values[param.name] = control(param)
     return {name: value for name, value in values.items() if value is not None}
+
+
+#: Settings that mean the same for every attack of one norm: switching from PGD to FGSM keeps the
+#: budget the person set, and back to PGD the steps.
+CARRIED = ("eps", "alpha", "steps")
+#: Session State holding the last value of each carried setting, by norm and name.
+CARRY_KEY = "controls.carried"
+
+
+def _carry_in(param: Param, widget: str, slot: str) -> None:
+    """Start a widget not yet drawn this session at the value last set for the same setting and norm."""
+    carried = st.session_state.get(CARRY_KEY, {})
+    if param.name not in CARRIED or param.default is None or widget in st.session_state or slot not in carried:
+        return
+    value = carried[slot]
+    scale = GREY_LEVEL if param.grey_levels else 1.0
+    low = -math.inf if param.low is None else param.low / scale
+    high = math.inf if param.high is None else param.high / scale
+    if isinstance(value, (int, float)) and low <= value <= high:
+        st.session_state[widget] = int(value) if param.kind is int and not param.grey_levels else value
+
+
+def _carry_out(param: Param, widget: str, slot: str) -> None:
+    if param.name in CARRIED and widget in st.session_state:
+        st.session_state.setdefault(CARRY_KEY, {})[slot] = st.session_state[widget]

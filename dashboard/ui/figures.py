@@ -16,6 +16,11 @@ import plotly.graph_objects as go
 from pipeline.evaluation.figures import ATTACKED, CLEAN, DIVERGING, SERIES, style
 
 
+def probability_text(value: float) -> str:
+    """A probability in ``[0, 1]`` as the bars show it and every sentence says it: ``99.7%``."""
+    return f"{100 * float(value):.1f}%"
+
+
 def probabilities(
     classes: Sequence[str],
     clean: Sequence[float],
@@ -29,14 +34,13 @@ def probabilities(
         [("attacked scan", attacked, ATTACKED)] if attacked is not None else []
     )
     for name, values, colour in series:
-        percent = [100 * float(v) for v in values]
         figure.add_bar(
             y=list(classes),
-            x=percent,
+            x=[100 * float(v) for v in values],
             name=name,
             orientation="h",
             marker_color=colour,
-            text=[f"{p:.1f}%" for p in percent],
+            text=[probability_text(v) for v in values],
             textposition="auto",
         )
     figure.update_xaxes(range=[0, 100], title="probability (%)")

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard.ui import captions, figures
-from dashboard.ui.controls import HU_PER_GREY_LEVEL
+from dashboard.ui.controls import hounsfield_text
 from dashboard.ui.images import enlarge, grey8, png_bytes, show, wipe
 from pipeline.attacks import attack_class
 from pipeline.constants import GREY_LEVEL
@@ -51,6 +51,11 @@ def trust_notes(report: ScanReport) -> None:
 SCAN_WIDTH = 300
 
 
+def _per_level(report: ScanReport) -> str:
+    """`` (1 level ≈ 5.9 HU)`` for a CT slice in a known window, else nothing."""
+    return "" if report.hu_per_grey_level is None else f" (1 level ≈ {report.hu_per_grey_level:.1f} HU)"
+
+
 def scans_row(report: ScanReport, key: str) -> None:
     clean, attacked = grey8(report.clean), grey8(report.attacked)
     left, middle, right = st.columns([1, 1, 1.15])
@@ -62,7 +67,7 @@ def scans_row(report: ScanReport, key: str) -> None:
         )
         st.caption(
             "The change itself, hugely amplified: red pixels were made brighter, blue darker; "
-            f"the scale is in grey levels (1 level ≈ {HU_PER_GREY_LEVEL:.1f} HU). White means unchanged."
+            f"the scale is in grey levels{_per_level(report)}. White means unchanged."
         )
     with st.expander("Compare the two scans with a slider", icon=":material/compare:"):
         position = st.slider(
@@ -146,8 +151,8 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
     columns[0].metric(
         "Largest change",
         f"{captions.grey_levels(report.linf)}/255",
-        help="L∞ norm: the most any one pixel changed, in grey levels out of 255 "
-        f"(≈ {report.linf / GREY_LEVEL * HU_PER_GREY_LEVEL:.1f} HU in the lung window)",
+        help="L∞ norm: the most any one pixel changed, in grey levels out of 255"
+        f"{hounsfield_text(report.linf, report.hu_per_grey_level)}",
     )
     columns[1].metric(
         "Total change (L2)",

@@ -8,12 +8,14 @@ is a :class:`pipeline.data.DataSpec`: the Data page previews it and training tra
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 import streamlit as st
 
 from dashboard.ui.settings import default_source
 from pipeline.data import DataSpec
+from pipeline.store import read_record
 from pipeline.training import TrainConfig
 
 DATASET_KEY = "lunglab.dataset"
@@ -23,12 +25,27 @@ DEFAULT_PRESET = "quick"
 
 
 def dataset_choice() -> DataSpec:
-    """The dataset chosen on the Data page, or the quick preset's data from the configured source."""
+    """The dataset chosen on the Data page; before any choice, the data of the model in use (on a first
+    start, the demo's), so that one session shows one dataset; with no model, the quick preset's data
+    from the configured source."""
     choice = st.session_state.get(DATASET_KEY)
     if choice is None:
-        preset = TrainConfig.from_preset(DEFAULT_PRESET).data
-        choice = st.session_state[DATASET_KEY] = dataclasses.replace(preset, source=default_source())
+        choice = st.session_state[DATASET_KEY] = _model_data() or dataclasses.replace(
+            TrainConfig.from_preset(DEFAULT_PRESET).data, source=default_source()
+        )
     return choice
+
+
+def _model_data() -> Optional[DataSpec]:
+    """The DataSpec the selected model was trained on, when it was trained here (imported weights say
+    nothing about their data)."""
+    run = selected_run()
+    if run is None:
+        return None
+    record = read_record(Path(run))
+    if record.error is not None or "split" not in record.config:
+        return None
+    return record.data
 
 
 def set_dataset_choice(choice: DataSpec) -> None:

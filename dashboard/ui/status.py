@@ -73,9 +73,19 @@ def model_summary(record: RunRecord) -> str:
     return f"{arch}, {strategy}, {config.get('data', {}).get('image_size', '?')} px"
 
 
+def training_note(record: RunRecord) -> Optional[str]:
+    """``in training — epoch 3 of 12`` (epochs finished) while the run's training job is alive, else None:
+    its model is the best epoch so far and every figure of it is provisional."""
+    if not job_state(record.run_dir).running:
+        return None
+    return f"in training — epoch {len(record.metrics)} of {record.config.get('epochs', '?')}"
+
+
 def run_label(record: RunRecord) -> str:
-    """``ResNet-50, adversarial (pgd), 224 px · <run name>``: what matters first, then the name."""
-    return f"{model_summary(record)} · {record.name}"
+    """``ResNet-50, adversarial (pgd), 224 px · <run name>``: what matters first, then the name; a run
+    still training says so (``· in training — epoch 3 of 12, provisional``)."""
+    note = training_note(record)
+    return f"{model_summary(record)} · {record.name}" + (f" · {note}, provisional" if note else "")
 
 
 def is_synthetic(record: Optional[RunRecord]) -> bool:
@@ -97,11 +107,13 @@ def sidebar() -> None:
     live = live_runs(records)
     training = [record for record, _ in live]
     by_dir = {str(record.run_dir): record for record in runs}
+    training_dirs = {str(record.run_dir) for record in training}
     pending = st.session_state.pop(PENDING_RUN_KEY, None)
     if pending in by_dir:
         st.session_state[RUN_KEY] = pending
     elif st.session_state.get(RUN_KEY) not in by_dir:
-        st.session_state[RUN_KEY] = next(iter(by_dir), None)
+        # never a model still in training by itself: a person may choose one, knowing it is unfinished
+        st.session_state[RUN_KEY] = next((path for path in by_dir if path not in training_dirs), None)
     with st.sidebar:
         st.caption("LUNG CT ROBUSTNESS LAB")
         if runs:
@@ -109,16 +121,19 @@ def sidebar() -> None:
                 "Model",
                 list(by_dir),
                 key=RUN_KEY,
+                index=None,
+                placeholder="Choose a model",
                 format_func=lambda path: run_label(by_dir[path]),
                 help="The trained model every page uses. Train one on the Train page.",
             )
-        elif training:
+        if training and st.session_state.get(RUN_KEY) is None:
             st.info(
                 f"A model is training ({len(training[0].metrics)} of {training[0].config.get('epochs', '?')} "
-                "epochs finished); it is chosen here as soon as its first epoch is saved.",
+                "epochs finished). It is not chosen for you before it finishes; choose it above to use it "
+                "as it is now.",
                 icon=":material/hourglass_top:",
             )
-        else:
+        elif not runs:
             st.info(
                 "No trained model yet. The Attack page can prepare the demo: a standard and a robust model.",
                 icon=":material/info:",

@@ -25,6 +25,7 @@ from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available, search_refusal, search_runs
 from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
+from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
 from pipeline.explain import MIN_GRID
@@ -55,6 +56,9 @@ class ScanChoice:
     label: Optional[int]
     origin: dict[str, Any] = field(default_factory=dict)
     dicom: Optional[bytes] = None  #: the uploaded DICOM, kept in memory for the DICOM download
+    modality: str = "CT"  #: what the scan shows; empty when the file does not say (JPEG, PNG, ...)
+    #: Hounsfield units per grey level (a CT slice in a known window), else None: no HU are then shown
+    hu_per_grey_level: Optional[float] = None
 
 
 def choose_test_scan(record: RunRecord, classes: tuple[str, ...]) -> Optional[ScanChoice]:
@@ -93,19 +97,21 @@ def choose_test_scan(record: RunRecord, classes: tuple[str, ...]) -> Optional[Sc
         image,
         label,
         {"source": "test split", "dataset": dataset.name, "index": index, "true_label": classes[label]},
+        # the phantom is rendered in the lung window; files in a folder may be in any window
+        hu_per_grey_level=LUNG_HU_PER_GREY_LEVEL if dataset.is_synthetic else None,
     )
 
 
 def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanChoice]:
     upload = st.file_uploader(
-        "Upload one CT slice",
+        "Upload one slice",
         key="attack:upload",
         max_upload_size=SCAN_UPLOAD_MB,
-        help=f"{ACCEPTED_FORMATS}. The file stays in this session's memory and is never "
-        "written to disk; patient details in a DICOM are neither read nor shown.",
+        help=f"{ACCEPTED_FORMATS}. The models here learnt axial CT slices. The file stays in this session's "
+        "memory and is never written to disk; patient details in a DICOM are neither read nor shown.",
     )
     if upload is None:
-        st.caption(f"{ACCEPTED_FORMATS}: one axial slice. Nothing is stored.")
+        st.caption(f"{ACCEPTED_FORMATS}: one axial CT slice, as the models learnt. Nothing is stored.")
         return None
     data = upload.getvalue()
     scan = open_scan(data)
@@ -115,9 +121,18 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
     show(
         enlarge(image, 240),
         width=240,
-        caption=f"{scan.format} scan, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
+        caption=f"{scan_words(scan)}, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
         f"sees it ({image_size}×{image_size})",
     )
+    if scan.modality and scan.modality != "CT":
+        st.warning(
+            f"This is {modality_name(scan.modality)}, not a CT slice: the model learnt CT slices only, so its "
+            "answers on this image mean nothing, and its grey levels are not Hounsfield units.",
+            icon=":material/warning:",
+        )
+    elif scan.hu_per_grey_level is None:
+        st.caption(f"A {scan.format} file does not say what it shows or in which window; its grey levels are "
+                   "shown as they are, not as Hounsfield units.")
     answer = st.selectbox(
         "What does the scan show?",
         ["not known", *classes],
@@ -134,12 +149,32 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
             "format": scan.format,
             "sha256": hashlib.sha256(data).hexdigest()[:16],
             "true_label": None if label is None else classes[label],
+            "modality": scan.modality or None,
         },
         dicom=data if scan.format == "DICOM" else None,
+        modality=scan.modality,
+        hu_per_grey_level=scan.hu_per_grey_level,
     )
 
 
-def choose_attack() -> tuple[str, dict[str, Any]]:
+#: DICOM modality codes (PS3.3 C.7.3.1.1.1) as a sentence names them.
+MODALITY_NAMES = {"CT": "a CT slice", "MR": "an MR image", "CR": "a radiograph (CR)", "DX": "a radiograph (DX)",
+                  "US": "an ultrasound image", "PT": "a PET image", "NM": "a nuclear-medicine image",
+                  "MG": "a mammogram", "XA": "an angiogram", "OT": "an image of another kind (OT)"}
+
+
+def modality_name(modality: str) -> str:
+    return MODALITY_NAMES.get(modality, f"a {modality} image")
+
+
+def scan_words(scan: Any) -> str:
+    """``DICOM CT scan``, ``DICOM MR image``, ``PNG image``: what the upload is, as far as the file says."""
+    if scan.modality == "CT":
+        return f"{scan.format} CT slice"
+    return f"{scan.format} {scan.modality} image" if scan.modality else f"{scan.format} image"
+
+
+def choose_attack(hu_per_grey_level: Optional[float]) -> tuple[str, dict[str, Any]]:
     names = sorted(
         available(),
         key=lambda name: (
@@ -159,7 +194,7 @@ def choose_attack() -> tuple[str, dict[str, Any]]:
     st.caption(
         f"{cls.description or cls.title} — a {cls.family} attack ({FAMILY_WORDS.get(cls.family, '')})."
     )
-    return name, attack_controls(name, key="attack")
+    return name, attack_controls(name, key="attack", hu_per_grey_level=hu_per_grey_level)
 
 
 def minimal_search(name: str) -> bool:
@@ -216,6 +251,8 @@ def start(
                 cam_layer=cam_layer,
                 profile=profile,
                 unchecked=why,
+                hu_per_grey_level=scan.hu_per_grey_level,
+                modality=scan.modality,
                 progress=staged(progress, 2 * number + 1, 2 * len(models), title),
             )
             reports.append((title, report))
@@ -318,7 +355,7 @@ with scan_column:
         )
 with attack_column:
     st.markdown("##### 2 · The attack")
-    name, params = choose_attack()
+    name, params = choose_attack(None if scan is None else scan.hu_per_grey_level)
 with model_column:
     st.markdown("##### 3 · The model")
     st.caption(run_label(record))

@@ -23,11 +23,16 @@ from dashboard.ui.status import run_label, select_run_next, usable_runs
 from pipeline import tracking
 from pipeline.jobs import delete_run, job_state
 from pipeline.models import ARCHITECTURES
+from pipeline.errors import UserInputError
 from pipeline.store import RunRecord, export_run, import_run, list_runs
+from pipeline.training.strategies import available as available_strategies
+from pipeline.training.strategies import strategy_class
 from pipeline.units import format_epsilon, format_share
 
 #: Runs and weights may be larger than scans: up to the server's cap (a ResNet-101 is about 170 MB).
 MODEL_UPLOAD_MB = 200
+#: The settings only some strategies read (the others ignore them).
+STRATEGY_SETTINGS = frozenset(name for strategy in available_strategies() for name in strategy_class(strategy).uses)
 #: Settings shown in the comparison table, in this order.
 COMPARED = (
     "arch",
@@ -46,8 +51,22 @@ COMPARED = (
 )
 
 
+def used(record: RunRecord, key: str) -> bool:
+    """Whether the run's training read ``key``: a strategy's own settings (budget, steps) are listed
+    only for the strategies that use them, so a standard run shows no budget it never had."""
+    if key not in STRATEGY_SETTINGS:
+        return True
+    try:
+        return key in strategy_class(str(record.config.get("strategy"))).uses
+    except UserInputError:  # a strategy this version does not know: show what was recorded
+        return True
+
+
 def setting(record: RunRecord, key: str) -> str:
-    """One setting (``data.x`` for the data's) as a person reads it: budgets as k/255, a dash if missing."""
+    """One setting (``data.x`` for the data's) as a person reads it: budgets as k/255, a dash if missing,
+    ``not used`` for a strategy's setting this run's strategy does not read."""
+    if not used(record, key):
+        return "not used"
     group, _, name = key.rpartition(".")
     value = (record.config.get(group) or {} if group else record.config).get(name)
     if key == "eps" and isinstance(value, (int, float)):
@@ -68,7 +87,8 @@ def details(record: RunRecord) -> None:
     left, right = st.columns([1, 1.6])
     with left:
         st.markdown("##### Settings")
-        st.table([{"setting": key, "value": setting(record, key)} for key in COMPARED], hide_index=True)
+        st.table([{"setting": key, "value": setting(record, key)} for key in COMPARED if used(record, key)],
+                 hide_index=True)
         st.caption(f"Status: {status_sentence(record)}")
         with st.expander("Everything recorded about this run"):
             st.json({key: value for key, value in record.config.items() if key != "split"}, expanded=1)

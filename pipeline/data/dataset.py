@@ -41,6 +41,9 @@ from pipeline.errors import DatasetError, ScanError
 from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
 
+#: The files of exported phantom scans (:func:`export_synthetic_scans`).
+SCANS_ARRAYS: Final[str] = "scans.npz"
+SCANS_RECORD: Final[str] = "scans.json"
 #: Bump when the decoding or preprocessing changes, so that old caches are not reused.
 CACHE_VERSION: Final[int] = 2
 #: Size at which the phantom is rendered before the same preprocessing as real scans.
@@ -190,12 +193,69 @@ def load_dataset(
     return _load_folder(Path(spec.source), spec.image_size, spec.window, progress, cache)
 
 
+def export_synthetic_scans(spec: DataSpec, folder: Path, progress: Optional[ProgressCallback] = None) -> Path:
+    """Write the phantom scans ``spec`` names (rendered, or from the cache) to ``folder/scans.npz``
+    (compressed uint8 images ``[N, S, S]``, int64 labels ``[N]``) beside ``scans.json`` (their record).
+
+    The pair is what :func:`adopt_synthetic_scans` puts into another machine's cache, so that a
+    shipped model's data need not be rendered again. Raises DatasetError for a spec that is not the
+    synthetic phantom, OSError when ``folder`` cannot be written.
+    """
+    if not spec.synthetic:
+        raise DatasetError(f"only the synthetic phantom's scans can be exported this way, not {spec.source}")
+    load_dataset(spec, progress=progress)  # fills the cache
+    cached = _read_cache(_synthetic_key(spec.image_size, spec.seed, spec.count), spec.image_size)
+    if cached is None:
+        raise DatasetError("the phantom's scans could not be cached on this machine; check the cache folder")
+    images, labels, meta = cached
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / SCANS_ARRAYS, images=images, labels=labels)
+    meta = {key: value for key, value in meta.items() if key != "key"}
+    meta["report"] = LoadReport(notes=list(meta["report"]["notes"])).to_dict()
+    (folder / SCANS_RECORD).write_text(json.dumps(meta), encoding="utf-8")
+    return folder / SCANS_ARRAYS
+
+
+def adopt_synthetic_scans(spec: DataSpec, folder: Path) -> bool:
+    """Put the scans :func:`export_synthetic_scans` wrote to ``folder`` into this machine's dataset
+    cache under ``spec``'s key, unless the cache has them already. True when the cache now has them.
+
+    The caller vouches that they are ``spec``'s scans (the shipped demo checks the phantom version);
+    files that do not fit ``spec`` (count, size, dtypes) are not adopted and False is returned.
+    """
+    if not spec.synthetic:
+        return False
+    key = _synthetic_key(spec.image_size, spec.seed, spec.count)
+    if _read_cache(key, spec.image_size) is not None:
+        return True
+    try:
+        meta = parse_json_object((folder / SCANS_RECORD).read_text(encoding="utf-8"), SCANS_RECORD,
+                                 error=DatasetError)
+        with np.load(folder / SCANS_ARRAYS, allow_pickle=False) as arrays:
+            images, labels = arrays["images"], arrays["labels"]
+    except (OSError, ValueError, KeyError):
+        return False
+    size = spec.image_size
+    if images.dtype != np.uint8 or images.shape != (spec.count, size, size) or labels.shape != (spec.count,) \
+            or labels.dtype != np.int64 or not isinstance(meta.get("report"), dict):
+        return False
+    _write_cache(key, images, labels, meta)
+    return _read_cache(key, size) is not None
+
+
+def _synthetic_key(size: int, seed: int, count: int) -> str:
+    """The cache key of the phantom set: settings, cache version and the phantom's source code."""
+    from pipeline.data import phantom  # imported here: rendering is only needed on a cache miss
+
+    return _hash_json({"kind": "synthetic", "version": CACHE_VERSION, "size": size, "seed": seed, "count": count,
+                       "render": PHANTOM_RENDER_SIZE, "phantom": _module_source_digest(phantom)})
+
+
 def _load_synthetic(size: int, seed: int, count: int, progress: Optional[ProgressCallback],
                     cache: bool) -> ScanDataset:
     from pipeline.data import phantom  # imported here: rendering is only needed on a cache miss
 
-    key = _hash_json({"kind": "synthetic", "version": CACHE_VERSION, "size": size, "seed": seed, "count": count,
-                      "render": PHANTOM_RENDER_SIZE, "phantom": _module_source_digest(phantom)})
+    key = _synthetic_key(size, seed, count)
     cached = _read_cache(key, size) if cache else None
     if cached is not None:
         images, labels, meta = cached

@@ -142,11 +142,18 @@ def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DicomImage:
-    """One decoded DICOM frame: uint8 ``[H, W]`` as shown, notes, and whose slice it is (hashed)."""
+    """One decoded DICOM frame: uint8 ``[H, W]`` as shown, notes, and whose slice it is (hashed).
+
+    ``modality`` is the file's Modality (``CT``, ``MR``, ...; empty when absent);
+    ``hu_per_grey_level`` the Hounsfield units one grey level of ``image`` spans (the window's width
+    / 255) when the pixels are a linear window over Hounsfield units, else None.
+    """
 
     image: np.ndarray
     notes: tuple[str, ...]
     identity: SliceIdentity
+    modality: str = ""
+    hu_per_grey_level: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,8 @@ def read_dicom(data: bytes, window: Window = "lung") -> DicomImage:
     """
     ds, notes = _parse(data)
     display, view = _decode(ds, check_window(window))
-    return DicomImage(display.to_uint8(), (*notes, *display.notes), slice_identity(ds, view))
+    return DicomImage(display.to_uint8(), (*notes, *display.notes), slice_identity(ds, view), display.modality,
+                      display.width / 255.0 if display.hounsfield else None)
 
 
 def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "lung") -> bytes:

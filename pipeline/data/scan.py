@@ -44,6 +44,10 @@ class Scan:
     format: str
     notes: tuple[str, ...] = ()
     identity: Optional[SliceIdentity] = None
+    #: DICOM Modality (``CT``, ``MR``, ...); empty where the file does not say (JPEG, PNG, TIFF, BMP).
+    modality: str = ""
+    #: Hounsfield units per grey level of ``image`` when it is a linear window over CT numbers, else None.
+    hu_per_grey_level: Optional[float] = None
 
 
 def read_scan(source: ScanSource, *, window: Window = "lung") -> np.ndarray:
@@ -96,7 +100,7 @@ def _read_bytes(source: ScanSource) -> tuple[bytes, str]:
 def _decode(data: bytes, window: Window) -> Scan:
     if is_dicom(data) or is_bare_dicom(data):
         dicom = read_dicom(data, window)
-        return Scan(dicom.image, "DICOM", dicom.notes, dicom.identity)
+        return Scan(dicom.image, "DICOM", dicom.notes, dicom.identity, dicom.modality, dicom.hu_per_grey_level)
     notes: list[str] = []
     try:
         pixels, kind = decode_raster(data, notes)

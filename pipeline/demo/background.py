@@ -31,7 +31,7 @@ def start_demo_job(runs_dir: Path | str, recipe: str, *, device: str = "auto") -
     job_dir = demo_job_dir(runs_dir)
     if jobs.job_state(job_dir).running:
         raise UserInputError("the demo is already being prepared; its progress is shown here")
-    jobs.launch(job_dir, ["demo", "--quiet", "--runs-dir", str(runs_dir), "--recipe", recipe,
+    jobs.launch(job_dir, ["demo", "--train", "--quiet", "--runs-dir", str(runs_dir), "--recipe", recipe,
                           "--device", device, "--job-dir", str(job_dir)])
     return job_dir
 

@@ -13,6 +13,7 @@ medical result. Recipes and their measured times are in ``bench/RESULTS.md`` (``
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,7 @@ class Demo:
     showcase_rank: Optional[int]
     story: str
     eval_steps: int = EVAL_STEPS
+    commit: str = "unknown"  #: the git commit of the code that trained the models
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -188,7 +190,7 @@ class Demo:
             "format": DEMO_FORMAT, "recipe": self.recipe, "synthetic": True,
             "standard": self.standard.to_dict(), "robust": self.robust.to_dict(),
             "showcase": self.showcase, "showcase_rank": self.showcase_rank, "story": self.story,
-            "eval_steps": self.eval_steps, "created_at": self.created_at,
+            "eval_steps": self.eval_steps, "commit": self.commit, "created_at": self.created_at,
         }
 
     def table(self) -> str:
@@ -227,31 +229,51 @@ def prepare_demo(
         raise UserInputError(f"unknown demo recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     runs_dir = Path(runs_dir)
     standard_config, robust_config = chosen.configs(device)
-    # the held-out check is two stages of equal weight, one per model
-    weights = (*chosen.shares[:2], chosen.shares[2] / 2, chosen.shares[2] / 2)
+    commit = current_commit()
 
     started = time.perf_counter()
-    trained = train(standard_config, runs_dir, progress=staged(progress, 0, weights, "standard model"))
+    trained = train(standard_config, runs_dir, progress=staged(progress, 0, chosen.shares, "standard model"))
     standard_dir = _finished(trained, "standard")
     standard_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
-    trained = train(robust_config, runs_dir, progress=staged(progress, 1, weights, "robust model"))
+    trained = train(robust_config, runs_dir, progress=staged(progress, 1, chosen.shares, "robust model"))
     robust_dir = _finished(trained, "robust")
     robust_seconds = time.perf_counter() - started
 
-    steps = chosen.eval_steps
-    standard, standard_report = _measure("standard", standard_dir, standard_seconds, device, steps,
-                                         staged(progress, 2, weights, "held-out check of the standard model"))
-    robust, robust_report = _measure("robust", robust_dir, robust_seconds, device, steps,
-                                     staged(progress, 3, weights, "held-out check of the robust model"))
-    showcase, rank, story = _showcase(standard_report, robust_report)
-    demo = Demo(recipe=chosen.name, standard=standard, robust=robust, showcase=showcase, showcase_rank=rank,
-                story=story, eval_steps=steps)
+    demo = measure_pair(standard_dir, robust_dir, recipe=chosen, seconds=(standard_seconds, robust_seconds),
+                        device=device, progress=staged(progress, 2, chosen.shares, "held-out check"),
+                        commit=commit)
     atomic_write_json(runs_dir / DEMO_FILE, demo.to_dict())
     report(progress, 1, 1, "demo ready")
     return demo
+
+
+def measure_pair(
+    standard_dir: Path,
+    robust_dir: Path,
+    *,
+    recipe: str | DemoRecipe,
+    seconds: tuple[float, float],
+    device: str = "auto",
+    progress: Optional[ProgressCallback] = None,
+    commit: str = "unknown",
+) -> Demo:
+    """Measure the two trained demo runs on their held-out test split (clean, and PGD at each of
+    :data:`EVAL_EPSILONS`) and pick the story scan; ``seconds`` is how long each took to train.
+
+    Returns the :class:`Demo` (not written anywhere). Raises CheckpointError for an unreadable run.
+    """
+    chosen = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    steps = chosen.eval_steps
+    standard, standard_report = _measure("standard", standard_dir, seconds[0], device, steps,
+                                         staged(progress, 0, 2, "standard model"))
+    robust, robust_report = _measure("robust", robust_dir, seconds[1], device, steps,
+                                     staged(progress, 1, 2, "robust model"))
+    showcase, rank, story = _showcase(standard_report, robust_report)
+    return Demo(recipe=chosen.name, standard=standard, robust=robust, showcase=showcase, showcase_rank=rank,
+                story=story, eval_steps=steps, commit=commit)
 
 
 def read_demo(runs_dir: Path | str) -> Optional[Demo]:
@@ -276,6 +298,7 @@ def read_demo(runs_dir: Path | str) -> Optional[Demo]:
             showcase_rank=None if rank is None else int(rank),
             story=str(values["story"]),
             eval_steps=int(values["eval_steps"]),
+            commit=str(values.get("commit", "unknown")),
             created_at=float(values["created_at"]),
         )
     except (OSError, KeyError, TypeError, ValueError) as error:
@@ -285,6 +308,19 @@ def read_demo(runs_dir: Path | str) -> Optional[Demo]:
     if not all(model.run_dir.is_dir() for model in demo.models):
         return None  # a demo run was deleted: there is no pair to show any more
     return demo
+
+
+def current_commit() -> str:
+    """The git commit of this checkout (with ``+changes`` when its tracked files differ), or ``unknown``."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 # ------------------------------------------------------------------------------------ helpers

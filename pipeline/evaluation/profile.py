@@ -6,12 +6,13 @@ from its answers on the validation split) and whether the scan is out of its tra
 distribution (:mod:`.ood`, fitted on training scans, thresholded on validation scans). Both come
 from one pass over the run's stored split, saved as ``validation.safetensors`` in the run
 directory (tensors plus JSON metadata; nothing is unpickled) and keyed on the checkpoint file's
-size and modification time, so a retrained or replaced model is profiled anew. It is derived
+content digest, so a retrained or replaced model is profiled anew. It is derived
 data: a damaged file is recomputed, and it does not travel in an export.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipeline.evaluation.degenerate import AnswerCheck, check_answers
 from pipeline.evaluation.ood import MahalanobisDetector, fit_detector
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, staged
-from pipeline.store import MODEL, load_tensors, read_record, save_tensors
+from pipeline.store import MODEL, file_sha256, load_tensors, read_record, save_tensors
 
 PROFILE = "validation.safetensors"
 FORMAT = "lunglab-validation-profile"
@@ -45,9 +46,19 @@ class ValidationProfile:
 
 
 def checkpoint_key(run_dir: Path) -> str:
-    """The identity of the run's saved model: its size and modification time in nanoseconds."""
-    stat = (Path(run_dir) / MODEL).stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """The identity of the run's saved model: ``sha256:<hex>`` of its file's bytes.
+
+    A content digest, not a size and time, so a profile made elsewhere for the same weights (the
+    shipped demo's, copied into a fresh run store) is found; hashed once per file version in a process.
+    """
+    path = Path(run_dir) / MODEL
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return f"sha256:{file_sha256(Path(path))}"
 
 
 def validation_profile(

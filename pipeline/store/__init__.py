@@ -11,8 +11,18 @@ and imports neither.
 
 from pipeline.store.archive import export_run, import_run
 from pipeline.store.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from pipeline.store.files import atomic_write_bytes, atomic_write_json, read_json, remove_partial_writes
-from pipeline.store.layout import CONFIG, LAST, LAST_META, METRICS, MODEL, REQUEST, RUN_FILES, STATUS
+from pipeline.store.files import atomic_write_bytes, atomic_write_json, file_sha256, read_json, remove_partial_writes
+from pipeline.store.layout import (
+    CONFIG,
+    LAST,
+    LAST_META,
+    METRICS,
+    MODEL,
+    REQUEST,
+    RUN_FILES,
+    STATUS,
+    TRAINING_KIND,
+)
 from pipeline.store.metrics import append_metrics, read_metrics, write_metrics
 from pipeline.store.model import load_model, save_model
 from pipeline.store.record import (
@@ -30,12 +40,12 @@ from pipeline.store.record import (
     write_request,
 )
 from pipeline.store.status import TERMINAL_PHASES, read_status, update_status
-from pipeline.store.tensors import check_state, load_tensors, save_tensors, unwrap
+from pipeline.store.tensors import check_state, load_state, load_tensors, save_tensors, unwrap
 
 __all__ = [
-    "CONFIG", "LAST", "LAST_META", "METRICS", "MODEL", "REQUEST", "RUN_FILES", "STATUS", "TERMINAL_PHASES",
+    "CONFIG", "LAST", "LAST_META", "METRICS", "MODEL", "REQUEST", "RUN_FILES", "STATUS", "TERMINAL_PHASES", "TRAINING_KIND",
     "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_settings_with",
-    "check_state", "export_run", "has_checkpoint", "has_config", "import_run", "list_runs",
+    "check_state", "load_state", "export_run", "file_sha256", "has_checkpoint", "has_config", "import_run", "list_runs",
     "load_checkpoint", "load_model", "load_tensors", "new_run_dir", "read_config", "read_json",
     "read_metrics", "read_record", "read_settings", "read_status", "remove_partial_writes", "remove_run",
     "resolve_run", "save_checkpoint", "save_model", "save_tensors", "unwrap", "update_status",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -102,3 +103,12 @@ def read_json(path: Path, *, default: Optional[dict[str, Any]] = None) -> Option
     if not path.is_file():
         return default
     return parse_json_object(read_limited(path), f"{path.name} in {path.parent}")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes as 64 hex digits, read in 1 MiB blocks. Raises OSError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

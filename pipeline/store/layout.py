@@ -25,3 +25,6 @@ STATUS: Final[str] = "status.json"
 RUN_FILES: Final[tuple[str, ...]] = (CONFIG, METRICS, MODEL, LAST, LAST_META, STATUS)
 #: Any of these makes a directory a run (queued, running or finished).
 MARKERS: Final[tuple[str, ...]] = (CONFIG, STATUS, REQUEST)
+#: The ``kind`` a training job writes in its status; other jobs' directories (kind ``demo``,
+#: ``evaluation``) are not runs.
+TRAINING_KIND: Final[str] = "training"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Final, Optional
 
 import torch
 from torch import nn
@@ -12,16 +12,25 @@ from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import ScanClassifier, build_model
 from pipeline.store.layout import LAST, MODEL
 from pipeline.store.record import RunRecord, read_record
-from pipeline.store.tensors import check_state, load_tensors, save_tensors, unwrap
+from pipeline.store.tensors import NARROW_FLOATS, load_state, load_tensors, save_tensors, unwrap
 
 MODEL_FORMAT: Final[str] = "lunglab-model"
 
 
-def save_model(path: Path, model: nn.Module) -> None:
-    """Save the weights of ``model`` (a ScanClassifier, possibly wrapped) with its architecture."""
+def save_model(path: Path, model: nn.Module, *, precision: Optional[torch.dtype] = None) -> None:
+    """Save the weights of ``model`` (a ScanClassifier, possibly wrapped) with its architecture.
+
+    ``precision`` (torch.float16 or torch.bfloat16) stores floating tensors at half precision, half
+    the size; :func:`load_model` widens them back to float32. Raises ValueError for another dtype.
+    """
     inner = unwrap(model)
     metadata = {"format": MODEL_FORMAT, "arch": inner.arch, "num_classes": str(inner.num_classes)}
-    save_tensors(path, inner.state_dict(), metadata)
+    state = inner.state_dict()
+    if precision is not None:
+        if precision not in NARROW_FLOATS:
+            raise ValueError(f"precision must be one of {sorted(map(str, NARROW_FLOATS))}, got {precision}")
+        state = {name: t.to(precision) if t.is_floating_point() else t for name, t in state.items()}
+    save_tensors(path, state, metadata)
 
 
 def load_model(
@@ -57,6 +66,5 @@ def load_model(
             f"{path.name} of run {record.name} was not written for a {config['arch']} of this lab"
         )
     model = build_model(config["arch"], num_classes=len(record.classes))
-    check_state(tensors, model, f"{path.name} of run {record.name}")
-    model.load_state_dict(tensors, strict=True)
+    load_state(tensors, model, f"{path.name} of run {record.name}")
     return model.to(device).eval(), record

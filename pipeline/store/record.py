@@ -28,7 +28,7 @@ from pipeline.data import DataSpec, ScanDataset, Split, fold_data_settings
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pipeline.store.files import atomic_write_json, read_json
-from pipeline.store.layout import CONFIG, MARKERS, MODEL, REQUEST
+from pipeline.store.layout import CONFIG, MARKERS, MODEL, REQUEST, STATUS, TRAINING_KIND
 from pipeline.store.metrics import read_metrics
 from pipeline.store.status import read_status
 
@@ -237,9 +237,21 @@ def read_record(run_dir: Path) -> RunRecord:
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` is a run directory: a visible folder holding a record or a status."""
+    """Whether ``path`` is a run directory: a visible folder holding a record, a request, or the status
+    of a training job. Other jobs keep a status too (the demo's preparation, an evaluation): they are
+    not runs and are never listed as runs."""
     path = Path(path)
-    return path.is_dir() and not path.name.startswith(".") and any((path / n).is_file() for n in MARKERS)
+    if not path.is_dir() or path.name.startswith("."):
+        return False
+    if any((path / name).is_file() for name in MARKERS if name != STATUS):
+        return True
+    if not (path / STATUS).is_file():
+        return False
+    try:
+        kind = (read_json(path / STATUS, default={}) or {}).get("kind")
+    except CheckpointError:
+        return True  # a damaged status: listed, with its error, so that it can be seen and deleted
+    return kind in (None, TRAINING_KIND)
 
 
 def list_runs(runs_dir: Path | str) -> list[RunRecord]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Final, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -51,10 +51,31 @@ def unwrap(model: nn.Module) -> ScanClassifier:
     return model
 
 
+#: Floating-point precisions a checkpoint may store in place of the model's float32 (the shipped demo
+#: models are half precision, to keep the repository small); they are widened on load.
+NARROW_FLOATS: Final[frozenset[torch.dtype]] = frozenset({torch.float16, torch.bfloat16})
+
+
+def widen(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``tensors`` with every half-precision tensor cast to the dtype of ``model``'s tensor of that name.
+
+    Only float16/bfloat16 -> the model's floating dtype; anything else is left for :func:`check_state`
+    to judge. Names the model lacks are kept as they are (check_state reports them).
+    """
+    expected = model.state_dict()
+    return {
+        name: tensor.to(expected[name].dtype)
+        if name in expected and tensor.dtype in NARROW_FLOATS and expected[name].is_floating_point()
+        else tensor
+        for name, tensor in tensors.items()
+    }
+
+
 def check_state(tensors: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> None:
     """Compare a checkpoint's tensors with ``model``'s by name, shape and dtype; reject NaN/inf.
 
-    Raises :class:`CheckpointError` naming ``source`` and the first tensor that does not fit.
+    Half-precision files are compared after :func:`widen`. Raises :class:`CheckpointError` naming
+    ``source`` and the first tensor that does not fit.
     """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -73,6 +94,14 @@ def check_state(tensors: Mapping[str, torch.Tensor], model: nn.Module, source: s
             )
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{source}: tensor {name} contains NaN or infinite values")
+
+
+def load_state(tensors: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """Load ``tensors`` into ``model`` after :func:`widen` and :func:`check_state` (which raises
+    :class:`CheckpointError` naming ``source``); every weights file of the lab is loaded this way."""
+    tensors = widen(tensors, model)
+    check_state(tensors, model, source)
+    model.load_state_dict(tensors, strict=True)
 
 
 def _few(names: list[str]) -> str:

@@ -40,6 +40,7 @@ from pipeline.store import (
     CONFIG,
     METRICS,
     MODEL,
+    TRAINING_KIND,
     append_metrics,
     has_checkpoint,
     has_config,
@@ -161,7 +162,7 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.job = jobs.JobContext(
             run_dir,
-            kind="training",
+            kind=TRAINING_KIND,
             writer=context.is_main,
             cancelled_message="cancelled; the last finished epoch is kept (resume to continue)",
             echo=progress,
@@ -189,7 +190,7 @@ class Trainer:
         return tracking.tracked(
             self.run_dir.parent,
             name=self.run_dir.name,
-            kind="training",
+            kind=TRAINING_KIND,
             params=self.config.to_dict(),
             synthetic=self.config.data.synthetic,
             tags={"lunglab.run_dir": str(self.run_dir)},

@@ -66,6 +66,9 @@ class Strategy:
     )
     #: Whether the accuracy counted during training is on adversarial examples.
     adversarial: ClassVar[bool] = False
+    #: The training settings (TrainConfig fields) beyond the common ones that this strategy reads;
+    #: a run's page lists only these of the strategy-specific settings.
+    uses: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TrainConfig, class_weights: Optional[torch.Tensor]) -> None:
         self.config = config
@@ -131,6 +134,7 @@ class PGDTraining(Strategy):
     adversarial = True
     #: PGD iterations per batch; None means the configured ``steps``.
     inner_steps: ClassVar[Optional[int]] = None
+    uses = ("eps", "alpha", "steps", "eps_warmup")
 
     def step(
         self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
@@ -153,12 +157,14 @@ class FastTraining(PGDTraining):
         "guarded against catastrophic overfitting. Nearly as robust as PGD, several times faster."
     )
     inner_steps = 1
+    uses = ("eps", "alpha", "eps_warmup", "co_tolerance")
 
 
 class PairedTraining(Strategy):
     """Losses that compare the clean and the PGD prediction of each scan (one forward pass for both)."""
 
     adversarial = True
+    uses = ("eps", "alpha", "steps", "eps_warmup")
 
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """The attacked copy of the batch the pair loss compares with the clean one."""
@@ -180,6 +186,7 @@ class TradesTraining(PairedTraining):
     """Zhang et al. 2019: clean cross-entropy + beta * KL(clean prediction || adversarial one)."""
 
     name = "trades"
+    uses = (*PairedTraining.uses, "trades_beta")
     description = "TRADES: trades clean accuracy against robustness with a weight β."
 
     def adversary(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -198,6 +205,7 @@ class MartTraining(PairedTraining):
     towards misclassified clean scans."""
 
     name = "mart"
+    uses = (*PairedTraining.uses, "mart_beta")
     description = "MART: like TRADES, with extra weight on the scans the model gets wrong."
 
     def pair_loss(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -222,6 +230,7 @@ class MixedTraining(Strategy):
     """
 
     name = "mixed"
+    uses = ("eps", "alpha", "steps", "eps_warmup", "cw_steps")
     description = (
         "The reference study's recipe: each batch is clean + FGSM + PGD + CW-L2 versions "
         "of the scans."
@@ -248,6 +257,7 @@ class TransferTraining(Strategy):
     """
 
     name = "transfer"
+    uses = ("transfer_run", "transfer_attack", "transfer_eps", "steps")
     description = (
         "Adds adversarial scans crafted on another saved model (the cross-architecture "
         "recipe)."
