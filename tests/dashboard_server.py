@@ -1,5 +1,5 @@
 """``streamlit run dashboard/app.py`` as a real server on a free port, and a whole-page screenshot of
-it, for the browser suite, ``bench/first_paint.py`` and ``scripts/demo_screenshot.py`` alike."""
+it, for the browser suite, ``bench/first_start.py`` and ``scripts/demo_screenshot.py`` alike."""
 
 from __future__ import annotations
 
@@ -37,14 +37,16 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: floa
 
 
 @contextlib.contextmanager
-def serve(home: Path, runs: Path, *, startup_s: float = 120.0) -> Iterator[str]:
+def serve(home: Path, runs: Path, *, startup_s: float = 120.0, demo: bool = False) -> Iterator[str]:
     """The dashboard over the run store ``runs`` (its cache and log under ``home``); yields its URL
-    once it answers its health check, and stops it afterwards. A traceback in its log fails."""
+    once it answers its health check, and stops it afterwards. A traceback in its log fails. With
+    ``demo``, an empty run store gets the shipped demo on first start, as a fresh clone's does."""
     env = {
         **os.environ,
         "LUNGLAB_RUNS_DIR": str(runs),
         "LUNGLAB_CACHE_DIR": str(home / "cache"),
         "LUNGLAB_DATA": "synthetic",
+        "LUNGLAB_DEMO": "on" if demo else "off",
     }
     port = free_port()
     log = home / "streamlit.log"

@@ -114,7 +114,7 @@ LOADING = "freshly started server"
 
 def new_page(browser):
     """A page in a fresh context that records every request leaving the machine."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     page = context.new_page()
     OUTSIDE[page] = []
     page.on(
@@ -206,11 +206,32 @@ TIME_LEFT = re.compile(
 )
 
 
+#: Each visible chart's title that plotly's mode bar (shown on hover, at the top right) would cover.
+TITLE_UNDER_MODEBAR = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(plot => plot.offsetParent !== null)
+    .flatMap(plot => {
+        const bar = plot.querySelector('.modebar');
+        const title = plot.querySelector('.gtitle');
+        if (!bar || !title || !title.textContent) return [];
+        const a = bar.getBoundingClientRect(), b = title.getBoundingClientRect();
+        return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom ? [title.textContent] : [];
+    })"""
+#: The visible text the page cuts off with an ellipsis (a widget label, a select's value, a button, a
+#: tab): what a person cannot read in full.
+ELLIPSIZED = """() => [...document.querySelectorAll('[data-testid="stMain"] *, [data-testid="stSidebar"] *')]
+    .filter(el => el.offsetParent !== null && el.children.length === 0 && el.textContent.trim()
+        && getComputedStyle(el).textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1)
+    .map(el => el.textContent.trim())"""
+
+
 def assert_charts_laid_out(page) -> None:
-    """No visible chart has a legend over an axis title or a plot squeezed to under half its width."""
+    """No visible chart has a legend over an axis title, a plot squeezed to under half its width, or a
+    title under the mode bar; no visible text is cut off with an ellipsis."""
     page.wait_for_timeout(500)  # plotly lays legends out after the first paint
     assert page.evaluate(LEGEND_OVER_AXIS) == 0
     assert page.evaluate(SQUEEZED_PLOTS) == 0
+    assert page.evaluate(TITLE_UNDER_MODEBAR) == []
+    assert page.evaluate(ELLIPSIZED) == []
 
 
 #: Results on screen are those of the current choices: no attack running, no "previous choices" note.
@@ -312,11 +333,13 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
     wait_idle(page)
     assert_no_error(page)
     assert metric(page, "Scans") == "36"
+    assert_charts_laid_out(page)
     screenshot(page, "data", publish=True)
 
     go(page, "Train")
     assert page.get_by_role("button", name="Start training").count() == 1
     assert_no_error(page)
+    assert_charts_laid_out(page)
     screenshot(page, "train", publish=True)
 
     go(page, "Evaluate")
@@ -326,6 +349,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
         page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 4
     )  # clean + 3 attacks
     assert_no_error(page)
+    assert_charts_laid_out(page)
     screenshot(page, "evaluate", publish=True)
     page.get_by_role("tab", name="Robustness curves").click()
     assert_charts_laid_out(page)
@@ -334,6 +358,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
         page.wait_for_timeout(800)
         assert page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 1, tab
         assert_no_error(page)
+        assert_charts_laid_out(page)
 
     go(page, "Models")
     assert page.get_by_text(server.run_dir.name).count() >= 1

@@ -25,6 +25,7 @@ from pipeline.store import (
     MODEL,
     REQUEST,
     STATUS,
+    TRAINING_KIND,
     atomic_write_bytes,
     export_run,
     import_run,
@@ -67,6 +68,31 @@ def test_model_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded(x), model(x))
     assert not loaded.training
     assert record.name == "run-a" and record.config["arch"] == "resnet18" and record.best["epoch"] == 1
+
+
+def test_half_precision_weights_load_as_float32(tmp_path: Path) -> None:
+    run_dir, model = make_run(tmp_path)
+    save_model(run_dir / MODEL, model, precision=torch.float16)
+    assert (run_dir / MODEL).stat().st_size < 0.55 * sum(t.numel() * 4 for t in model.state_dict().values())
+    loaded, _ = load_model(run_dir)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    for name, tensor in model.state_dict().items():
+        expected = tensor.half().to(tensor.dtype) if tensor.is_floating_point() else tensor
+        assert torch.equal(loaded.state_dict()[name], expected), name
+    with pytest.raises(ValueError, match="precision"):
+        save_model(run_dir / MODEL, model, precision=torch.int8)
+
+
+def test_job_folders_that_are_not_trainings_are_not_runs(tmp_path: Path) -> None:
+    make_run(tmp_path, "run-a")
+    for name, kind in (("demo-job", "demo"), ("evaluation-job", "evaluation")):
+        (tmp_path / name).mkdir()
+        update_status(tmp_path / name, {"phase": "done", "kind": kind})
+    (tmp_path / "old-run").mkdir()
+    update_status(tmp_path / "old-run", {"phase": "failed"})  # a status without a kind: an older run
+    (tmp_path / "training").mkdir()
+    update_status(tmp_path / "training", {"phase": "queued", "kind": TRAINING_KIND})
+    assert sorted(record.name for record in list_runs(tmp_path)) == ["old-run", "run-a", "training"]
 
 
 def _replace_model(run_dir: Path, data: bytes) -> None:
@@ -124,8 +150,8 @@ def test_wrong_shapes_dtypes_and_nan_are_refused(tmp_path: Path) -> None:
     run_dir, model = make_run(tmp_path)
     save_model(run_dir / MODEL, build_model("resnet18", num_classes=5))
     _expect_error(run_dir, "fc.weight", "(5, 512)")
-    save_model(run_dir / MODEL, build_model("resnet18").half())
-    _expect_error(run_dir, "float16")
+    save_model(run_dir / MODEL, build_model("resnet18").double())  # half precision is widened; this is not
+    _expect_error(run_dir, "float64")
     save_model(run_dir / MODEL, build_model("resnet34"))
     _expect_error(run_dir, "resnet18")
     with torch.no_grad():

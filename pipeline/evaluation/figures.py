@@ -48,9 +48,12 @@ def style(figure: go.Figure, *, title: str = "", height: int = 320, legend_right
     )
     figure.update_layout(
         template="plotly_white",
-        title={"text": title, "font": {"size": 15}} if title else None,
+        # the title sits just above the plot, left-aligned, in a top margin tall enough that plotly's
+        # mode bar (top right of the figure, shown on hover) stays above it and never covers it
+        title={"text": title, "font": {"size": 15}, "x": 0, "xanchor": "left", "xref": "paper",
+               "y": 1, "yanchor": "bottom", "yref": "paper", "pad": {"b": 8}} if title else None,
         height=height,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        margin={"l": 10, "r": 10, "t": 66 if title else 34, "b": 10},
         legend=legend,
         font={"size": 13},
     )
