@@ -42,7 +42,7 @@ from pipeline.json_object import parse_json_object
 from pipeline.progress import ProgressCallback, report
 
 #: Bump when the decoding or preprocessing changes, so that old caches are not reused.
-CACHE_VERSION: Final[int] = 2
+CACHE_VERSION: Final[int] = 3
 #: Size at which the phantom is rendered before the same preprocessing as real scans.
 PHANTOM_RENDER_SIZE: Final[int] = 256
 SYNTHETIC_NAME: Final[str] = "Synthetic chest-CT phantom (synthetic, not medical data)"
