@@ -360,7 +360,7 @@ def _check_image_object(ds: Dataset) -> None:
                "the pixels were left out when it was written (a header-only export, or a query result) "
                "or the copy stopped before them")
         raise ScanError(
-            f"the DICOM file is a {kind} object without Pixel Data: it describes an image but does not hold "
+            f"the DICOM file is {_article(kind)} {kind} object without Pixel Data: it describes an image but does not hold "
             f"one; {how}. Export or retrieve the slice again with its pixels"
         )
     raise ScanError(
@@ -378,7 +378,7 @@ def _check_pixel_description(ds: Dataset) -> None:
     uncompressed colour. Without them the bytes cannot be laid out as an image.
     """
     kind = _object_kind(ds)
-    what = f"a {kind} object" if kind != "not stated" else "an object of unstated type"
+    what = f"{_article(kind)} {kind} object" if kind != "not stated" else "an object of unstated type"
     size = [name for keyword, name in (("Rows", "Rows"), ("Columns", "Columns")) if not _integer(ds, keyword)]
     if size:
         raise ScanError(
@@ -398,9 +398,9 @@ def _check_pixel_description(ds: Dataset) -> None:
     missing = [name for keyword, name in required.items() if ds.get(keyword) in (None, "")]
     if missing:
         raise ScanError(
-            f"the DICOM file is {what} holding Pixel Data, but it lacks {', '.join(missing)}, which say how its "
-            "bytes make pixels, so they cannot be read. The file was written by a faulty tool or damaged; "
-            "export the slice again"
+            f"the DICOM file is {what} holding Pixel Data, but it lacks {', '.join(missing)} (required attributes "
+            "that say how its bytes make pixels), so they cannot be read. The file was written by a faulty tool or "
+            "damaged; export the slice again"
         )
     samples, allocated = _integer(ds, "SamplesPerPixel"), _integer(ds, "BitsAllocated")
     stored = _integer(ds, "BitsStored") if integer else allocated
@@ -424,6 +424,14 @@ def _check_pixel_description(ds: Dataset) -> None:
             f"the DICOM file is {what} whose pixel description is invalid: {'; '.join(problems)}. "
             "The file was written by a faulty tool or damaged; export the slice again"
         )
+
+
+def _article(kind: str) -> str:
+    """'a' or 'an' as the object type is spoken ("an MR Image", "an RT Dose", "a CT Image")."""
+    first = kind.split(" ")[0] if kind else ""
+    spoken_vowel = first[:1] in tuple("AEIOU") or first.startswith("X-") or (
+        first.isupper() and first[:1] in tuple("FHLMNRSX"))
+    return "an" if spoken_vowel else "a"
 
 
 def _integer(ds: Dataset, keyword: str) -> Optional[int]:
