@@ -64,6 +64,7 @@ from tests.corpus import (
     real_file_counts,
 )
 from tests.corpus.build import BYTES_LIMIT, CLI_RUNS
+from tests.dashboard_helpers import run_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -551,6 +552,9 @@ def test_dashboard_data_page_with_each_folder(lab: Lab) -> None:
         app.session_state[DATASET_KEY] = DataSpec(source=str(item.path), image_size=64)
         with _captured(lab.logs):
             app.run()
+            # a first load runs in the background (the page polls); rerun until it shows the data or a message
+            run_until(app, lambda at: bool(at.exception or at.error or [
+                element for element in at.markdown if element.value.startswith("**")]))
         shown = _shown(app)
         problems = [f"page shows patient marker {marker!r}" for marker in _markers_in(shown)]
         loaded = [element.value for element in app.markdown if element.value.startswith("**")]
