@@ -8,7 +8,8 @@ files (``report.json``, ``report.csv``, ``report.html``). Runs on synthetic data
 
 Where: ``MLFLOW_TRACKING_URI`` when set (a server such as ``http://host:5000``, or any store
 MLflow knows); otherwise MLflow's own default kind of local store, SQLite, beside the runs:
-``<runs>/mlflow/mlflow.db`` with artifacts under ``<runs>/mlflow/artifacts/``. MLflow's file
+``<runs>/mlflow/mlflow.db`` with artifacts under ``<runs>/mlflow/artifacts/``, created once under a
+file lock (:func:`store_lock`) so that any number of jobs may start together on a fresh folder. MLflow's file
 store is in maintenance mode since MLflow 3 and refuses to start without an opt-in, so it is not
 used. The experiment is ``MLFLOW_EXPERIMENT_NAME`` or ``lung-ct-robustness-lab``.
 
@@ -53,6 +54,8 @@ HTTP_DEFAULTS: Final[dict[str, str]] = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+#: How long a job waits for another to finish creating the SQLite store (migrations take seconds).
+LOCK_TIMEOUT_S: Final[float] = 300.0
 SYNTHETIC_NOTE: Final[str] = "Trained or evaluated on the synthetic phantom: not a medical result."
 
 _ON, _OFF = frozenset({"1", "on", "true", "yes"}), frozenset({"0", "off", "false", "no"})
@@ -249,7 +252,7 @@ def start(
     try:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        with _quiet():
+        with _quiet(), store_lock(uri):
             from mlflow import MlflowClient
 
             client = MlflowClient(tracking_uri=uri)
@@ -364,6 +367,29 @@ def metric_key(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an inter-process lock beside a SQLite store while a job opens it; no-op for other stores.
+
+    MLflow creates a SQLite store's tables and runs its Alembic migrations in whichever process
+    opens it first, with nothing to stop a second process doing the same at once: jobs started
+    together on a fresh runs folder failed with "duplicate column name: step", or left the store
+    broken for good ("table _alembic_tmp_tags already exists"). Under this lock (a ``filelock``
+    file ``<store>.lock``, released by the OS if the holder dies) the first job creates the store
+    whole and the others find it made; creating the experiment and the run happen under it too.
+    Raises ``filelock.Timeout`` after ``timeout`` seconds (then the job goes on untracked).
+    """
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database) + ".lock", timeout=timeout):
+        yield
+
+
 def _experiment(client: "MlflowClient", runs_dir: Path | str, uri: str) -> str:
     """The experiment's id, created on first use (artifacts beside a local store)."""
     from mlflow.exceptions import MlflowException

@@ -45,7 +45,7 @@ from pipeline.progress import ProgressCallback, report
 SCANS_ARRAYS: Final[str] = "scans.npz"
 SCANS_RECORD: Final[str] = "scans.json"
 #: Bump when the decoding or preprocessing changes, so that old caches are not reused.
-CACHE_VERSION: Final[int] = 2
+CACHE_VERSION: Final[int] = 3
 #: Size at which the phantom is rendered before the same preprocessing as real scans.
 PHANTOM_RENDER_SIZE: Final[int] = 256
 SYNTHETIC_NAME: Final[str] = "Synthetic chest-CT phantom (synthetic, not medical data)"

@@ -25,7 +25,16 @@ Files: DICOM Part 10 (128-byte preamble, ``DICM``) and bare data sets written wi
 
 Multi-frame files: the middle frame is taken and a note says so (a multi-frame CT is a volume,
 and its middle slice is the most likely to cut through both lungs); only that frame is decoded.
-Compressed transfer syntaxes with no installed decoder are refused with what to install.
+Compressed transfer syntaxes decode through pydicom's plugins, which the requirements install
+(pylibjpeg with -libjpeg, -openjpeg and -rle): JPEG Baseline, Extended (12-bit), Lossless (process
+14, any predictor), JPEG-LS (lossless and near-lossless), JPEG 2000 and HTJ2K (YBR_RCT/YBR_ICT
+included), RLE and Deflated. A syntax with no installed decoder is refused naming the syntax and the
+missing plugin; data the decoders reject is refused naming the syntax and what each decoder said.
+
+Before any pixel is decoded the Image Pixel description (PS3.3 C.7.6.3) is checked, so that an
+incomplete object is refused for what it lacks: an image object without Pixel Data, Pixel Data
+without Rows/Columns, a missing or impossible Bits Allocated, Bits Stored, Samples per Pixel or
+Photometric Interpretation, and uncompressed Pixel Data shorter than its declared size (truncated).
 
 Privacy: only image-describing attributes (modality, geometry, rescale, window, photometric
 interpretation) are read as values. The identifiers that group slices by patient are read as
@@ -53,6 +62,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
+    UID,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -72,6 +82,20 @@ WINDOW_NAMES: Final[tuple[str, ...]] = (*NAMED_WINDOWS, "file")
 IDENTITY_WINDOW: Final[tuple[float, float]] = (255.0, 127.5)
 PIXEL_DATA_TAGS: Final[tuple[str, ...]] = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 ATTACKED_DESCRIPTION: Final[str] = "ADVERSARIALLY PERTURBED - research artefact, not for diagnosis"
+PIXEL_DATA_TAG: Final[int] = 0x7FE00010
+#: Photometric interpretations DICOM defines (PS3.3 C.7.6.3.1.2), and the retired ones no reader supports.
+PHOTOMETRICS: Final[frozenset[str]] = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB",
+})
+RETIRED_PHOTOMETRICS: Final[frozenset[str]] = frozenset({"HSV", "ARGB", "CMYK"})
+#: The decoders the requirements install (pydicom's pixel plugins for the compressed syntaxes).
+INSTALL_DECODERS: Final[str] = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
+#: Transfer syntaxes newer than pydicom's list (PS3.5 A.4.11, 2024): named in refusals.
+NEWER_SYNTAXES: Final[dict[str, str]] = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless", "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+}
 #: Functional groups (PS3.3 C.7.6.16) that hold per frame what classic objects hold at the top level.
 FRAME_GROUPS: Final[tuple[str, ...]] = (
     "PixelValueTransformationSequence", "FrameVOILUTSequence", "PixelMeasuresSequence", "PlanePositionSequence",
@@ -186,6 +210,18 @@ def read_dicom(data: bytes, window: Window = "lung") -> DicomImage:
     display, view = _decode(ds, check_window(window))
     return DicomImage(display.to_uint8(), (*notes, *display.notes), slice_identity(ds, view), display.modality,
                       display.width / 255.0 if display.hounsfield else None)
+
+
+def modality_values(data: bytes) -> tuple[np.ndarray, bool]:
+    """The shown frame of a DICOM slice in modality units, before any window.
+
+    Returns float64 ``[H, W]`` after the Modality LUT (Rescale Slope/Intercept or Modality LUT
+    Sequence) and square-pixel resampling, and whether those units are Hounsfield units (a CT).
+    Colour images give their grey display levels 0..255. Raises ``ScanError`` as ``read_dicom``.
+    """
+    ds, _ = _parse(data)
+    display, _ = _decode(ds, IDENTITY_WINDOW)
+    return display.values, display.hounsfield
 
 
 def attacked_dicom(original: bytes, image_uint8: np.ndarray, window: Window = "lung") -> bytes:
@@ -324,9 +360,16 @@ def _check_image_object(ds: Dataset) -> None:
         )
     kind = _object_kind(ds)
     if "Image Storage" in kind:
+        # Attributes stored after Pixel Data's place (padding, signatures) prove the file complete; without
+        # them a file that stops at an element boundary cannot be told from one written without pixels.
+        after = any(element.tag > PIXEL_DATA_TAG for element in ds)
+        how = ("the file is complete (attributes follow where Pixel Data belongs), so the pixels were left out "
+               "when it was written" if after else
+               "the pixels were left out when it was written (a header-only export, or a query result) "
+               "or the copy stopped before them")
         raise ScanError(
-            f"the DICOM file is truncated: a {kind} object must hold pixel data and this one ends "
-            "before it. Copy or export the file again"
+            f"the DICOM file is {_article(kind)} {kind} object without Pixel Data: it describes an image but does not hold "
+            f"one; {how}. Export or retrieve the slice again with its pixels"
         )
     raise ScanError(
         f"the DICOM file holds no image (no Pixel Data; object type: {kind}). "
@@ -334,9 +377,87 @@ def _check_image_object(ds: Dataset) -> None:
     )
 
 
+def _check_pixel_description(ds: Dataset) -> None:
+    """Refuse, naming what is missing or wrong, Pixel Data whose layout the file does not state.
+
+    The Image Pixel module (PS3.3 C.7.6.3) gives the layout as Type 1 attributes: Rows, Columns,
+    Samples per Pixel, Photometric Interpretation, Bits Allocated, Bits Stored and Pixel
+    Representation (the last two for integer Pixel Data only); Planar Configuration as well for
+    uncompressed colour. Without them the bytes cannot be laid out as an image.
+    """
+    kind = _object_kind(ds)
+    what = f"{_article(kind)} {kind} object" if kind != "not stated" else "an object of unstated type"
+    size = [name for keyword, name in (("Rows", "Rows"), ("Columns", "Columns")) if not _integer(ds, keyword)]
+    if size:
+        raise ScanError(
+            f"the DICOM file is {what} holding Pixel Data, but it does not state the image size "
+            f"({' and '.join(size)} missing or 0), so the pixels cannot be laid out. The file was written by "
+            "a faulty tool or damaged; export the slice again"
+        )
+    integer = "PixelData" in ds
+    required = {"SamplesPerPixel": "Samples per Pixel", "PhotometricInterpretation": "Photometric Interpretation",
+                "BitsAllocated": "Bits Allocated"}
+    if integer:
+        required.update(BitsStored="Bits Stored", PixelRepresentation="Pixel Representation")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    compressed = syntax is not None and _compressed(syntax)
+    if _integer(ds, "SamplesPerPixel") == 3 and not compressed:
+        required["PlanarConfiguration"] = "Planar Configuration"
+    missing = [name for keyword, name in required.items() if ds.get(keyword) in (None, "")]
+    if missing:
+        raise ScanError(
+            f"the DICOM file is {what} holding Pixel Data, but it lacks {', '.join(missing)} (required attributes "
+            "that say how its bytes make pixels), so they cannot be read. The file was written by a faulty tool or "
+            "damaged; export the slice again"
+        )
+    samples, allocated = _integer(ds, "SamplesPerPixel"), _integer(ds, "BitsAllocated")
+    stored = _integer(ds, "BitsStored") if integer else allocated
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    problems = []
+    if samples not in (1, 3) and photometric not in RETIRED_PHOTOMETRICS:
+        problems.append(f"Samples per Pixel is {samples}, where images have 1 (grey) or 3 (colour)")
+    if allocated not in ((1, 8, 16, 32, 64) if integer else (32, 64)):
+        problems.append(f"Bits Allocated is {allocated}, which no DICOM pixel encoding uses")
+    elif stored is None or not 1 <= stored <= allocated:
+        problems.append(f"Bits Stored is {stored}, outside 1..Bits Allocated ({allocated})")
+    if photometric in RETIRED_PHOTOMETRICS:
+        problems.append(f"Photometric Interpretation {photometric} is a colour model DICOM retired in 2004, which "
+                        "no current reader decodes (export the slice as RGB or grey)")
+    elif photometric not in PHOTOMETRICS:
+        problems.append(f"Photometric Interpretation {photometric[:16]!r} is not one DICOM defines")
+    elif (samples == 1) != (photometric in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")):
+        problems.append(f"Photometric Interpretation {photometric} does not fit {samples} sample(s) per pixel")
+    if problems:
+        raise ScanError(
+            f"the DICOM file is {what} whose pixel description is invalid: {'; '.join(problems)}. "
+            "The file was written by a faulty tool or damaged; export the slice again"
+        )
+
+
+def _article(kind: str) -> str:
+    """'a' or 'an' as the object type is spoken ("an MR Image", "an RT Dose", "a CT Image")."""
+    first = kind.split(" ")[0] if kind else ""
+    spoken_vowel = first[:1] in tuple("AEIOU") or first.startswith("X-") or (
+        first.isupper() and first[:1] in tuple("FHLMNRSX"))
+    return "an" if spoken_vowel else "a"
+
+
+def _integer(ds: Dataset, keyword: str) -> Optional[int]:
+    """A stored whole number, or None when absent, empty, zero-length or not a number."""
+    value = ds.get(keyword)
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number or None
+
+
 def _decode(ds: Dataset, window: Window) -> tuple[_Display, Dataset]:
     """The shown frame through the display pipeline, and that frame's flat view."""
     _check_image_object(ds)
+    _check_pixel_description(ds)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     check_dimensions(columns, rows)
     notes: list[str] = []
@@ -379,25 +500,79 @@ def _decode(ds: Dataset, window: Window) -> tuple[_Display, Dataset]:
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray:
+    """The pixels of the chosen frame; a failure says what the data is and which decoder it needs."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and syntax.is_compressed:
+    if syntax is not None and _compressed(syntax):
         try:
-            available = get_decoder(syntax).is_available
+            decoder = get_decoder(syntax)
         except NotImplementedError:
-            available = False
-        if not available:
+            name = _syntax_name(syntax)
             raise ScanError(
-                f"the DICOM pixel data is compressed as {syntax.name}, and no decoder for it is installed. "
-                "Install one (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or convert the "
-                "file to uncompressed DICOM (e.g. gdcmconv --raw, dcmdjpeg) and load it again"
+                f"the DICOM pixel data is encoded as {name}, a transfer syntax no installed decoder reads "
+                "(pydicom has no decoder plugin for it). Convert the file to uncompressed DICOM (e.g. gdcmconv --raw, dcmdjpeg) and load it "
+                "again"
+            ) from None
+        if not decoder.is_available:
+            raise ScanError(
+                f"the DICOM pixel data is compressed as {syntax.name}, and no decoder for it is installed "
+                f"(missing: {'; '.join(decoder.missing_dependencies) or 'a decoder plugin'}). "
+                f"Install the lab's requirements ({INSTALL_DECODERS}) or convert the file to uncompressed DICOM "
+                "(e.g. gdcmconv --raw, dcmdjpeg) and load it again"
             )
     try:
         return ds.pixel_array
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError on bad data
-        raise ScanError(
-            f"the DICOM pixel data could not be decoded ({failure_reason(exc)}). The file may be truncated or use an "
-            "encoding no installed decoder handles; export the slice again as uncompressed DICOM"
-        ) from None
+        raise ScanError(_decode_failure(ds, syntax, exc)) from None
+
+
+def _compressed(syntax: UID) -> bool:
+    """Whether the pixel data is encapsulated; a transfer syntax pydicom does not know counts as compressed."""
+    return syntax.is_compressed if syntax.is_transfer_syntax else True
+
+
+def _syntax_name(syntax: UID) -> str:
+    """The transfer syntax's name for messages (newer ones pydicom does not list by name included)."""
+    known = str(syntax.name) if syntax.is_transfer_syntax else NEWER_SYNTAXES.get(str(syntax), "")
+    return f"{known} ({str(syntax)[:64]})" if known else f"the unknown transfer syntax {str(syntax)[:64]!r}"
+
+
+def _decode_failure(ds: Dataset, syntax: Optional[UID], exc: BaseException) -> str:
+    """Why decoding failed, in the file's terms: a short native Pixel Data, or what the decoders said."""
+    layout = (f"{ds.get('BitsStored') or ds.get('BitsAllocated')}-bit "
+              f"{str(ds.get('PhotometricInterpretation') or '')[:16]}").strip()
+    if syntax is not None and _compressed(syntax):
+        decoder = get_decoder(syntax)
+        missing = decoder.missing_dependencies
+        advice = (f"another decoder may read it (not installed: {'; '.join(missing)}), or " if missing else "")
+        return (
+            f"the {layout} pixel data, compressed as {syntax.name}, could not be decoded by the installed decoders "
+            f"({', '.join(decoder.available_plugins)}): {_decoder_reasons(exc)}. The data is damaged or uses a "
+            f"variant these decoders do not handle; {advice}convert the file to uncompressed DICOM "
+            "(e.g. gdcmconv --raw, dcmdjpeg) and load it again"
+        )
+    if "PixelData" in ds:
+        have = len(ds.PixelData or b"")
+        rows, columns = _integer(ds, "Rows") or 0, _integer(ds, "Columns") or 0
+        samples, allocated = _integer(ds, "SamplesPerPixel") or 1, _integer(ds, "BitsAllocated") or 0
+        frames = _integer(ds, "NumberOfFrames") or 1
+        need = math.ceil(rows * columns * samples * frames * allocated / 8)
+        if have < need:
+            return (
+                f"the DICOM file is truncated: its Pixel Data holds {have} bytes, where {frames} frame(s) of "
+                f"{columns}x{rows} {layout} pixels need {need}. Copy or export the file again"
+            )
+    return (
+        f"the DICOM pixel data could not be decoded ({failure_reason(exc)}). "
+        "Export the slice again as uncompressed DICOM"
+    )
+
+
+def _decoder_reasons(exc: BaseException) -> str:
+    """The decoders' own one-line reasons (pydicom lists one per plugin), shortened; no file value is in them."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()[1:] if line.strip()]
+    text = "; ".join(lines) or " ".join(str(exc).split())
+    failure_reason(exc)  # logs the full text for the operator
+    return text[:400] + ("..." if len(text) > 400 else "")
 
 
 def _square_pixels(values: np.ndarray, view: Dataset, notes: list[str]) -> np.ndarray:

@@ -16,6 +16,9 @@ applied here before the image is handed on:
   a transparent colour (PNG tRNS) and alpha composite onto black (air); associated
   (premultiplied) TIFF alpha is already composited and is dropped.
 - **Bit depth below 8** (1-, 2-, 4-bit TIFF samples) is stretched to 0..255.
+- **16-bit samples** keep their depth in every channel layout (grey, grey+alpha, RGB, RGBA), PNG
+  and TIFF alike: Pillow reduces 16-bit colour and alpha PNGs to 8 bits, so those samples come
+  from libpng through OpenCV, and TIFF layouts Pillow does not open go to tifffile.
 
 Sources: TIFF 6.0 specification (Adobe, 1992), sections 3, 5 and 18,
 https://www.itu.int/itudoc/itu-t/com16/tiff-fx/docs/tiff6.pdf ; EXIF 2.32 (CIPA DC-008-2019)
@@ -28,6 +31,7 @@ import io
 import warnings
 from typing import Callable, Final
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -57,6 +61,12 @@ NOT_GREY: Final[dict[int, str]] = {
 }
 
 
+#: The first four bytes of a TIFF (little or big endian) and of a BigTIFF.
+TIFF_MAGIC: Final[tuple[bytes, ...]] = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+#: PNG colour types (IHDR): grey, RGB, grey+alpha.
+PNG_GREY, PNG_RGB, PNG_GREY_ALPHA = 0, 2, 4
+
+
 class NotRaster(Exception):
     """Pillow does not recognise the bytes as any image format (they may still be DICOM)."""
 
@@ -76,13 +86,50 @@ def decode_raster(data: bytes, notes: list[str]) -> tuple[np.ndarray, str]:
             "the image header declares an enormous size (a decompression bomb?); it was not decoded"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        if data[:4] in TIFF_MAGIC:  # layouts Pillow does not open (16-bit grey+alpha, ...): tifffile reads them
+            return tiff_pixels(data, notes), "TIFF"
         raise NotRaster from None
     if picture.format not in PIL_FORMATS:
         raise ScanError(f"{picture.format} images are not accepted; save the scan as {ACCEPTED_FORMATS}")
     check_dimensions(*picture.size)
     if picture.format == "TIFF":
         return tiff_pixels(data, notes), "TIFF"
+    if picture.format == "PNG" and data[24:25] == b"\x10":  # IHDR bit depth 16
+        return png16_pixels(picture, data, notes), "PNG"
     return pil_pixels(picture, notes), "JPEG" if picture.format == "MPO" else picture.format
+
+
+def png16_pixels(picture: Image.Image, data: bytes, notes: list[str]) -> np.ndarray:
+    """A 16-bit PNG's samples at full depth: uint16 ``[H, W]`` grey or ``[H, W, C]`` grey+alpha, RGB, RGBA.
+
+    Pillow decodes 16-bit grey at full depth but 16-bit RGB, RGBA and grey+alpha to 8 bits, so
+    the samples come from OpenCV (libpng) after Pillow has checked the file whole (Pillow refuses
+    a truncated or corrupt stream where libpng may return a partly grey image). A PNG tRNS colour
+    becomes an alpha channel; EXIF orientation is applied as for other PNGs.
+    """
+    try:
+        picture.load()  # strict: a truncated stream or a bad CRC raises here
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError... on bad data
+        raise ScanError(f"the PNG file is damaged or truncated ({failure_reason(exc)}); export it again") from None
+    if pixels is None or pixels.dtype != np.uint16:
+        raise ScanError("the 16-bit PNG could not be decoded at its full depth; export it again as 16-bit grey")
+    colour_type = data[25]
+    if pixels.ndim == 3:  # OpenCV orders colour as BGR(A); grey+alpha comes back as BGRA with grey thrice
+        pixels = pixels[..., [2, 1, 0, 3]] if pixels.shape[-1] == 4 else pixels[..., ::-1]
+        if colour_type == PNG_GREY_ALPHA:
+            pixels = pixels[..., [0, 3]]
+    transparent = picture.info.get("transparency")
+    if transparent is not None and colour_type in (PNG_GREY, PNG_RGB) and pixels.shape[-1] not in (2, 4):
+        key = np.asarray(transparent, dtype=np.int64).reshape(-1)
+        match = pixels == key[0] if pixels.ndim == 2 else (pixels == key[: pixels.shape[-1]]).all(axis=-1)
+        alpha = np.where(match, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        pixels = np.concatenate([pixels.reshape(*pixels.shape[:2], -1), alpha[..., None]], axis=-1)
+    orientation = _exif_orientation(picture)
+    if orientation not in (None, 1):
+        pixels = np.ascontiguousarray(ORIENTATIONS[orientation](pixels))
+        notes.append(_orientation_note(orientation))
+    return np.ascontiguousarray(pixels)
 
 
 def pil_pixels(picture: Image.Image, notes: list[str]) -> np.ndarray:

@@ -231,6 +231,8 @@ def leakage_report(ds: ScanDataset, split: Split, *, near_threshold: float = NEA
     if ds.studies is not None:
         sides = {name: getattr(split, name) for name in SIDES}
         report["patients_on_two_sides"] = side_report(ds.studies, sides)["patients_on_two_sides"]
+        # where Patient IDs were placeholders or missing: how patients were told apart instead
+        report["patient_grouping"] = list(ds.studies.grouping)
     return report
 
 

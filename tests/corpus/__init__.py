@@ -20,6 +20,7 @@ from tests.corpus.build import (
     KINDS,
     OUTCOMES,
     PATIENT_MARKERS,
+    REAL,
     REFUSED,
     RUN_ZIP,
     SCAN,
@@ -38,6 +39,8 @@ class Row:
     outcome: str
     detail: str
     ok: bool
+    #: What a refusal of this input must name (the corpus item's ``reason``); counted per real file.
+    reason: str = ""
 
 
 #: Filled by the corpus tests, printed by the ``pytest_terminal_summary`` hook in ``tests/conftest.py``.
@@ -63,10 +66,28 @@ def format_table(rows: list[Row], *, width: int = 96) -> str:
     lines.append(f"{handled}/{len(rows)} (input, entry point) pairs handled; "
                  f"{len({row.item for row in rows})} inputs; "
                  + ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items())))
+    lines += real_file_counts(rows)
     return "\n".join(lines)
 
 
+def real_file_counts(rows: list[Row]) -> list[str]:
+    """Per group of real files (pydicom's test set, the re-encoded CT), how many were read and how many
+    refused, by reason; one line per group and entry point, counted over inputs."""
+    lines = []
+    groups = sorted({(row.item.split("/")[1], row.entry_point) for row in rows if row.item.startswith("real/")})
+    for group, entry in groups:
+        chosen = [row for row in rows if row.item.startswith(f"real/{group}/") and row.entry_point == entry]
+        read = sum(row.outcome == ACCEPTED for row in chosen)
+        refused = Counter(row.reason or "no reason given" for row in chosen if row.outcome == REFUSED)
+        other = len(chosen) - read - sum(refused.values())
+        text = f"real files, {group} ({len(chosen)}) via {entry}: read {read}, refused {sum(refused.values())}"
+        if refused:
+            text += " (" + ", ".join(f"{reason!r}: {count}" for reason, count in refused.most_common()) + ")"
+        lines.append(text + (f", not handled {other}" if other else ""))
+    return lines
+
+
 __all__ = [
-    "ACCEPTED", "CHECKPOINT", "CLI", "CONFIG", "FOLDER", "KINDS", "OUTCOMES", "PATIENT_MARKERS", "REFUSED",
-    "ROWS", "RUN_ZIP", "SCAN", "SKIPPED", "CorpusItem", "Row", "build_corpus", "format_table",
+    "ACCEPTED", "CHECKPOINT", "CLI", "CONFIG", "FOLDER", "KINDS", "OUTCOMES", "PATIENT_MARKERS", "REAL", "REFUSED",
+    "ROWS", "RUN_ZIP", "SCAN", "SKIPPED", "CorpusItem", "Row", "build_corpus", "format_table", "real_file_counts",
 ]

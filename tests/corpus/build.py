@@ -41,7 +41,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 from safetensors.torch import save as safetensors_bytes
 
 from pipeline.data import load_dataset, split_dataset
@@ -51,12 +59,15 @@ from tests.dicom_studies import make_dicom_studies
 
 # kinds of entry point
 SCAN: Final[str] = "scan"
+#: Real DICOM files nobody here wrote by hand (pydicom's test set) and a CT slice re-encoded in every
+#: transfer syntax: read through the scan readers only (the dashboard's upload is the same reader).
+REAL: Final[str] = "real-file"
 FOLDER: Final[str] = "dataset-folder"
 CHECKPOINT: Final[str] = "checkpoint"
 RUN_ZIP: Final[str] = "run-zip"
 CLI: Final[str] = "cli-args"
 CONFIG: Final[str] = "config"
-KINDS: Final[tuple[str, ...]] = (SCAN, FOLDER, CHECKPOINT, RUN_ZIP, CLI, CONFIG)
+KINDS: Final[tuple[str, ...]] = (SCAN, REAL, FOLDER, CHECKPOINT, RUN_ZIP, CLI, CONFIG)
 
 # outcome classes
 REFUSED: Final[str] = "refused with a clear message"
@@ -340,7 +351,8 @@ def build_corpus(root: Path) -> list[CorpusItem]:
     with warnings.catch_warnings():  # pydicom and zipfile warn about the invalid values written on purpose
         warnings.simplefilter("ignore", UserWarning)
         scans = _scan_items(root / "scans")
-        items = [*scans, *_folder_items(root / "folders", scans), *_checkpoint_items(root)]
+        items = [*scans, *_real_items(root / "real"), *_folder_items(root / "folders", scans),
+                 *_checkpoint_items(root)]
         items += _cli_items(root / "cli", items)
     names = [item.name for item in items]
     assert len(names) == len(set(names)), "corpus item names must be unique"
@@ -463,7 +475,7 @@ def _scan_items(folder: Path) -> list[CorpusItem]:
     for name, source, about, besides in (
         ("jpeg2000.dcm", "JPEG2000.dcm", "DICOM, JPEG 2000 transfer syntax", ""),
         ("jpegls.dcm", "MR_small_jpeg_ls_lossless.dcm", "DICOM, JPEG-LS lossless transfer syntax", ""),
-        ("jpeg-extended-12bit.dcm", "JPEG-lossy.dcm", "DICOM, 12-bit JPEG extended transfer syntax", "pillow"),
+        ("jpeg-extended-12bit.dcm", "JPGExtended.dcm", "DICOM, 12-bit JPEG extended transfer syntax", "pillow"),
         ("rle.dcm", "MR_small_RLE.dcm", "DICOM, RLE lossless transfer syntax", ""),
         ("deflated.dcm", "image_dfl.dcm", "DICOM, deflated explicit VR transfer syntax", ""),
         ("big-endian.dcm", "MR_small_bigendian.dcm", "DICOM, explicit VR big endian", ""),
@@ -516,6 +528,49 @@ def _scan_items(folder: Path) -> list[CorpusItem]:
     (folder / "folder.png").mkdir()
     items.append(CorpusItem("folder.png", folder / "folder.png", (SCAN,), REFUSED, "a folder named .png",
                             reason="folder"))
+    return items
+
+
+#: pydicom's test files the product refuses, and what the refusal must name (everything else is read).
+PYDICOM_REFUSED: Final[dict[str, str]] = {
+    **dict.fromkeys(("ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm", "empty_charset_LEI.dcm", "reportsi.dcm",
+                     "reportsi_with_empty_number_tags.dcm", "rtplan.dcm", "rtplan_truncated.dcm", "rtstruct.dcm",
+                     "test-SR.dcm", "waveform_ecg.dcm"), "holds no image"),
+    **dict.fromkeys(("UN_sequence.dcm", "no_meta_group_length.dcm", "priv_SQ.dcm"), "without Pixel Data"),
+    **dict.fromkeys(("meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm"), "does not state the image size"),
+    **dict.fromkeys(("JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm", "SC_rgb_small_odd.dcm",
+                     "SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd_jpeg.dcm", "badVR.dcm", "rtdose.dcm",
+                     "rtdose_1frame.dcm", "rtdose_expb.dcm", "rtdose_expb_1frame.dcm", "rtdose_rle.dcm",
+                     "rtdose_rle_1frame.dcm"), "at least 16 pixels"),
+    "MR_truncated.dcm": "truncated: its Pixel Data holds",
+    # scan parameters libjpeg (and GDCM) reject / a J2K stream with a sequence delimiter inside: the decoders say so
+    "JPEG-lossy.dcm": "compressed as JPEG Extended (Process 2 and 4), could not be decoded by the installed decoders",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "compressed as JPEG 2000 Image Compression, could not be decoded",
+    "no_meta.dcm": "not a readable image",  # a bare RT Plan starting with no element this reader recognises
+}
+
+
+def _real_items(folder: Path) -> list[CorpusItem]:
+    """pydicom's whole bundled test set, and a synthetic 12-bit CT slice in every transfer syntax."""
+    from tests.dicom_codecs import LOSSLESS, LOSSY, ct_slice, display_slice, encode
+
+    folder.mkdir(parents=True)
+    items = []
+    source = Path(get_testdata_file("CT_small.dcm", download=False)).parent
+    for path in sorted(source.glob("*.dcm")):
+        target = folder / f"pydicom-{path.name}"
+        target.write_bytes(path.read_bytes())
+        reason = PYDICOM_REFUSED.get(path.name, "")
+        items.append(CorpusItem(f"real/pydicom/{path.name}", target, (REAL,), REFUSED if reason else ACCEPTED,
+                                f"pydicom's test file {path.name}", reason=reason))
+    encodings = [(f"ct12-{syntax.keyword}", ct_slice(), syntax) for syntax in (*LOSSLESS, *LOSSY)]
+    encodings += [(f"rgb8-{syntax.keyword}", display_slice(samples=3), syntax)
+                  for syntax in (JPEGBaseline8Bit, JPEG2000Lossless, JPEG2000)]  # YBR_FULL, YBR_RCT, YBR_ICT
+    for name, ds, syntax in encodings:
+        target = folder / f"{name}.dcm"
+        target.write_bytes(encode(ds, syntax))
+        items.append(CorpusItem(f"real/re-encoded/{name}.dcm", target, (REAL,), ACCEPTED,
+                                f"synthetic 12-bit CT slice (or its 8-bit RGB capture) re-encoded as {syntax.name}"))
     return items
 
 
