@@ -1,0 +1,254 @@
+"""A PACS as a data source, against a real Orthanc with its DICOMweb plugin on loopback (no mock).
+
+The server is loaded with the DICOM studies of ``tests/dicom_studies.py`` (12 patients, 15
+studies, 18 series), each study described as "Chest CT - <class>", plus a CT study whose
+description names no class and an MR study of another year. Every identifier in them is a
+marker string, searched for in every output, log record, warning, record and message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from pipeline.__main__ import main
+from pipeline.attacks import get_attack
+from pipeline.data import DataSpec, leakage_report, load_dataset, open_scan, preprocess_image, split_dataset
+from pipeline.data.dicom import ATTACKED_DESCRIPTION
+from pipeline.data.dicomweb import (
+    ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsError, PacsQuery, format_studies, remember_credentials,
+)
+from tests.dicom_studies import MARK, UID_ROOT, make_dicom_studies
+from tests.models_fixture import one_thread, trained_model
+from tests.orthanc_server import PASSWORD, USER, Orthanc, missing_reason, silent_server, start_orthanc, web_page_server
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+LOGIN = Credentials(USER, PASSWORD)
+
+
+class Loaded:
+    def __init__(self, server: Orthanc, identifiers: list[str], labels: dict[str, str], patients: int,
+                 slices: dict[str, int]) -> None:
+        self.server, self.identifiers, self.study_labels, self.patients, self.slices = (
+            server, identifiers, labels, patients, slices)
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    root = tmp_path_factory.mktemp("pacs")
+    server = start_orthanc(root / "orthanc")
+    try:
+        studies = make_dicom_studies(root / "export", size=32)
+        labels: dict[str, str] = {}
+        slices = {"benign": 0, "malignant": 0, "normal": 0}
+        for item in studies.slices:
+            label = item.path.relative_to(studies.root).parts[0]
+            ds = pydicom.dcmread(item.path)
+            ds.StudyDescription, ds.StudyDate, ds.Modality = f"Chest CT - {label}", "20240315", "CT"
+            labels[str(ds.StudyInstanceUID)] = label
+            slices[label] += 1
+            server.upload(_bytes(ds))
+        # a CT study whose description names no class, and an MR study of another year
+        extra = make_dicom_studies(root / "extra", patients_per_class=1, size=32, seed=5)
+        renamed: dict[str, str] = {}  # the fixture numbers its UIDs from 1 again: give these their own
+        for item in extra.slices:
+            ds = pydicom.dcmread(item.path)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                old = str(getattr(ds, keyword))
+                new = renamed.setdefault(old, f"{UID_ROOT}.9.{len(renamed) + 1}")
+                setattr(ds, keyword, new)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.PatientID = f"{ds.get('PatientID', MARK)}-extra"
+            label = item.path.relative_to(extra.root).parts[0]
+            if label == "benign":
+                ds.StudyDescription, ds.StudyDate = "Chest CT follow-up", "20240601"
+            elif label == "malignant":
+                ds.StudyDescription, ds.StudyDate, ds.Modality = "MR thorax malignant", "20220101", "MR"
+            else:
+                continue
+            server.upload(_bytes(ds))
+        yield Loaded(server, [*studies.identifiers, *extra.identifiers, *renamed.values()], labels, len(studies.patients()), slices)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_login(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(ENV_USER, raising=False)
+    monkeypatch.delenv(ENV_PASSWORD, raising=False)
+    yield
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _assert_private(texts: list[str], loaded: Loaded) -> None:
+    assert any(MARK in value for value in loaded.identifiers) and any(UID_ROOT in value for value in loaded.identifiers)
+    for secret in [*loaded.identifiers, MARK, UID_ROOT, PASSWORD]:
+        leaked = [text[:200] for text in texts if secret in text]
+        assert not leaked, f"{secret!r} shown, logged or recorded: {leaked[:2]}"
+
+
+def test_search_by_modality_date_description_and_study_list(pacs_server: Loaded) -> None:
+    pacs = Pacs(pacs_server.server.dicomweb, LOGIN)
+    ct = pacs.search(PacsQuery(pacs.url, modality="CT"))
+    assert len(ct) == 16  # 15 labelled studies and the follow-up
+    assert [hit.number for hit in ct] == list(range(1, 17))
+    assert sorted(hit.label or "" for hit in ct).count("malignant") == 5  # patient 1 of each class has 2 studies
+    assert sum(hit.instances or 0 for hit in ct if hit.label) == sum(pacs_server.slices.values())
+    mr = pacs.search(PacsQuery(pacs.url, date_from="2022-01-01", date_to="20221231"))
+    assert [(hit.modalities, hit.label, hit.date) for hit in mr] == [("MR", "malignant", "2022-01-01")]
+    described = pacs.search(PacsQuery(pacs.url, description="*benign*"))
+    assert {hit.label for hit in described} == {"benign"} and len(described) == 5
+    chosen = [uid for uid, label in pacs_server.study_labels.items() if label == "normal"][:2]
+    listed = pacs.search(study_uids=chosen)
+    assert len(listed) == 2 and {hit.label for hit in listed} == {"normal"}
+    picked = pacs.search(PacsQuery(pacs.url, picks=(listed[0].token,)))
+    assert [hit.token for hit in picked] == [listed[0].token]
+    series = pacs.series(listed[0])
+    assert series and all(item.label == "normal" for item in series)
+    _assert_private([repr(ct), format_studies(ct), repr(series), *(item.title() for item in series),
+                     json.dumps([hit.row() for hit in ct]), repr(pacs)], pacs_server)
+
+
+def test_a_labelled_collection_splits_by_patient_and_no_identifier_gets_out(
+        pacs_server: Loaded, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
+    caplog.set_level(logging.DEBUG)
+    query = PacsQuery(pacs_server.server.dicomweb, modality="CT", date_from="20240101", date_to="20241231")
+    spec = DataSpec(source=query.to_source(), image_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset(spec, credentials=LOGIN)
+        split = split_dataset(ds, seed=0, val_fraction=0.25, test_fraction=0.25)
+        leaks = leakage_report(ds, split)
+        monkeypatch.setenv(ENV_USER, USER)
+        monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
+        assert main(["pacs", "search", pacs_server.server.dicomweb, "--modality", "CT", "--timeout", "20"]) == 0
+        again = load_dataset(spec)  # the environment's login, as a background job gets it
+    printed = capsys.readouterr()
+    assert ds.studies is not None
+    assert ds.studies.counts() == {"patients": pacs_server.patients, "studies": 15, "series": 18,
+                                   "slices": sum(pacs_server.slices.values())}
+    assert ds.class_counts() == pacs_server.slices
+    assert any("1 series left out" in note and "name no single class" in note for note in ds.report.notes)
+    assert split.report["studies"]["patients_on_two_sides"] == 0 and leaks["patients_on_two_sides"] == 0
+    assert all(len(getattr(split, side)) for side in ("train", "val", "test"))
+    assert again.fingerprint == ds.fingerprint and not ds.is_synthetic
+    assert "16 studies found" in printed.out and "Chest CT - malignant" in printed.out
+    assert "--data 'dicomweb:" in printed.out
+    files = [path.read_bytes().decode("latin-1") for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    texts = [json.dumps(ds.report.to_dict()), repr(ds), ds.name, ds.source, json.dumps(spec.to_dict()),
+             json.dumps(split.to_dict()), json.dumps(leaks), json.dumps(ds.studies.to_dict()), printed.out, printed.err,
+             *[record.getMessage() for record in caplog.records], *[str(item.message) for item in caught], *files]
+    _assert_private(texts, pacs_server)
+
+
+def test_a_label_file_names_the_studies_and_their_classes(pacs_server: Loaded, tmp_path: Path) -> None:
+    chosen = {}
+    for uid, label in pacs_server.study_labels.items():
+        chosen.setdefault(label, uid)
+    labels = tmp_path / "labels.csv"
+    # the file may relabel: the benign study is called malignant here, and the file wins over descriptions
+    flipped = {"benign": "malignant", "malignant": "benign", "normal": "normal"}
+    labels.write_text("uid,label\n" + "".join(f"{uid},{flipped[label]}\n" for label, uid in chosen.items()))
+    spec = DataSpec(source=PacsQuery(pacs_server.server.dicomweb, labels=str(labels)).to_source(), image_size=32)
+    ds = load_dataset(spec, credentials=LOGIN)
+    assert ds.studies is not None and ds.studies.counts()["studies"] == 3
+    assert set(ds.class_counts()) == {"benign", "malignant", "normal"} and min(ds.class_counts().values()) > 0
+    labels.write_text(f"{next(iter(chosen.values()))},pneumonia\n")
+    with pytest.raises(PacsError, match="line 1 of the label file names the class 'pneumonia'"):
+        load_dataset(spec, credentials=LOGIN)
+
+
+def test_attack_a_retrieved_slice_and_store_it_back_as_a_new_derived_series(pacs_server: Loaded) -> None:
+    pacs = Pacs(pacs_server.server.dicomweb, LOGIN)
+    study = pacs.search(PacsQuery(pacs.url, description="*malignant*"))[0]
+    series = pacs.series(study)[0]
+    slices = pacs.slices(series)
+    assert [item.rank for item in slices] == list(range(len(slices)))
+    positions = [item.position for item in slices]
+    assert None not in positions and positions == sorted(positions)
+    original = pacs.retrieve_slice(slices[len(slices) // 2])
+    scan = open_scan(original)
+    x = torch.from_numpy(preprocess_image(scan.image, 32)).float().div(255.0)[None, None]
+    model = trained_model().model
+    with one_thread():
+        x_adv = get_attack("fgsm", eps=8 / 255)(model, x, torch.tensor([1]))
+    attacked = (x_adv[0, 0] * 255).round().to(torch.uint8).numpy()
+    assert not np.array_equal(attacked, (x[0, 0] * 255).round().to(torch.uint8).numpy())
+    before_series = len(pacs.series(study))
+    before = {hashlib.sha256(data).hexdigest() for data in pacs.retrieve_series(series)}
+    stored = pacs.store_derived(original, attacked, method="FGSM 8/255")
+    assert stored.instances == 1 and stored.description == ATTACKED_DESCRIPTION
+    after = pacs.series(study)
+    assert len(after) == before_series + 1
+    new = [item for item in after if item.uid == stored.series_uid]
+    assert len(new) == 1 and new[0].description == ATTACKED_DESCRIPTION and new[0].uid != series.uid
+    (derived,) = pacs.retrieve_series(new[0])
+    ds = pydicom.dcmread(io.BytesIO(derived))
+    source = pydicom.dcmread(io.BytesIO(original))
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert ds.SOPInstanceUID != source.SOPInstanceUID and ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.StudyInstanceUID == source.StudyInstanceUID  # filed in the original's study for the viewer
+    assert "NOT FOR DIAGNOSIS" in ds.DerivationDescription and "not for diagnosis" in ds.SeriesDescription
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert np.array_equal(open_scan(derived).image, attacked)  # reads back as the attacked pixels
+    assert {hashlib.sha256(data).hexdigest() for data in pacs.retrieve_series(series)} == before  # original untouched
+    assert len(pacs.slices(series)) == len(slices)
+
+
+def test_a_wrong_password_is_refused_with_a_clear_message(pacs_server: Loaded) -> None:
+    wrong = Credentials(USER, "not-the-password-xyz")
+    with pytest.raises(PacsError, match=r"refused the login \(HTTP 401\).*user name and password") as caught:
+        Pacs(pacs_server.server.dicomweb, wrong).search()
+    assert "not-the-password-xyz" not in str(caught.value) and caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    with pytest.raises(PacsError, match="HTTP 401"):
+        Pacs(pacs_server.server.dicomweb).search()  # no login at all
+    with pytest.raises(PacsError, match="HTTP 404"):
+        Pacs(pacs_server.server.root + "/no-such-root", LOGIN).search()
+    remember_credentials(pacs_server.server.dicomweb, LOGIN)
+    try:
+        assert Pacs(pacs_server.server.dicomweb).search()  # remembered for this process only
+    finally:
+        remember_credentials(pacs_server.server.dicomweb, None)
+    text = repr(LOGIN) + str(LOGIN)
+    assert PASSWORD not in text
+    with pytest.raises(TypeError):
+        import pickle
+        pickle.dumps(LOGIN)
+
+
+def test_a_server_that_is_down_slow_or_not_dicomweb_gets_a_clear_message(tmp_path: Path) -> None:
+    from tests.orthanc_server import free_port
+
+    with pytest.raises(PacsError, match=r"cannot reach the PACS at http://127\.0\.0\.1:\d+/dicom-web .*running"):
+        Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", LOGIN, timeout=5).search()
+    for url in silent_server():
+        with pytest.raises(PacsError, match=r"did not answer within 1 s while searching for studies"):
+            Pacs(url, LOGIN, timeout=1).search()
+    for url in web_page_server():
+        with pytest.raises(PacsError, match="with something that is not DICOMweb") as caught:
+            Pacs(url, LOGIN, timeout=5).search()
+        assert "DICOMweb root" in str(caught.value)
+        spec = DataSpec(source=PacsQuery(url).to_source(), image_size=32)
+        with pytest.raises(PacsError, match="not DICOMweb"):
+            load_dataset(spec, credentials=LOGIN)
+    with pytest.raises(PacsError, match="holds a user name or password"):
+        DataSpec(source=f"dicomweb:http://{USER}:{PASSWORD}@127.0.0.1:1/dicom-web")
+    assert main(["pacs", "search", f"http://127.0.0.1:{free_port()}/dicom-web", "--timeout", "5"]) == 2
