@@ -11,6 +11,7 @@ never answers (a hung server).
 from __future__ import annotations
 
 import glob
+import io
 import json
 import shutil
 import socket
@@ -22,7 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Optional
 
+import pydicom
+import pytest
 import requests
+
+from tests.dicom_studies import UID_ROOT, MARK, make_dicom_studies
 
 USER, PASSWORD = "lab-tester", "S3cret-test-pw"
 PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
@@ -91,6 +96,70 @@ class Orthanc:
     def log(self) -> str:
         path = self.folder / "orthanc.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+@dataclass
+class Loaded:
+    """A loaded PACS: every identifier written into it, each study's class, the patient and per-class slice counts."""
+
+    server: Orthanc
+    identifiers: list[str]
+    study_labels: dict[str, str]
+    patients: int
+    slices: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    """A loaded Orthanc for one test module (import this fixture into it)."""
+    root = tmp_path_factory.mktemp("pacs")
+    server = start_orthanc(root / "orthanc")
+    try:
+        yield load_studies(server, root)
+    finally:
+        server.stop()
+
+
+def load_studies(server: Orthanc, root: Path) -> Loaded:
+    """Load the PACS: the studies of ``tests/dicom_studies.py`` described "Chest CT - <class>" (2024),
+    a CT follow-up whose description names no class, and an MR study of 2022."""
+    studies = make_dicom_studies(root / "export", size=32)
+    labels: dict[str, str] = {}
+    slices = {"benign": 0, "malignant": 0, "normal": 0}
+    for item in studies.slices:
+        label = item.path.relative_to(studies.root).parts[0]
+        ds = pydicom.dcmread(item.path)
+        ds.StudyDescription, ds.StudyDate, ds.Modality = f"Chest CT - {label}", "20240315", "CT"
+        labels[str(ds.StudyInstanceUID)] = label
+        slices[label] += 1
+        server.upload(_bytes(ds))
+    # a CT study whose description names no class, and an MR study of another year
+    extra = make_dicom_studies(root / "extra", patients_per_class=1, size=32, seed=5)
+    renamed: dict[str, str] = {}  # the fixture numbers its UIDs from 1 again: give these their own
+    for item in extra.slices:
+        ds = pydicom.dcmread(item.path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            old = str(getattr(ds, keyword))
+            new = renamed.setdefault(old, f"{UID_ROOT}.9.{len(renamed) + 1}")
+            setattr(ds, keyword, new)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = f"{ds.get('PatientID', MARK)}-extra"
+        label = item.path.relative_to(extra.root).parts[0]
+        if label == "benign":
+            ds.StudyDescription, ds.StudyDate = "Chest CT follow-up", "20240601"
+        elif label == "malignant":
+            ds.StudyDescription, ds.StudyDate, ds.Modality = "MR thorax malignant", "20220101", "MR"
+        else:
+            continue
+        server.upload(_bytes(ds))
+    return Loaded(server, [*studies.identifiers, *extra.identifiers, *renamed.values()], labels,
+                  len(studies.patients()), slices)
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def start_orthanc(folder: Path) -> Orthanc:

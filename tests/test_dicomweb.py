@@ -28,58 +28,14 @@ from pipeline.data.dicom import ATTACKED_DESCRIPTION
 from pipeline.data.dicomweb import (
     ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsError, PacsQuery, format_studies, remember_credentials,
 )
-from tests.dicom_studies import MARK, UID_ROOT, make_dicom_studies
+from tests.dicom_studies import MARK, UID_ROOT
 from tests.models_fixture import one_thread, trained_model
-from tests.orthanc_server import PASSWORD, USER, Orthanc, missing_reason, silent_server, start_orthanc, web_page_server
+from tests.orthanc_server import (
+    PASSWORD, USER, Loaded, missing_reason, pacs_server, silent_server, web_page_server,
+)
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 LOGIN = Credentials(USER, PASSWORD)
-
-
-class Loaded:
-    def __init__(self, server: Orthanc, identifiers: list[str], labels: dict[str, str], patients: int,
-                 slices: dict[str, int]) -> None:
-        self.server, self.identifiers, self.study_labels, self.patients, self.slices = (
-            server, identifiers, labels, patients, slices)
-
-
-@pytest.fixture(scope="module")
-def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    root = tmp_path_factory.mktemp("pacs")
-    server = start_orthanc(root / "orthanc")
-    try:
-        studies = make_dicom_studies(root / "export", size=32)
-        labels: dict[str, str] = {}
-        slices = {"benign": 0, "malignant": 0, "normal": 0}
-        for item in studies.slices:
-            label = item.path.relative_to(studies.root).parts[0]
-            ds = pydicom.dcmread(item.path)
-            ds.StudyDescription, ds.StudyDate, ds.Modality = f"Chest CT - {label}", "20240315", "CT"
-            labels[str(ds.StudyInstanceUID)] = label
-            slices[label] += 1
-            server.upload(_bytes(ds))
-        # a CT study whose description names no class, and an MR study of another year
-        extra = make_dicom_studies(root / "extra", patients_per_class=1, size=32, seed=5)
-        renamed: dict[str, str] = {}  # the fixture numbers its UIDs from 1 again: give these their own
-        for item in extra.slices:
-            ds = pydicom.dcmread(item.path)
-            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-                old = str(getattr(ds, keyword))
-                new = renamed.setdefault(old, f"{UID_ROOT}.9.{len(renamed) + 1}")
-                setattr(ds, keyword, new)
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.PatientID = f"{ds.get('PatientID', MARK)}-extra"
-            label = item.path.relative_to(extra.root).parts[0]
-            if label == "benign":
-                ds.StudyDescription, ds.StudyDate = "Chest CT follow-up", "20240601"
-            elif label == "malignant":
-                ds.StudyDescription, ds.StudyDate, ds.Modality = "MR thorax malignant", "20220101", "MR"
-            else:
-                continue
-            server.upload(_bytes(ds))
-        yield Loaded(server, [*studies.identifiers, *extra.identifiers, *renamed.values()], labels, len(studies.patients()), slices)
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -87,12 +43,6 @@ def _no_remembered_login(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(ENV_USER, raising=False)
     monkeypatch.delenv(ENV_PASSWORD, raising=False)
     yield
-
-
-def _bytes(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _assert_private(texts: list[str], loaded: Loaded) -> None:

@@ -1,0 +1,79 @@
+"""The Data page's PACS section through Streamlit's AppTest, against a real Orthanc on loopback.
+
+A user gives the server and login, searches, uses the studies found, and the page loads and
+splits them by patient; a wrong password is a message on a page that stays usable. No patient
+identifier, UID or password is shown anywhere on the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.ui.session import DATASET_KEY
+from pipeline.data import DataSpec
+from pipeline.data.dicomweb import is_dicomweb_source, remember_credentials
+from tests.dashboard_helpers import run_until
+from tests.dicom_studies import MARK, UID_ROOT
+from tests.orthanc_server import PASSWORD, USER, Loaded, missing_reason, pacs_server  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+def data_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[DATASET_KEY] = DataSpec(image_size=32, count=36)
+    at.run()
+    at.switch_page("views/data.py")
+    return at.run()
+
+
+def shown(at: AppTest) -> str:
+    return " ".join(str(getattr(element, "proto", "")) for root in (at.main, at.sidebar) for element in root)
+
+
+def search(at: AppTest, server: Loaded, password: str) -> AppTest:
+    at.text_input(key="pacs:data:url").input(server.server.dicomweb)
+    at.text_input(key="pacs:data:user").input(USER)
+    at.text_input(key="pacs:data:password").input(password).run()
+    at.text_input(key="pacs:data:modality").input("CT")
+    at.text_input(key="pacs:data:from").input("2024-01-01")
+    return at.button[[button.label for button in at.button].index("Search the PACS")].click().run()
+
+
+@pytest.fixture(autouse=True)
+def _forget_logins(pacs_server: Loaded, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: F811
+    monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
+    yield
+    remember_credentials(pacs_server.server.dicomweb, None)
+
+
+def test_the_data_page_searches_a_pacs_and_splits_its_studies_by_patient(pacs_server: Loaded) -> None:  # noqa: F811
+    at = search(data_page(), pacs_server, PASSWORD)
+    assert not at.exception and not at.error, [item.value for item in (*at.exception, *at.error)]
+    use = [button for button in at.button if button.label.startswith("Use these")]
+    assert [button.label for button in use] == ["Use these 16 studies"]
+    use[0].click().run()
+    choice = at.session_state[DATASET_KEY]
+    assert is_dicomweb_source(choice.source) and "modality=CT" in choice.source and PASSWORD not in choice.source
+    run_until(at, lambda at: any(item.value.startswith("**DICOM studies:**") for item in at.markdown)
+              or bool(at.error))
+    assert not at.error, [item.value for item in at.error]
+    assert any(item.value.startswith(f"**DICOM studies:** {pacs_server.patients} patients") for item in at.markdown)
+    assert any("No patient is on two sides" in item.value for item in at.success)
+    text = shown(at)
+    for secret in [*pacs_server.identifiers, MARK, UID_ROOT, PASSWORD]:
+        assert secret not in text, f"{secret!r} shown on the page"
+
+
+def test_a_wrong_password_is_a_message_and_the_page_stays_usable(pacs_server: Loaded) -> None:  # noqa: F811
+    at = search(data_page(), pacs_server, "wrong-password-123")
+    assert not at.exception
+    assert any("refused the login (HTTP 401)" in item.value for item in at.error), [item.value for item in at.error]
+    assert "wrong-password-123" not in shown(at)
+    assert not [button for button in at.button if button.label.startswith("Use these")]
+    assert at.session_state[DATASET_KEY] == DataSpec(image_size=32, count=36)  # the dataset choice is untouched
+    assert any(item.value.startswith("**") for item in at.markdown)  # the current dataset is still drawn
