@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,7 @@ from pipeline.data import DataSpec, leakage_report, load_dataset, open_scan, pre
 from pipeline.data.dicom import ATTACKED_DESCRIPTION
 from pipeline.data.dicomweb import (
     ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsError, PacsQuery, format_studies, remember_credentials,
+    remembered_env,
 )
 from tests.dicom_studies import MARK, UID_ROOT
 from tests.models_fixture import one_thread, trained_model
@@ -136,8 +138,8 @@ def test_attack_a_retrieved_slice_and_store_it_back_as_a_new_derived_series(pacs
     original = pacs.retrieve_slice(slices[len(slices) // 2])
     scan = open_scan(original)
     x = torch.from_numpy(preprocess_image(scan.image, 32)).float().div(255.0)[None, None]
-    model = trained_model().model
     with one_thread():
+        model = trained_model().model
         x_adv = get_attack("fgsm", eps=8 / 255)(model, x, torch.tensor([1]))
     attacked = (x_adv[0, 0] * 255).round().to(torch.uint8).numpy()
     assert not np.array_equal(attacked, (x[0, 0] * 255).round().to(torch.uint8).numpy())
@@ -202,3 +204,34 @@ def test_a_server_that_is_down_slow_or_not_dicomweb_gets_a_clear_message(tmp_pat
     with pytest.raises(PacsError, match="holds a user name or password"):
         DataSpec(source=f"dicomweb:http://{USER}:{PASSWORD}@127.0.0.1:1/dicom-web")
     assert main(["pacs", "search", f"http://127.0.0.1:{free_port()}/dicom-web", "--timeout", "5"]) == 2
+
+
+def test_training_on_a_pacs_collection_records_no_identifier_and_a_job_gets_the_login(
+        pacs_server: Loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import jobs
+    from pipeline.training import TrainConfig, train
+    from tests.dashboard_helpers import TINY
+
+    monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
+    source = PacsQuery(pacs_server.server.dicomweb, modality="CT", date_from="20240101").to_source()
+    remember_credentials(pacs_server.server.dicomweb, LOGIN)  # as the dashboard does for its session
+    try:
+        assert remembered_env() == {ENV_USER: USER, ENV_PASSWORD: PASSWORD}
+        with one_thread():
+            run_dir = train(TrainConfig.from_dict({**TINY, "data": source, "image_size": 32, "count": 12}),
+                            tmp_path / "runs")
+        # a background job (how the dashboard trains) logs in with the remembered login, from its environment
+        job = tmp_path / "job"
+        jobs.launch(job, ["pacs", "search", pacs_server.server.dicomweb, "--modality", "CT"])
+        while jobs.job_state(job).running:  # a hang is pytest-timeout's to catch
+            time.sleep(0.5)
+        log = (job / jobs.LOG).read_text()
+    finally:
+        remember_credentials(pacs_server.server.dicomweb, None)
+    assert "16 studies found" in log, log[-2000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    written = [path.read_bytes().decode("latin-1") for path in [*run_dir.rglob("*"), *(tmp_path / "runs").rglob("*"),
+                                                                 *job.rglob("*")] if path.is_file()]
+    assert any(source in text for text in written), "the run does not record its PACS source"
+    assert config["data"]["source"] == source
+    _assert_private(written, pacs_server)

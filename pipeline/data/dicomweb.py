@@ -172,6 +172,19 @@ def remember_credentials(url: str, credentials: Optional[Credentials]) -> None:
             _REMEMBERED[key] = credentials
 
 
+def remembered_env() -> dict[str, str]:
+    """The environment a background job needs to log in as this process does: the one remembered login.
+
+    Empty unless exactly one server's credentials are remembered (the variables hold one login).
+    The password travels in the child's environment only, never on its command line or on disk.
+    """
+    with _REMEMBERED_LOCK:
+        remembered = list(_REMEMBERED.values())
+    if len(remembered) != 1:
+        return {}
+    return {ENV_USER: remembered[0].user, ENV_PASSWORD: remembered[0].password}
+
+
 def credentials_for(url: str, given: Optional[Credentials] = None) -> Optional[Credentials]:
     """``given``, else those remembered for ``url``, else the environment's; None when none is set."""
     if given is not None:
