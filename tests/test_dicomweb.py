@@ -28,7 +28,7 @@ from pipeline.data import DataSpec, leakage_report, load_dataset, open_scan, pre
 from pipeline.data.dicom import ATTACKED_DESCRIPTION
 from pipeline.data.dicomweb import (
     ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsError, PacsQuery, format_studies, remember_credentials,
-    remembered_env,
+    SliceHit, remembered_env,
 )
 from tests.dicom_studies import MARK, UID_ROOT
 from tests.models_fixture import one_thread, trained_model
@@ -198,6 +198,9 @@ def test_a_server_that_is_down_slow_or_not_dicomweb_gets_a_clear_message(tmp_pat
         with pytest.raises(PacsError, match="with something that is not DICOMweb") as caught:
             Pacs(url, LOGIN, timeout=5).search()
         assert "DICOMweb root" in str(caught.value)
+        fake = SliceHit(0, None, None, f"{UID_ROOT}.1", f"{UID_ROOT}.2", f"{UID_ROOT}.3")
+        with pytest.raises(PacsError, match="answered retrieving a slice with something that is not DICOM"):
+            Pacs(url, LOGIN, timeout=5).retrieve_slice(fake)  # a web page where DICOM instances were expected
         spec = DataSpec(source=PacsQuery(url).to_source(), image_size=32)
         with pytest.raises(PacsError, match="not DICOMweb"):
             load_dataset(spec, credentials=LOGIN)

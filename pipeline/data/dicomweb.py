@@ -94,7 +94,7 @@ NOISY_LOGGERS: Final[tuple[str, ...]] = (
 #: Patient and study attributes a stored derived series shares with its original, so that a viewer
 #: files it in the same study (copied as stored elements, never decoded or shown).
 SHARED_WITH_ORIGINAL: Final[tuple[str, ...]] = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
     "StudyDescription",
 )
@@ -668,12 +668,12 @@ def derived_instance(original: bytes, attacked: np.ndarray, *, window: Window = 
     is not a readable DICOM image.
     """
     out = pydicom.dcmread(io.BytesIO(attacked_dicom(original, attacked, window)))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # a parser warning about an odd value would quote it
         warnings.simplefilter("ignore")
         source = pydicom.dcmread(io.BytesIO(original), stop_before_pixels=True, force=True)
-    for keyword in SHARED_WITH_ORIGINAL:
-        if keyword in source:
-            out[keyword] = source[keyword]  # the stored element, never decoded
+        for keyword in SHARED_WITH_ORIGINAL:
+            if keyword in source:
+                out[keyword] = source[keyword]  # copied as it stands, never shown or logged
     for keyword in ("PatientIdentityRemoved", "DeidentificationMethod"):
         if keyword in out:
             del out[keyword]
