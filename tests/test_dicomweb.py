@@ -122,6 +122,13 @@ def test_a_label_file_names_the_studies_and_their_classes(pacs_server: Loaded, t
     ds = load_dataset(spec, credentials=LOGIN)
     assert ds.studies is not None and ds.studies.counts()["studies"] == 3
     assert set(ds.class_counts()) == {"benign", "malignant", "normal"} and min(ds.class_counts().values()) > 0
+    # a row may name a series (its study is found on the server); only that series is then used
+    pacs = Pacs(pacs_server.server.dicomweb, LOGIN)
+    (study,) = pacs.search(study_uids=[chosen["normal"]])
+    series = pacs.series(study)[0]
+    labels.write_text(f"{series.uid},benign\n")
+    one = load_dataset(spec, credentials=LOGIN)
+    assert one.class_counts() == {"benign": series.instances, "malignant": 0, "normal": 0}
     labels.write_text(f"{next(iter(chosen.values()))},pneumonia\n")
     with pytest.raises(PacsError, match="line 1 of the label file names the class 'pneumonia'"):
         load_dataset(spec, credentials=LOGIN)
@@ -220,6 +227,14 @@ def test_training_on_a_pacs_collection_records_no_identifier_and_a_job_gets_the_
     remember_credentials(pacs_server.server.dicomweb, LOGIN)  # as the dashboard does for its session
     try:
         assert remembered_env() == {ENV_USER: USER, ENV_PASSWORD: PASSWORD}
+        # an adversarial slice stored back into a labelled study is never trained on as a scan of its class
+        pacs = Pacs(pacs_server.server.dicomweb)
+        series = pacs.series(pacs.search(PacsQuery(pacs.url, description="*benign*"))[0])[0]
+        original = pacs.retrieve_slice(pacs.slices(series)[0])
+        pacs.store_derived(original, 255 - open_scan(original).image, method="a test")
+        ds = load_dataset(DataSpec(source=source, image_size=32))
+        assert ds.class_counts() == pacs_server.slices
+        assert any("adversarial series stored back by this lab left out" in note for note in ds.report.notes)
         with one_thread():
             run_dir = train(TrainConfig.from_dict({**TINY, "data": source, "image_size": 32, "count": 12}),
                             tmp_path / "runs")

@@ -742,16 +742,35 @@ class Collection:
 
 
 def labelled_series(pacs: Pacs, query: PacsQuery) -> Collection:
-    """Search ``query``'s studies and label their series (module docstring); raises :class:`PacsError` when none is."""
+    """Search ``query``'s studies and label their series (module docstring); raises :class:`PacsError` when none is.
+
+    Left out, each counted in a note: series of another modality than ``query.modality`` (the
+    localisers and reports of a CT study), adversarial series this lab stored back (their
+    Series Description is :data:`ATTACKED_DESCRIPTION`: they must never be trained on as scans
+    of their study's class), and unlabelled series.
+    """
     mapping = read_label_file(query.label_file) if query.label_file is not None else None
-    hits = pacs.search(query, study_uids=list(mapping) if mapping is not None else ())
+    study_uids: list[str] = []
+    if mapping is not None:
+        study_uids = list(mapping)
+        with pacs._talking("finding the studies of the label file's series"):  # rows may name series only
+            for uid in mapping:
+                study_uids += [_text(item, _STUDY_UID) for item in pacs._qido(
+                    "series", {"SeriesInstanceUID": uid, "includefield": "StudyInstanceUID"}, "a series search")]
+    hits = pacs.search(query, study_uids=[uid for uid in study_uids if uid])
     if not hits:
         raise PacsError(f"the search found no study on the PACS at {pacs.url}; widen the dates or the description, "
                         "or check the label file's UIDs")
     chosen: list[tuple[SeriesHit, str]] = []
-    unlabelled = 0
+    unlabelled = other_modality = adversarial = 0
     for study in hits:
         for series in pacs.series(study):
+            if series.description == ATTACKED_DESCRIPTION:
+                adversarial += 1
+                continue
+            if query.modality and series.modality and series.modality.upper() != query.modality:
+                other_modality += 1
+                continue
             label = (mapping.get(series.uid) or mapping.get(study.uid)) if mapping is not None else series.label
             if label is None:
                 unlabelled += 1
@@ -762,6 +781,11 @@ def labelled_series(pacs: Pacs, query: PacsQuery) -> Collection:
         how = ("the label file names neither them nor their study" if mapping is not None else
                "their series and study descriptions name no single class (benign, malignant or normal)")
         notes.append(f"{unlabelled} series left out: {how}")
+    if other_modality:
+        notes.append(f"{other_modality} series of another modality than {query.modality} left out")
+    if adversarial:
+        notes.append(f"{adversarial} adversarial series stored back by this lab left out (they are not scans "
+                     "of their study's class)")
     if not chosen:
         raise PacsError(f"none of the {len(hits)} studies found has a labelled series: "
                         f"{notes[-1].split(': ', 1)[-1]}. Label them by description or with labels=<CSV file>")
