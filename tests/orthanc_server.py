@@ -27,10 +27,13 @@ import pydicom
 import pytest
 import requests
 
-from tests.dicom_studies import UID_ROOT, MARK, make_dicom_studies
+from tests.dicom_studies import MARK, UID_ROOT, make_dicom_studies
 
 USER, PASSWORD = "lab-tester", "S3cret-test-pw"
-PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
+PLUGIN_GLOBS = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so*",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
+)
 
 
 def orthanc_binary() -> Optional[str]:
@@ -100,7 +103,7 @@ class Orthanc:
 
 @dataclass
 class Loaded:
-    """A loaded PACS: every identifier written into it, each study's class, the patient and per-class slice counts."""
+    """A loaded PACS: every identifier written, each study's class, patient and per-class slice counts."""
 
     server: Orthanc
     identifiers: list[str]
@@ -109,9 +112,13 @@ class Loaded:
     slices: dict[str, int]
 
 
-@pytest.fixture(scope="module")
-def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    """A loaded Orthanc for one test module (import this fixture into it)."""
+def running_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    """A started and loaded Orthanc, stopped when the generator ends: the body of a module fixture.
+
+    Skips (with the reason) where Orthanc or its DICOMweb plugin is not installed.
+    """
+    if missing_reason() is not None:
+        pytest.skip(missing_reason() or "")
     root = tmp_path_factory.mktemp("pacs")
     server = start_orthanc(root / "orthanc")
     try:
@@ -152,8 +159,13 @@ def load_studies(server: Orthanc, root: Path) -> Loaded:
         else:
             continue
         server.upload(_bytes(ds))
-    return Loaded(server, [*studies.identifiers, *extra.identifiers, *renamed.values()], labels,
-                  len(studies.patients()), slices)
+    return Loaded(
+        server,
+        [*studies.identifiers, *extra.identifiers, *renamed.values()],
+        labels,
+        len(studies.patients()),
+        slices,
+    )
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -163,7 +175,7 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def start_orthanc(folder: Path) -> Orthanc:
-    """Start Orthanc with a generated config in ``folder``; raises RuntimeError (with its log) if it does not come up."""
+    """Start Orthanc with a generated config in ``folder``; RuntimeError (with its log) if it fails."""
     binary, plugin = orthanc_binary(), dicomweb_plugin()
     assert binary is not None and plugin is not None, missing_reason()
     folder.mkdir(parents=True, exist_ok=True)

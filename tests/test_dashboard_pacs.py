@@ -20,10 +20,14 @@ from pipeline.data.dicomweb import Credentials, Pacs, PacsQuery, is_dicomweb_sou
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY, run_until
 from tests.dicom_studies import MARK, UID_ROOT
-from tests.orthanc_server import PASSWORD, USER, Loaded, missing_reason, pacs_server  # noqa: F401 (a fixture)
+from tests.orthanc_server import PASSWORD, USER, Loaded, running_pacs
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    yield from running_pacs(tmp_path_factory)
 
 
 def open_page(name: str, **state: object) -> AppTest:
@@ -65,48 +69,66 @@ def search(at: AppTest, server: Loaded, password: str, page: str = "data", descr
 
 
 @pytest.fixture(autouse=True)
-def _forget_logins(pacs_server: Loaded, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: F811
+def _forget_logins(pacs_server: Loaded, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
     yield
     remember_credentials(pacs_server.server.dicomweb, None)
 
 
-def test_the_data_page_searches_a_pacs_and_splits_its_studies_by_patient(pacs_server: Loaded) -> None:  # noqa: F811
+def test_the_data_page_searches_a_pacs_and_splits_its_studies_by_patient(pacs_server: Loaded) -> None:
     at = search(data_page(), pacs_server, PASSWORD)
     assert not at.exception and not at.error, [item.value for item in (*at.exception, *at.error)]
     use = [button for button in at.button if button.label.startswith("Use these")]
     assert [button.label for button in use] == ["Use these 16 studies"]
     use[0].click().run()
     choice = at.session_state[DATASET_KEY]
-    assert is_dicomweb_source(choice.source) and "modality=CT" in choice.source and PASSWORD not in choice.source
-    run_until(at, lambda at: any(item.value.startswith("**DICOM studies:**") for item in at.markdown)
-              or bool(at.error))
+    assert (
+        is_dicomweb_source(choice.source) and "modality=CT" in choice.source and PASSWORD not in choice.source
+    )
+    run_until(
+        at,
+        lambda at: any(item.value.startswith("**DICOM studies:**") for item in at.markdown) or bool(at.error),
+    )
     assert not at.error, [item.value for item in at.error]
-    assert any(item.value.startswith(f"**DICOM studies:** {pacs_server.patients} patients") for item in at.markdown)
+    assert any(
+        item.value.startswith(f"**DICOM studies:** {pacs_server.patients} patients") for item in at.markdown
+    )
     assert any("No patient is on two sides" in item.value for item in at.success)
     text = shown(at)
     for secret in [*pacs_server.identifiers, MARK, UID_ROOT, PASSWORD]:
         assert secret not in text, f"{secret!r} shown on the page"
 
 
-def test_a_wrong_password_is_a_message_and_the_page_stays_usable(pacs_server: Loaded) -> None:  # noqa: F811
+def test_a_wrong_password_is_a_message_and_the_page_stays_usable(pacs_server: Loaded) -> None:
     at = search(data_page(), pacs_server, "wrong-password-123")
     assert not at.exception
-    assert any("refused the login (HTTP 401)" in item.value for item in at.error), [item.value for item in at.error]
+    assert any("refused the login (HTTP 401)" in item.value for item in at.error), [
+        item.value for item in at.error
+    ]
     assert "wrong-password-123" not in shown(at)
     assert not [button for button in at.button if button.label.startswith("Use these")]
-    assert at.session_state[DATASET_KEY] == DataSpec(image_size=32, count=36)  # the dataset choice is untouched
+    assert at.session_state[DATASET_KEY] == DataSpec(
+        image_size=32, count=36
+    )  # the dataset choice is untouched
     assert any(item.value.startswith("**") for item in at.markdown)  # the current dataset is still drawn
 
 
-def test_the_attack_page_attacks_a_pacs_slice_and_stores_it_back(pacs_server: Loaded, runs: Path) -> None:  # noqa: F811
-    at = search(open_page("attack", **{"attack:source": "PACS"}), pacs_server, PASSWORD, "attack", "*malignant*")
+def test_the_attack_page_attacks_a_pacs_slice_and_stores_it_back(pacs_server: Loaded, runs: Path) -> None:
+    at = search(
+        open_page("attack", **{"attack:source": "PACS"}), pacs_server, PASSWORD, "attack", "*malignant*"
+    )
     assert not at.exception and not at.error, [item.value for item in (*at.exception, *at.error)]
     assert at.selectbox(key="pacs:attack:label").value == "malignant"  # from the study description
-    assert any("shown as the model sees it" in caption for image in at.get("image") for caption in image.captions)
+    assert any(
+        "shown as the model sees it" in caption for image in at.get("image") for caption in image.captions
+    )
     at.button(key="attack:run").click().run()
-    run_until(at, lambda at: "attack.task" not in at.session_state
-              and ("attack.result" in at.session_state or bool(at.error)))
+    run_until(
+        at,
+        lambda at: (
+            "attack.task" not in at.session_state and ("attack.result" in at.session_state or bool(at.error))
+        ),
+    )
     assert not at.exception and not at.error, [item.value for item in (*at.exception, *at.error)]
     assert "Attacked scan (DICOM)" in {button.label for button in at.download_button}
     pacs = Pacs(pacs_server.server.dicomweb, Credentials(USER, PASSWORD))
@@ -116,10 +138,14 @@ def test_the_attack_page_attacks_a_pacs_slice_and_stores_it_back(pacs_server: Lo
     assert store, [button.label for button in at.button]
     store[0].click().run()
     assert not at.exception and not at.error, [item.value for item in (*at.exception, *at.error)]
-    assert any("as a new series" in item.value and "the original is unchanged" in item.value for item in at.success)
+    assert any(
+        "as a new series" in item.value and "the original is unchanged" in item.value for item in at.success
+    )
     after = pacs.series(study)
     assert len(after) == len(before) + 1
-    assert [item.description for item in after if item.uid not in {old.uid for old in before}] == [ATTACKED_DESCRIPTION]
+    assert [item.description for item in after if item.uid not in {old.uid for old in before}] == [
+        ATTACKED_DESCRIPTION
+    ]
     text = shown(at)
     for secret in [*pacs_server.identifiers, MARK, UID_ROOT, PASSWORD]:
         assert secret not in text, f"{secret!r} shown on the page"

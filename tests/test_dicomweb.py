@@ -27,17 +27,35 @@ from pipeline.attacks import get_attack
 from pipeline.data import DataSpec, leakage_report, load_dataset, open_scan, preprocess_image, split_dataset
 from pipeline.data.dicom import ATTACKED_DESCRIPTION
 from pipeline.data.dicomweb import (
-    ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsError, PacsQuery, format_studies, remember_credentials,
-    SliceHit, remembered_env,
+    ENV_PASSWORD,
+    ENV_USER,
+    Credentials,
+    Pacs,
+    PacsError,
+    PacsQuery,
+    SliceHit,
+    format_studies,
+    label_of,
+    remember_credentials,
+    remembered_env,
 )
 from tests.dicom_studies import MARK, UID_ROOT
 from tests.models_fixture import one_thread, trained_model
 from tests.orthanc_server import (
-    PASSWORD, USER, Loaded, missing_reason, pacs_server, silent_server, web_page_server,
+    PASSWORD,
+    USER,
+    Loaded,
+    running_pacs,
+    silent_server,
+    web_page_server,
 )
 
-pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
 LOGIN = Credentials(USER, PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    yield from running_pacs(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +66,9 @@ def _no_remembered_login(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _assert_private(texts: list[str], loaded: Loaded) -> None:
-    assert any(MARK in value for value in loaded.identifiers) and any(UID_ROOT in value for value in loaded.identifiers)
+    assert any(MARK in value for value in loaded.identifiers) and any(
+        UID_ROOT in value for value in loaded.identifiers
+    )
     for secret in [*loaded.identifiers, MARK, UID_ROOT, PASSWORD]:
         leaked = [text[:200] for text in texts if secret in text]
         assert not leaked, f"{secret!r} shown, logged or recorded: {leaked[:2]}"
@@ -59,7 +79,9 @@ def test_search_by_modality_date_description_and_study_list(pacs_server: Loaded)
     ct = pacs.search(PacsQuery(pacs.url, modality="CT"))
     assert len(ct) == 16  # 15 labelled studies and the follow-up
     assert [hit.number for hit in ct] == list(range(1, 17))
-    assert sorted(hit.label or "" for hit in ct).count("malignant") == 5  # patient 1 of each class has 2 studies
+    assert (
+        sorted(hit.label or "" for hit in ct).count("malignant") == 5
+    )  # patient 1 of each class has 2 studies
     assert sum(hit.instances or 0 for hit in ct if hit.label) == sum(pacs_server.slices.values())
     mr = pacs.search(PacsQuery(pacs.url, date_from="2022-01-01", date_to="20221231"))
     assert [(hit.modalities, hit.label, hit.date) for hit in mr] == [("MR", "malignant", "2022-01-01")]
@@ -72,13 +94,26 @@ def test_search_by_modality_date_description_and_study_list(pacs_server: Loaded)
     assert [hit.token for hit in picked] == [listed[0].token]
     series = pacs.series(listed[0])
     assert series and all(item.label == "normal" for item in series)
-    _assert_private([repr(ct), format_studies(ct), repr(series), *(item.title() for item in series),
-                     json.dumps([hit.row() for hit in ct]), repr(pacs)], pacs_server)
+    _assert_private(
+        [
+            repr(ct),
+            format_studies(ct),
+            repr(series),
+            *(item.title() for item in series),
+            json.dumps([hit.row() for hit in ct]),
+            repr(pacs),
+        ],
+        pacs_server,
+    )
 
 
 def test_a_labelled_collection_splits_by_patient_and_no_identifier_gets_out(
-        pacs_server: Loaded, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pacs_server: Loaded,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     monkeypatch.setenv("LUNGLAB_CACHE_DIR", str(tmp_path / "cache"))
     caplog.set_level(logging.DEBUG)
     query = PacsQuery(pacs_server.server.dicomweb, modality="CT", date_from="20240101", date_to="20241231")
@@ -90,12 +125,18 @@ def test_a_labelled_collection_splits_by_patient_and_no_identifier_gets_out(
         leaks = leakage_report(ds, split)
         monkeypatch.setenv(ENV_USER, USER)
         monkeypatch.setenv(ENV_PASSWORD, PASSWORD)
-        assert main(["pacs", "search", pacs_server.server.dicomweb, "--modality", "CT", "--timeout", "20"]) == 0
+        assert (
+            main(["pacs", "search", pacs_server.server.dicomweb, "--modality", "CT", "--timeout", "20"]) == 0
+        )
         again = load_dataset(spec)  # the environment's login, as a background job gets it
     printed = capsys.readouterr()
     assert ds.studies is not None
-    assert ds.studies.counts() == {"patients": pacs_server.patients, "studies": 15, "series": 18,
-                                   "slices": sum(pacs_server.slices.values())}
+    assert ds.studies.counts() == {
+        "patients": pacs_server.patients,
+        "studies": 15,
+        "series": 18,
+        "slices": sum(pacs_server.slices.values()),
+    }
     assert ds.class_counts() == pacs_server.slices
     assert any("1 series left out" in note and "name no single class" in note for note in ds.report.notes)
     assert split.report["studies"]["patients_on_two_sides"] == 0 and leaks["patients_on_two_sides"] == 0
@@ -103,10 +144,24 @@ def test_a_labelled_collection_splits_by_patient_and_no_identifier_gets_out(
     assert again.fingerprint == ds.fingerprint and not ds.is_synthetic
     assert "16 studies found" in printed.out and "Chest CT - malignant" in printed.out
     assert "--data 'dicomweb:" in printed.out
-    files = [path.read_bytes().decode("latin-1") for path in (tmp_path / "cache").rglob("*") if path.is_file()]
-    texts = [json.dumps(ds.report.to_dict()), repr(ds), ds.name, ds.source, json.dumps(spec.to_dict()),
-             json.dumps(split.to_dict()), json.dumps(leaks), json.dumps(ds.studies.to_dict()), printed.out, printed.err,
-             *[record.getMessage() for record in caplog.records], *[str(item.message) for item in caught], *files]
+    files = [
+        path.read_bytes().decode("latin-1") for path in (tmp_path / "cache").rglob("*") if path.is_file()
+    ]
+    texts = [
+        json.dumps(ds.report.to_dict()),
+        repr(ds),
+        ds.name,
+        ds.source,
+        json.dumps(spec.to_dict()),
+        json.dumps(split.to_dict()),
+        json.dumps(leaks),
+        json.dumps(ds.studies.to_dict()),
+        printed.out,
+        printed.err,
+        *[record.getMessage() for record in caplog.records],
+        *[str(item.message) for item in caught],
+        *files,
+    ]
     _assert_private(texts, pacs_server)
 
 
@@ -118,7 +173,9 @@ def test_a_label_file_names_the_studies_and_their_classes(pacs_server: Loaded, t
     # the file may relabel: the benign study is called malignant here, and the file wins over descriptions
     flipped = {"benign": "malignant", "malignant": "benign", "normal": "normal"}
     labels.write_text("uid,label\n" + "".join(f"{uid},{flipped[label]}\n" for label, uid in chosen.items()))
-    spec = DataSpec(source=PacsQuery(pacs_server.server.dicomweb, labels=str(labels)).to_source(), image_size=32)
+    spec = DataSpec(
+        source=PacsQuery(pacs_server.server.dicomweb, labels=str(labels)).to_source(), image_size=32
+    )
     ds = load_dataset(spec, credentials=LOGIN)
     assert ds.studies is not None and ds.studies.counts()["studies"] == 3
     assert set(ds.class_counts()) == {"benign", "malignant", "normal"} and min(ds.class_counts().values()) > 0
@@ -167,7 +224,9 @@ def test_attack_a_retrieved_slice_and_store_it_back_as_a_new_derived_series(pacs
     assert "NOT FOR DIAGNOSIS" in ds.DerivationDescription and "not for diagnosis" in ds.SeriesDescription
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert np.array_equal(open_scan(derived).image, attacked)  # reads back as the attacked pixels
-    assert {hashlib.sha256(data).hexdigest() for data in pacs.retrieve_series(series)} == before  # original untouched
+    assert {
+        hashlib.sha256(data).hexdigest() for data in pacs.retrieve_series(series)
+    } == before  # original untouched
     assert len(pacs.slices(series)) == len(slices)
 
 
@@ -190,13 +249,16 @@ def test_a_wrong_password_is_refused_with_a_clear_message(pacs_server: Loaded) -
     assert PASSWORD not in text
     with pytest.raises(TypeError):
         import pickle
+
         pickle.dumps(LOGIN)
 
 
 def test_a_server_that_is_down_slow_or_not_dicomweb_gets_a_clear_message(tmp_path: Path) -> None:
     from tests.orthanc_server import free_port
 
-    with pytest.raises(PacsError, match=r"cannot reach the PACS at http://127\.0\.0\.1:\d+/dicom-web .*running"):
+    with pytest.raises(
+        PacsError, match=r"cannot reach the PACS at http://127\.0\.0\.1:\d+/dicom-web .*running"
+    ):
         Pacs(f"http://127.0.0.1:{free_port()}/dicom-web", LOGIN, timeout=5).search()
     for url in silent_server():
         with pytest.raises(PacsError, match=r"did not answer within 1 s while searching for studies"):
@@ -217,7 +279,8 @@ def test_a_server_that_is_down_slow_or_not_dicomweb_gets_a_clear_message(tmp_pat
 
 
 def test_training_on_a_pacs_collection_records_no_identifier_and_a_job_gets_the_login(
-        pacs_server: Loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pacs_server: Loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipeline import jobs
     from pipeline.training import TrainConfig, train
     from tests.dashboard_helpers import TINY
@@ -236,8 +299,10 @@ def test_training_on_a_pacs_collection_records_no_identifier_and_a_job_gets_the_
         assert ds.class_counts() == pacs_server.slices
         assert any("adversarial series stored back by this lab left out" in note for note in ds.report.notes)
         with one_thread():
-            run_dir = train(TrainConfig.from_dict({**TINY, "data": source, "image_size": 32, "count": 12}),
-                            tmp_path / "runs")
+            run_dir = train(
+                TrainConfig.from_dict({**TINY, "data": source, "image_size": 32, "count": 12}),
+                tmp_path / "runs",
+            )
         # a background job (how the dashboard trains) logs in with the remembered login, from its environment
         job = tmp_path / "job"
         jobs.launch(job, ["pacs", "search", pacs_server.server.dicomweb, "--modality", "CT"])
@@ -248,8 +313,43 @@ def test_training_on_a_pacs_collection_records_no_identifier_and_a_job_gets_the_
         remember_credentials(pacs_server.server.dicomweb, None)
     assert "16 studies found" in log, log[-2000:]
     config = json.loads((run_dir / "config.json").read_text())
-    written = [path.read_bytes().decode("latin-1") for path in [*run_dir.rglob("*"), *(tmp_path / "runs").rglob("*"),
-                                                                 *job.rglob("*")] if path.is_file()]
+    written = [
+        path.read_bytes().decode("latin-1")
+        for path in [*run_dir.rglob("*"), *(tmp_path / "runs").rglob("*"), *job.rglob("*")]
+        if path.is_file()
+    ]
     assert any(source in text for text in written), "the run does not record its PACS source"
     assert config["data"]["source"] == source
     _assert_private(written, pacs_server)
+
+
+def test_a_pacs_source_text_round_trips_and_refuses_what_it_must_not_hold() -> None:
+    query = PacsQuery(
+        "HTTPS://pacs.example:443/dicom-web/", modality="ct", date_from="2024-01-01", date_to="",
+        description="Chest CT & lung*", labels="/data/my labels&x.csv", picks=("0123456789ABCDEF",),
+    )
+    source = query.to_source()
+    assert source.startswith("dicomweb:https://pacs.example:443/dicom-web?modality=CT&")
+    assert PacsQuery.from_source(source) == query and DataSpec(source=source).source == source
+    assert PacsQuery.from_source(source).date_from == "20240101" and query.picks == ("0123456789abcdef",)
+    for bad, message in (
+        ("dicomweb:http://me:pw@pacs/dicom-web", "holds a user name or password"),
+        ("dicomweb:ftp://pacs/dicom-web", "must start with http:// or https://"),
+        ("dicomweb:http://pacs/dicom-web?date=2024", "YYYYMMDD-YYYYMMDD"),
+        ("dicomweb:http://pacs/dicom-web?date=20241231-20240101", "after the last one"),
+        ("dicomweb:http://pacs/dicom-web?patient=x", "unknown setting 'patient'"),
+        ("dicomweb:http://pacs/dicom-web?pick=1.2.3", "16-digit hex token"),
+        ("dicomweb:http://pacs/dicom-web?modality=C%20T", "short code"),
+    ):
+        with pytest.raises(PacsError, match=message) as caught:
+            DataSpec(source=bad)
+        assert "pw@" not in str(caught.value)
+
+
+def test_labels_come_from_one_class_word_in_a_description() -> None:
+    assert label_of("LUNG CT - Malignant") == "malignant"
+    assert label_of("Bengin cases") == "benign"  # Kaggle's spelling
+    assert label_of("", "Chest CT - normal") == "normal"  # the series says nothing: the study does
+    assert label_of("abnormal findings") is None and label_of("benignity") is None  # whole words only
+    assert label_of("benign vs malignant", "normal") is None  # two classes: not guessed
+    assert label_of("follow-up", "") is None

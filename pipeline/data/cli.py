@@ -18,34 +18,65 @@ import sys
 from typing import Any, Optional
 
 from pipeline.data.dicomweb import (
-    DEFAULT_TIMEOUT, ENV_PASSWORD, ENV_USER, Credentials, Pacs, PacsQuery, date_range, format_studies, study_token,
+    DEFAULT_TIMEOUT,
+    ENV_PASSWORD,
+    ENV_USER,
+    Credentials,
+    Pacs,
+    PacsQuery,
+    date_range,
+    format_studies,
+    study_token,
 )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "pacs", help="search a PACS over DICOMweb, and check a PACS collection before training on it",
+        "pacs",
+        help="search a PACS over DICOMweb, and check a PACS collection before training on it",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="example: python -m pipeline pacs search http://pacs:8042/dicom-web --modality CT "
-               "--date 20240101-20241231 --description '*lung*'",
+        "--date 20240101-20241231 --description '*lung*'",
     )
     actions = parser.add_subparsers(dest="action", required=True)
-    for name, help_text in (("search", "list the studies a search finds and the --data text naming them"),
-                            ("load", "retrieve the collection and print what training would get")):
+    for name, help_text in (
+        ("search", "list the studies a search finds and the --data text naming them"),
+        ("load", "retrieve the collection and print what training would get"),
+    ):
         action = actions.add_parser(name, help=help_text)
-        action.add_argument("url", help="the DICOMweb root, e.g. http://pacs:8042/dicom-web (no credentials in it)")
+        action.add_argument(
+            "url", help="the DICOMweb root, e.g. http://pacs:8042/dicom-web (no credentials in it)"
+        )
         action.add_argument("--modality", default="", help="a modality the study holds, e.g. CT")
-        action.add_argument("--date", default="", help="study dates YYYYMMDD-YYYYMMDD (either end may be left out)")
-        action.add_argument("--description", default="", help="Study Description to match; * and ? are wildcards")
-        action.add_argument("--study", action="append", default=[], metavar="UID",
-                            help="only this Study Instance UID (repeatable); the --data text names it by token")
-        action.add_argument("--pick", action="append", default=[], metavar="TOKEN",
-                            help="only the study with this token from an earlier search (repeatable)")
-        action.add_argument("--labels", default="description",
-                            help="'description' (class word in the series or study description) or a CSV of "
-                                 "uid,label rows")
+        action.add_argument(
+            "--date", default="", help="study dates YYYYMMDD-YYYYMMDD (either end may be left out)"
+        )
+        action.add_argument(
+            "--description", default="", help="Study Description to match; * and ? are wildcards"
+        )
+        action.add_argument(
+            "--study",
+            action="append",
+            default=[],
+            metavar="UID",
+            help="only this Study Instance UID (repeatable); the --data text names it by token",
+        )
+        action.add_argument(
+            "--pick",
+            action="append",
+            default=[],
+            metavar="TOKEN",
+            help="only the study with this token from an earlier search (repeatable)",
+        )
+        action.add_argument(
+            "--labels",
+            default="description",
+            help="'description' (class word in the series or study description) or a CSV of uid,label rows",
+        )
         action.add_argument("--user", default=None, help=f"user name (password from {ENV_PASSWORD} or asked)")
-        action.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the server")
+        action.add_argument(
+            "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the server"
+        )
         action.add_argument("--image-size", type=int, default=224, help="scan size for 'load'")
         action.set_defaults(func=run)
     return parser
@@ -62,18 +93,28 @@ def _credentials(user: Optional[str]) -> Optional[Credentials]:
 
 def run(args: argparse.Namespace) -> int:
     first, last = date_range(args.date)
-    query = PacsQuery(args.url, modality=args.modality, date_from=first, date_to=last,
-                      description=args.description, labels=args.labels,
-                      picks=(*args.pick, *(study_token(uid) for uid in args.study)))
+    query = PacsQuery(
+        args.url,
+        modality=args.modality,
+        date_from=first,
+        date_to=last,
+        description=args.description,
+        labels=args.labels,
+        picks=(*args.pick, *(study_token(uid) for uid in args.study)),
+    )
     credentials = _credentials(args.user)
     if args.action == "search":
         hits = Pacs(query.url, credentials, timeout=args.timeout).search(query, study_uids=args.study)
         print(format_studies(hits))
-        print(f"\n{len(hits)} {'study' if len(hits) == 1 else 'studies'} found on {query.url}. "
-              f"Train or evaluate on them with:\n  --data {shlex.quote(query.to_source())}")
+        print(
+            f"\n{len(hits)} {'study' if len(hits) == 1 else 'studies'} found on {query.url}. "
+            f"Train or evaluate on them with:\n  --data {shlex.quote(query.to_source())}"
+        )
         if query.label_file is None and hits and not any(hit.label for hit in hits):
-            print("No study description names a class (benign, malignant, normal): series descriptions may, "
-                  "or give --labels <CSV of uid,label rows>.")
+            print(
+                "No study description names a class (benign, malignant, normal): series descriptions may, "
+                "or give --labels <CSV of uid,label rows>."
+            )
         if not os.environ.get(ENV_USER) and credentials is not None:
             print(f"A background job reads the login from {ENV_USER} / {ENV_PASSWORD}.")
         return 0

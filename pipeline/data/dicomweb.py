@@ -89,13 +89,25 @@ CLASS_WORD: Final[re.Pattern[str]] = re.compile(r"(?<![a-z])(bengin|benign|malig
 TOKEN: Final[re.Pattern[str]] = re.compile(r"^[0-9a-f]{16}$")
 #: Loggers that quote request URLs (which hold UIDs): their records are dropped during a request.
 NOISY_LOGGERS: Final[tuple[str, ...]] = (
-    "dicomweb_client.web", "dicomweb_client.session_utils", "urllib3.connectionpool",
+    "dicomweb_client.web",
+    "dicomweb_client.session_utils",
+    "urllib3.connectionpool",
 )
 #: Patient and study attributes a stored derived series shares with its original, so that a viewer
 #: files it in the same study (copied as stored elements, never decoded or shown).
 SHARED_WITH_ORIGINAL: Final[tuple[str, ...]] = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
     "StudyDescription",
 )
 
@@ -105,7 +117,12 @@ log = logging.getLogger("lunglab.dicomweb")
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 _STUDY_DATE, _STUDY_DESCRIPTION, _MODALITIES = "00080020", "00081030", "00080061"
 _STUDY_SERIES, _STUDY_INSTANCES = "00201206", "00201208"
-_MODALITY, _SERIES_DESCRIPTION, _SERIES_NUMBER, _SERIES_INSTANCES = "00080060", "0008103E", "00200011", "00201209"
+_MODALITY, _SERIES_DESCRIPTION, _SERIES_NUMBER, _SERIES_INSTANCES = (
+    "00080060",
+    "0008103E",
+    "00200011",
+    "00201209",
+)
 _POSITION_TAGS: Final[tuple[str, ...]] = ("00200032", "00200037", "00201041", "00200013")
 
 
@@ -141,6 +158,7 @@ def _quietly() -> Iterator[None]:
 
 
 # --- credentials ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -199,6 +217,7 @@ def credentials_for(url: str, given: Optional[Credentials] = None) -> Optional[C
 
 # --- naming a collection -------------------------------------------------------------------------
 
+
 def is_dicomweb_source(source: str) -> bool:
     """Whether a DataSpec source names a PACS collection (``dicomweb:http...``)."""
     return str(source).strip().lower().startswith(SCHEME)
@@ -212,26 +231,33 @@ def server_url(url: str) -> str:
     """
     text = str(url).strip()
     if text.lower().startswith(SCHEME):
-        text = text[len(SCHEME):]
+        text = text[len(SCHEME) :]
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        raise PacsError("the PACS address is not a valid URL; write it like http://pacs.example:8042/dicom-web") from None
+        raise PacsError(
+            "the PACS address is not a valid URL; write it like http://pacs.example:8042/dicom-web"
+        ) from None
     if parts.username is not None or parts.password is not None:
         raise PacsError(
             "the PACS address holds a user name or password; remove them from the URL (it is stored in run "
-            f"records) and give them in the user and password fields, or as {ENV_USER} / {ENV_PASSWORD}")
+            f"records) and give them in the user and password fields, or as {ENV_USER} / {ENV_PASSWORD}"
+        )
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise PacsError(f"the PACS address must start with http:// or https:// and name a host, like "
-                        f"http://pacs.example:8042/dicom-web (got {text[:80]!r})")
+        raise PacsError(
+            f"the PACS address must start with http:// or https:// and name a host, like "
+            f"http://pacs.example:8042/dicom-web (got {text[:80]!r})"
+        )
     netloc = parts.hostname + (f":{port}" if port is not None else "")
     return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
 
 
 def study_token(study_uid: str) -> str:
     """A one-way token (16 hex digits of SHA-256) naming a study in a source text without its UID."""
-    return hashlib.sha256(b"lunglab-dicomweb-study\0" + study_uid.strip().encode("ascii", "replace")).hexdigest()[:16]
+    return hashlib.sha256(
+        b"lunglab-dicomweb-study\0" + study_uid.strip().encode("ascii", "replace")
+    ).hexdigest()[:16]
 
 
 def _date(text: str, what: str) -> str:
@@ -254,7 +280,9 @@ def date_range(text: str) -> tuple[str, str]:
         return single.group(1), single.group(1)
     span = re.fullmatch(rf"{_DAY}?\s*-\s*{_DAY}?", text)
     if span is None:
-        raise PacsError(f"a study date range is written YYYYMMDD-YYYYMMDD (either end may be left out; got {text[:30]!r})")
+        raise PacsError(
+            f"a study date range is written YYYYMMDD-YYYYMMDD (either end may be left out; got {text[:30]!r})"
+        )
     return span.group(1) or "", span.group(2) or ""
 
 
@@ -292,7 +320,9 @@ class PacsQuery:
         picks = tuple(sorted({pick.strip().lower() for pick in self.picks if pick.strip()}))
         bad = [pick for pick in picks if not TOKEN.match(pick)]
         if bad:
-            raise PacsError(f"a picked study is named by a 16-digit hex token from a search (got {bad[0][:20]!r})")
+            raise PacsError(
+                f"a picked study is named by a 16-digit hex token from a search (got {bad[0][:20]!r})"
+            )
         object.__setattr__(self, "picks", picks)
 
     @property
@@ -302,10 +332,16 @@ class PacsQuery:
 
     def to_source(self) -> str:
         """The DataSpec source text: ``dicomweb:<url>?<settings>`` (no credentials, no identifiers)."""
-        settings = {"modality": self.modality, "description": self.description,
-                    "date": f"{self.date_from}-{self.date_to}" if self.date_from or self.date_to else "",
-                    "labels": "" if self.label_file is None else self.labels, "pick": ",".join(self.picks)}
-        query = urlencode({key: value for key, value in settings.items() if value}, safe="*?,/-", quote_via=quote)
+        settings = {
+            "modality": self.modality,
+            "description": self.description,
+            "date": f"{self.date_from}-{self.date_to}" if self.date_from or self.date_to else "",
+            "labels": "" if self.label_file is None else self.labels,
+            "pick": ",".join(self.picks),
+        }
+        query = urlencode(
+            {key: value for key, value in settings.items() if value}, safe="*?,/-", quote_via=quote
+        )
         return f"{SCHEME}{self.url}" + (f"?{query}" if query else "")
 
     @classmethod
@@ -313,18 +349,28 @@ class PacsQuery:
         """Parse a source text written by :meth:`to_source` (or by hand). Raises :class:`PacsError`."""
         text = str(source).strip()
         if not is_dicomweb_source(text):
-            raise PacsError(f"a PACS source starts with {SCHEME!r}, like {SCHEME}http://pacs.example:8042/dicom-web")
-        url, _, query = text[len(SCHEME):].partition("?")
+            raise PacsError(
+                f"a PACS source starts with {SCHEME!r}, like {SCHEME}http://pacs.example:8042/dicom-web"
+            )
+        url, _, query = text[len(SCHEME) :].partition("?")
         values: dict[str, str] = {}
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key not in ("modality", "description", "date", "labels", "pick"):
-                raise PacsError(f"unknown setting {key[:30]!r} in the PACS source; known: modality, description, "
-                                "date (YYYYMMDD-YYYYMMDD), labels (description or a CSV path), pick")
+                raise PacsError(
+                    f"unknown setting {key[:30]!r} in the PACS source; known: modality, description, "
+                    "date (YYYYMMDD-YYYYMMDD), labels (description or a CSV path), pick"
+                )
             values[key] = value
         first, last = date_range(values.get("date", ""))
-        return cls(url, modality=values.get("modality", ""), date_from=first, date_to=last,
-                   description=values.get("description", ""), labels=values.get("labels", DESCRIPTION_LABELS),
-                   picks=tuple(values.get("pick", "").split(",")))
+        return cls(
+            url,
+            modality=values.get("modality", ""),
+            date_from=first,
+            date_to=last,
+            description=values.get("description", ""),
+            labels=values.get("labels", DESCRIPTION_LABELS),
+            picks=tuple(values.get("pick", "").split(",")),
+        )
 
     def search_filters(self) -> dict[str, str]:
         """QIDO-RS matching keys for this search (PS3.18 8.3.4)."""
@@ -339,6 +385,7 @@ class PacsQuery:
 
 
 # --- what a search finds -------------------------------------------------------------------------
+
 
 def label_of(*descriptions: str) -> Optional[str]:
     """The class named by the first description that names exactly one class word; None if none does."""
@@ -372,9 +419,16 @@ class StudyHit:
 
     def row(self) -> dict[str, Any]:
         """The fields a table shows."""
-        return {"study": self.number, "date": self.date, "modalities": self.modalities,
-                "description": self.description, "series": self.series, "slices": self.instances,
-                "label": self.label or "", "token": self.token}
+        return {
+            "study": self.number,
+            "date": self.date,
+            "modalities": self.modalities,
+            "description": self.description,
+            "series": self.series,
+            "slices": self.instances,
+            "label": self.label or "",
+            "token": self.token,
+        }
 
 
 @dataclass(frozen=True)
@@ -391,13 +445,15 @@ class SeriesHit:
 
     def title(self) -> str:
         count = f", {self.instances} slices" if self.instances is not None else ""
-        return f"series {self.number if self.number is not None else '?'} · {self.modality or '?'} · " \
-               f"{self.description or 'no description'}{count}"
+        return (
+            f"series {self.number if self.number is not None else '?'} · {self.modality or '?'} · "
+            f"{self.description or 'no description'}{count}"
+        )
 
 
 @dataclass(frozen=True)
 class SliceHit:
-    """One instance of a series, in slice order (``rank`` 0..); ``position`` in mm along the normal or None."""
+    """One instance of a series in slice order (``rank`` 0..); ``position``: mm along the normal, or None."""
 
     rank: int
     position: Optional[float]
@@ -446,6 +502,7 @@ def _iso(date: str) -> str:
 
 # --- the client ----------------------------------------------------------------------------------
 
+
 class Pacs:
     """A DICOMweb server: ``Pacs(url, credentials, timeout=30)``.
 
@@ -455,8 +512,9 @@ class Pacs:
     (never the credentials or an identifier) when the server cannot be used.
     """
 
-    def __init__(self, url: str, credentials: Optional[Credentials] = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, credentials: Optional[Credentials] = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         self.url = server_url(url)
@@ -484,30 +542,41 @@ class Pacs:
         except PacsError:
             raise
         except requests.exceptions.JSONDecodeError:
-            raise PacsError(f"{where} answered {what} with something that is not DICOMweb (not JSON); check that "
-                            "the address is the server's DICOMweb root (Orthanc: http://host:8042/dicom-web)") from None
+            raise PacsError(
+                f"{where} answered {what} with something that is not DICOMweb (not JSON); check that "
+                "the address is the server's DICOMweb root (Orthanc: http://host:8042/dicom-web)"
+            ) from None
         except requests.exceptions.Timeout:
-            raise PacsError(f"{where} did not answer within {self.timeout:g} s while {what}; it may be busy or "
-                            "down. Try again later or with a longer timeout") from None
+            raise PacsError(
+                f"{where} did not answer within {self.timeout:g} s while {what}; it may be busy or "
+                "down. Try again later or with a longer timeout"
+            ) from None
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             raise PacsError(f"{where} {_status_words(status, what)}") from None
         except requests.exceptions.ConnectionError:
-            raise PacsError(f"cannot reach {where} while {what} (connection refused, or no such host); check the "
-                            "address and that the server is running") from None
+            raise PacsError(
+                f"cannot reach {where} while {what} (connection refused, or no such host); check the "
+                "address and that the server is running"
+            ) from None
         except requests.exceptions.RequestException as exc:
-            raise PacsError(f"the request to {where} failed while {what} ({type(exc).__name__}); check the "
-                            "address") from None
+            raise PacsError(
+                f"the request to {where} failed while {what} ({type(exc).__name__}); check the address"
+            ) from None
         except Exception as exc:  # an answer that is not DICOM JSON / multipart DICOM fails in many ways
             log.info("unreadable DICOMweb answer: %s", type(exc).__name__)
-            raise PacsError(f"{where} answered {what} with something that is not DICOMweb or DICOM "
-                            f"({type(exc).__name__}); check that the address is the server's DICOMweb root "
-                            "(Orthanc: http://host:8042/dicom-web)") from None
+            raise PacsError(
+                f"{where} answered {what} with something that is not DICOMweb or DICOM "
+                f"({type(exc).__name__}); check that the address is the server's DICOMweb root "
+                "(Orthanc: http://host:8042/dicom-web)"
+            ) from None
 
     def _json_list(self, answer: Any, what: str) -> list[Mapping[str, Any]]:
         if not isinstance(answer, list) or not all(isinstance(item, Mapping) for item in answer):
-            raise PacsError(f"the PACS at {self.url} answered {what} with something that is not a DICOMweb "
-                            "search result; check that the address is the server's DICOMweb root")
+            raise PacsError(
+                f"the PACS at {self.url} answered {what} with something that is not a DICOMweb "
+                "search result; check that the address is the server's DICOMweb root"
+            )
         return answer
 
     def _qido(self, path: str, params: Mapping[str, Any], what: str) -> list[Mapping[str, Any]]:
@@ -522,31 +591,46 @@ class Pacs:
         for key, value in params.items():
             for item in value if isinstance(value, (list, tuple)) else [value]:
                 parts.append(f"{quote(str(key))}={quote(str(item).replace(' ', '?'), safe='*?,-.')}")
-        answer = self._session.get(f"{self.url}/{path}" + ("?" + "&".join(parts) if parts else ""),
-                                   headers={"Accept": "application/dicom+json"}, timeout=self.timeout)
+        answer = self._session.get(
+            f"{self.url}/{path}" + ("?" + "&".join(parts) if parts else ""),
+            headers={"Accept": "application/dicom+json"},
+            timeout=self.timeout,
+        )
         answer.raise_for_status()
         if answer.status_code == 204 or not answer.content.strip():
             return []
         kind = answer.headers.get("Content-Type", "no content type").split(";")[0].strip()[:60]
         if "json" not in kind.lower():
-            raise PacsError(f"the PACS at {self.url} answered {what} with something that is not DICOMweb ({kind}); "
-                            "check that the address is the server's DICOMweb root (Orthanc: http://host:8042/dicom-web)")
+            raise PacsError(
+                f"the PACS at {self.url} answered {what} with something that is not DICOMweb ({kind}); "
+                "check that the address is the server's DICOMweb root (Orthanc: http://host:8042/dicom-web)"
+            )
         return self._json_list(answer.json(), what)
 
-    def search(self, query: Optional[PacsQuery] = None, *, study_uids: Sequence[str] = (),
-               limit: int = SEARCH_LIMIT) -> list[StudyHit]:
+    def search(
+        self, query: Optional[PacsQuery] = None, *, study_uids: Sequence[str] = (), limit: int = SEARCH_LIMIT
+    ) -> list[StudyHit]:
         """Studies matching ``query``'s filters (and picks), or exactly ``study_uids`` when given.
 
         Returns at most ``limit`` studies, numbered 1.. in order of date, description and token.
         """
         filters = query.search_filters() if query is not None else {}
-        fields = {"includefield": ["StudyDate", "StudyDescription", "ModalitiesInStudy",
-                                   "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]}
+        fields = {
+            "includefield": [
+                "StudyDate",
+                "StudyDescription",
+                "ModalitiesInStudy",
+                "NumberOfStudyRelatedSeries",
+                "NumberOfStudyRelatedInstances",
+            ]
+        }
         found: list[Mapping[str, Any]] = []
         with self._talking("searching for studies"):
             if study_uids:
                 for uid in dict.fromkeys(uid.strip() for uid in study_uids if uid.strip()):
-                    found += self._qido("studies", {**filters, **fields, "StudyInstanceUID": uid}, "a study search")
+                    found += self._qido(
+                        "studies", {**filters, **fields, "StudyInstanceUID": uid}, "a study search"
+                    )
             else:
                 found = self._qido("studies", {**filters, **fields, "limit": limit}, "a study search")
         hits = []
@@ -555,9 +639,19 @@ class Pacs:
             if not uid:
                 continue
             description = _text(item, _STUDY_DESCRIPTION)
-            hits.append(StudyHit(0, _iso(_text(item, _STUDY_DATE)), "/".join(_values(item, _MODALITIES)),
-                                 description, _int(item, _STUDY_SERIES), _int(item, _STUDY_INSTANCES),
-                                 label_of(description), study_token(uid), uid))
+            hits.append(
+                StudyHit(
+                    0,
+                    _iso(_text(item, _STUDY_DATE)),
+                    "/".join(_values(item, _MODALITIES)),
+                    description,
+                    _int(item, _STUDY_SERIES),
+                    _int(item, _STUDY_INSTANCES),
+                    label_of(description),
+                    study_token(uid),
+                    uid,
+                )
+            )
         if query is not None and query.picks:
             hits = [hit for hit in hits if hit.token in query.picks]
         unique = {hit.token: hit for hit in hits}.values()
@@ -565,26 +659,52 @@ class Pacs:
         return [replace(hit, number=number) for number, hit in enumerate(ordered, start=1)]
 
     def series(self, study: StudyHit) -> list[SeriesHit]:
-        """The series of ``study``, by Series Number; each labelled by its own description, else the study's."""
+        """The series of ``study`` by Series Number, labelled by its own description, else the study's."""
         with self._talking("listing the series of a study"):
-            found = self._qido(f"studies/{quote(study.uid, safe='.')}/series", {"includefield": [
-                "Modality", "SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances"]}, "a series search")
+            found = self._qido(
+                f"studies/{quote(study.uid, safe='.')}/series",
+                {
+                    "includefield": [
+                        "Modality",
+                        "SeriesDescription",
+                        "SeriesNumber",
+                        "NumberOfSeriesRelatedInstances",
+                    ]
+                },
+                "a series search",
+            )
         hits = []
         for item in found:
             uid = _text(item, _SERIES_UID)
             if uid:
                 description = _text(item, _SERIES_DESCRIPTION)
-                hits.append(SeriesHit(_int(item, _SERIES_NUMBER), _text(item, _MODALITY), description,
-                                      _int(item, _SERIES_INSTANCES),
-                                      label_of(description, study.description), study.uid, uid))
-        return sorted(hits, key=lambda hit: (hit.number is None, hit.number or 0, hit.description,
-                                             hashlib.sha256(hit.uid.encode()).hexdigest()))
+                hits.append(
+                    SeriesHit(
+                        _int(item, _SERIES_NUMBER),
+                        _text(item, _MODALITY),
+                        description,
+                        _int(item, _SERIES_INSTANCES),
+                        label_of(description, study.description),
+                        study.uid,
+                        uid,
+                    )
+                )
+        return sorted(
+            hits,
+            key=lambda hit: (
+                hit.number is None,
+                hit.number or 0,
+                hit.description,
+                hashlib.sha256(hit.uid.encode()).hexdigest(),
+            ),
+        )
 
     def slices(self, series: SeriesHit) -> list[SliceHit]:
-        """The instances of ``series`` in slice order (position along the slice normal, then Instance Number)."""
+        """The instances of ``series`` in slice order (position along the normal, then Instance Number)."""
         with self._talking("reading the slice positions of a series"):
-            found = self._json_list(self._client.retrieve_series_metadata(series.study_uid, series.uid),
-                                    "a metadata request")
+            found = self._json_list(
+                self._client.retrieve_series_metadata(series.study_uid, series.uid), "a metadata request"
+            )
             placed = []
             for item in found:
                 uid = _text(item, _SOP_UID)
@@ -593,10 +713,19 @@ class Pacs:
                 view = Dataset.from_json({tag: item[tag] for tag in _POSITION_TAGS if tag in item})
                 identity = slice_identity(view, view)
                 placed.append((identity.position, identity.instance, uid))
-        placed.sort(key=lambda entry: (entry[0] is None, entry[0] or 0.0, entry[1] is None, entry[1] or 0,
-                                       hashlib.sha256(entry[2].encode()).hexdigest()))
-        return [SliceHit(rank, position, instance, series.study_uid, series.uid, uid)
-                for rank, (position, instance, uid) in enumerate(placed)]
+        placed.sort(
+            key=lambda entry: (
+                entry[0] is None,
+                entry[0] or 0.0,
+                entry[1] is None,
+                entry[1] or 0,
+                hashlib.sha256(entry[2].encode()).hexdigest(),
+            )
+        )
+        return [
+            SliceHit(rank, position, instance, series.study_uid, series.uid, uid)
+            for rank, (position, instance, uid) in enumerate(placed)
+        ]
 
     def retrieve_series(self, series: SeriesHit) -> list[bytes]:
         """Every instance of ``series`` as Part 10 bytes (uncompressed when the server can transcode)."""
@@ -608,9 +737,10 @@ class Pacs:
         with self._talking("retrieving a slice"):
             return _part10(self._client.retrieve_instance(item.study_uid, item.series_uid, item.uid))
 
-    def store_derived(self, original: bytes, attacked: np.ndarray, *, window: Window = "lung",
-                      method: str = "") -> StoredSeries:
-        """Store ``attacked`` (uint8 ``[H, W]``) as a NEW derived series beside the ``original`` slice (STOW-RS).
+    def store_derived(
+        self, original: bytes, attacked: np.ndarray, *, window: Window = "lung", method: str = ""
+    ) -> StoredSeries:
+        """Store ``attacked`` (uint8 ``[H, W]``) as a NEW derived series beside ``original`` (STOW-RS).
 
         The object is :func:`derived_instance`'s: new Series and SOP Instance UIDs, ImageType
         DERIVED\\SECONDARY, a Series Description marking it as adversarial research output not for
@@ -623,20 +753,28 @@ class Pacs:
             answer = self._client.store_instances([ds], study_instance_uid=_raw_text(ds, "StudyInstanceUID"))
             failed = answer.get("FailedSOPSequence") if answer is not None else None
             if failed:
-                raise PacsError(f"the PACS at {self.url} refused to store the attacked slice (it lists it as "
-                                "failed); ask its administrator whether this user may store")
+                raise PacsError(
+                    f"the PACS at {self.url} refused to store the attacked slice (it lists it as "
+                    "failed); ask its administrator whether this user may store"
+                )
         return StoredSeries(1, str(ds.SeriesDescription), str(ds.SeriesInstanceUID))
 
 
 def _status_words(status: int, what: str) -> str:
     if status == 401:
-        return (f"refused the login (HTTP 401) while {what}: check the user name and password "
-                f"(or {ENV_USER} / {ENV_PASSWORD})")
+        return (
+            f"refused the login (HTTP 401) while {what}: check the user name and password "
+            f"(or {ENV_USER} / {ENV_PASSWORD})"
+        )
     if status == 403:
-        return f"refused access (HTTP 403) while {what}: this user may not do this; ask the PACS administrator"
+        return (
+            f"refused access (HTTP 403) while {what}: this user may not do this; ask the PACS administrator"
+        )
     if status == 404:
-        return (f"has no such DICOMweb resource (HTTP 404) while {what}: check that the address is the server's "
-                "DICOMweb root (Orthanc: http://host:8042/dicom-web) and that the study is still there")
+        return (
+            f"has no such DICOMweb resource (HTTP 404) while {what}: check that the address is the server's "
+            "DICOMweb root (Orthanc: http://host:8042/dicom-web) and that the study is still there"
+        )
     if status in (408, 429, 503, 504):
         return f"is busy (HTTP {status}) while {what}; try again later"
     return f"answered HTTP {status} while {what}; check the address, or the server's log"
@@ -656,7 +794,9 @@ def _raw_text(ds: Dataset, keyword: str) -> str:
     return "" if element is None else str(element).strip()
 
 
-def derived_instance(original: bytes, attacked: np.ndarray, *, window: Window = "lung", method: str = "") -> bytes:
+def derived_instance(
+    original: bytes, attacked: np.ndarray, *, window: Window = "lung", method: str = ""
+) -> bytes:
     """An attacked slice as a new derived instance of the original's study, for storing back.
 
     Built by :func:`pipeline.data.dicom.attacked_dicom` (the pixels mapped back through
@@ -682,8 +822,10 @@ def derived_instance(original: bytes, attacked: np.ndarray, *, window: Window = 
     out.SeriesNumber = DERIVED_SERIES_NUMBER
     out.ImageType = ["DERIVED", "SECONDARY"]
     out.SeriesDescription = ATTACKED_DESCRIPTION
-    out.DerivationDescription = (f"Adversarial perturbation ({method or 'an attack'}) made for robustness research "
-                                 "by the lung CT robustness lab. NOT FOR DIAGNOSIS")[:1024]
+    out.DerivationDescription = (
+        f"Adversarial perturbation ({method or 'an attack'}) made for robustness research "
+        "by the lung CT robustness lab. NOT FOR DIAGNOSIS"
+    )[:1024]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.get("SOPClassUID", "")
     reference.ReferencedSOPInstanceUID = source.get("SOPInstanceUID", "")
@@ -695,6 +837,7 @@ def derived_instance(original: bytes, attacked: np.ndarray, *, window: Window = 
 
 # --- labelling a collection ----------------------------------------------------------------------
 
+
 def read_label_file(path: Path) -> dict[str, str]:
     """UID -> class from a CSV of ``uid,label`` rows (a header row is skipped). Raises :class:`PacsError`.
 
@@ -703,10 +846,13 @@ def read_label_file(path: Path) -> dict[str, str]:
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise PacsError(f"the label file {Path(path).name} does not exist; check the path in labels=") from None
+        raise PacsError(
+            f"the label file {Path(path).name} does not exist; check the path in labels="
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PacsError(f"the label file {Path(path).name} cannot be read ({type(exc).__name__}); "
-                        "save it as UTF-8 CSV") from None
+        raise PacsError(
+            f"the label file {Path(path).name} cannot be read ({type(exc).__name__}); save it as UTF-8 CSV"
+        ) from None
     mapping: dict[str, str] = {}
     for line, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         cells = [cell.strip() for cell in row]
@@ -719,11 +865,15 @@ def read_label_file(path: Path) -> dict[str, str]:
             continue  # a header
         label = "benign" if label == "bengin" else label
         if label not in CLASSES:
-            raise PacsError(f"line {line} of the label file names the class {cells[1][:30]!r}; use one of "
-                            f"{', '.join(CLASSES)}")
+            raise PacsError(
+                f"line {line} of the label file names the class {cells[1][:30]!r}; use one of "
+                f"{', '.join(CLASSES)}"
+            )
         if not re.fullmatch(r"[0-9.]{1,64}", uid):
-            raise PacsError(f"line {line} of the label file does not start with a Study or Series Instance UID "
-                            "(digits and dots)")
+            raise PacsError(
+                f"line {line} of the label file does not start with a Study or Series Instance UID "
+                "(digits and dots)"
+            )
         if mapping.get(uid, label) != label:
             raise PacsError(f"line {line} of the label file gives a UID a second, different label")
         mapping[uid] = label
@@ -742,7 +892,9 @@ class Collection:
 
 
 def labelled_series(pacs: Pacs, query: PacsQuery) -> Collection:
-    """Search ``query``'s studies and label their series (module docstring); raises :class:`PacsError` when none is.
+    """Search ``query``'s studies and label their series (module docstring).
+
+    Raises :class:`PacsError` when no study is found or no series is labelled.
 
     Left out, each counted in a note: series of another modality than ``query.modality`` (the
     localisers and reports of a CT study), adversarial series this lab stored back (their
@@ -755,12 +907,20 @@ def labelled_series(pacs: Pacs, query: PacsQuery) -> Collection:
         study_uids = list(mapping)
         with pacs._talking("finding the studies of the label file's series"):  # rows may name series only
             for uid in mapping:
-                study_uids += [_text(item, _STUDY_UID) for item in pacs._qido(
-                    "series", {"SeriesInstanceUID": uid, "includefield": "StudyInstanceUID"}, "a series search")]
+                study_uids += [
+                    _text(item, _STUDY_UID)
+                    for item in pacs._qido(
+                        "series",
+                        {"SeriesInstanceUID": uid, "includefield": "StudyInstanceUID"},
+                        "a series search",
+                    )
+                ]
     hits = pacs.search(query, study_uids=[uid for uid in study_uids if uid])
     if not hits:
-        raise PacsError(f"the search found no study on the PACS at {pacs.url}; widen the dates or the description, "
-                        "or check the label file's UIDs")
+        raise PacsError(
+            f"the search found no study on the PACS at {pacs.url}; widen the dates or the description, "
+            "or check the label file's UIDs"
+        )
     chosen: list[tuple[SeriesHit, str]] = []
     unlabelled = other_modality = adversarial = 0
     for study in hits:
@@ -771,24 +931,33 @@ def labelled_series(pacs: Pacs, query: PacsQuery) -> Collection:
             if query.modality and series.modality and series.modality.upper() != query.modality:
                 other_modality += 1
                 continue
-            label = (mapping.get(series.uid) or mapping.get(study.uid)) if mapping is not None else series.label
+            label = (
+                (mapping.get(series.uid) or mapping.get(study.uid)) if mapping is not None else series.label
+            )
             if label is None:
                 unlabelled += 1
             else:
                 chosen.append((series, label))
     notes = [f"PACS {pacs.url}: {len(hits)} studies found, {len(chosen)} labelled series retrieved"]
     if unlabelled:
-        how = ("the label file names neither them nor their study" if mapping is not None else
-               "their series and study descriptions name no single class (benign, malignant or normal)")
+        how = (
+            "the label file names neither them nor their study"
+            if mapping is not None
+            else "their series and study descriptions name no single class (benign, malignant or normal)"
+        )
         notes.append(f"{unlabelled} series left out: {how}")
     if other_modality:
         notes.append(f"{other_modality} series of another modality than {query.modality} left out")
     if adversarial:
-        notes.append(f"{adversarial} adversarial series stored back by this lab left out (they are not scans "
-                     "of their study's class)")
+        notes.append(
+            f"{adversarial} adversarial series stored back by this lab left out (they are not scans "
+            "of their study's class)"
+        )
     if not chosen:
-        raise PacsError(f"none of the {len(hits)} studies found has a labelled series: "
-                        f"{notes[-1].split(': ', 1)[-1]}. Label them by description or with labels=<CSV file>")
+        raise PacsError(
+            f"none of the {len(hits)} studies found has a labelled series: "
+            f"{notes[-1].split(': ', 1)[-1]}. Label them by description or with labels=<CSV file>"
+        )
     return Collection(chosen, len(hits), notes)
 
 
