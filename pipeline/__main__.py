@@ -13,6 +13,7 @@ from pipeline.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.data import cli as pacs_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.evaluation import cli as evaluate_cli
     from pipeline.training import cli as train_cli
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(subparsers)
     evaluate_cli.add_parser(subparsers)
     demo_cli.add_parser(subparsers)
+    pacs_cli.add_parser(subparsers)
     return parser
 
 

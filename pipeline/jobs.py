@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 
 import psutil
 
+from pipeline.data.dicomweb import remembered_env
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.progress import ProgressCallback, TimeLeft
 from pipeline.store import (
@@ -100,7 +101,7 @@ def launch(job_dir: Path | str, args: Sequence[str], *, env: Optional[dict[str, 
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **remembered_env(), **(env or {})},  # a PACS login of the dashboard
             close_fds=True,
         )
     # Read before reaping: a child that died at once is still there, as a zombie, to be asked.

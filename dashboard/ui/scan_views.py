@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 import streamlit as st
 
-from dashboard.ui import captions, figures
+from dashboard.ui import captions, figures, pacs
 from dashboard.ui.controls import hounsfield_text
 from dashboard.ui.images import enlarge, grey8, png_bytes, show, wipe
 from pipeline.attacks import attack_class
@@ -225,6 +225,7 @@ def downloads(report: ScanReport, record: dict[str, Any], key: str, dicom_source
         key=f"{key}:json",
         icon=":material/description:",
     )
+    pacs.store_button(attacked, dicom_source, key=key, method=str(report.attack))
 
 
 def report_detail(

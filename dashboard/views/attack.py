@@ -14,7 +14,7 @@ from typing import Any, Optional
 import streamlit as st
 import torch
 
-from dashboard.ui import demo, scan_views
+from dashboard.ui import demo, pacs, scan_views
 from dashboard.ui.controls import attack_controls
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.images import enlarge, grey8, show
@@ -342,7 +342,7 @@ with scan_column:
     st.markdown("##### 1 · The scan")
     source = st.segmented_control(
         "Scan from",
-        ["Test split", "Upload"],
+        ["Test split", "Upload", "PACS"],
         default="Test split",
         key="attack:source",
         label_visibility="collapsed",
@@ -351,6 +351,8 @@ with scan_column:
         scan = (
             choose_upload(record.data.image_size, classes)
             if source == "Upload"
+            else pacs.choose_slice(record.data.image_size, classes, ScanChoice)
+            if source == "PACS"
             else choose_test_scan(record, classes)
         )
 with attack_column:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from dashboard.ui import figures
+from dashboard.ui import figures, pacs
 from dashboard.ui.captions import leak_verdict
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.images import enlarge, grey8, show
@@ -289,6 +289,7 @@ st.title("Data")
 st.caption("Which scans the models learn from and are tested on, and whether the test is fair.")
 choice = dataset_choice()
 choose_source(choice)
+pacs.data_section(choice)
 kaggle_download()
 if choice.synthetic:
     synthetic_badge()

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from pipeline.constants import CLASSES
 from pipeline.data.dicom import Window
+from pipeline.data.dicomweb import Credentials, Pacs, PacsQuery, describe, is_dicomweb_source, labelled_series
 from pipeline.data.preprocess import preprocess_image
 from pipeline.data.scan import open_scan
 from pipeline.data.sources import discover
@@ -173,6 +174,7 @@ def load_dataset(
     *,
     progress: Optional[ProgressCallback] = None,
     cache: bool = True,
+    credentials: Optional[Credentials] = None,
     **fields: Any,
 ) -> ScanDataset:
     """Load the scans ``spec`` names: the phantom (``count`` scans from ``seed``) or a dataset folder.
@@ -180,7 +182,9 @@ def load_dataset(
     ``load_dataset("data/iq", image_size=224)`` is short for
     ``load_dataset(DataSpec(source="data/iq", image_size=224))``; the split settings of a spec
     do not change the scans. ``window`` applies to DICOM files in a folder. With ``cache``, the
-    decoded result is read from and written to the on-disk cache. Raises
+    decoded result is read from and written to the on-disk cache. A ``dicomweb:`` source is a
+    PACS collection (:mod:`pipeline.data.dicomweb`), retrieved each time and never cached on
+    disk; ``credentials`` log in to it (default: those remembered or in the environment). Raises
     :class:`UserInputError` for out-of-range settings and :class:`DatasetError` for a folder
     that is missing, empty or laid out in a way that cannot be read.
     """
@@ -190,6 +194,8 @@ def load_dataset(
         raise TypeError("give either a DataSpec or a source with settings, not both")
     if spec.synthetic:
         return _load_synthetic(spec.image_size, spec.seed, spec.count, progress, cache)
+    if is_dicomweb_source(spec.source):
+        return _load_pacs(PacsQuery.from_source(spec.source), spec.image_size, spec.window, progress, credentials)
     return _load_folder(Path(spec.source), spec.image_size, spec.window, progress, cache)
 
 
@@ -339,12 +345,71 @@ def _load_folder(folder: Path, size: int, window: Window, progress: Optional[Pro
     return _build(images, labels, meta, [str(layout.root / rel) for rel in kept_rel], source)
 
 
+def _load_pacs(query: PacsQuery, size: int, window: Window, progress: Optional[ProgressCallback],
+               credentials: Optional[Credentials]) -> ScanDataset:
+    """A labelled PACS collection, decoded in memory series by series and grouped like a DICOM folder.
+
+    Nothing retrieved is kept: each series' instances are decoded (the same reader as files) and
+    dropped. Scans are named ``<class>/series <k>/slice <j>`` (numbers of this load, no identifier).
+    """
+    pacs = Pacs(query.url, credentials)
+    report(progress, 0, 1, "searching the PACS")
+    collection = labelled_series(pacs, query)
+    load_report = LoadReport(notes=list(collection.notes))
+    kept: list[tuple[Decoded, int, str]] = []
+    total = len(collection.series)
+    for number, (series, label) in enumerate(collection.series, start=1):
+        report(progress, number - 1, total, f"retrieving series {number}/{total} from the PACS")
+        for index, data in enumerate(pacs.retrieve_series(series)):
+            name = f"{label}/series {number}/instance {index + 1}"
+            result = _decode_one(data, size, window)
+            if isinstance(result, str):
+                load_report.skipped.append(SkippedFile(name, result.replace("the uploaded file: ", "", 1)))
+                continue
+            kept.append((result, CLASSES.index(label), name))
+            if result[2]:
+                load_report.file_notes[name] = list(result[2])
+    report(progress, total, total, f"retrieved {total} series from the PACS")
+    if not kept:
+        first = "; ".join(f"{item.path}: {item.reason}" for item in load_report.skipped[:3])
+        raise DatasetError(f"no instance retrieved from the PACS could be read as a scan. First problems: {first}")
+    # each series is one folder: the fallback for a slice without a Series Instance UID
+    order, studies, study_notes = index_studies(
+        [decoded[3] for decoded, _, _ in kept], [label for _, label, _ in kept],
+        patient_folders=[None] * len(kept), series_folders=[rel.rsplit("/", 1)[0] for _, _, rel in kept])
+    load_report.notes += study_notes
+    present = {kept[i][1] for i in order}
+    missing = [name for index, name in enumerate(CLASSES) if index not in present]
+    if missing:
+        load_report.notes.append(f"no scan of class {', '.join(missing)} in this collection")
+    labels = np.asarray([kept[i][1] for i in order], dtype=np.int64)
+    digests = [kept[i][0][1] for i in order]
+    groups = _duplicate_groups(digests)
+    if groups:
+        load_report.notes.append(f"{len(groups)} group(s) of identical scans; the grouped split keeps each group "
+                                 "on one side")
+    if load_report.skipped:
+        load_report.notes.append(f"{len(load_report.skipped)} instance(s) could not be read and were skipped")
+    source = query.to_source()
+    meta = {
+        "name": describe(query),
+        "is_synthetic": False,
+        "duplicate_groups": groups,
+        "fingerprint": _hash_json({"source": source, "size": size, "window": window, "labels": labels.tolist(),
+                                   "pixels": digests, **({"studies": studies.to_dict()} if studies else {})}),
+        "report": load_report.to_dict(),
+        "studies": None if studies is None else studies.to_dict(),
+    }
+    images = np.stack([kept[i][0][0] for i in order])
+    return _build(images, labels, meta, None, source)
+
+
 #: What decoding one file gives: the preprocessed image, its pixel digest, notes and DICOM identity.
 Decoded = tuple[np.ndarray, str, tuple[str, ...], Optional[SliceIdentity]]
 
 
-def _decode_one(path: Path, size: int, window: Window) -> Decoded | str:
-    """Decode and preprocess one file; a string is the reason it was skipped."""
+def _decode_one(path: Path | bytes, size: int, window: Window) -> Decoded | str:
+    """Decode and preprocess one file (or its bytes); a string is the reason it was skipped."""
     try:
         scan = open_scan(path, window=window)
     except ScanError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Mapping
 
 from pipeline.data.dicom import WINDOW_NAMES
+from pipeline.data.dicomweb import PacsQuery, is_dicomweb_source
 from pipeline.data.preprocess import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from pipeline.errors import UserInputError
 from pipeline.params import from_mapping, setting, validate_fields
@@ -44,7 +45,9 @@ class DataSpec:
     Raises :class:`UserInputError` naming the field when a value is out of range.
     """
 
-    source: str = setting(SYNTHETIC, help="'synthetic' (the phantom) or a dataset folder")
+    source: str = setting(
+        SYNTHETIC, help="'synthetic' (the phantom), a dataset folder, or a PACS collection (dicomweb:http://...)"
+    )
     image_size: int = setting(
         224, low=MIN_IMAGE_SIZE, high=MAX_IMAGE_SIZE, help="side of the square scans in pixels"
     )
@@ -62,6 +65,8 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        if is_dicomweb_source(self.source):  # written back in its one spelling; refuses credentials in the URL
+            object.__setattr__(self, "source", PacsQuery.from_source(self.source).to_source())
         if self.val_fraction + self.test_fraction >= 0.9:
             raise UserInputError(
                 "val_fraction + test_fraction must stay below 0.9 to leave scans to train on"
