@@ -283,7 +283,8 @@ def choose_slice(image_size: int, classes: tuple[str, ...], make: Callable[..., 
         "format": "DICOM",
         "true_label": None if label is None else classes[label],
     }
-    return make(torch.from_numpy(image).float().div(255.0)[None], label, origin, dicom=data)
+    return make(torch.from_numpy(image).float().div(255.0)[None], label, {**origin, "modality": scan.modality or None},
+                dicom=data, modality=scan.modality, hu_per_grey_level=scan.hu_per_grey_level)
 
 
 def store_button(attacked: np.ndarray, dicom_source: Optional[bytes], *, key: str, method: str) -> None:
