@@ -27,6 +27,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.ui.checkpoints import import_checkpoint
 from dashboard.ui.resources import _run_data, cached_dataset, cached_split
 from dashboard.ui.session import DATASET_KEY, RUN_KEY
+from dashboard.ui.status import model_summary
 from pipeline.__main__ import build_parser
 from pipeline.data import DataSpec, load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
@@ -158,7 +159,8 @@ def test_attack_page_without_model_offers_the_demo(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(tmp_path))
     at = page("attack")
     assert_calm(at)
-    assert at.button(key="demo:start").label.startswith("Prepare the demo (two models, about")
+    assert at.button(key="demo:start").label.startswith("Retrain the demo yourself (about")
+    assert at.button(key="demo:install").label == "Open the demo (ready in seconds)"
     description = " ".join(item.value for item in at.caption)
     assert "synthetic phantom" in description and "not medical models" in description
 
@@ -238,7 +240,10 @@ def test_attack_page_attacks_an_uploaded_png(lab: Lab) -> None:
     at.segmented_control(key="attack:source").set_value("Upload").run()
     at.file_uploader(key="attack:upload").upload("slice.png", png_bytes(scan), "image/png").run()
     assert_calm(at)
-    assert any(caption.startswith("PNG scan, 48×48 px") for caption in captions(at))
+    assert any(caption.startswith("PNG image, 48×48 px") for caption in captions(at))
+    # a PNG says neither what it shows nor in which window: its grey levels are not called HU
+    assert any("not as Hounsfield units" in item.value for item in at.caption)
+    assert not any("HU" in item.value for item in at.caption if item.value.startswith("Budget"))
     at.selectbox(key="attack:upload-label").set_value("malignant")
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
@@ -250,12 +255,29 @@ def test_attack_page_attacks_an_uploaded_png(lab: Lab) -> None:
     assert report.clean.shape == (32, 32)  # resized to the model's input
 
 
+def test_an_mr_upload_is_named_for_what_it_is_and_never_given_hounsfield_units(lab: Lab) -> None:
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    at = page("attack", state={"attack:source": "Upload"})
+    at.file_uploader(key="attack:upload").upload("MR_small.dcm", data).run()
+    assert_calm(at)
+    assert any(caption.startswith("DICOM MR image, 64×64 px") for caption in captions(at))
+    assert any("an MR image, not a CT slice: the model learnt CT slices only" in item.value for item in at.warning)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    (_, report), = at.session_state["attack.result"][1]
+    assert report.modality == "MR" and report.hu_per_grey_level is None
+    shown = [item.value for item in (*at.markdown, *at.caption, *at.info)]
+    assert not [text for text in shown if " HU" in text], shown
+
+
 def test_attack_page_attacks_a_dicom_and_offers_a_dicom_back(lab: Lab) -> None:
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     at = page("attack", state={"attack:source": "Upload"})
     at.file_uploader(key="attack:upload").upload("CT_small.dcm", data).run()
     assert_calm(at)
-    assert any(caption.startswith("DICOM scan, 128×128 px") for caption in captions(at))
+    assert any(caption.startswith("DICOM CT slice, 128×128 px") for caption in captions(at))
+    assert any("HU in the lung window" in item.value for item in at.caption if item.value.startswith("Budget"))
     at.button(key="attack:run").click().run()
     run_until(at, attack_finished)
     assert_calm(at)
@@ -365,9 +387,25 @@ def test_a_training_run_is_shown_as_the_store_has_it_on_every_page(
     for name, content in saved.items():  # the first epoch is saved
         (run_dir / name).write_bytes(content)
     at.run()
-    assert [box.label for box in at.sidebar.selectbox] == ["Model"] and not at.sidebar.info
+    # offered, labelled as unfinished, but never chosen by itself while it trains
+    (model_select,) = at.sidebar.selectbox
+    assert model_select.label == "Model" and model_select.value is None
+    assert model_select.options == [f"{model_summary(read_record(run_dir))} · {run_dir.name} · in training — epoch 1 of 1, "
+                                     "provisional"]
+    assert any("It is not chosen for you before it finishes" in item.value for item in at.sidebar.info)
     table = next(frame.value for frame in at.dataframe if "state" in frame.value.columns)
     assert list(table["epochs"]) == ["1/1"]
+
+
+def test_a_session_starts_on_the_data_of_the_model_in_use(lab: Lab) -> None:
+    """One dataset per session: before the Data page is used, every page shows the data the model in
+    use was trained on (for a newcomer, the demo's), not the preset's."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert_calm(at)
+    chosen = at.session_state[DATASET_KEY]
+    assert chosen == read_record(Path(at.session_state[RUN_KEY])).data and chosen.image_size == 32
+    at.switch_page("views/train.py").run()
+    assert any(f"{chosen.count} scans at 32 px" in item.value for item in at.markdown)
 
 
 def test_data_page_shows_the_dataset_and_its_split(lab: Lab) -> None:

@@ -49,6 +49,7 @@ from pipeline.store import (
     read_status,
     save_model,
 )
+from pipeline.training import TrainConfig
 
 #: Where the shipped demo lives in the repository.
 SHIPPED_DIR: Final[Path] = Path(__file__).resolve().parent / "shipped"
@@ -89,15 +90,37 @@ def staleness(manifest: dict[str, Any]) -> Optional[str]:
     if recipe is None:
         return f"the shipped demo names a recipe this code does not have ({manifest.get('recipe')!r})"
     wanted = recipe_settings(recipe)
-    if manifest.get("recipe_settings") != wanted:
-        given = manifest.get("recipe_settings") or {}
-        changed = sorted(
-            f"{role}.{name}" for role in ("standard", "robust")
-            for name in set(wanted[role]) | set((given.get(role) or {}))
-            if wanted[role].get(name) != (given.get(role) or {}).get(name)
-        ) or ["eval_steps"]
+    given = manifest.get("recipe_settings") or {}
+    changed = [f"{role}.{name}" for role in ROLES
+               for name in changed_settings(wanted[role], given.get(role) or {})]
+    if wanted["eval_steps"] != given.get("eval_steps"):
+        changed.append("eval_steps")
+    if changed:
         return f"the demo recipe changed since the shipped models were trained ({', '.join(changed[:6])})"
     return None
+
+
+def changed_settings(wanted: dict[str, Any], trained: dict[str, Any]) -> list[str]:
+    """The training settings (``data.x`` for the data's) in which ``trained`` differs from ``wanted``.
+
+    A setting the trained record lacks was added to the code since: it changed nothing when ``wanted``
+    holds its default (a new option off by default), and counts as changed otherwise. Settings only
+    the record has (since removed) are not compared: ``wanted`` cannot say what they should be.
+    """
+    defaults = TrainConfig().to_dict()
+    changed = []
+    for name, value in wanted.items():
+        if isinstance(value, dict):
+            inner = trained.get(name) if isinstance(trained.get(name), dict) else {}
+            nested = {key: item for key, item in value.items()
+                      if key in inner or item != (defaults.get(name) or {}).get(key)}
+            changed += [f"{name}.{key}" for key, item in nested.items() if inner.get(key) != item]
+        elif name in trained:
+            if trained[name] != value:
+                changed.append(name)
+        elif value != defaults.get(name):
+            changed.append(name)
+    return sorted(changed)
 
 
 def read_manifest(source: Path = SHIPPED_DIR) -> dict[str, Any]:
@@ -182,10 +205,10 @@ def ship(
     settings = recipe_settings(RECIPES[demo.recipe])
     for model in demo.models:
         trained = {**read_config(model.run_dir), "device": "auto"}
-        wanted = {**settings[model.role], "init_from": trained.get("init_from")}
-        if any(trained.get(name) != value for name, value in wanted.items()):
+        changed = changed_settings({**settings[model.role], "init_from": trained.get("init_from")}, trained)
+        if changed:
             raise StaleShippedDemo(f"the {model.role} run {model.run_dir.name} was not trained with this "
-                                   "code's demo recipe; prepare the demo again")
+                                   f"code's demo recipe ({', '.join(changed[:6])}); prepare the demo again")
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".shipping-") as work:
         staging = Path(work) / "shipped"
         runs = Path(work) / "runs"
