@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
 from dashboard.ui.session import DATASET_KEY
+from pipeline.__main__ import build_parser
 from pipeline.data import DataSpec
 from pipeline.demo import DEMO_FILE, Demo
 from pipeline.demo.core import DemoModel
@@ -28,6 +29,7 @@ from pipeline.evaluation.data import run_data
 from pipeline.evaluation.report import FILES, INCOMPLETE, save_report
 from pipeline.store import load_model, update_status
 from pipeline.training import TrainConfig, train
+from pipeline.units import parse_epsilons
 from tests.dashboard_helpers import TINY
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -56,7 +58,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     standard = train(TrainConfig.from_dict(config), runs)
     models = {load_model(path)[1].name: load_model(path)[0] for path in (standard, robust)}
     dataset, split = run_data(load_model(standard)[1])
-    settings = SuiteSettings(attacks=("fgsm",), steps=1, strength=False, faithfulness_scans=0, transfer=False)
+    # The default budgets of the curve: PGD at 1, 2 and 8/255 beside the table's 4/255.
+    settings = SuiteSettings(
+        attacks=("fgsm", "pgd"), steps=1, strength=False, faithfulness_scans=0, transfer=False
+    )
     folder = tmp_path_factory.mktemp("report")
     paths = save_report(evaluate_models(models, dataset, split.test, settings), folder)
     yield Store(runs, standard, robust, paths["json"])
@@ -145,6 +150,14 @@ def test_a_finished_evaluation_is_shown_not_an_earlier_failed_one(
     assert not at.exception, [item.value for item in at.exception]
     assert at.selectbox(key=SHOWN).value == folders["done"]
     assert not any(INCOMPLETE in item.value for item in at.warning)
+    # Its robustness curve is a curve: PGD at ε = 0 (clean), 1, 2, 4 and 8/255 for both models.
+    figures = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    traces = [trace for figure in figures for trace in figure["data"]]
+    pgd = [trace for trace in traces if trace.get("name", "").endswith(": PGD (L∞)")]
+    assert len(pgd) == 2 and all(trace["x"] == pytest.approx([0, 1, 2, 4, 8]) for trace in pgd)
+    # The form offers the curve's budgets as the command line's defaults.
+    flags = build_parser().parse_args(["evaluate", "--run", "any"])
+    assert parse_epsilons(at.text_input(key="evaluate:curve").value) == parse_epsilons(flags.curve_eps)
     # Once shown, the choice is the person's again.
     at.selectbox(key=SHOWN).set_value(folders["failed"]).run()
     assert at.selectbox(key=SHOWN).value == folders["failed"]

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.attacks import attack_class
 from pipeline.evaluation import StrengthSettings, SuiteSettings, evaluate_models
 from pipeline.evaluation.report import read_report, save_report
 from pipeline.evaluation.robustness import Outcome
 from pipeline.evaluation.strength import FULL_STRENGTH, QUICK_STRENGTH
 from pipeline.evaluation.suite import Answers, EvaluationSuite, paired_answers
+from pipeline.evaluation.sweeps import WORST_CASE
 from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401 (autouse fixture)
 from tests.models_fixture import trained_model
 
@@ -50,9 +52,28 @@ def assert_paired_on_matching_scans(suite: EvaluationSuite) -> None:
             assert rate == pytest.approx(answers.outcome.correct[rows].mean())
 
 
+def assert_a_curve(suite: EvaluationSuite, quick: bool) -> None:
+    """By default accuracy is drawn against ε = 0, 1, 2, 4 and 8/255: PGD at each budget (once at the
+    table's), the other attacks and the worst case over all of them at the table's budget only."""
+    for entry in suite.models:
+        sweep = entry.sweep
+        assert sweep.epsilons == pytest.approx([e / 255 for e in (1, 2, 4, 8)])
+        assert np.isfinite(sweep.accuracy[attack_class("pgd").title]).all()
+        assert np.isfinite(sweep.accuracy[attack_class("fgsm").title]).tolist() == [False, False, True, False]
+        assert np.isfinite(sweep.accuracy[WORST_CASE]).tolist() == [False, False, True, False]
+        labels = [result.label for result in entry.report.attacks]
+        assert len(labels) == len(set(labels)) == 3 + 3  # the table's three, and PGD at 1, 2 and 8/255
+        for check in entry.strength:  # the full ladder's 8/255 rung is the curve's PGD, not run again
+            ran = [result.spec.eps for result in check.extra.attacks if result.spec.name == "pgd"]
+            assert quick or not any(eps == pytest.approx(8 / 255) for eps in ran)
+            assert quick or check.ladder[1][0] == pytest.approx(8 / 255)
+
+
 @pytest.mark.parametrize("level", ["quick", "full"])
 @pytest.mark.parametrize("count", [1, 2, 3])
-def test_the_default_evaluation_completes_on_any_set_of_models(count: int, level: str, tmp_path: Path) -> None:
+def test_the_default_evaluation_completes_on_any_set_of_models(
+    count: int, level: str, tmp_path: Path
+) -> None:
     quick = level == "quick"
     # The quick level checks at most 48 scans: more scans than that make the subset the fault needed
     # (one model compares with none, so a few scans do).
@@ -77,6 +98,7 @@ def test_the_default_evaluation_completes_on_any_set_of_models(count: int, level
         assert_paired_on_matching_scans(each)
     written = read_report(save_report(suite, tmp_path / "final")["json"])
     assert written["complete"] is True and len(written["models"]) == count
+    assert_a_curve(suite, quick)
     if count == 1:
         assert suite.comparisons == [] and suite.transfer is None
         return
@@ -104,6 +126,7 @@ def test_a_partial_report_pairs_only_figures_that_mean_the_same(tmp_path: Path) 
         strength_settings=dataclasses.replace(cheap(QUICK_STRENGTH), scans=6),
         faithfulness_scans=0,
         transfer=False,
+        curve_epsilons=(),
     )
     models = {"first": trained_model(seed=0).model, "second": trained_model(seed=1).model}
     seen: list[tuple[list[int], list[tuple[str, int]]]] = []  # checked scans per model; comparisons

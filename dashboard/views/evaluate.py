@@ -105,7 +105,9 @@ def no_model_yet() -> None:
             "adversarial training buys. Prepare it on the Attack page, train a model on the Train page, or "
             "import one on the Models page."
         )
-        st.page_link("views/attack.py", label="Prepare the demo on the Attack page", icon=":material/science:")
+        st.page_link(
+            "views/attack.py", label="Prepare the demo on the Attack page", icon=":material/science:"
+        )
 
 
 def follow_finished(watched: str | None, reports: dict[str, Path]) -> None:
@@ -144,6 +146,13 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             format_epsilons(DEFAULTS.epsilons, ", "),
             key="evaluate:eps",
             help="Comma-separated, in grey levels: 4/255 is 4 of 255 levels (≈ 24 HU)",
+        )
+        curve = middle.text_input(
+            "More budgets for the curve",
+            format_epsilons(DEFAULTS.curve_epsilons, ", "),
+            key="evaluate:curve",
+            help="Accuracy against ε needs several budgets: PGD alone runs at these (the attacks above at "
+            "the budgets above); empty for none",
         )
         split = right.selectbox(
             "Scans",
@@ -221,6 +230,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             suite = SuiteSettings(
                 attacks=tuple(attacks),
                 epsilons=epsilons,
+                curve_epsilons=curve,
                 strength=strength,
                 strength_settings=STRENGTH_LEVELS[level],
                 corruptions=CT_CORRUPTIONS if corrupt else (),

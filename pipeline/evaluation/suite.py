@@ -60,6 +60,14 @@ from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
 
+#: Budgets the robustness curve adds to the table's by default: with the table's 4/255 and the clean
+#: scans, ε = 0, 1, 2, 4 and 8/255, the span medical-imaging work uses (REFERENCES.md, "Settings
+#: the field uses": 1/255 to 8/255).
+CURVE_EPSILONS: tuple[float, ...] = (1 / 255, 2 / 255, 8 / 255)
+#: The attack the curve runs at its own budgets: iterative, and the one every strength check is
+#: measured against.
+CURVE_ATTACK = "pgd"
+
 #: Radii (L2, image scale) at which certified accuracy is reported.
 CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -76,6 +84,11 @@ class SuiteSettings:
     )
     #: L∞ budgets in image scale; text such as "2/255,4/255" is read as people write it.
     epsilons: tuple[float, ...] = (4 / 255,)
+    #: More budgets for the robustness curve (accuracy against ε), where PGD alone runs when it is
+    #: among the attacks: a curve costs one attack per budget, not the whole table's. A budget also
+    #: in ``epsilons`` runs once; the strength checks reuse these results where their ladder meets
+    #: one. Read like ``epsilons``; empty: the curve has the table's budgets only.
+    curve_epsilons: tuple[float, ...] = CURVE_EPSILONS
     steps: int = setting(10, low=1, high=10_000, help="steps of PGD and CW")
     strength: bool = setting(True, help="run the strength checks beside every figure")
     #: The quick level by default (:data:`.strength.QUICK_STRENGTH`); FULL_STRENGTH for a GPU.
@@ -116,6 +129,12 @@ class SuiteSettings:
             values = [parse_epsilon(eps) for eps in epsilons]
         if not values:
             raise UserInputError("no epsilon given; write a comma-separated list like 2/255,4/255")
+        curve = self.curve_epsilons
+        curve_values = (
+            (parse_epsilons(curve) if curve.strip() else [])
+            if isinstance(curve, str)
+            else [parse_epsilon(eps) for eps in curve]
+        )
         defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
         defenses = tuple(name.strip().lower() for name in defenses if name.strip())
         strength = StrengthSettings.from_dict(self.strength_settings)
@@ -123,7 +142,8 @@ class SuiteSettings:
             self.corruptions if isinstance(self.corruptions, str) else ",".join(self.corruptions)
         )
         for name, value in (("attacks", attacks), ("epsilons", tuple(values)), ("defenses", defenses),
-                            ("strength_settings", strength), ("corruptions", corruptions)):
+                            ("strength_settings", strength), ("corruptions", corruptions),
+                            ("curve_epsilons", tuple(sorted(set(curve_values))))):
             object.__setattr__(self, name, value)
         attack_specs(attacks, values, self.steps)  # unknown names and bad parameters fail here
         for name in defenses:
@@ -135,13 +155,23 @@ class SuiteSettings:
         """JSON-ready; ``epsilon_labels`` (k/255) is added for people and ignored by :meth:`from_dict`."""
         values = asdict(self)
         values["epsilon_labels"] = [format_epsilon(eps) for eps in self.epsilons]
+        values["curve_epsilon_labels"] = [format_epsilon(eps) for eps in self.curve_epsilons]
         values["strength_settings"] = self.strength_settings.to_dict()
         return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SuiteSettings:
         """Build from :meth:`to_dict`'s output or a settings file; unknown names are refused."""
-        return from_mapping(cls, values, what="evaluation", ignored=("epsilon_labels",))
+        ignored = ("epsilon_labels", "curve_epsilon_labels")
+        return from_mapping(cls, values, what="evaluation", ignored=ignored)
+
+    @property
+    def curve_only(self) -> tuple[float, ...]:
+        """The curve's budgets not already in the table's: where :data:`CURVE_ATTACK` runs alone
+        (none when it is not among the attacks)."""
+        if CURVE_ATTACK not in self.attacks:
+            return ()
+        return tuple(eps for eps in self.curve_epsilons if not any(same_eps(eps, e) for e in self.epsilons))
 
 
 def attack_specs(
@@ -224,12 +254,15 @@ class ModelEvaluation:
 
     def outcomes(self) -> list[Answers]:
         """Every set of answers compared across models: clean, each attack, the worst case per
-        epsilon (over every attack the strength checks ran too, where they ran: on their scans)."""
+        epsilon (over every attack the strength checks ran too, where they ran: on their scans;
+        none where one attack ran alone, as at a budget of the curve only)."""
         scans = self.report.indices
         found = [Answers("clean", scans, self.report.clean)]
         found += [Answers(result.label, scans, result.outcome) for result in self.report.attacks]
         for combined in self.report.combined:
             check = self.strength_at(combined.eps) if combined.eps is not None else None
+            if check is None and len(combined.attacks) == 1:
+                continue  # over one attack alone (a curve's budget): that attack's own figure above
             worst, where = (combined, scans) if check is None else (check.worst_case, check.extra.indices)
             condition = f"worst case ε={format_epsilon(combined.eps)}"
             found.append(Answers(condition, where, worst.outcome, tuple(worst.attacks)))
@@ -323,7 +356,13 @@ def evaluate_models(
     that is cancelled or fails later is not lost with it.
     """
     started = time.perf_counter()
-    specs = attack_specs(settings.attacks, settings.epsilons, settings.steps, early_stop=settings.early_stop)
+    table_specs = attack_specs(
+        settings.attacks, settings.epsilons, settings.steps, early_stop=settings.early_stop
+    )
+    # The curve's own budgets come after the table's, so the table's attacks stay first everywhere.
+    specs = table_specs + attack_specs(
+        (CURVE_ATTACK,), settings.curve_only, settings.steps, early_stop=settings.early_stop
+    )
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
     # The quick strength level checks the largest epsilon only: the signs of masking and of a weak
     # attack belong to the model and the attack, and show at one budget as at another.
@@ -459,7 +498,7 @@ def evaluate_models(
                     model,
                     dataset,
                     result.indices,
-                    _explained_attack(specs),
+                    _explained_attack(table_specs),
                     limit=settings.faithfulness_scans,
                     imputation=settings.faithfulness_imputation,
                     model_name=name,
