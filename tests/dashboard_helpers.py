@@ -29,6 +29,7 @@ TINY = dict(
 SMALL_SUITE = SuiteSettings(
     attacks=("fgsm", "pgd", "cw-linf"),
     epsilons=(2 / 255, 4 / 255),
+    curve_epsilons=(),  # two budgets already; the default curve is drawn in test_dashboard_evaluate.py
     steps=2,
     strength=True,
     strength_settings=StrengthSettings(

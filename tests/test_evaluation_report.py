@@ -120,6 +120,7 @@ def suite():
     model = trained_model().model
     settings = SuiteSettings(
         epsilons=(2 / 255, 8 / 255),
+        curve_epsilons=(),  # the figures counted below are the table's
         steps=3,
         batch_size=12,
         defenses=("bitdepth",),
@@ -409,7 +410,9 @@ def test_a_cancelled_evaluation_keeps_the_sections_that_finished(runs: Path, tmp
     strength = StrengthSettings(
         pgd_steps=2, strong_steps=2, strong_restarts=1, square_queries=10, ensemble_steps=2
     )
-    suite = SuiteSettings(attacks=("fgsm", "pgd"), epsilons=(4 / 255,), steps=2, strength_settings=strength)
+    suite = SuiteSettings(
+        attacks=("fgsm", "pgd"), epsilons=(4 / 255,), curve_epsilons=(), steps=2, strength_settings=strength
+    )
     request = EvaluationRequest(runs=(str(run_dir),), suite=suite, limit=4, device="cpu", out=str(job_dir))
 
     def cancel_in_the_strength_checks(done: int, total: int, message: str) -> None:

@@ -8,6 +8,7 @@ interval -0.0621 (-0.1186 to -0.0046) and the exact McNemar p = 0.052.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,28 @@ def test_every_share_of_an_evaluation_carries_its_interval_and_groups_widen_them
     assert interval.high - interval.low >= independent.high - independent.low
     with pytest.raises(ValueError, match="one per scan"):
         evaluate(model, TensorDataset(x, y), None, spec, groups=np.arange(10))
+
+
+def test_sentences_and_charts_round_alike() -> None:
+    """Issue 22, point 9: the comparison's sentence and its forest plot, and the robustness curve and
+    the tables, write each figure with the same digits: whole percent on a test set's few hundred
+    scans, one decimal from a thousand on."""
+    from pipeline.evaluation.figures import comparison_forest, epsilon_curves
+    from pipeline.evaluation.sweeps import SweepResult
+
+    first = np.array([True] * 110 + [False] * 70)
+    second = np.array([True] * 150 + [False] * 30)
+    for scale, pattern in ((1, r"\+\d+ points"), (10, r"\+\d+\.\d points")):
+        comparison = paired_comparison(
+            np.tile(first, scale), np.tile(second, scale), condition="PGD ε=4/255"
+        )
+        (trace,) = comparison_forest([comparison]).data
+        assert trace.text[0] in comparison.sentence
+        assert re.match(pattern, trace.text[0])
+    clean, attacked = wilson(2, 3), wilson(1, 3)  # 66.7% and 33.3%: whole percent on three scans
+    sweep = SweepResult(
+        "m", [4 / 255], clean.estimate, {"PGD": [attacked.estimate]}, {"PGD": [attacked]}, clean
+    )
+    (curve,) = epsilon_curves([sweep]).data
+    assert list(curve.text) == ["67%", "33%"]
+    assert attacked.format().startswith(curve.text[1] + " ")  # as the table's cell "33% (95% CI ...)"

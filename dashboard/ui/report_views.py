@@ -71,9 +71,13 @@ def attack_label(name: str) -> str:
 def header(report: dict[str, Any]) -> None:
     settings = report["settings"]
     attacks = ", ".join(map(attack_label, settings["attacks"]))
+    labels = settings["epsilon_labels"]
+    curve = [label for label in settings.get("curve_epsilon_labels") or [] if label not in labels]
+    shown = curve and "pgd" in settings["attacks"]
+    curve_text = f" (PGD also at {', '.join(curve)}, for the curve)" if shown else ""
     st.markdown(
         f"**{report['scans']} {report['split']} scans** of {report['dataset']} · attacks "
-        f"{attacks} at ε = {', '.join(settings['epsilon_labels'])} · "
+        f"{attacks} at ε = {', '.join(settings['epsilon_labels'])}{curve_text} · "
         f"{settings['steps']} steps · {report['device']} · {report['seconds']:.0f} s · {report['created']}"
     )
     level = report.get("strength_level")
@@ -158,9 +162,18 @@ def confusion_matrices(report: dict[str, Any]) -> None:
         ]
         st.markdown(f"##### {model['name']}")
         labels = [label for label, _ in panels[1:]]
-        # The attacks run last, at the largest budget, show the most; any other is one click away.
+        # The table's attacks at its largest budget show the most; any other (a curve's) is one click away.
+        largest = max(report["settings"]["epsilons"])
+        at_largest = [
+            label
+            for label, attack in panels[1:]
+            if math.isclose(float(attack["attack"]["params"].get("eps") or -1.0), largest, rel_tol=1e-9)
+        ]
         shown = st.multiselect(
-            "Attacks to show", labels, default=labels[-3:], key=f"evaluate:cm:{model['name']}"
+            "Attacks to show",
+            labels,
+            default=at_largest or labels[-3:],
+            key=f"evaluate:cm:{model['name']}",
         )
         chosen = [panels[0]] + [panel for panel in panels[1:] if panel[0] in shown]
         columns = st.columns(min(len(chosen), 4))
@@ -304,10 +317,11 @@ def calibration(report: dict[str, Any]) -> None:
             {
                 "model": model["name"],
                 "condition": result.condition,
-                "accuracy": percent(result.accuracy),
-                "mean confidence": percent(result.mean_confidence),
-                "ECE": percent(result.ece),
-                "confidence of wrong answers": percent(result.wrong_confidence),
+                # as the reliability diagram's legend and the HTML report write them
+                "accuracy": format_share(result.accuracy, result.scans),
+                "mean confidence": format_share(result.mean_confidence, result.scans),
+                "ECE": format_share(result.ece, result.scans),
+                "confidence of wrong answers": format_share(result.wrong_confidence, result.scans),
                 f"wrong with ≥ {CONFIDENT:.0%} confidence": interval_cell(result.confidently_wrong),
             }
             for result in results

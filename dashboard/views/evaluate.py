@@ -2,7 +2,9 @@
 
 The page builds an :class:`pipeline.evaluation.EvaluationRequest` from its form, starts it with
 :func:`pipeline.evaluation.background.start_evaluation_job` and draws the ``report.json`` the job
-writes beside its run; past evaluations stay listed.
+writes beside its run; past evaluations stay listed. After the demo it starts from the demo's two
+models (the comparison the demo is for); before any model exists it points to the demo; when the
+evaluation it started ends, the page shows that one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.ui import demo as demo_card
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.report_views import report_view
@@ -29,6 +32,10 @@ from pipeline.store import RunRecord
 from pipeline.units import format_epsilons
 
 WATCH_KEY = "evaluate.watch"
+#: The evaluation shown below the form (the selectbox's key).
+SHOWN_KEY = "evaluate:shown"
+#: The watched evaluation whose finished report has been brought on screen (once, then the choice is free).
+FOLLOWED_KEY = "evaluate.followed"
 #: The form starts from the settings' own defaults, as the command line's flags do.
 DEFAULTS = SuiteSettings()
 
@@ -68,8 +75,55 @@ def report_label(folder: Path) -> str:
     return f"{folder.parent.parent.name} · {time.strftime('%Y-%m-%d %H:%M', written)}"
 
 
+def default_models(runs: dict[str, RunRecord]) -> list[str]:
+    """The models the form starts with: the sidebar's; after the demo, while one of its models (or
+    none) is in use, both of the demo's, standard and robust, for the comparison the demo is for."""
+    selected = selected_run()
+    demo = demo_card.current()
+    if demo is not None:
+        by_place = {Path(path).resolve(): path for path in runs}
+        pair = [by_place.get(Path(model.run_dir).resolve()) for model in demo.models]
+        if all(pair) and (selected is None or selected in pair):
+            return [path for path in pair if path]
+    return [path for path in (selected,) if path in runs]
+
+
+def no_model_yet() -> None:
+    """Nothing to evaluate: the demo's two models are the quickest start; say where to get them."""
+    if demo_card.preparing():
+        st.info(
+            "The demo is being prepared. Its two models appear here as soon as both are ready.",
+            icon=":material/hourglass_top:",
+        )
+        demo_card.progress_panel()
+        return
+    with st.container(border=True):
+        st.markdown("#### No trained model yet")
+        st.write(
+            "An evaluation needs a trained model, and a comparison two. The demo prepares a standard and an "
+            "adversarially trained model on the synthetic phantom: evaluated together, they show what "
+            "adversarial training buys. Prepare it on the Attack page, train a model on the Train page, or "
+            "import one on the Models page."
+        )
+        st.page_link(
+            "views/attack.py", label="Prepare the demo on the Attack page", icon=":material/science:"
+        )
+
+
+def follow_finished(watched: str | None, reports: dict[str, Path]) -> None:
+    """Once the evaluation this session started has finished, show it (not one shown before it)."""
+    if (
+        watched
+        and watched in reports
+        and st.session_state.get(FOLLOWED_KEY) != watched
+        and job_state(watched).phase == "done"
+    ):
+        st.session_state[SHOWN_KEY] = watched
+        st.session_state[FOLLOWED_KEY] = watched
+
+
 def settings_form(runs: dict[str, RunRecord]) -> None:
-    default = [path for path in (selected_run(),) if path in runs]
+    default = default_models(runs)
     with st.form("evaluate:form"):
         chosen = st.multiselect(
             "Models",
@@ -92,6 +146,13 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             format_epsilons(DEFAULTS.epsilons, ", "),
             key="evaluate:eps",
             help="Comma-separated, in grey levels: 4/255 is 4 of 255 levels (≈ 24 HU)",
+        )
+        curve = middle.text_input(
+            "More budgets for the curve",
+            format_epsilons(DEFAULTS.curve_epsilons, ", "),
+            key="evaluate:curve",
+            help="Accuracy against ε needs several budgets: PGD alone runs at these (the attacks above at "
+            "the budgets above); empty for none",
         )
         split = right.selectbox(
             "Scans",
@@ -169,6 +230,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             suite = SuiteSettings(
                 attacks=tuple(attacks),
                 epsilons=epsilons,
+                curve_epsilons=curve,
                 strength=strength,
                 strength_settings=STRENGTH_LEVELS[level],
                 corruptions=CT_CORRUPTIONS if corrupt else (),
@@ -191,7 +253,7 @@ st.caption(
 )
 runs = {str(record.run_dir): record for record in usable_runs()}
 if not runs:
-    st.info("There is no trained model to evaluate yet: train one on the Train page.", icon=":material/info:")
+    no_model_yet()
     st.stop()
 settings_form(runs)
 
@@ -214,8 +276,9 @@ if not reports:
     st.caption("Finished evaluations appear here, including those run with `python -m pipeline evaluate`.")
     st.stop()
 st.divider()
+follow_finished(watched, reports)
 chosen = st.selectbox(
-    "Evaluation", list(reports), key="evaluate:shown", format_func=lambda path: report_label(reports[path])
+    "Evaluation", list(reports), key=SHOWN_KEY, format_func=lambda path: report_label(reports[path])
 )
 with shown_errors("show the evaluation"):
     folder = reports[chosen]

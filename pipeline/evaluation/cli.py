@@ -77,6 +77,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=format_epsilons(DEFAULTS.epsilons),
         help=f"comma-separated L∞ budgets, e.g. 2/255,4/255 (default {format_epsilons(DEFAULTS.epsilons)})",
     )
+    parser.add_argument(
+        "--curve-eps",
+        default=format_epsilons(DEFAULTS.curve_epsilons),
+        help="more budgets for the robustness curve, where PGD alone runs (when it is among the attacks); "
+        f"'' for none (default {format_epsilons(DEFAULTS.curve_epsilons)})",
+    )
     parser.add_argument("--split", default="test", choices=SPLIT_SIDES, help="which scans (default: test)")
     parser.add_argument("--limit", type=int, help="evaluate only this many scans, classes in turn")
     parser.add_argument("--out", type=Path, help="directory for report.json/csv/html")
@@ -200,6 +206,7 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
     suite = SuiteSettings(
         attacks=args.attacks,
         epsilons=args.eps,
+        curve_epsilons=args.curve_eps,
         steps=args.steps,
         strength=args.strength,
         strength_settings=dataclasses.replace(

@@ -24,7 +24,7 @@ from pipeline.evaluation.intervals import Interval, PairedComparison
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.evaluation.sweeps import WORST_CASE, MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
-from pipeline.units import format_epsilon
+from pipeline.units import format_epsilon, format_share
 
 # ------------------------------------------------------------------------- the one look
 CLEAN = "#2f6f8f"
@@ -158,6 +158,12 @@ def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
                 x=xs,
                 y=[100 * sweep.clean] + [100 * v for v in values],
                 error_y=error_bars(bounds, [sweep.clean, *values]),
+                # as the tables write it: as precise as the scans behind each point allow
+                text=[
+                    format_share(value, None if bound is None else bound.scans)
+                    for value, bound in zip([sweep.clean, *values], bounds)
+                ],
+                hovertemplate="ε %{x:.3~f}/255: %{text}<extra>%{fullData.name}</extra>",
                 mode="lines+markers",
                 name=f"{sweep.model}: {attack}",
                 line={
@@ -260,7 +266,7 @@ def reliability_diagram(calibrations: Sequence[tuple[str, Calibration]]) -> go.F
             x=100 * result.reliability.confidence[filled],
             y=100 * result.reliability.accuracy[filled],
             mode="lines+markers",
-            name=f"{model}: {result.condition} (ECE {100 * result.ece:.1f}%)",
+            name=f"{model}: {result.condition} (ECE {format_share(result.ece, result.scans)})",
             marker={"size": 6 + 18 * np.sqrt(result.reliability.scans[filled] / max(result.scans, 1))},
             line={"color": SERIES[m % len(SERIES)], "dash": DASHES[m // len(SERIES) % len(DASHES)]},
         )
@@ -317,6 +323,8 @@ def comparison_forest(comparisons: Sequence[PairedComparison]) -> go.Figure:
     figure.add_scatter(
         x=[100 * c.difference.estimate for c in comparisons],
         y=labels,
+        text=[c.points() for c in comparisons],  # the sentences' own rounding
+        hovertemplate="%{y}: %{text}<extra></extra>",
         error_x=error_bars([c.difference for c in comparisons], [c.difference.estimate for c in comparisons]),
         mode="markers",
         marker={"color": [SERIES[1] if c.clear else "#8a99a6" for c in comparisons], "size": 10},

@@ -210,10 +210,7 @@ class PairedComparison:
         differ)``."""
         flip = self.difference.estimate < 0
         better, worse = (self.first, self.second) if flip else (self.second, self.first)
-        sign = -1.0 if flip else 1.0
-        low, high = sorted((sign * self.difference.low, sign * self.difference.high))
-        gap = Interval(sign * self.difference.estimate, low, high, self.difference.method, self.scans)
-        points = f"{100 * gap.estimate:+.0f} points, {gap.bounds(0)}"
+        points = self.points(better_first=True)
         evidence = (
             f"{self.test} {_p_text(self.p_value)}; {self.first_only + self.second_only} of {self.scans} "
             "scans differ"
@@ -227,6 +224,17 @@ class PairedComparison:
             f"{'on clean scans' if clean else 'under ' + self.condition}: {points} "
             f"({evidence}); more scans would be needed to tell them apart"
         )
+
+    def points(self, *, better_first: bool = False) -> str:
+        """The difference in points with its interval, ``+38 points, 95% CI 27–49``: second minus
+        first, or the better model's lead with ``better_first``. As precise as the scans allow
+        (:func:`pipeline.units.share_decimals`), and the same text in the sentence and the chart."""
+        sign = -1.0 if better_first and self.difference.estimate < 0 else 1.0
+        low, high = sorted((sign * self.difference.low, sign * self.difference.high))
+        gap = Interval(sign * self.difference.estimate, low, high, self.difference.method, self.scans)
+        digits = share_decimals(self.scans)
+        shown = percent_text(gap.estimate, digits)
+        return f"{shown if shown.startswith('−') else '+' + shown} points, {gap.bounds(digits)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

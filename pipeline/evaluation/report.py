@@ -701,7 +701,11 @@ def _model_section(model: ModelEvaluation) -> list[str]:
         _confusion("clean", report.clean),
     ]
     parts += [_confusion(result.label, result.outcome) for result in report.attacks]
-    parts += [_confusion(f"worst case ε={format_epsilon(c.eps)}", c.outcome) for c in report.combined]
+    parts += [
+        _confusion(f"worst case ε={format_epsilon(c.eps)}", c.outcome)
+        for c in report.combined
+        if len(c.attacks) > 1  # over one attack alone it is that attack's matrix, drawn above
+    ]
     if model.defenses:
         parts.append(_defenses(model.defenses))
     if model.certified is not None:

@@ -209,8 +209,9 @@ def strength_checks(
     checks need) are reused rather than run again. ``groups`` as in :func:`.evaluate`;
     ``early_stop`` stops each PGD on a scan once it is fooled (the accuracies compared are the same).
 
-    With ``settings.scans`` (0: all) the checks run on that many of the scans, classes in turn
-    (labels from ``baseline``, else from ``dataset.labels``), and the reused results are cut to them.
+    The checks run on ``indices`` (None: ``baseline``'s scans, else every scan); with
+    ``settings.scans`` (0: all) on that many of them, classes in turn (labels from ``baseline``,
+    else from ``dataset.labels``), and the reused results are cut to them.
     """
     chosen = _check_scans(dataset, indices, baseline, settings.scans or None)
     if baseline is not None:
@@ -290,15 +291,23 @@ def _check_scans(
     baseline: Optional[RobustnessReport],
     limit: Optional[int],
 ) -> Optional[np.ndarray]:
-    """The scans the checks run on: all of ``indices``, or ``limit`` of them, classes in turn."""
+    """The scans the checks run on: ``indices`` (else all of ``baseline``'s), or ``limit`` of them,
+    classes in turn. The caller's ``indices`` are kept as given, so a suite that chose one subset
+    for every model has its checks on exactly those scans."""
+    everything = (
+        np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices is not None
+        else (None if baseline is None else baseline.indices)
+    )
+    if limit is None or everything is None or everything.size <= limit:
+        return everything
     if baseline is not None:
-        everything, labels = baseline.indices, baseline.clean.labels
+        labels = baseline.restricted_to(everything).clean.labels  # raises when not among its scans
     else:
-        everything = None if indices is None else np.asarray(indices, dtype=np.int64)
         known = getattr(dataset, "labels", None)
-        labels = None if known is None or everything is None else np.asarray(known)[everything]
-    if limit is None or everything is None or labels is None or everything.size <= limit:
-        return everything if everything is not None else None
+        if known is None:
+            return everything
+        labels = np.asarray(known)[everything]
     return balanced_subset(everything, labels, limit)
 
 

@@ -8,6 +8,12 @@ input-transformation defences; across models, the transfer matrix, the reference
 epsilon, corruption errors against the baseline model and a paired comparison of each model
 with the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``),
 so a report says where its time went.
+
+Whatever compares or combines models is given the same scans by construction: every model is
+attacked on one resolved set of scans, the strength checks and the transfer matrix share one
+subset chosen once for all models (:func:`check_scans`), and a paired comparison pairs two
+models' answers by dataset index, on the scans both answered (:func:`paired_answers`), and only
+where both figures mean the same thing (a worst case over the same attacks).
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
 
+#: Budgets the robustness curve adds to the table's by default: with the table's 4/255 and the clean
+#: scans, ε = 0, 1, 2, 4 and 8/255, the span medical-imaging work uses (REFERENCES.md, "Settings
+#: the field uses": 1/255 to 8/255).
+CURVE_EPSILONS: tuple[float, ...] = (1 / 255, 2 / 255, 8 / 255)
+#: The attack the curve runs at its own budgets: iterative, and the one every strength check is
+#: measured against.
+CURVE_ATTACK = "pgd"
+
 #: Radii (L2, image scale) at which certified accuracy is reported.
 CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -70,6 +84,11 @@ class SuiteSettings:
     )
     #: L∞ budgets in image scale; text such as "2/255,4/255" is read as people write it.
     epsilons: tuple[float, ...] = (4 / 255,)
+    #: More budgets for the robustness curve (accuracy against ε), where PGD alone runs when it is
+    #: among the attacks: a curve costs one attack per budget, not the whole table's. A budget also
+    #: in ``epsilons`` runs once; the strength checks reuse these results where their ladder meets
+    #: one. Read like ``epsilons``; empty: the curve has the table's budgets only.
+    curve_epsilons: tuple[float, ...] = CURVE_EPSILONS
     steps: int = setting(10, low=1, high=10_000, help="steps of PGD and CW")
     strength: bool = setting(True, help="run the strength checks beside every figure")
     #: The quick level by default (:data:`.strength.QUICK_STRENGTH`); FULL_STRENGTH for a GPU.
@@ -110,6 +129,12 @@ class SuiteSettings:
             values = [parse_epsilon(eps) for eps in epsilons]
         if not values:
             raise UserInputError("no epsilon given; write a comma-separated list like 2/255,4/255")
+        curve = self.curve_epsilons
+        curve_values = (
+            (parse_epsilons(curve) if curve.strip() else [])
+            if isinstance(curve, str)
+            else [parse_epsilon(eps) for eps in curve]
+        )
         defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
         defenses = tuple(name.strip().lower() for name in defenses if name.strip())
         strength = StrengthSettings.from_dict(self.strength_settings)
@@ -117,7 +142,8 @@ class SuiteSettings:
             self.corruptions if isinstance(self.corruptions, str) else ",".join(self.corruptions)
         )
         for name, value in (("attacks", attacks), ("epsilons", tuple(values)), ("defenses", defenses),
-                            ("strength_settings", strength), ("corruptions", corruptions)):
+                            ("strength_settings", strength), ("corruptions", corruptions),
+                            ("curve_epsilons", tuple(sorted(set(curve_values))))):
             object.__setattr__(self, name, value)
         attack_specs(attacks, values, self.steps)  # unknown names and bad parameters fail here
         for name in defenses:
@@ -129,13 +155,23 @@ class SuiteSettings:
         """JSON-ready; ``epsilon_labels`` (k/255) is added for people and ignored by :meth:`from_dict`."""
         values = asdict(self)
         values["epsilon_labels"] = [format_epsilon(eps) for eps in self.epsilons]
+        values["curve_epsilon_labels"] = [format_epsilon(eps) for eps in self.curve_epsilons]
         values["strength_settings"] = self.strength_settings.to_dict()
         return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SuiteSettings:
         """Build from :meth:`to_dict`'s output or a settings file; unknown names are refused."""
-        return from_mapping(cls, values, what="evaluation", ignored=("epsilon_labels",))
+        ignored = ("epsilon_labels", "curve_epsilon_labels")
+        return from_mapping(cls, values, what="evaluation", ignored=ignored)
+
+    @property
+    def curve_only(self) -> tuple[float, ...]:
+        """The curve's budgets not already in the table's: where :data:`CURVE_ATTACK` runs alone
+        (none when it is not among the attacks)."""
+        if CURVE_ATTACK not in self.attacks:
+            return ()
+        return tuple(eps for eps in self.curve_epsilons if not any(same_eps(eps, e) for e in self.epsilons))
 
 
 def attack_specs(
@@ -173,6 +209,23 @@ def _has(name: str, param: str) -> Optional[bool]:
     return any(p.name == param for p in cls.params)
 
 
+@dataclass(frozen=True)
+class Answers:
+    """One model's answers under one condition, with the scans they are on: what a paired
+    comparison pairs with another model's answers under the same condition."""
+
+    condition: str  #: "clean", an attack's label, or "worst case ε=4/255"
+    indices: np.ndarray  #: int [N]: the dataset index of each answer's scan
+    outcome: Outcome  #: the answers on those N scans, in that order
+    #: For a worst case, the attacks it is taken over: two worst cases compare only over the same ones.
+    attacks: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """What must be equal for two models' answers to be the same figure."""
+        return self.condition, self.attacks
+
+
 @dataclass
 class ModelEvaluation:
     """Everything measured on one model."""
@@ -199,15 +252,20 @@ class ModelEvaluation:
     def strength_at(self, eps: float) -> Optional[StrengthReport]:
         return next((check for check in self.strength if same_eps(check.eps, eps)), None)
 
-    def outcomes(self) -> list[tuple[str, Outcome]]:
+    def outcomes(self) -> list[Answers]:
         """Every set of answers compared across models: clean, each attack, the worst case per
-        epsilon (over every attack the strength checks ran too, where they ran)."""
-        found = [("clean", self.report.clean)]
-        found += [(result.label, result.outcome) for result in self.report.attacks]
+        epsilon (over every attack the strength checks ran too, where they ran: on their scans;
+        none where one attack ran alone, as at a budget of the curve only)."""
+        scans = self.report.indices
+        found = [Answers("clean", scans, self.report.clean)]
+        found += [Answers(result.label, scans, result.outcome) for result in self.report.attacks]
         for combined in self.report.combined:
             check = self.strength_at(combined.eps) if combined.eps is not None else None
-            worst = check.worst_case if check is not None else combined
-            found.append((f"worst case ε={format_epsilon(combined.eps)}", worst.outcome))
+            if check is None and len(combined.attacks) == 1:
+                continue  # over one attack alone (a curve's budget): that attack's own figure above
+            worst, where = (combined, scans) if check is None else (check.worst_case, check.extra.indices)
+            condition = f"worst case ε={format_epsilon(combined.eps)}"
+            found.append(Answers(condition, where, worst.outcome, tuple(worst.attacks)))
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,7 +356,13 @@ def evaluate_models(
     that is cancelled or fails later is not lost with it.
     """
     started = time.perf_counter()
-    specs = attack_specs(settings.attacks, settings.epsilons, settings.steps, early_stop=settings.early_stop)
+    table_specs = attack_specs(
+        settings.attacks, settings.epsilons, settings.steps, early_stop=settings.early_stop
+    )
+    # The curve's own budgets come after the table's, so the table's attacks stay first everywhere.
+    specs = table_specs + attack_specs(
+        (CURVE_ATTACK,), settings.curve_only, settings.steps, early_stop=settings.early_stop
+    )
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
     # The quick strength level checks the largest epsilon only: the signs of masking and of a weak
     # attack belong to the model and the attack, and show at one budget as at another.
@@ -320,6 +384,8 @@ def evaluate_models(
     common = dict(batch_size=settings.batch_size, device=device)
     evaluated: list[ModelEvaluation] = []
     transfer: Optional[TransferResult] = None
+    #: The scans of the strength checks and the transfer matrix: one subset for every model.
+    checked_scans: Optional[np.ndarray] = None
 
     def suite(complete: bool) -> EvaluationSuite:
         reports = [entry.report for entry in evaluated]
@@ -378,6 +444,10 @@ def evaluate_models(
                 groups=groups,
                 **common,
             )
+        if evaluated and not np.array_equal(result.indices, evaluated[0].report.indices):
+            raise ValueError(f"{name} was evaluated on other scans than {evaluated[0].name}")
+        if checked_scans is None:
+            checked_scans = check_scans(result, settings.strength_settings.scans)
         facts = dict((info or {}).get(name, {}))
         entry = ModelEvaluation(name, result, sweep_from_report(result), info=facts, seconds=clock.seconds)
         evaluated.append(entry)  # filled in section by section below
@@ -387,7 +457,7 @@ def evaluate_models(
                     strength_checks(
                         model,
                         dataset,
-                        result.indices,
+                        checked_scans,
                         eps,
                         baseline=result,
                         settings=settings.strength_settings,
@@ -401,9 +471,14 @@ def evaluate_models(
         if settings.calibration:
             with clock("calibration"):
                 entry.calibration = [
-                    calibration(outcome.probabilities, outcome.labels, condition=label, groups=outcome.groups)
-                    for label, outcome in entry.outcomes()
-                    if outcome.probabilities is not None
+                    calibration(
+                        answers.outcome.probabilities,
+                        answers.outcome.labels,
+                        condition=answers.condition,
+                        groups=answers.outcome.groups,
+                    )
+                    for answers in entry.outcomes()
+                    if answers.outcome.probabilities is not None
                 ]
         if settings.corruptions:
             with clock("corruptions"):
@@ -423,7 +498,7 @@ def evaluate_models(
                     model,
                     dataset,
                     result.indices,
-                    _explained_attack(specs),
+                    _explained_attack(table_specs),
                     limit=settings.faithfulness_scans,
                     imputation=settings.faithfulness_imputation,
                     model_name=name,
@@ -468,21 +543,35 @@ def evaluate_models(
     if settings.transfer and len(models) > 1:
         # A masking check too (a model that resists only its own gradients is masking them), so it
         # runs on the scans the strength level gives the checks.
-        first = evaluated[0].report
-        limit = settings.strength_settings.scans
-        scans = first.indices
-        if limit and scans.size > limit:
-            scans = balanced_subset(scans, first.clean.labels, limit)
         transfer = transfer_matrix(
             models,
             dataset,
-            scans,
+            checked_scans,
             reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
             progress=next_stage("transfer matrix"),
             **common,
         )
     report(progress, 1, 1, "evaluation done")
     return suite(complete=True)
+
+
+def check_scans(report: RobustnessReport, limit: int) -> np.ndarray:
+    """The scans the strength checks and the transfer matrix run on, for every model alike: all of
+    ``report``'s scans, or ``limit`` of them (0: all) taken from the classes in turn. The choice
+    depends only on the scans and their true labels, never on a model's answers."""
+    scans = report.indices
+    if limit and scans.size > limit:
+        return balanced_subset(scans, report.clean.labels, limit)
+    return scans
+
+
+def paired_answers(first: Answers, second: Answers) -> tuple[Outcome, Outcome]:
+    """Both models' answers on the scans both answered, matched by dataset index (in index order);
+    empty outcomes when they share no scan."""
+    _, rows_first, rows_second = np.intersect1d(
+        first.indices, second.indices, assume_unique=True, return_indices=True
+    )
+    return first.outcome.take(rows_first), second.outcome.take(rows_second)
 
 
 class _Clock:
@@ -529,16 +618,19 @@ def _compare(evaluated: Sequence[ModelEvaluation], baseline: ModelEvaluation) ->
             continue
         if entry.corruption is not None and baseline.corruption is not None:
             entry.corruption_errors = corruption_errors(entry.corruption, baseline.corruption)
-        theirs = dict(baseline.outcomes())
-        for condition, outcome in entry.outcomes():
-            if condition in theirs:
+        theirs = {answers.key: answers for answers in baseline.outcomes()}
+        for mine in entry.outcomes():
+            if mine.key not in theirs:  # e.g. a worst case whose strength checks have not run yet
+                continue
+            before, after = paired_answers(theirs[mine.key], mine)
+            if before.labels.size:
                 comparisons.append(
                     paired_comparison(
-                        theirs[condition].correct,
-                        outcome.correct,
+                        before.correct,
+                        after.correct,
                         names=(baseline.name, entry.name),
-                        condition=condition,
-                        groups=outcome.groups,
+                        condition=mine.condition,
+                        groups=after.groups,
                     )
                 )
     return comparisons

@@ -85,8 +85,13 @@ def sweep_from_report(report: RobustnessReport) -> SweepResult:
         title = attack_class(name).title
         accuracy[title] = [r.accuracy if r is not None else float("nan") for r in found]
         intervals[title] = [r.outcome.accuracy_interval if r is not None else None for r in found]
-    accuracy[WORST_CASE] = [report.combined_at(eps).accuracy for eps in epsilons]
-    intervals[WORST_CASE] = [report.combined_at(eps).outcome.accuracy_interval for eps in epsilons]
+    # The worst case only where every attack ran (not at a budget where one ran alone for the curve):
+    # over fewer attacks it would be a different figure drawn on the same line.
+    combined = [report.combined_at(eps) for eps in epsilons]
+    most = max((len(result.attacks) for result in combined), default=0)
+    full = [len(result.attacks) == most for result in combined]
+    accuracy[WORST_CASE] = [r.accuracy if ok else float("nan") for r, ok in zip(combined, full)]
+    intervals[WORST_CASE] = [r.outcome.accuracy_interval if ok else None for r, ok in zip(combined, full)]
     return SweepResult(
         report.model, epsilons, report.clean.accuracy, accuracy, intervals, report.clean.accuracy_interval
     )
