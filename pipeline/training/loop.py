@@ -51,6 +51,7 @@ from pipeline.store import (
     read_settings,
     read_status,
     remove_partial_writes,
+    remove_run,
     resolve_run,
     save_checkpoint,
     save_model,
@@ -93,6 +94,7 @@ def train(
         raise UserInputError("give a training configuration (or a run to resume)")
     else:
         config = with_start_run(config, runs_dir)
+    created = run_dir is None and resume is None  # a folder this call makes, and so may take back
     context = distributed.setup(config.device)
     try:
         if run_dir is None:
@@ -108,10 +110,28 @@ def train(
             remove_partial_writes(run_dir)
             if not has_config(run_dir):
                 write_request(run_dir, config.to_dict())  # resumable from the first instant
-        Trainer(config, run_dir, context, progress, track).run()
+        try:
+            Trainer(config, run_dir, context, progress, track).run()
+        except Exception:  # an interrupt is a cancel: the run stays, resumable
+            if created and context.is_main:
+                _forget_unstarted(run_dir)
+            raise
     finally:
         distributed.teardown(context)
     return run_dir
+
+
+def _forget_unstarted(run_dir: Path) -> None:
+    """Remove a run this training created when it failed before finishing any epoch.
+
+    Bad data or a bad setting found at start-up leaves nothing worth keeping (no epoch, no model),
+    and a folder left behind would be listed as a run. A run with a finished epoch keeps everything
+    it saved; a folder made by someone else (a background job's, which shows the failure) stays too.
+    """
+    if has_checkpoint(run_dir):
+        return
+    with contextlib.suppress(OSError, CheckpointError):  # the error that ended the training matters more
+        remove_run(run_dir)
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
