@@ -114,8 +114,8 @@ def tqdm_progress(description: str) -> Progress:
         if total and bar.total != total:
             bar.total = total
         bar.n = done
-        left = time_left_words(timer.seconds(now), now - (timer.moved or started))
-        bar.set_postfix_str(f"{message} · {left}" if message else left, refresh=False)
+        left = "" if total and done >= total else time_left_words(timer.seconds(now), now - (timer.moved or started))
+        bar.set_postfix_str(" · ".join(text for text in (message, left) if text), refresh=False)
         bar.refresh()
         if total and done >= total:
             bar.close()
@@ -226,6 +226,8 @@ class TimeLeft:
             # the work moved, its phase did not change
             if fraction > self._fraction:
                 self._fraction, self.moved = fraction, now
+            if fraction >= 1.0:
+                self._at, self._left = now, 0.0  # all done
             return
         if step is None:
             if fraction < self._fraction:
@@ -280,14 +282,23 @@ class TimeLeft:
                     return spent / work
             return None
 
-        left = 0.0
-        for phase, share in ((current, 1.0 - step.fraction), *((phase, 1.0) for phase in step.ahead)):
-            if phase.work * share <= 0:
+        rate = cost(current)
+        if rate is None:
+            return None
+        # The current phase: the rest of its work at its kind's rate (its own progress included); as
+        # it nears its end, more and more of what its kind's past phases took beyond that: a phase's
+        # time runs to the next phase's start, so it holds what follows its last report (a checkpoint).
+        left = rate * current.work * (1.0 - step.fraction)
+        spent, work, _ = self._kinds.get(current.kind, (0.0, 0.0, current.unit))
+        if work > 0:
+            left += step.fraction * max(0.0, spent / work * current.work - elapsed - left)
+        for phase in step.ahead:
+            if phase.work <= 0:
                 continue
             rate = cost(phase)
             if rate is None:
                 return None
-            left += rate * phase.work * share
+            left += rate * phase.work
         return left
 
 
