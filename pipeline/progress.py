@@ -267,7 +267,7 @@ class TimeLeft:
         kinds = {kind: (spent, work, unit) for kind, (spent, work, unit) in self._kinds.items()}
         if covered > 0:
             spent, work, _ = kinds.get(current.kind, (0.0, 0.0, current.unit))
-            kinds[current.kind] = (self.memory * spent + elapsed, self.memory * work + covered, current.unit)
+            kinds[current.kind] = (spent + elapsed, work + covered, current.unit)
 
         def cost(phase: Phase) -> Optional[float]:
             """Seconds per unit of work of ``phase``: its kind's, else that of every kind measured in
