@@ -35,7 +35,7 @@ import psutil
 
 from pipeline.data.dicomweb import remembered_env
 from pipeline.errors import CheckpointError, UserInputError
-from pipeline.progress import ProgressCallback, TimeLeft
+from pipeline.progress import Progress, ProgressCallback, Step, TimeLeft, report
 from pipeline.store import (
     STATUS,
     TERMINAL_PHASES,
@@ -384,25 +384,24 @@ class JobContext:
     def cancel_requested(self) -> bool:
         return cancel_requested(self.job_dir)
 
-    def report(self, done: int, total: int, message: str = "", *, eta_s: Optional[float] = None) -> None:
+    def report(self, done: int, total: int, message: str = "", *, step: Optional[Step] = None) -> None:
         """Progress: echoed at once, written at most every ``STATUS_INTERVAL_S`` seconds.
 
-        ``eta_s`` (seconds left) defaults to :class:`pipeline.progress.TimeLeft`'s, from the rate of
-        the recent reports. It is written with ``eta_at``, the time it was true, and ``progress_at``,
-        when the work last moved, so a watcher counts it down and sees a job that went quiet.
+        ``step`` says which phase of its plan the work is in (see :class:`pipeline.progress.Step`);
+        the time left ``eta_s`` is :class:`pipeline.progress.TimeLeft`'s, from every report. It is
+        written with ``eta_at``, the time it was true, and ``progress_at``, when the work last moved,
+        so a watcher counts it down and sees a job that went quiet.
         """
-        if self.echo is not None:
-            self.echo(done, total, message)
+        report(self.echo, done, total, message, step=step)
         now = time.time()
         if not total:
             return
         fraction = min(done / total, 1.0)
-        self._timer.update(fraction, now)
+        self._timer.update(fraction, now, step)
         if now - self._written < STATUS_INTERVAL_S:
             return
         self._written = now
-        if eta_s is None:
-            eta_s = self._timer.seconds(now)
+        eta_s = self._timer.seconds(now)
         self.status(
             progress=round(fraction, 4),
             eta_s=None if eta_s is None else round(eta_s, 1),
@@ -411,15 +410,16 @@ class JobContext:
             **({"message": message} if message else {}),
         )
 
-    def progress(self) -> ProgressCallback:
-        """A progress callback for pipeline work that also raises :class:`JobCancelled` when asked to stop."""
+    def progress(self) -> Progress:
+        """A progress callback for pipeline work that also raises :class:`JobCancelled` when asked to
+        stop; it takes structured steps."""
 
-        def callback(done: int, total: int, message: str) -> None:
+        def callback(done: int, total: int, message: str, step: Optional[Step]) -> None:
             if self.cancel_requested():
                 raise JobCancelled("cancelled by the user")
-            self.report(done, total, message)
+            self.report(done, total, message, step=step)
 
-        return callback
+        return Progress(callback)
 
     def _final(self, **fields: Any) -> None:
         """Best effort: when the disk is full, the error that says so matters more than the status."""

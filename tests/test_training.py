@@ -20,7 +20,7 @@ from pipeline.training import PRESETS, TrainConfig, train
 from pipeline.training.augment import Augmentation
 from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
 from pipeline.training.strategies import available as available_strategies
-from tests.training_helpers import TINY, checkpoint_epoch, make_blob_folder, start_cli
+from tests.training_helpers import TINY, checkpoint_epoch, cli_args, make_blob_folder, start_cli
 
 #: The module's trainings (the PGD-trained fixture above all) take minutes on a busy 2-core machine;
 #: pytest's 600 s default is a guard against hangs, not a budget, so these tests get more room.
@@ -347,3 +347,39 @@ def test_cli_trains_and_refuses_bad_input(tmp_path: Path) -> None:
     bad = start_cli("train", "--eps", "4", "--runs-dir", str(tmp_path))
     output = bad.communicate(timeout=120)[0]
     assert bad.returncode == 2 and "eps must lie in" in output and "Traceback" not in output
+
+
+def _runs_in(runs: Path) -> list[str]:
+    """The run folders under ``runs`` (MLflow's store beside them is not a run)."""
+    if not runs.is_dir():
+        return []
+    return sorted(path.name for path in runs.iterdir() if path.is_dir() and not path.name.startswith(("mlruns", ".")))
+
+
+def test_a_training_that_fails_before_its_first_epoch_leaves_no_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # bad data, typed on the command line as a user would
+    settings = {**TINY, "data": str(tmp_path / "no-such-folder")}
+    process = start_cli("train", "--quiet", "--no-tracking", "--runs-dir", str(runs), *cli_args(settings))
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0 and "no-such-folder" in output, output
+    assert _runs_in(runs) == []
+    # a setting that passes its own check but fails at set-up: a transfer source that is not there
+    config = TrainConfig.from_dict({**TINY, "strategy": "transfer", "transfer_run": str(runs / "missing")})
+    with pytest.raises(UserInputError, match="does not exist"):
+        train(config, runs, track=False)
+    assert _runs_in(runs) == []
+
+
+def test_a_training_that_fails_later_keeps_what_it_saved(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    def fail_in_the_second_epoch(done: int, total: int, message: str) -> None:
+        if message.startswith("epoch 2/"):
+            raise RuntimeError("the disk went away")
+
+    with pytest.raises(RuntimeError, match="disk went away"):
+        train(TrainConfig.from_dict({**TINY, "epochs": 2}), runs, progress=fail_in_the_second_epoch, track=False)
+    (name,) = _runs_in(runs)
+    assert checkpoint_epoch(runs / name) == 1 and [line["epoch"] for line in read_metrics(runs / name)] == [1]
+    assert read_status(runs / name)["phase"] == "failed"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pipeline.errors import UserInputError
-from pipeline.progress import ProgressCallback, TimeLeft, time_left_words
+from pipeline.progress import Progress, ProgressCallback, Step, TimeLeft, time_left_words
 
 
 class Cancelled(UserInputError):
@@ -46,20 +46,20 @@ class Task:
 
     def _main(self) -> None:
         try:
-            self.result = self.work(self._progress)
+            self.result = self.work(Progress(self._progress))
         except BaseException as error:  # the page shows it; a worker thread has no one else to tell
             self.error = error
         finally:
             self.finished = time.monotonic()
 
-    def _progress(self, done: int, total: int, message: str) -> None:
+    def _progress(self, done: int, total: int, message: str, step: Optional[Step]) -> None:
         if self._cancel.is_set():
             raise Cancelled("it was cancelled; start it again when you are ready")
         self.done, self.total, self.message = done, total, message
-        self._timer.update(self.fraction, time.monotonic())
+        self._timer.update(self.fraction, time.monotonic(), step)
 
     def time_left(self) -> str:
-        """The time left in words, from the rate measured over the recent reports."""
+        """The time left in words, from each phase's measured cost (:class:`pipeline.progress.TimeLeft`)."""
         now = time.monotonic()
         return time_left_words(self._timer.seconds(now), now - (self._timer.moved or self.started))
 

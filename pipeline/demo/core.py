@@ -30,9 +30,9 @@ from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import JobCancelled
 from pipeline.json_object import parse_json_object
 from pipeline.models import arch_title
-from pipeline.progress import ProgressCallback, report, staged
+from pipeline.progress import Phase, ProgressCallback, report, staged
 from pipeline.store import atomic_write_json, load_model, read_status
-from pipeline.training import TrainConfig, train
+from pipeline.training import TrainConfig, planned_phases, train
 from pipeline.units import format_epsilon
 
 DEMO_FILE: Final[str] = "demo.json"
@@ -230,21 +230,26 @@ def prepare_demo(
     runs_dir = Path(runs_dir)
     standard_config, robust_config = chosen.configs(device)
     commit = current_commit()
+    # what each stage will run, for the time left: it learns each kind's cost as the stages run
+    check = Phase("held-out check", _test_scans(standard_config) * len(EVAL_EPSILONS) * (chosen.eval_steps + 2 / 3))
+    plans = (planned_phases(standard_config), planned_phases(robust_config), (check, check))
+
+    def stage(index: int, name: str) -> Optional[ProgressCallback]:
+        return staged(progress, index, chosen.shares, name, plans=plans)
 
     started = time.perf_counter()
-    trained = train(standard_config, runs_dir, progress=staged(progress, 0, chosen.shares, "standard model"))
+    trained = train(standard_config, runs_dir, progress=stage(0, "standard model"))
     standard_dir = _finished(trained, "standard")
     standard_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
-    trained = train(robust_config, runs_dir, progress=staged(progress, 1, chosen.shares, "robust model"))
+    trained = train(robust_config, runs_dir, progress=stage(1, "robust model"))
     robust_dir = _finished(trained, "robust")
     robust_seconds = time.perf_counter() - started
 
     demo = measure_pair(standard_dir, robust_dir, recipe=chosen, seconds=(standard_seconds, robust_seconds),
-                        device=device, progress=staged(progress, 2, chosen.shares, "held-out check"),
-                        commit=commit)
+                        device=device, progress=stage(2, "held-out check"), commit=commit)
     atomic_write_json(runs_dir / DEMO_FILE, demo.to_dict())
     report(progress, 1, 1, "demo ready")
     return demo
@@ -333,6 +338,11 @@ def _finished(run_dir: Path, role: str) -> Path:
     if phase != "done":
         raise UserInputError(f"the {role} model's training ended {phase}: {status.get('error') or 'no reason given'}")
     return run_dir
+
+
+def _test_scans(config: TrainConfig) -> int:
+    """The held-out test scans a demo model is checked on, as expected from its data's split fractions."""
+    return max(1, round(config.data.count * config.data.test_fraction))
 
 
 def _measure(role: str, run_dir: Path, seconds: float, device: str, steps: int,

@@ -57,7 +57,7 @@ from pipeline.evaluation.sweeps import (
 )
 from pipeline.evaluation.transfer import TransferResult, transfer_matrix
 from pipeline.params import from_mapping, setting, validate_fields
-from pipeline.progress import ProgressCallback, report, staged
+from pipeline.progress import Phase, ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
 
 #: Budgets the robustness curve adds to the table's by default: with the table's 4/255 and the clean
@@ -367,19 +367,20 @@ def evaluate_models(
     # The quick strength level checks the largest epsilon only: the signs of masking and of a weak
     # attack belong to the model and the attack, and show at one budget as at another.
     checked = settings.epsilons if settings.strength_settings.every_epsilon else (max(settings.epsilons),)
-    stage_count = (
-        len(models)
-        * (
-            1
-            + settings.strength * len(checked)
-            + bool(settings.corruptions)
-            + bool(settings.faithfulness_scans)
-            + settings.minimal_epsilon
-            + (settings.certify_sigma is not None)
-            + len(settings.defenses)
-        )
-        + (settings.transfer and len(models) > 1)
-    )
+    # The sections in the order they run, each a phase of its kind: the time left prices the second
+    # model's sections by the first's measured ones, and a kind not run yet by the sections that have.
+    kinds = [
+        "attacks",
+        *["strength checks"] * (settings.strength * len(checked)),
+        *["corruptions"] * bool(settings.corruptions),
+        *["faithfulness"] * bool(settings.faithfulness_scans),
+        *["minimal epsilon"] * settings.minimal_epsilon,
+        *["certification"] * (settings.certify_sigma is not None),
+        *[f"defence {name}" for name in settings.defenses],
+    ]
+    plans = [(Phase(kind, 1.0, "section"),) for _ in models for kind in kinds]
+    plans += [(Phase("transfer matrix", 1.0, "section"),)] * (settings.transfer and len(models) > 1)
+    stage_count = len(plans)
     stage_numbers = itertools.count()
     common = dict(batch_size=settings.batch_size, device=device)
     evaluated: list[ModelEvaluation] = []
@@ -428,7 +429,7 @@ def evaluate_models(
         """The progress of the next section; the sections before it are finished: hand them over."""
         if on_section is not None and evaluated:
             on_section(suite(complete=False))
-        return staged(progress, next(stage_numbers), stage_count, label, separator=" — ")
+        return staged(progress, next(stage_numbers), stage_count, label, separator=" — ", plans=plans)
 
     for name, model in models.items():
         clock = _Clock()

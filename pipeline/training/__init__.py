@@ -7,7 +7,7 @@ background process for the dashboard; ``python -m pipeline train`` is the comman
 from pipeline.jobs import JobState, cancel_job, job_state
 from pipeline.training.background import resume_job, start_job
 from pipeline.training.config import PRESETS, TrainConfig
-from pipeline.training.loop import train
+from pipeline.training.loop import planned_phases, train
 
 __all__ = [
     "PRESETS",
@@ -15,6 +15,7 @@ __all__ = [
     "TrainConfig",
     "cancel_job",
     "job_state",
+    "planned_phases",
     "resume_job",
     "start_job",
     "train",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.data import DataSpec
@@ -20,7 +20,7 @@ from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
 from pipeline.json_object import read_json_file
 from pipeline.params import Param, params_of
-from pipeline.progress import ProgressCallback, tqdm_progress
+from pipeline.progress import Progress, Step, report, tqdm_progress
 from pipeline.store import read_record
 from pipeline.tracking import add_tracking_flag, describe
 from pipeline.training.config import PRESETS, TrainConfig, merge_settings
@@ -100,17 +100,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bars() -> ProgressCallback:
+def _bars() -> Progress:
     """One tqdm bar per stage (data, transfer examples, training), opened when the stage reports."""
     stage: dict[str, Any] = {"total": None, "done": 0, "bar": None}
 
-    def update(done: int, total: int, message: str) -> None:
+    def update(done: int, total: int, message: str, step: Optional[Step]) -> None:
         if stage["bar"] is None or total != stage["total"] or done < stage["done"]:
             stage["bar"] = tqdm_progress("training" if message.startswith("epoch") else "preparing")
         stage.update(total=total, done=done)
-        stage["bar"](done, total, message)
+        report(stage["bar"], done, total, message, step=step)
 
-    return update
+    return Progress(update)
 
 
 def _print_outcome(run_dir: Path) -> None:

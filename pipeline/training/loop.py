@@ -35,7 +35,7 @@ from pipeline.data import ScanDataset, Split, load_dataset, split_for
 from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
-from pipeline.progress import ProgressCallback, report
+from pipeline.progress import PASS, Phase, ProgressCallback, Step, report
 from pipeline.store import (
     CONFIG,
     METRICS,
@@ -52,6 +52,7 @@ from pipeline.store import (
     read_settings,
     read_status,
     remove_partial_writes,
+    remove_run,
     resolve_run,
     save_checkpoint,
     save_model,
@@ -94,6 +95,7 @@ def train(
         raise UserInputError("give a training configuration (or a run to resume)")
     else:
         config = with_start_run(config, runs_dir)
+    created = run_dir is None and resume is None  # a folder this call makes, and so may take back
     context = distributed.setup(config.device)
     try:
         if run_dir is None:
@@ -109,10 +111,28 @@ def train(
             remove_partial_writes(run_dir)
             if not has_config(run_dir):
                 write_request(run_dir, config.to_dict())  # resumable from the first instant
-        Trainer(config, run_dir, context, progress, track).run()
+        try:
+            Trainer(config, run_dir, context, progress, track).run()
+        except Exception:  # an interrupt is a cancel: the run stays, resumable
+            if created and context.is_main:
+                _forget_unstarted(run_dir)
+            raise
     finally:
         distributed.teardown(context)
     return run_dir
+
+
+def _forget_unstarted(run_dir: Path) -> None:
+    """Remove a run this training created when it failed before finishing any epoch.
+
+    Bad data or a bad setting found at start-up leaves nothing worth keeping (no epoch, no model),
+    and a folder left behind would be listed as a run. A run with a finished epoch keeps everything
+    it saved; a folder made by someone else (a background job's, which shows the failure) stays too.
+    """
+    if has_checkpoint(run_dir):
+        return
+    with contextlib.suppress(OSError, CheckpointError):  # the error that ended the training matters more
+        remove_run(run_dir)
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
@@ -128,6 +148,37 @@ def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
             f"{config.arch} run, or set the architecture to {arch}"
         )
     return dataclasses.replace(config, init_from=str(start))
+
+
+#: The start-up phase of a training as the time-left estimate sees it (its own unit: one load).
+LOADING = Phase("load data", 1.0, "load")
+
+
+def epoch_phases(config: TrainConfig, train_scans: int, val_scans: int, strategy: Optional[Strategy] = None,
+                 *, first_epoch: int = 1) -> tuple[Phase, ...]:
+    """The phases of epochs ``first_epoch`` to ``config.epochs``: each a train part and a validation.
+
+    Work is in :data:`pipeline.progress.PASS` (forward and backward passes of one image): the
+    train part ``train_scans`` (rounded down to whole batches) times the strategy's passes per
+    scan, the validation the re-measured training scans and ``val_scans`` times a clean forward,
+    ``val_steps`` PGD steps and a forward under attack. ``strategy`` defaults to the config's.
+    """
+    strategy = strategy or build_strategy(config, None)
+    batch = max(2, config.batch_size)
+    trained = max(1, train_scans // batch) * batch
+    train = Phase(f"train {config.strategy}", trained * strategy.passes_per_image())
+    checked = min(config.eval_size, train_scans) + val_scans
+    validate = Phase("validate", checked * (config.val_steps + 2 / 3))
+    return (train, validate) * max(0, config.epochs - first_epoch + 1)
+
+
+def planned_phases(config: TrainConfig) -> tuple[Phase, ...]:
+    """Every phase of a new training of ``config`` (loading, then the epochs), its split sizes
+    expected from the data's count and fractions: how a caller prices a training not started yet."""
+    count = config.data.count
+    val_scans = max(1, round(count * config.data.val_fraction))
+    train_scans = max(2, count - val_scans - round(count * config.data.test_fraction))
+    return (LOADING, *epoch_phases(config, train_scans, val_scans))
 
 
 def _resumed_config(run_dir: Path, override: Optional[TrainConfig]) -> TrainConfig:
@@ -246,6 +297,10 @@ class Trainer:
         shard_size = len(distributed.shard(torch.arange(len(self.x_train)), self.context))
         self.batches = max(1, shard_size // self.batch_size)
         self.total_steps = config.epochs * self.batches
+        self.phases = epoch_phases(
+            config, self.batches * self.batch_size * self.context.world_size,
+            len(self.x_val), self.strategy,
+        )[:2]
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     def _load_data(self) -> tuple[ScanDataset, Split]:
@@ -353,23 +408,24 @@ class Trainer:
     # ---------------------------------------------------------------------------- epochs
     def _loop(self) -> None:
         config, state = self.config, self.state
-        epoch_times: list[float] = []
         while state["epoch"] < config.epochs and not state["stopped"]:
             epoch = state["epoch"] + 1
             started = time.time()
             self.job.status(phase="training", epoch=epoch, message=f"epoch {epoch}/{config.epochs}")
-            trained = self._train_epoch(epoch, epoch_times)
+            self._report(epoch, "train", 0.0)
+            trained = self._train_epoch(epoch)
             train_time = time.time() - started
             self.job.status(
                 phase="validating", message=f"epoch {epoch}/{config.epochs}: validation under PGD"
             )
+            self._report(epoch, "validate", 0.0)
             images = trained.pop("images")
             line = {
                 "epoch": epoch,
                 "lr": self._lr(state["step"] - 1),
                 **trained,
-                **self._measure(self.x_eval, self.y_eval, "train", epoch),
-                **self._measure(self.x_val, self.y_val, "val", epoch),
+                **self._measure(self.x_eval, self.y_eval, "train", epoch, checked=0),
+                **self._measure(self.x_val, self.y_val, "val", epoch, checked=len(self.x_eval)),
                 "eps": config.eps,
                 "train_eps": config.eps * self._budget_scale(state["step"] - 1),
                 "time_s": round(time.time() - started, 3),
@@ -385,10 +441,9 @@ class Trainer:
                 self._roll_back(line)
                 break
             self._finish_epoch(line)
-            epoch_times.append(time.time() - started)
         self.job.finish(message=self._summary())
 
-    def _train_epoch(self, epoch: int, epoch_times: list[float]) -> dict[str, float]:
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
         config, context = self.config, self.context
         self.net.train()
         order_generator = torch.Generator(device=self.device).manual_seed(_seed(config.seed, epoch))
@@ -425,7 +480,7 @@ class Trainer:
                 [loss.detach().double() * len(labels), (logits.detach().argmax(1) == labels).sum().double()]
             )
             count += len(labels)
-            self._report_batch(epoch, batch, epoch_times)
+            self._report(epoch, "train", (batch + 1) / self.batches)
         loss_sum, correct, count = distributed.all_sum(_with_count(totals, count), context).tolist()
         key = "train_adv_acc" if self.strategy.adversarial else "train_batch_acc"
         return {"train_loss": loss_sum / count, key: correct / count, "images": count}
@@ -468,19 +523,28 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _report_batch(self, epoch: int, batch: int, epoch_times: list[float]) -> None:
-        done = (epoch - 1) * self.batches + batch + 1
-        remaining = self.total_steps - done
-        if epoch_times:
-            eta = sum(epoch_times) / len(epoch_times) * remaining / self.batches
+    def _report(self, epoch: int, part: str, fraction: float) -> None:
+        """Progress ``fraction`` into ``part`` ("train" or "validate") of ``epoch``, as a structured
+        step (the epochs still to come ahead of it) for the one time-left estimate."""
+        config = self.config
+        train, validate = self.phases
+        later = (train, validate) * (config.epochs - epoch)
+        if part == "train":
+            step = Step(("epoch", epoch, part), train, fraction, (validate, *later))
+            done = (epoch - 1) * self.batches + round(fraction * self.batches)
+            message = f"epoch {epoch}/{config.epochs}"
         else:
-            eta = (time.time() - self.job.started) / max(batch + 1, 1) * remaining
-        self.job.report(done, self.total_steps, f"epoch {epoch}/{self.config.epochs}", eta_s=eta)
+            step = Step(("epoch", epoch, part), validate, fraction, later)
+            done = epoch * self.batches
+            message = f"epoch {epoch}/{config.epochs}: validation under PGD"
+        self.job.report(done, self.total_steps, message, step=step)
 
     # -------------------------------------------------------------------------- measuring
-    def _measure(self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int) -> dict[str, Any]:
+    def _measure(
+        self, x: torch.Tensor, y: torch.Tensor, side: str, epoch: int, *, checked: int
+    ) -> dict[str, Any]:
         """Clean and PGD accuracy (and clean loss and answer counts) on fixed scans, shared out over
-        the ranks."""
+        the ranks; progress reported as the epoch's validation, ``checked`` scans of it done before."""
         config, context = self.config, self.context
         mine = torch.arange(context.rank, len(x), context.world_size, device=self.device)
         alpha = max(config.eps / 4, 2.5 * config.eps / config.val_steps)
@@ -522,6 +586,8 @@ class Trainer:
                 ]
             )
             count += len(yb)
+            share = (checked + (start + len(index)) * context.world_size) / (len(self.x_eval) + len(self.x_val))
+            self._report(epoch, "validate", min(share, 1.0))
         summed = distributed.all_sum(_with_count(totals, count), context).tolist()
         loss, clean, robust_correct, count = summed[:3] + summed[-1:]
         count = max(count, 1.0)
@@ -615,8 +681,14 @@ class Trainer:
         return text + (f"; {state['stopped']}" if state["stopped"] else "")
 
     def _phase_progress(self, phase: str) -> ProgressCallback:
+        """Progress of a start-up phase (loading, preparing), passed on as a step with the epochs
+        (their sizes as expected before the data is there) ahead of it."""
+        kind = LOADING if phase == "loading data" else Phase(phase, 1.0, phase)
+        ahead = planned_phases(self.config)[1:]
+
         def forward(done: int, total: int, message: str) -> None:
-            report(self.progress, done, total, message or phase)
+            step = Step((phase,), kind, min(done / total, 1.0) if total else 0.0, ahead)
+            report(self.progress, done, total, message or phase, step=step)
 
         return forward
 

@@ -97,6 +97,11 @@ class Strategy:
         """The training set this strategy trains on (transfer adds its examples here)."""
         return x, y
 
+    def passes_per_image(self) -> float:
+        """Forward-and-backward passes one training scan costs a step (a forward alone counts a
+        third): what the time-left estimate prices an epoch of this strategy by before it has run."""
+        return 1.0
+
     def step(
         self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
     ) -> StepResult:
@@ -141,6 +146,9 @@ class PGDTraining(Strategy):
     ) -> StepResult:
         return super().step(net, model, self.pgd(model, x, y, seed, self.inner_steps), y, seed)
 
+    def passes_per_image(self) -> float:
+        return 1.0 + (self.inner_steps or self.config.steps)
+
 
 @register
 class FastTraining(PGDTraining):
@@ -179,6 +187,9 @@ class PairedTraining(Strategy):
 
     def pair_loss(self, clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def passes_per_image(self) -> float:
+        return 2.0 + self.config.steps
 
 
 @register
@@ -245,6 +256,9 @@ class MixedTraining(Strategy):
         x_cw = attack("cw", model, x, y, steps=self.config.cw_steps, binary_search_steps=1)
         everything, labels = torch.cat([x, x_fgsm, x_pgd, x_cw]), y.repeat(4)
         return super().step(net, model, everything, labels, seed)
+
+    def passes_per_image(self) -> float:
+        return 4.0 + 1.0 + self.config.steps + self.config.cw_steps
 
 
 @register

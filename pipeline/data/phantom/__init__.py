@@ -12,9 +12,7 @@ of a larger set is the smaller set.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 import numpy as np
 
@@ -27,6 +25,7 @@ from pipeline.data.phantom.lesions import Finding, draw_lesions
 from pipeline.data.phantom.vessels import draw_vessels
 from pipeline.errors import DatasetError
 from pipeline.progress import ProgressCallback, report
+from pipeline.workers import process_pool
 
 __all__ = ["SYNTHETIC_LABEL", "SYNTHETIC_TITLE", "PHANTOM_VERSION", "Finding", "PhantomSlice",
            "default_class_counts", "render_phantom", "render_slice", "synthesize"]
@@ -122,8 +121,8 @@ def synthesize(count: int = 600, *, seed: int = 0, size: int = 256,
         workers = cores if cores >= _PARALLEL_CORES else 1
     workers = min(workers, count // _CHUNK)
     if workers > 1 and count >= _PARALLEL_FROM:
-        # spawn, not fork: the caller may hold threads (torch, a web server) that a fork would copy
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        # clean spawned children: never fork a process holding threads, never re-run its __main__
+        with process_pool(workers) as pool:
             starts = range(0, count, _CHUNK)
             chunks = [pool.submit(_render_range, int(seed), size, labels[start:start + _CHUNK], start)
                       for start in starts]
