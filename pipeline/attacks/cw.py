@@ -21,14 +21,20 @@ torchattacks run costs (``bench/attacks.py``) while fooling at least as many sca
 - **no pass twice at one point**: the gradient that sets the starting ``c`` is taken at the first
   round's first point and serves as that step's gradient; every later round starts at a point whose
   margin and gradient were computed when it was reached (each scan's best or last point), so its first
-  step runs no model. With the per-scan abort a later round often takes one forward-backward pass
-  instead of two, and the whole attack 56 model calls instead of 61 on ``bench/attacks.py``'s ResNet-18
-  (torchattacks: 50), with the same results up to rounding;
+  step runs no model;
 - **shorter later rounds**: round ``r`` runs at most ``steps / 2^r`` steps, so all rounds together
   cost at most twice the first;
 - **per-scan early abort** (Carlini's abort, per scan): every tenth of a round, a scan whose loss fell
   by less than 0.01% since the previous check, or that is fooled and whose smallest fooling distance
-  shrank by less than 1%, leaves the round, and later steps run on the scans left.
+  shrank by less than 1%, leaves the round, and later steps run on the scans left. A scan that left
+  for the second reason has converged and sits out the later rounds: a later round would start it
+  from that same best point with fresh Adam moments, whose first step (``lr`` per coordinate in tanh
+  space) never shrank its distance by 1% in our measurements, so it left again after one pass.
+
+On ``bench/attacks.py``'s ResNet-18 (64 px, batch 16, randomly initialised) this makes 730
+forward-backward rows in 54 model calls (before: 866 in 61; torchattacks at c = 1: 800 in 50) with
+the same 16/16 scans fooled and a median L2 of 2.113 (before: 2.131); on the tests' small CNN 557 rows
+instead of 701, to the same perturbations.
 """
 
 from __future__ import annotations
@@ -181,6 +187,9 @@ class CW(ConstantSearch):
         it needs is taken at the first round's first point, so that round's first step reuses it.
         """
         self.at_best, self.at_end = _Known.empty(x), _Known.empty(x)
+        #: Scans that converged (fooled, fooling distance shrinking by < 1% a check): no more rounds.
+        self.converged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.latest: Optional[torch.Tensor] = None  # every scan's logits at its current point, for the trace
         if self.c is not None:
             return super().starting_c(model, x, y, target)
         goal, targeted = (y, False) if target is None else (target, True)
@@ -207,11 +216,12 @@ class CW(ConstantSearch):
         known = self.at_best.where(warm, self.at_end)
         w = _to_tanh(start)
         moments = torch.zeros_like(w), torch.zeros_like(w)  # Adam's, per scan: rows leave the round
-        found = torch.zeros_like(c, dtype=torch.bool)
+        found = self.converged.clone()  # a converged scan is fooled: its c only halves
         abort = EarlyAbort(steps, x.shape[0], x.device)
         gained = self.best_distance.clone()  # the smallest fooling distance at the last check
-        active = torch.arange(x.shape[0], device=x.device)
-        latest: Optional[torch.Tensor] = None  # every scan's logits at its current point, for the trace
+        active = (~self.converged).nonzero().flatten()
+        if active.numel() == 0:
+            return found
         for step in range(steps):
             point = w[active]
             x_adv = _to_image(point)
@@ -234,13 +244,15 @@ class CW(ConstantSearch):
             self.at_end.store(active, lead_grad, lead, logits)
             self.ended[active] = x_adv
             if self._tracing:
-                latest = logits if latest is None else latest.index_copy(0, active, logits)
-                self.record(latest, y)
+                self.latest = logits if self.latest is None else self.latest.index_copy(0, active, logits)
+                self.record(self.latest, y)
             tick(step + 1)
             if abort.due(step):
                 done = abort.stalled(loss, active)
                 if step:  # a fooled scan whose fooling distance shrank by less than 1% has converged
-                    done |= found[active] & (self.best_distance[active] >= 0.99 * gained[active])
+                    settled = found[active] & (self.best_distance[active] >= 0.99 * gained[active])
+                    self.converged[active[settled]] = True
+                    done |= settled
                 gained[active] = self.best_distance[active]
                 active = active[~done]
                 if active.numel() == 0:
