@@ -82,11 +82,13 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+def timed(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+          short_repeats: Optional[int] = None) -> dict[str, float]:
     """Median seconds of each run, timed in turns (the order rotating each round, so no run always
-    goes first); one warm-up round, skipped from the median unless it alone took > 2 s per run (then
-    that round is the measurement). A round of under a second in all is repeated at least 7 times:
-    on a shared machine one short sample is mostly the load's noise."""
+    goes first); one warm-up round, skipped from the median unless it alone took > 2 s per run or
+    ``repeats`` is 1 (then that round is the measurement). With ``short_repeats``, the warm-up is
+    always skipped and a warm-up round of under a second in all is followed by at least
+    ``short_repeats`` rounds: on a shared machine one short sample is mostly the load's noise."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     rounds = repeats
@@ -99,10 +101,10 @@ def timed(runs: dict[str, Callable[[], object]], device: torch.device, repeats: 
             synchronise(device)
             times[name].append(time.perf_counter() - start)
         if round_ == 0:
-            if max(t[0] for t in times.values()) > 2.0:
+            if max(t[0] for t in times.values()) > 2.0 or (repeats <= 1 and short_repeats is None):
                 return {name: values[0] for name, values in times.items()}
-            if sum(t[0] for t in times.values()) < 1.0:
-                rounds = max(repeats, 7)
+            if short_repeats is not None and sum(t[0] for t in times.values()) < 1.0:
+                rounds = max(repeats, short_repeats)
         round_ += 1
     return {name: statistics.median(values[1:]) for name, values in times.items()}
 
@@ -221,7 +223,7 @@ def peer_table(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device:
             peer = row.peers.get(library)
             if peer is not None:
                 runs[library] = keep(library, lambda peer=peer: peer(model, x, y))
-        spent = timed(runs, device, repeats)
+        spent = timed(runs, device, repeats, short_repeats=7)
         ours_fooled = fooled(model, results["ours"], y)
         ours_size = sizes(x, results["ours"], row.norm).cpu()
         cells = [_cell(spent["ours"], ours_fooled, ours_size, row.norm)]
