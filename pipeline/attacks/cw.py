@@ -18,11 +18,23 @@ torchattacks run costs (``bench/attacks.py``) while fooling at least as many sca
   point gave a smaller median L2 than once or four times it, in fewer passes than once);
 - **warm starts**: each round starts from the scan's smallest fooling point so far (else from where
   its last round ended), not from the clean scan, so it refines instead of repeating the way there;
+- **no pass twice at one point**: the gradient that sets the starting ``c`` is taken at the first
+  round's first point and serves as that step's gradient; every later round starts at a point whose
+  margin and gradient were computed when it was reached (each scan's best or last point), so its first
+  step runs no model;
 - **shorter later rounds**: round ``r`` runs at most ``steps / 2^r`` steps, so all rounds together
   cost at most twice the first;
 - **per-scan early abort** (Carlini's abort, per scan): every tenth of a round, a scan whose loss fell
   by less than 0.01% since the previous check, or that is fooled and whose smallest fooling distance
-  shrank by less than 1%, leaves the round, and later steps run on the scans left.
+  shrank by less than 1%, leaves the round, and later steps run on the scans left. A scan that left
+  for the second reason has converged and sits out the later rounds: a later round would start it
+  from that same best point with fresh Adam moments, whose first step (``lr`` per coordinate in tanh
+  space) never shrank its distance by 1% in our measurements, so it left again after one pass.
+
+On ``bench/attacks.py``'s ResNet-18 (64 px, batch 16, randomly initialised) this makes 730
+forward-backward rows in 54 model calls (before: 866 in 61; torchattacks at c = 1: 800 in 50) with
+the same 16/16 scans fooled and a median L2 of 2.113 (before: 2.131); on the tests' small CNN 557 rows
+instead of 701, to the same perturbations.
 """
 
 from __future__ import annotations
@@ -169,12 +181,26 @@ class CW(ConstantSearch):
 
     def starting_c(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    target: Optional[torch.Tensor]) -> torch.Tensor:
-        """``c`` as given, else ``4 (f0 + kappa) / |g|^2`` per scan (see the module docstring)."""
+        """``c`` as given, else ``4 (f0 + kappa) / |g|^2`` per scan (see the module docstring).
+
+        Also sets up the per-scan caches of the margin's gradient. With automatic ``c`` the gradient
+        it needs is taken at the first round's first point, so that round's first step reuses it.
+        """
+        self.at_best, self.at_end = _Known.empty(x), _Known.empty(x)
+        #: Scans that converged (fooled, fooling distance shrinking by < 1% a check): no more rounds.
+        self.converged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.latest: Optional[torch.Tensor] = None  # every scan's logits at its current point, for the trace
         if self.c is not None:
             return super().starting_c(model, x, y, target)
         goal, targeted = (y, False) if target is None else (target, True)
-        grad, logits = gradient(model, x, margin, goal, targeted)
+        first = _to_image(_to_tanh(x))  # the point the first step evaluates, x up to rounding
+        grad, logits = gradient(model, first, margin, goal, targeted)
         gap = margin(logits, goal, targeted).float() + self.kappa
+        # The first step's misclassification term is CW's margin capped at kappa: its gradient is
+        # minus the margin's where the cap is not reached (clamp passes the gradient at the cap).
+        lead = cw_loss(logits, y, target, self.kappa)
+        self.at_end.store(torch.arange(x.shape[0], device=x.device), -grad * per_sample(
+            (-margin(logits, goal, targeted) <= self.kappa).to(grad.dtype), grad), lead, logits)
         estimate = 4 * gap / grad.flatten(1).float().pow(2).sum(1)
         return torch.nan_to_num(estimate, nan=C_HIGH, posinf=C_HIGH).clamp(C_LOW, C_HIGH).to(x.dtype)
 
@@ -183,40 +209,108 @@ class CW(ConstantSearch):
 
     def _optimise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
                   c: torch.Tensor, steps: int, tick: Tick) -> torch.Tensor:
-        start = torch.where(per_sample(torch.isfinite(self.best_distance), x), self.best, self.ended)
-        w = torch.atanh((2 * start - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        warm = torch.isfinite(self.best_distance)
+        start = torch.where(per_sample(warm, x), self.best, self.ended)
+        # Every scan's starting point was evaluated before (by the last round, or by starting_c):
+        # its margin and gradient are known, so the first step runs no model on it.
+        known = self.at_best.where(warm, self.at_end)
+        w = _to_tanh(start)
         moments = torch.zeros_like(w), torch.zeros_like(w)  # Adam's, per scan: rows leave the round
-        found = torch.zeros_like(c, dtype=torch.bool)
+        found = self.converged.clone()  # a converged scan is fooled: its c only halves
         abort = EarlyAbort(steps, x.shape[0], x.device)
         gained = self.best_distance.clone()  # the smallest fooling distance at the last check
-        active = torch.arange(x.shape[0], device=x.device)
-        latest: Optional[torch.Tensor] = None  # every scan's logits at its current point, for the trace
+        active = (~self.converged).nonzero().flatten()
+        if active.numel() == 0:
+            return found
         for step in range(steps):
-            point = w[active].requires_grad_(True)
+            point = w[active]
+            x_adv = _to_image(point)
             goal = None if target is None else target[active]
-            with torch.enable_grad():
-                x_adv = (torch.tanh(point) + 1) / 2
-                logits = model(x_adv)
-                distance = (x_adv - x[active]).flatten(1).pow(2).sum(1)
-                loss = distance + self.penalty(logits, y[active], goal, c[active])
-                (grad,) = torch.autograd.grad(loss.sum(), point)
-            w[active] = _adam(point.detach(), grad, moments, active, step + 1, self.lr)
-            found[active] |= self.keep(x_adv.detach(), logits.detach(), distance.detach(), y[active], goal,
-                                       active)
-            self.ended[active] = x_adv.detach()
+            if step == 0 and known.complete:
+                lead_grad, lead, logits = known.grad[active], known.lead[active], known.logits[active]
+            else:
+                lead_grad, lead, logits = self._lead(model, x_adv, y[active], goal)
+            # d/dw of |x_adv - x|^2 - c * lead, with x_adv = (tanh(w) + 1) / 2: what autograd gives
+            # through tanh, written out so that a known gradient of the lead can stand in for a pass.
+            delta = x_adv - x[active]
+            distance = delta.flatten(1).pow(2).sum(1)
+            loss = distance - c[active] * lead
+            grad = (2 * delta - per_sample(c[active], delta) * lead_grad) * (2 * x_adv * (1 - x_adv))
+            w[active] = _adam(point, grad, moments, active, step + 1, self.lr)
+            before = self.best_distance[active]
+            found[active] |= self.keep(x_adv, logits, distance, y[active], goal, active)
+            improved = self.best_distance[active] < before
+            self.at_best.store(active[improved], lead_grad[improved], lead[improved], logits[improved])
+            self.at_end.store(active, lead_grad, lead, logits)
+            self.ended[active] = x_adv
             if self._tracing:
-                latest = logits.detach() if latest is None else latest.index_copy(0, active, logits.detach())
-                self.record(latest, y)
+                self.latest = logits if self.latest is None else self.latest.index_copy(0, active, logits)
+                self.record(self.latest, y)
             tick(step + 1)
             if abort.due(step):
                 done = abort.stalled(loss, active)
                 if step:  # a fooled scan whose fooling distance shrank by less than 1% has converged
-                    done |= found[active] & (self.best_distance[active] >= 0.99 * gained[active])
+                    settled = found[active] & (self.best_distance[active] >= 0.99 * gained[active])
+                    self.converged[active[settled]] = True
+                    done |= settled
                 gained[active] = self.best_distance[active]
                 active = active[~done]
                 if active.numel() == 0:
                     break
         return found
+
+    def _lead(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
+              goal: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CW's capped margin ``[n]`` at ``x_adv``, its gradient (shaped like ``x_adv``) and the logits."""
+        point = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(point)
+            lead = cw_loss(logits, y, goal, self.kappa)
+            (lead_grad,) = torch.autograd.grad(lead.sum(), point)
+        return lead_grad, lead.detach(), logits.detach()
+
+
+class _Known:
+    """Per scan: CW's capped margin, its gradient and the logits at one remembered point."""
+
+    def __init__(self, grad: torch.Tensor, lead: torch.Tensor, logits: Optional[torch.Tensor],
+                 have: torch.Tensor) -> None:
+        self.grad, self.lead, self.logits, self.have = grad, lead, logits, have
+
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> "_Known":
+        return cls(torch.zeros_like(x), x.new_zeros(x.shape[0]), None,
+                   torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+
+    @property
+    def complete(self) -> bool:
+        return self.logits is not None and bool(self.have.all())
+
+    def store(self, rows: torch.Tensor, grad: torch.Tensor, lead: torch.Tensor, logits: torch.Tensor) -> None:
+        if self.logits is None:
+            self.logits = logits.new_zeros(self.have.shape[0], logits.shape[1])
+        self.grad[rows] = grad
+        self.lead[rows] = lead.to(self.lead.dtype)
+        self.logits[rows] = logits
+        self.have[rows] = True
+
+    def where(self, choose: torch.Tensor, other: "_Known") -> "_Known":
+        """``self``'s entry where ``choose`` is True, else ``other``'s."""
+        if self.logits is None or other.logits is None:
+            return self if other.logits is None else other
+        return _Known(torch.where(per_sample(choose, self.grad), self.grad, other.grad),
+                      torch.where(choose, self.lead, other.lead),
+                      torch.where(choose[:, None], self.logits, other.logits),
+                      torch.where(choose, self.have, other.have))
+
+
+def _to_tanh(x: torch.Tensor) -> torch.Tensor:
+    """CW's change of variables: the ``w`` with ``(tanh(w) + 1) / 2 = x`` (x kept off 0 and 1)."""
+    return torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+def _to_image(w: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(w) + 1) / 2
 
 
 def _adam(w: torch.Tensor, grad: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor],
