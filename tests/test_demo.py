@@ -188,7 +188,7 @@ def test_the_card_prepares_the_demo_as_one_background_job(tmp_path: Path, monkey
         assert job_state(job).running or job_state(job).phase == "queued"
         run_until(at, lambda app: job_state(job).running)
         at.run()
-        assert any("demo is being prepared" in item.value for item in at.info)
+        assert any("two models are being trained" in item.value for item in at.info)
         assert at.button(key="demo:job:cancel").label == "Cancel the demo preparation"
     finally:
         cancel_job(job)
