@@ -41,9 +41,11 @@ def in_mm(pixels: float, mm_per_px: Optional[float]) -> str:
     return "" if mm_per_px is None else f" (≈ {pixels * mm_per_px:.1f} mm)"
 
 
-def warp(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def warp(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor,
+         scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Rotate each scan of ``x`` ``[N, C, H, W]`` by ``angles[n]`` degrees counter-clockwise about its
-    centre, zoom it by ``scale``, then shift it by ``shifts[n] = (right, down)`` pixels; bilinear,
+    centre, zoom it by ``scale`` (one factor, or ``[N]``), then shift it by ``shifts[n] = (right,
+    down)`` pixels; bilinear,
     black (0) outside. ``angles`` ``[N]`` and ``shifts`` ``[N, 2]`` are any real numbers; no rotation
     and whole-pixel shifts move pixels exactly. Differentiable in ``x``.
     """
@@ -54,7 +56,8 @@ def warp(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor, scale: flo
     # The output pixel p samples the input at (S R)^-1 (p - t), in pixel units so that a rotation stays
     # a rotation on non-square scans; then converted to affine_grid's [-1, 1] frame.
     half = torch.diag(torch.tensor([width / 2, height / 2], dtype=torch.float64))
-    linear = torch.linalg.inv(half) @ rotation.transpose(-1, -2) @ half / scale
+    zoom = torch.as_tensor(scale, dtype=torch.float64).cpu().reshape(-1, 1, 1)
+    linear = torch.linalg.inv(half) @ rotation.transpose(-1, -2) @ half / zoom
     moved = torch.as_tensor(shifts, dtype=torch.float64).reshape(-1, 2).cpu()
     offset = moved * torch.tensor([2 / width, 2 / height], dtype=torch.float64)
     translation = -(linear @ offset[:, :, None])
@@ -145,10 +148,15 @@ class Spatial(Attack):
             logits = model(batch).view(count, active.numel(), -1)
             labels, goal = y[active], None if target is None else target[active]
             for j, t in enumerate(moves):
-                candidate = batch[j * active.numel():(j + 1) * active.numel()]
-                kept = worst.update(active, candidate, ce_loss(logits[j], labels, goal), fooled(logits[j], labels, goal))
-                best_logits[active] = torch.where(kept[:, None], logits[j], best_logits[active])
-                where = active[kept].cpu()
+                # Only scans not fooled yet: the first move that fools a scan is the one kept.
+                still = ~worst.success[active]
+                candidate = batch[j * active.numel():(j + 1) * active.numel()][still]
+                outputs, index = logits[j][still], active[still]
+                kept = worst.update(index, candidate, ce_loss(outputs, labels[still], None if goal is None
+                                                              else goal[still]),
+                                    fooled(outputs, labels[still], None if goal is None else goal[still]))
+                best_logits[index] = torch.where(kept[:, None], outputs, best_logits[index])
+                where = index[kept].cpu()
                 chosen[where] = torch.tensor([float(angles[t]), *map(float, shifts[t])], dtype=torch.float64)
                 if (t + 1) % every == 0:
                     self.record(best_logits, y)

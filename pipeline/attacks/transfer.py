@@ -36,6 +36,7 @@ from torch import nn
 from pipeline.attacks.base import Param, eps_param, gradient, seed_param, steps_param
 from pipeline.attacks.pgd import MIFGSM, IterativeAttack, alpha_param, early_stop_param
 from pipeline.attacks.registry import register
+from pipeline.attacks.spatial import warp
 from pipeline.errors import AttackParameterError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -66,19 +67,24 @@ def smooth(grad: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(grad, kernel.expand(channels, 1, -1, -1), padding="same", groups=channels)
 
 
-def resize_and_pad(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """DI's input diversity: ``x`` shrunk to a random size between ``rate`` of its side and one pixel
-    less than it (bilinear), then zero-padded back at a random place. One draw for the whole batch,
-    as in the paper's code and torchattacks'. Differentiable in ``x``."""
-    height, width = x.shape[-2:]
-    low = max(1, math.floor(rate * height))
-    new_height = int(torch.randint(low, max(low + 1, height), (1,), generator=generator,
-                                   device=generator.device))
-    new_width = max(1, round(new_height * width / height))
-    resized = F.interpolate(x, size=(new_height, new_width), mode="bilinear", align_corners=False)
-    top = int(torch.randint(0, height - new_height + 1, (1,), generator=generator, device=generator.device))
-    left = int(torch.randint(0, width - new_width + 1, (1,), generator=generator, device=generator.device))
-    return F.pad(resized, (left, width - new_width - left, top, height - new_height - top))
+def resize_and_pad(x: torch.Tensor, rate: float, chance: float, generator: torch.Generator) -> torch.Tensor:
+    """DI's input diversity, drawn per scan: with probability ``chance`` a scan is shrunk to a random
+    share in ``[rate, 1)`` of its side (bilinear) and placed at a random spot of a black frame of its
+    own size; otherwise it is left as it is. Differentiable in ``x``.
+
+    The paper's code and torchattacks draw one size, one place and one coin per batch, so that every
+    scan of a batch takes the same kind of step; drawn per scan, each scan gets its own copies.
+    """
+    n, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+    device = generator.device
+    applied = torch.rand(n, generator=generator, device=device) < chance
+    share = rate + (1 - rate) * torch.rand(n, generator=generator, device=device)
+    share = torch.where(applied, share, torch.ones_like(share))
+    # The shrunk scan is centred; a shift of up to half the margin either way reaches every placement.
+    room = torch.stack([(1 - share) * width / 2, (1 - share) * height / 2], dim=1)
+    shifts = room * (2 * torch.rand(n, 2, generator=generator, device=device) - 1)
+    resized = warp(x, torch.zeros(n), shifts.cpu().double(), share.cpu().double())
+    return torch.where(applied.to(x.device)[:, None, None, None], resized, x)
 
 
 class TransferFGSM(MIFGSM):
@@ -108,10 +114,7 @@ class TransferFGSM(MIFGSM):
         if self.scale_copies:
             return [None, *(lambda z, i=i: z / 2**i for i in range(1, self.scales))]
         if self.diversity:
-            drawn = torch.rand(1, generator=generator, device=generator.device)
-            if float(drawn) < self.diversity_prob:
-                rate = self.resize_rate
-                return [lambda z: resize_and_pad(z, rate, generator)]
+            return [lambda z: resize_and_pad(z, self.resize_rate, self.diversity_prob, generator)]
         return [None]
 
     def ascent(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
@@ -157,9 +160,10 @@ class DIFGSM(TransferFGSM):
     """DI-FGSM: iterative FGSM on randomly resized and padded copies of the scan (input diversity).
 
     With ``decay`` 0 (default) this is the paper's DI²-FGSM; with ``decay`` 1, M-DI²-FGSM. The copy
-    is shrunk to between ``resize_rate`` of the side and the side and padded back to the scan's own
-    size (as torchattacks does), where the paper enlarged it and fed the model the larger input:
-    the model here always sees the size it was trained at.
+    is shrunk to a share in ``[resize_rate, 1)`` of the side and placed at a random spot of a black
+    frame of the scan's own size (as torchattacks does), where the paper enlarged it and fed the
+    model the larger input: the model here always sees the size it was trained at. Size, place and
+    whether to transform are drawn per scan (the paper's code draws them once per batch).
 
     Paper: Xie, Zhang, Zhou, Bai, Wang, Ren and Yuille, "Improving Transferability of Adversarial
     Examples with Input Diversity", CVPR 2019. https://arxiv.org/abs/1803.06978
