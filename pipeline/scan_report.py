@@ -72,6 +72,10 @@ class ScanReport:
     trained: Optional[AnswerCheck] = None  #: the model's answers on its validation split
     unchecked: Optional[str] = None  #: why ``ood`` and ``trained`` are missing
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The attack's budget in its own units (grey levels, or degrees and pixels, or a patch's side).
+    budget: str = ""
+    #: What the attack did in those units, where grey levels do not say it (a move, a patch), else None.
+    change: Optional[str] = None
 
     @property
     def prediction_clean(self) -> int:
@@ -126,6 +130,8 @@ class ScanReport:
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
             "minimal_eps_attack": self.attack if self.minimal_eps is not None else None,
             "queries": self.queries,
+            "budget": self.budget,
+            "change": self.change,
             "seconds": round(self.seconds, 3),
         }
 
@@ -233,6 +239,8 @@ def analyse_scan(
         ood=profile.detector.judge(model, x) if profile else None,
         trained=profile.trained if profile else None,
         unchecked=None if profile else unchecked or "the model's validation profile was not computed",
+        budget=attacker.describe_budget(),
+        change=attacker.describe_change(info, 0),
     )
 
 

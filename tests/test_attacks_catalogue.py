@@ -18,8 +18,8 @@ from models_fixture import Trained, one_thread, trained_model
 from torch import nn
 
 from pipeline.attacks import get_attack, search_refusal, transfer_attacks
+from pipeline.attacks.geometry import warp
 from pipeline.attacks.objectives import margin
-from pipeline.attacks.spatial import warp
 from pipeline.errors import AttackParameterError
 
 #: Our success rate may trail torchattacks' by at most this (one scan in 48 is 0.021), as in
@@ -65,8 +65,8 @@ ALPHA = EPS / 10
     ("difgsm", 8 / 255, dict(alpha=0.8 / 255),
      lambda m: torchattacks.DIFGSM(m, eps=8 / 255, alpha=0.8 / 255, steps=10)),
     ("tifgsm", EPS, dict(alpha=ALPHA, kernel_size=5),
-     lambda m: torchattacks.TIFGSM(ThreeChannels(m).eval(), eps=EPS, alpha=ALPHA, steps=10, len_kernel=5, nsig=3,
-                                   diversity_prob=0.0)),
+     lambda m: torchattacks.TIFGSM(ThreeChannels(m).eval(), eps=EPS, alpha=ALPHA, steps=10, len_kernel=5,
+                                   nsig=3, diversity_prob=0.0)),
     ("nifgsm", EPS, dict(alpha=ALPHA), lambda m: torchattacks.NIFGSM(m, eps=EPS, alpha=ALPHA, steps=10)),
     ("sinifgsm", EPS, dict(alpha=ALPHA), lambda m: torchattacks.SINIFGSM(m, eps=EPS, alpha=ALPHA, steps=10)),
     ("vmifgsm", EPS, dict(alpha=ALPHA, samples=5),
@@ -191,7 +191,7 @@ def test_spatial_keeps_the_smallest_fooling_move_of_its_grid(trained: Trained) -
     angles, shifts = attack.grid()
     assert angles.shape == (5 * 5 * 5,) and float(angles[0]) == 0 and shifts[0].abs().sum() == 0
     for i in info.success.nonzero().flatten().tolist():
-        kept = (float(info.extra["angle"][i]), float(info.extra["shift_x"][i]), float(info.extra["shift_y"][i]))
+        kept = tuple(float(info.extra[key][i]) for key in ("angle", "shift_x", "shift_y"))
         moves = [(float(a), float(s[0]), float(s[1])) for a, s in zip(angles, shifts)]
         position = moves.index(kept)
         earlier = warp(x[i:i + 1].expand(position, -1, -1, -1), angles[:position], shifts[:position])

@@ -37,7 +37,10 @@ def visibility(psnr_db: float) -> str:
 
 
 def change_sentence(report: ScanReport) -> str:
-    """How big the change is, in grey levels and Hounsfield units, and whether one would notice it."""
+    """How big the change is, in grey levels and Hounsfield units, and whether one would notice it;
+    for an attack whose budget is not in grey levels (a move, a patch), what it did in its own units."""
+    if report.change is not None:
+        return report.change
     if report.linf == 0:
         return "The attack left the scan unchanged."
     levels = report.linf / GREY_LEVEL

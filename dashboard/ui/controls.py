@@ -44,6 +44,19 @@ LABELS = {
     "pretrained": "Start from ImageNet weights",
     "theta": "Change per pixel θ",
     "pixels": "Pixels to change",
+    "max_angle": "Largest rotation (degrees)",
+    "angles": "Rotations tried",
+    "max_shift": "Largest shift (pixels)",
+    "mm_per_px": "Pixel spacing (mm per pixel)",
+    "size": "Patch side (pixels)",
+    "locations": "Places tried",
+    "samples": "Samples per step",
+    "scales": "Scaled copies",
+    "kernel_size": "Smoothing kernel (pixels)",
+    "resize_rate": "Smallest resize (share of the side)",
+    "diversity_prob": "Resize probability",
+    "beta": "Neighbourhood β (times ε)",
+    "delta": "Finite-difference step δ",
 }
 
 
@@ -135,7 +148,7 @@ def param_control(param: Param, key: str) -> Any:
 
 
 #: Parameters shown directly; every other one sits under "Advanced settings".
-BASIC = ("eps", "steps", "severity", "n_queries", "c", "pixels")
+BASIC = ("eps", "steps", "severity", "n_queries", "c", "pixels", "max_angle", "max_shift", "size")
 
 
 def attack_controls(name: str, *, key: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.base import Attack, Param, seed_param
+from pipeline.attacks.geometry import warp
 from pipeline.attacks.registry import register
-from pipeline.attacks.spatial import warp
 from pipeline.progress import ProgressCallback, report
 
 #: Image side the ImageNet-C blur radii refer to; blur scales with the scan so that a severity
@@ -65,6 +65,9 @@ class Corruption(Attack):
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def describe_budget(self) -> str:
+        return f"severity {self.severity} of 5 ({self.override} = {self.setting:g}): no gradient, no search"
 
 
 @register

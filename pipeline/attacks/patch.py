@@ -46,7 +46,8 @@ def salient_squares(saliency: torch.Tensor, side: int, count: int) -> tuple[torc
             top, left = torch.where(room, top, tops[0]), torch.where(room, left, lefts[0])
         tops.append(top)
         lefts.append(left)
-        overlap = ((rows_all[None] - top[:, None]).abs() < side) & ((cols_all[None] - left[:, None]).abs() < side)
+        overlap = ((rows_all[None] - top[:, None]).abs() < side) & (
+            (cols_all[None] - left[:, None]).abs() < side)
         scores = scores.masked_fill(overlap, float("-inf"))
     return torch.stack(tops), torch.stack(lefts)
 
@@ -94,7 +95,7 @@ class Patch(Attack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
              progress: Optional[ProgressCallback]) -> torch.Tensor:
-        n, channels, height, width = x.shape
+        n, _, height, width = x.shape
         if self.size > min(height, width):
             raise AttackParameterError(
                 f"the patch ({self.size} px a side) does not fit the {height}x{width}-pixel scan; choose a "

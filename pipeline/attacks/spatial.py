@@ -5,7 +5,7 @@ answer flips under such a move is not robust, whatever its L∞ accuracy says. T
 grey level, it only moves them: its budget is in degrees and pixels (and millimetres, given the
 scan's pixel spacing), not an Lp ball, so it reports what it did in those units and has no ``eps``.
 
-:func:`warp` is the one rotate-and-shift of the package; the ``rotation`` corruption uses it too.
+It moves scans with :func:`pipeline.attacks.geometry.warp`, as the ``rotation`` corruption does.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.base import Attack, AttackInfo, Param
+from pipeline.attacks.geometry import warp
 from pipeline.attacks.losses import ce_loss, fooled
-from pipeline.attacks.objectives import label_probability
 from pipeline.attacks.registry import register
 from pipeline.attacks.worst_case import WorstCase
 from pipeline.progress import ProgressCallback, report
@@ -33,37 +32,12 @@ TRACE_POINTS = 20
 def spacing_param() -> Param:
     return Param("mm_per_px", float, None, "the scan's pixel spacing in mm, where known: the budget and "
                  "the change are then also given in mm (the attack itself works in pixels)",
-                 low=1e-3, high=100.0)
+                 low=0.01, high=100.0)
 
 
 def in_mm(pixels: float, mm_per_px: Optional[float]) -> str:
     """`` (≈ 2.1 mm)`` for ``pixels`` at ``mm_per_px``; empty when the spacing is unknown."""
     return "" if mm_per_px is None else f" (≈ {pixels * mm_per_px:.1f} mm)"
-
-
-def warp(x: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor,
-         scale: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Rotate each scan of ``x`` ``[N, C, H, W]`` by ``angles[n]`` degrees counter-clockwise about its
-    centre, zoom it by ``scale`` (one factor, or ``[N]``), then shift it by ``shifts[n] = (right,
-    down)`` pixels; bilinear,
-    black (0) outside. ``angles`` ``[N]`` and ``shifts`` ``[N, 2]`` are any real numbers; no rotation
-    and whole-pixel shifts move pixels exactly. Differentiable in ``x``.
-    """
-    height, width = x.shape[-2:]
-    radians = torch.as_tensor(angles, dtype=torch.float64).reshape(-1).cpu() * (math.pi / 180)
-    cos, sin = radians.cos(), radians.sin()
-    rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # [N, 2, 2]
-    # The output pixel p samples the input at (S R)^-1 (p - t), in pixel units so that a rotation stays
-    # a rotation on non-square scans; then converted to affine_grid's [-1, 1] frame.
-    half = torch.diag(torch.tensor([width / 2, height / 2], dtype=torch.float64))
-    zoom = torch.as_tensor(scale, dtype=torch.float64).cpu().reshape(-1, 1, 1)
-    linear = torch.linalg.inv(half) @ rotation.transpose(-1, -2) @ half / zoom
-    moved = torch.as_tensor(shifts, dtype=torch.float64).reshape(-1, 2).cpu()
-    offset = moved * torch.tensor([2 / width, 2 / height], dtype=torch.float64)
-    translation = -(linear @ offset[:, :, None])
-    theta = torch.cat([linear, translation], dim=2).to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @register
@@ -99,8 +73,8 @@ class Spatial(Attack):
     mm_per_px: Optional[float]
     params = (
         Param("max_angle", float, 5.0, "largest rotation either way, in degrees", low=0.0, high=45.0),
-        Param("angles", int, 11, "rotations tried, evenly spaced over ±max_angle (an odd count includes 0°)",
-              low=1, high=361),
+        Param("angles", int, 11,
+              "rotations tried, evenly spaced over ±max_angle (an odd count includes 0°)", low=1, high=361),
         Param("max_shift", int, 3, "largest shift along each axis, in pixels; every whole shift up to it "
               "is tried", low=0, high=64),
         spacing_param(),
@@ -143,7 +117,8 @@ class Spatial(Attack):
                 break
             count = min(total - tried, max(1, BATCH // active.numel()))
             moves = range(tried, tried + count)
-            batch = torch.cat([warp(x[active], angles[t].expand(active.numel()), shifts[t].expand(active.numel(), 2))
+            k = active.numel()
+            batch = torch.cat([warp(x[active], angles[t].expand(k), shifts[t].expand(k, 2))
                                for t in moves]).clamp(0.0, 1.0)
             logits = model(batch).view(count, active.numel(), -1)
             labels, goal = y[active], None if target is None else target[active]
@@ -162,7 +137,8 @@ class Spatial(Attack):
                     self.record(best_logits, y)
             queries[active.cpu()] += count
             tried += count
-            report(progress, tried, total, f"spatial: {tried}/{total} moves, {int(worst.success.sum())}/{n} fooled")
+            report(progress, tried, total,
+                   f"spatial: {tried}/{total} moves, {int(worst.success.sum())}/{n} fooled")
         self.record_queries(queries)
         self._chosen = chosen
         return worst.x
@@ -187,7 +163,8 @@ class Spatial(Attack):
             return "No rotation or shift of the grid did better than the scan as it is; it is unchanged."
         moves = [f"{abs(value)} px {word[value > 0]}{in_mm(abs(value), self.mm_per_px)}"
                  for value, word in ((right, ("left", "right")), (down, ("up", "down"))) if value]
-        done = [f"rotated {abs(angle):.1f}° {'counter-clockwise' if angle > 0 else 'clockwise'}"] if angle else []
+        way = "counter-clockwise" if angle > 0 else "clockwise"
+        done = [f"rotated {abs(angle):.1f}° {way}"] if angle else []
         if moves:
             done.append(f"shifted {' and '.join(moves)}")
         return f"The scan was {' and '.join(done)}: grey levels moved, none altered."

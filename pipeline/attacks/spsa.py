@@ -100,7 +100,8 @@ class SPSA(Attack):
 
     def _estimate(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
                   generator: torch.Generator) -> torch.Tensor:
-        """SPSA's estimate ``[k, C, H, W]`` of the margin's gradient at ``x`` (``2 * samples`` queries each)."""
+        """SPSA's estimate ``[k, C, H, W]`` of the margin's gradient at ``x`` (``2 * samples`` queries a
+        scan)."""
         estimate = torch.zeros_like(x)
         per_pass = max(1, BATCH // (2 * x.shape[0]))
         for start in range(0, self.samples, per_pass):

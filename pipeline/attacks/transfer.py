@@ -26,7 +26,6 @@ training, and is a cheap check against it.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -34,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.base import Param, eps_param, gradient, seed_param, steps_param
+from pipeline.attacks.geometry import warp
 from pipeline.attacks.pgd import MIFGSM, IterativeAttack, alpha_param, early_stop_param
 from pipeline.attacks.registry import register
-from pipeline.attacks.spatial import warp
 from pipeline.errors import AttackParameterError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
