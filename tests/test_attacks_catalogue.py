@@ -218,3 +218,18 @@ def test_patch_changes_one_square_and_fools_the_model(trained: Trained) -> None:
     with pytest.raises(AttackParameterError, match="does not fit the 32x32-pixel scan"):
         get_attack("patch", size=40)(model, x, y)
     assert "pixels" in (search_refusal("patch") or "")
+
+
+def test_the_command_line_lists_the_catalogue_with_each_budget(capsys: pytest.CaptureFixture) -> None:
+    from pipeline.__main__ import main
+    from pipeline.attacks import available
+
+    assert main(["attacks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == available()
+    spatial = next(line for line in lines if line.startswith("spatial "))
+    assert "rotation within ±5°" in spatial and "evaluate" not in spatial  # no eps to compare at
+    assert next(line for line in lines if line.startswith("vmifgsm ")).endswith("[evaluate, transfer matrix]")
+    assert "severity 3 of 5" in next(line for line in lines if line.startswith("jpeg "))
+    assert main(["attacks", "patch"]) == 0 and "https://arxiv.org/abs/1801.02608" in capsys.readouterr().out
+    assert main(["attacks", "nope"]) == 2 and "available attacks: fgsm" in capsys.readouterr().err
