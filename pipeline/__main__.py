@@ -1,4 +1,4 @@
-"""The command line: ``python -m pipeline {train,evaluate,...}``.
+"""The command line: ``python -m pipeline {train,evaluate,demo,attacks}``.
 
 Each subcommand lives beside the code it drives and registers itself here through an
 ``add_parser(subparsers)`` function that sets ``func`` on its parser.
@@ -13,6 +13,7 @@ from pipeline.errors import UserInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.attacks import cli as attacks_cli
     from pipeline.data import cli as pacs_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.evaluation import cli as evaluate_cli
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(subparsers)
     evaluate_cli.add_parser(subparsers)
     demo_cli.add_parser(subparsers)
+    attacks_cli.add_parser(subparsers)
     pacs_cli.add_parser(subparsers)
     return parser
 

@@ -76,6 +76,10 @@ class ScanReport:
     hu_per_grey_level: Optional[float] = None
     modality: str = "CT"  #: what the scan shows (``CT``, ``MR``, ...; empty when the file does not say)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The attack's budget in its own units (grey levels, or degrees and pixels, or a patch's side).
+    budget: str = ""
+    #: What the attack did in those units, where grey levels do not say it (a move, a patch), else None.
+    change: Optional[str] = None
 
     @property
     def prediction_clean(self) -> int:
@@ -130,6 +134,8 @@ class ScanReport:
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
             "minimal_eps_attack": self.attack if self.minimal_eps is not None else None,
             "queries": self.queries,
+            "budget": self.budget,
+            "change": self.change,
             "seconds": round(self.seconds, 3),
         }
 
@@ -243,6 +249,8 @@ def analyse_scan(
         unchecked=None if profile else unchecked or "the model's validation profile was not computed",
         hu_per_grey_level=hu_per_grey_level,
         modality=modality,
+        budget=attacker.describe_budget(),
+        change=attacker.describe_change(info, 0),
     )
 
 

@@ -23,7 +23,7 @@ from pipeline.models import build_model
 NAMES = available()
 #: Cost parameters, turned down to these values (or the lowest the schema allows) for every attack.
 CHEAP = {"steps": 2, "n_queries": 20, "restarts": 1, "binary_search_steps": 1, "popsize": 8,
-         "n_target_classes": 2}
+         "n_target_classes": 2, "samples": 2, "scales": 2, "angles": 3, "max_shift": 1, "locations": 2}
 NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
 
@@ -102,6 +102,13 @@ def test_output_contract(name: str, device: str, model: nn.Module) -> None:
         size = {"linf": info.linf, "l2": info.l2}.get(attack.norm)
         if size is not None:
             assert (size <= attack.budget * (1 + 1e-5) + 1e-6).all(), f"outside the {attack.norm} ball"
+    # Each attack's own budget: its norm ball, or degrees and pixels (spatial), or one square (patch).
+    assert attack.within_budget(x, x_adv, info).all(), f"outside its budget: {attack.describe_budget()}"
+    if attack.budget_units is not None:
+        assert attack.budget is None and not any(param.name == "eps" for param in attack.params), \
+            "an attack whose budget is not a norm ball has no eps to compare at"
+        assert attack.bound and "not a norm ball" in attack.bound
+        assert all(attack.describe_change(info, i) for i in range(x.shape[0]))
     assert_state_restored(model, before)
 
     n = x.shape[0]
@@ -199,7 +206,8 @@ def test_unknown_attack_lists_the_available_ones() -> None:
 
 def test_every_requested_attack_is_registered() -> None:
     wanted = {"fgsm", "bim", "pgd", "pgdl2", "mifgsm", "apgd", "apgd-dlr", "apgd-t", "cw", "cw-linf",
-              "deepfool", "ead", "autoattack"}
+              "deepfool", "ead", "autoattack", "spatial", "patch", "difgsm", "tifgsm", "nifgsm", "sinifgsm",
+              "vmifgsm", "rfgsm", "spsa"}
     assert wanted <= set(NAMES)
 
 
@@ -310,7 +318,8 @@ def test_every_attack_documents_its_paper_call_and_defaults(name: str) -> None:
     assert re.search(r"\b(19|20)\d\d\b", paper), doc
     assert re.search(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", paper), doc
     flat = " ".join(doc.split())
-    assert NORM_WORDS[cls.norm] in flat and "[N, 1, H, W] in [0, 1]" in flat and "int64 [N]" in flat
+    bound = NORM_WORDS[cls.norm] if cls.bound is None else "not a norm ball"
+    assert bound in flat and "[N, 1, H, W] in [0, 1]" in flat and "int64 [N]" in flat
     assert "k/255" in flat and f"get_attack({name!r}" in flat and "Example::" in flat
     for param in cls.params:
         assert re.search(rf"^\s+{param.name} \({param.kind.__name__}, default ", doc, re.M), param.name

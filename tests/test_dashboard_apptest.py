@@ -29,6 +29,7 @@ from dashboard.ui.resources import _run_data, cached_dataset, cached_split
 from dashboard.ui.session import DATASET_KEY, RUN_KEY
 from dashboard.ui.status import model_summary
 from pipeline.__main__ import build_parser
+from pipeline.attacks import attack_class, attack_schema
 from pipeline.data import DataSpec, load_dataset
 from pipeline.evaluation.degenerate import NOT_TRAINED
 from pipeline.jobs import cancel_job, register_self
@@ -200,6 +201,62 @@ def test_the_budget_search_says_why_an_attack_without_a_budget_has_none(lab: Lab
     at.selectbox(key="attack:name").set_value("deepfool").run()
     assert at.toggle(key="attack:minimal").disabled
     assert any("DeepFool" in item.value and "no budget ε to search" in item.value for item in at.caption)
+
+
+#: The attacks issue 24 added to the catalogue; each must get a control per parameter of its schema.
+CATALOGUE_ADDITIONS = (
+    "difgsm", "tifgsm", "nifgsm", "sinifgsm", "vmifgsm", "rfgsm", "spsa", "spatial", "patch",
+)
+
+
+def test_the_catalogue_additions_get_a_control_for_every_parameter(lab: Lab) -> None:
+    at = page("attack")
+    for name in CATALOGUE_ADDITIONS:
+        at.selectbox(key="attack:name").set_value(name).run()
+        assert_calm(at)
+        for param in attack_schema(name):
+            key = f"attack:{name}:{param.name}"
+            if param.default is None:
+                assert at.checkbox(key=f"{key}:manual").value is False, key  # automatic until set by hand
+            elif param.grey_levels:
+                assert at.slider(key=key).value == pytest.approx(param.default * 255), key
+            elif param.kind is bool:
+                assert at.toggle(key=key).value == param.default, key
+            else:
+                assert at.number_input(key=key).value == param.default, key
+        if attack_class(name).budget_units:  # no eps: the budget search says why, in its units
+            assert at.toggle(key="attack:minimal").disabled
+            assert any(attack_class(name).budget_units in item.value for item in at.caption), name
+
+
+def test_the_spatial_and_patch_attacks_report_their_budget_in_their_own_units(lab: Lab) -> None:
+    at = page("attack")
+    at.selectbox(key="attack:name").set_value("spatial").run()
+    at.number_input(key="attack:spatial:max_angle").set_value(2.0)
+    at.number_input(key="attack:spatial:angles").set_value(3)
+    at.number_input(key="attack:spatial:max_shift").set_value(1)
+    at.checkbox(key="attack:spatial:mm_per_px:manual").check().run()
+    at.number_input(key="attack:spatial:mm_per_px").set_value(0.7)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    _, ((_, report),) = at.session_state["attack.result"]
+    assert report.budget.startswith("rotation within ±2° (3 angles) and shifts within ±1 px (≈ 0.7 mm)")
+    assert any(item.value.startswith(f"Budget: {report.budget}.") for item in at.caption)
+    verdict = next(item.value for item in at.main.markdown if report.change and report.change in item.value)
+    assert "grey levels per pixel" not in verdict  # a move is not described as a grey-level change
+    assert report.to_dict()["budget"] == report.budget and report.queries and report.queries <= 1 + 27
+
+    at.selectbox(key="attack:name").set_value("patch").run()
+    at.number_input(key="attack:patch:size").set_value(4)
+    at.number_input(key="attack:patch:steps").set_value(2)
+    at.button(key="attack:run").click().run()
+    run_until(at, attack_finished)
+    assert_calm(at)
+    _, ((_, report),) = at.session_state["attack.result"]
+    assert report.budget.startswith("one square patch of 4×4 px") and report.l0 <= 16
+    assert report.change and report.change.startswith("A patch of 4×4 pixels at row")
+    assert any(report.change in item.value for item in at.main.markdown)
 
 
 def test_attack_page_compares_two_models_side_by_side(lab: Lab) -> None:
@@ -579,6 +636,8 @@ def test_the_evaluate_page_and_the_command_line_start_from_the_same_settings(lab
     assert at.multiselect(key="evaluate:attacks").value == flags.attacks.split(",")
     assert at.toggle(key="evaluate:strength").value == flags.strength
     assert at.toggle(key="evaluate:form:transfer").value == flags.transfer
+    assert at.selectbox(key="evaluate:form:transfer-attack").value == flags.transfer_attack == "pgd"
+    assert at.selectbox(key="evaluate:form:transfer-attack").options[-1] == "VMI-FGSM (variance tuning)"
     assert at.toggle(key="evaluate:form:minimal").value == flags.min_eps
 
 
@@ -600,6 +659,7 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
     at.selectbox(key="evaluate:form:level").set_value("full")
     at.toggle(key="evaluate:form:corruptions").set_value(True)
     at.number_input(key="evaluate:form:faithfulness").set_value(4)
+    at.selectbox(key="evaluate:form:transfer-attack").set_value("vmifgsm")
     at.button[0].click().run()
     assert_calm(at)
     job_dir = Path(at.session_state[WATCH_EVALUATION])
@@ -610,6 +670,7 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
         assert request["suite"]["strength_settings"]["level"] == "full"
         assert request["suite"]["corruptions"][:3] == ["low-dose", "streaks", "rings"]
         assert request["suite"]["faithfulness_scans"] == 4
+        assert request["suite"]["transfer_attack"] == "vmifgsm"
     finally:
         cancel_job(job_dir)
 

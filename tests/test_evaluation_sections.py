@@ -167,3 +167,22 @@ def test_every_new_section_reads_back_from_its_json(models: dict[str, nn.Module]
     same(robust.faithfulness, FaithfulnessReport.from_dict(saved["faithfulness"]))
     for original, data in zip(suite.comparisons, record["comparisons"]):
         assert PairedComparison.from_dict(data).sentence == original.sentence
+
+
+def test_the_transfer_matrix_crafts_with_the_chosen_transfer_attack(models: dict[str, nn.Module]) -> None:
+    """Issue 24: the matrix offers the transfer family (settings, command line); PGD stays the default."""
+    from pipeline.__main__ import build_parser
+    from pipeline.evaluation.cli import _request
+
+    assert SuiteSettings().transfer_attack == "pgd"
+    settings = dataclasses.replace(SETTINGS, strength=False, corruptions=(), faithfulness_scans=0,
+                                   transfer=True, transfer_attack="tifgsm", calibration=False)
+    suite = evaluate_models(models, nodule_dataset(6), None, settings)
+    assert suite.transfer is not None and suite.transfer.attack.name == "tifgsm"
+    assert suite.transfer.attack.params == {"eps": 8 / 255, "steps": 3}  # in full: no early stop
+    assert suite.transfer.attack.title.startswith("TI-FGSM")
+    assert suite.to_dict()["transfer"]["attack"]["name"] == "tifgsm"
+    with pytest.raises(UserInputError, match="transfer_attack must be one of pgd, mifgsm, difgsm"):
+        SuiteSettings(transfer_attack="cw")
+    flags = build_parser().parse_args(["evaluate", "--run", "any", "--transfer-attack", "vmifgsm"])
+    assert _request(flags).suite.transfer_attack == "vmifgsm"

@@ -60,7 +60,10 @@ def visibility(linf: float, psnr_db: float) -> str:
 
 def change_sentence(report: ScanReport) -> str:
     """How big the change is, in grey levels (and Hounsfield units for a CT slice), and whether one
-    would notice it (:func:`visibility`)."""
+    would notice it (:func:`visibility`); for an attack whose budget is not in grey levels (a move, a
+    patch), what it did in its own units."""
+    if report.change is not None:
+        return report.change
     if report.linf == 0:
         return "The attack left the scan unchanged."
     levels = report.linf / GREY_LEVEL

@@ -43,6 +43,19 @@ LABELS = {
     "pretrained": "Start from ImageNet weights",
     "theta": "Change per pixel θ",
     "pixels": "Pixels to change",
+    "max_angle": "Largest rotation (degrees)",
+    "angles": "Rotations tried",
+    "max_shift": "Largest shift (pixels)",
+    "mm_per_px": "Pixel spacing (mm per pixel)",
+    "size": "Patch side (pixels)",
+    "locations": "Places tried",
+    "samples": "Samples per step",
+    "scales": "Scaled copies",
+    "kernel_size": "Smoothing kernel (pixels)",
+    "resize_rate": "Smallest resize (share of the side)",
+    "diversity_prob": "Resize probability",
+    "beta": "Neighbourhood β (times ε)",
+    "delta": "Finite-difference step δ",
 }
 
 
@@ -145,7 +158,7 @@ def param_control(param: Param, key: str, hu_per_grey_level: Optional[float] = L
 
 
 #: Parameters shown directly; every other one sits under "Advanced settings".
-BASIC = ("eps", "steps", "severity", "n_queries", "c", "pixels")
+BASIC = ("eps", "steps", "severity", "n_queries", "c", "pixels", "max_angle", "max_shift", "size")
 
 
 def attack_controls(name: str, *, key: str, hu_per_grey_level: Optional[float] = LUNG_HU_PER_GREY_LEVEL) -> dict[str, Any]:

@@ -188,7 +188,8 @@ def numbers_row(report: ScanReport, minimal_high: str) -> None:
         "answer on this scan",
     )
     st.caption(
-        captions.minimal_eps_sentence(report, minimal_high)
+        (f"Budget: {report.budget}. " if report.budget else "")
+        + captions.minimal_eps_sentence(report, minimal_high)
         + (f" The attack used {report.queries} model queries." if report.queries else "")
         + f" Computed in {report.seconds:.1f} s."
     )

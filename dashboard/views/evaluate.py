@@ -20,7 +20,7 @@ from dashboard.ui.job_view import job_panel
 from dashboard.ui.report_views import report_view
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import run_label, usable_runs
-from pipeline.attacks import attack_class, available
+from pipeline.attacks import attack_class, available, transfer_attacks
 from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.corruption import CT_CORRUPTIONS
 from pipeline.evaluation.report import FILES, read_report
@@ -213,6 +213,15 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             key="evaluate:form:transfer",
             help="Attacks crafted on one model, replayed on the others (needs two models or more)",
         )
+        crafting = right.selectbox(
+            "Transfer attack",
+            transfer_attacks(),
+            index=transfer_attacks().index(DEFAULTS.transfer_attack),
+            key="evaluate:form:transfer-attack",
+            format_func=lambda name: attack_class(name).title,
+            help="What the transfer matrix crafts on each model, at the largest budget: PGD, or an attack "
+            "made to transfer (MI-FGSM and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family)",
+        )
         sigma = middle.number_input(
             "Certify with noise σ (image scale 0–1; 0 = off)",
             0.0,
@@ -238,6 +247,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 minimal_epsilon=minimal,
                 certify_sigma=sigma or None,
                 transfer=transfer,
+                transfer_attack=crafting,
             )
             job = start_evaluation_job(
                 EvaluationRequest(runs=tuple(chosen), suite=suite, split=split, limit=int(limit) or None)

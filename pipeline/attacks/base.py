@@ -14,7 +14,7 @@ subclass re-checks what the base has checked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from pipeline.errors import AttackParameterError
 from pipeline.guard import exclusive_eval
 from pipeline.params import Param
 from pipeline.progress import ProgressCallback
+from pipeline.units import format_epsilon
 
 Norm = Literal["linf", "l2", "l1", "l0"]
 Family = Literal["white-box", "black-box", "corruption", "ensemble"]
@@ -57,6 +58,14 @@ class Attack:
     params: ClassVar[tuple[Param, ...]] = ()
     supports_target: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: Units of a budget that is not a norm ball (a rotation in degrees, a patch in pixels), or None.
+    #: Such an attack overrides :meth:`describe_budget` and :meth:`within_budget`, says in ``bound``
+    #: what holds its result, and has no ``eps`` to compare at or to search.
+    budget_units: ClassVar[Optional[str]] = None
+    #: What bounds the result, for the docstring, when it is not one of the norm balls.
+    bound: ClassVar[Optional[str]] = None
+    #: Made to transfer from the model it is crafted on to others (offered by the transfer matrix).
+    transfer_oriented: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         known = {param.name: param for param in self.params}
@@ -121,6 +130,31 @@ class Attack:
     def budget(self) -> Optional[float]:
         """The radius of the norm ball (``eps``) when the attack has one."""
         return getattr(self, "eps", None) if self.norm is not None else None
+
+    def describe_budget(self) -> str:
+        """The budget in words, in its own units: ``L∞ ε = 4/255 grey levels``, ``rotation within ±5°``."""
+        if self.norm is None:
+            return "no norm budget: the attack sizes its change itself"
+        name = {"linf": "L∞", "l2": "L2", "l1": "L1", "l0": "L0"}[self.norm]
+        if self.budget is None:
+            return f"{name}: no fixed budget"
+        if self.norm == "linf":
+            return f"{name} ε = {format_epsilon(self.budget)} grey levels per pixel"
+        return f"{name} ε = {self.budget:.4g} (image scale, whole scan)"
+
+    def describe_change(self, info: AttackInfo, index: int) -> Optional[str]:
+        """What was done to scan ``index`` in the budget's own units, or None where grey levels say it
+        (norm-bounded attacks); spatial and patch attacks say where and how far."""
+        return None
+
+    def within_budget(self, x: torch.Tensor, x_adv: torch.Tensor, info: AttackInfo) -> torch.Tensor:
+        """Bool ``[N]``: each result keeps this attack's budget (its norm ball, or its own kind of
+        budget for attacks with ``budget_units``); the attack contract's check. ``x`` and ``x_adv``
+        are the call's input and output, ``info`` what it returned with ``return_info=True``."""
+        size = {"linf": info.linf, "l2": info.l2}.get(self.norm or "")
+        if self.budget is None or size is None:
+            return torch.ones(x.shape[0], dtype=torch.bool)
+        return size <= self.budget * (1 + 1e-5) + 1e-6
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A private RNG seeded from the ``seed`` parameter: deterministic, global RNG untouched."""
@@ -328,11 +362,17 @@ def steps_param(default: int, high: int = 10_000) -> Param:
     return Param("steps", int, default, "number of iterations", low=1, high=high)
 
 
-def gradient(model: nn.Module, x: torch.Tensor, loss_fn, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``loss_fn(logits, *args).sum()`` with respect to ``x``; returns (grad, logits)."""
+def gradient(model: nn.Module, x: torch.Tensor, loss_fn, *args: torch.Tensor,
+             transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``loss_fn(logits, *args).sum()`` with respect to ``x``; returns (grad, logits).
+
+    With ``transform`` the model sees ``transform(x)`` (a resized or scaled copy) and the gradient
+    flows back through it to ``x``; the logits are then those of the transformed copy.
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = model(x if transform is None else transform(x))
         loss = loss_fn(logits, *args)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return grad.detach(), logits.detach()

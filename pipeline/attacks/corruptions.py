@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.base import Attack, Param, seed_param
+from pipeline.attacks.geometry import warp
 from pipeline.attacks.registry import register
 from pipeline.progress import ProgressCallback, report
 
@@ -64,6 +65,9 @@ class Corruption(Attack):
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def describe_budget(self) -> str:
+        return f"severity {self.severity} of 5 ({self.override} = {self.setting:g}): no gradient, no search"
 
 
 @register
@@ -251,17 +255,9 @@ class Rotation(Corruption):
         shift = self.shifts[level] if self.shift is None else self.shift
         scale = self.scales[level] if self.scale is None else self.scale
         height, width = x.shape[-2:]
-        angle = math.radians(self.setting)
-        # The output pixel p samples the input at (S R)^-1 (p - t), in pixel units so that a
-        # rotation stays a rotation on non-square scans; then converted to affine_grid's [-1, 1] frame.
-        rotation = torch.tensor([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]],
-                                dtype=torch.float64)
-        half = torch.diag(torch.tensor([width / 2, height / 2], dtype=torch.float64))
-        linear = torch.linalg.inv(half) @ rotation.T @ half / scale
-        translation = -linear @ torch.tensor([2 * shift, 2 * shift], dtype=torch.float64)
-        theta = torch.cat([linear, translation[:, None]], dim=1).to(device=x.device, dtype=x.dtype)
-        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-        moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        n = x.shape[0]
+        shifts = torch.tensor([[shift * width, shift * height]], dtype=torch.float64).expand(n, 2)
+        moved = warp(x, torch.full((n,), float(self.setting), dtype=torch.float64), shifts, scale)
         return moved.clamp(0.0, 1.0)
 
 

@@ -30,6 +30,8 @@ def search_refusal(attack: str, norm: Optional[str] = None) -> Optional[str]:
     one bounded in another norm has budgets on another scale.
     """
     cls = attack_class(attack)
+    if cls.budget_units is not None:
+        return f"{cls.title} has no budget ε to search: its budget is in {cls.budget_units}, not grey levels"
     if cls.norm is None or not any(param.name == "eps" for param in cls.params):
         return f"{cls.title} has no budget ε to search: it decides the size of its change itself"
     if norm is not None and cls.norm != norm:

@@ -21,8 +21,9 @@ from pipeline.attacks.worst_case import WorstCase
 from pipeline.progress import ProgressCallback, report
 
 
-def alpha_param(high: float = 64 / 255, grey_levels: bool = True) -> Param:
-    return Param("alpha", float, None, "step size per iteration (image scale); unset: eps/4",
+def alpha_param(high: float = 64 / 255, grey_levels: bool = True, unset: str = "eps/4",
+                what: str = "step size per iteration") -> Param:
+    return Param("alpha", float, None, f"{what} (image scale); unset: {unset}",
                  low=0.0, high=high, grey_levels=grey_levels)
 
 
@@ -79,6 +80,13 @@ class IterativeAttack(Attack):
         """Turn a gradient into a step direction (``state`` persists across the steps of one run)."""
         return grad.sign()
 
+    def ascent(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor],
+               state: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient a step follows from ``x_adv``, and the logits at ``x_adv`` itself (for the trace
+        and the worst case). Here the plain gradient of :meth:`objective`; the transfer family
+        (:mod:`pipeline.attacks.transfer`) averages it over transformed copies and neighbours instead."""
+        return gradient(model, x_adv, self.objective, y, target)
+
     def random_point(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A uniformly random point of the L∞ ball around ``x``."""
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
@@ -117,7 +125,7 @@ class IterativeAttack(Attack):
                 self.record_clean(model, x, y)
             state: dict[str, Any] = {}
             for step in range(steps):
-                grad, logits = gradient(model, x_adv, self.objective, labels, goal)
+                grad, logits = self.ascent(model, x_adv, labels, goal, state, generator)
                 success = fooled(logits, labels, goal)
                 worst.update(index, x_adv, self.objective(logits, labels, goal), success)
                 if run == 0 and (step or not random_start):  # a random start is not a step
@@ -263,6 +271,7 @@ class MIFGSM(IterativeAttack):
 
     name = "mifgsm"
     title = "MI-FGSM"
+    transfer_oriented = True
     description = ("Momentum iterative FGSM (Dong et al. 2018): accumulates L1-normalised gradients, which "
                    "stabilises the direction and transfers better to other models.")
     decay: float

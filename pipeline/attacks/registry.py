@@ -48,8 +48,8 @@ def _reference(cls: type[Attack]) -> str:
         f"Call: ``get_attack({cls.name!r}, **params)(model, x, y) -> x_adv``, with ``x`` float "
         "[N, 1, H, W] in [0, 1] (the scan's own grey levels; budgets in this image scale, shown as "
         f"k/255 grey levels) and ``y`` int64 [N] class indices{target}. ``x_adv`` has ``x``'s shape, "
-        f"dtype and device, lies in [0, 1] and {_BOUNDS[cls.norm]}; ``x`` and the model are left "
-        "unchanged. Bad parameters raise AttackParameterError."
+        f"dtype and device, lies in [0, 1] and {cls.bound or _BOUNDS[cls.norm]}; ``x`` and the model are "
+        "left unchanged. Bad parameters raise AttackParameterError."
     )
     lines = [
         *textwrap.wrap(call, width=96, break_on_hyphens=False),
@@ -95,6 +95,12 @@ def _example_args(cls: type[Attack]) -> str:
 def available(family: str | None = None) -> list[str]:
     """Names of all registered attacks (optionally one family), in registration order."""
     return [name for name, cls in _REGISTRY.items() if family is None or cls.family == family]
+
+
+def transfer_attacks() -> list[str]:
+    """The attacks a transfer matrix offers: PGD (its default) and those made to transfer between models
+    (MI-FGSM and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family), in registration order."""
+    return [name for name, cls in _REGISTRY.items() if name == "pgd" or cls.transfer_oriented]
 
 
 def attack_class(name: str) -> type[Attack]:

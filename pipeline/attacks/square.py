@@ -34,12 +34,18 @@ def square_fraction(p_init: float, query: int, n_queries: int) -> float:
 def random_squares(count: int, height: int, width: int, side: int, generator: torch.Generator,
                    device: torch.device) -> torch.Tensor:
     """Boolean masks ``[count, 1, H, W]``, each one square of ``side`` pixels at a random place."""
-    top = torch.randint(0, height - side + 1, (count, 1), generator=generator, device=device)
-    left = torch.randint(0, width - side + 1, (count, 1), generator=generator, device=device)
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    in_rows = (rows >= top) & (rows < top + side)
-    in_cols = (cols >= left) & (cols < left + side)
+    top = torch.randint(0, height - side + 1, (count,), generator=generator, device=device)
+    left = torch.randint(0, width - side + 1, (count,), generator=generator, device=device)
+    return square_masks(top, left, side, height, width)
+
+
+def square_masks(top: torch.Tensor, left: torch.Tensor, side: int, height: int, width: int) -> torch.Tensor:
+    """Boolean masks ``[K, 1, H, W]``: the square of ``side`` pixels whose top-left pixel is at
+    (``top[k]``, ``left[k]``), int ``[K]``; it must fit inside the ``height`` x ``width`` image."""
+    rows = torch.arange(height, device=top.device)
+    cols = torch.arange(width, device=top.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 

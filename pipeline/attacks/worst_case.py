@@ -18,8 +18,9 @@ class WorstCase:
         self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
 
     def update(self, index: torch.Tensor, candidate: torch.Tensor, loss: torch.Tensor,
-               success: torch.Tensor) -> None:
-        """Offer ``candidate`` (the samples ``index``) with its per-sample ``loss`` and ``success``.
+               success: torch.Tensor) -> torch.Tensor:
+        """Offer ``candidate`` (the samples ``index``) with its per-sample ``loss`` and ``success``;
+        return bool ``[len(index)]``, where the candidate was kept (``index`` must not repeat).
 
         Written with ``torch.where`` over index tensors, so it never synchronises with the GPU.
         """
@@ -29,6 +30,7 @@ class WorstCase:
         self.x[index] = torch.where(better.view(-1, *([1] * (candidate.dim() - 1))), candidate, self.x[index])
         self.loss[index] = torch.where(better, loss, self.loss[index])
         self.success[index] = held | success
+        return better
 
     def remaining(self) -> torch.Tensor:
         """Indices of the samples not fooled yet (one synchronisation)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
+from pipeline.attacks import transfer_attacks
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import UserInputError
 from pipeline.evaluation.background import run_job
@@ -139,6 +140,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _switch(parser, "--early-stop", "early_stop", "stop attacking a scan once it is fooled (less time)")
     _switch(parser, "--transfer", "transfer", "transfer matrix between the runs, when there are several")
     parser.add_argument(
+        "--transfer-attack",
+        choices=transfer_attacks(),
+        default=DEFAULTS.transfer_attack,
+        help="attack the transfer matrix crafts on each run: pgd, or one made to transfer (mifgsm, difgsm, "
+        f"tifgsm, nifgsm, sinifgsm, vmifgsm; default {DEFAULTS.transfer_attack})",
+    )
+    parser.add_argument(
         "--min-eps", action="store_true", help="per-scan minimal flipping epsilon (PGD bisection)"
     )
     parser.add_argument(
@@ -217,6 +225,7 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
         faithfulness_imputation=args.faithfulness_imputation,
         early_stop=args.early_stop,
         transfer=args.transfer,
+        transfer_attack=args.transfer_attack,
         minimal_epsilon=args.min_eps,
         certify_sigma=args.certify,
         certify_n=args.certify_n,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.attacks import attack_class
+from pipeline.attacks import attack_class, transfer_attacks
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.errors import AttackParameterError, UserInputError
 from pipeline.evaluation.calibration import Calibration, calibration
@@ -108,6 +108,12 @@ class SuiteSettings:
         True, help="stop attacking a scan once it is fooled: the same accuracies for less work"
     )
     transfer: bool = setting(True, help="transfer matrix between the runs, when there are several")
+    transfer_attack: str = setting(
+        "pgd",
+        choices=tuple(transfer_attacks()),
+        help="attack the transfer matrix crafts on each model, at the largest epsilon: pgd, or one made to "
+        "transfer (mifgsm and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family)",
+    )
     minimal_epsilon: bool = setting(False, help="per-scan minimal flipping epsilon (PGD bisection)")
     certify_sigma: Optional[float] = setting(
         None, kind=float, help="certify by randomized smoothing with this noise level (e.g. 0.25)"
@@ -544,11 +550,15 @@ def evaluate_models(
     if settings.transfer and len(models) > 1:
         # A masking check too (a model that resists only its own gradients is masking them), so it
         # runs on the scans the strength level gives the checks.
+        # Run in full on every source (no early stop): stopping at the source's boundary weakens transfer.
+        (crafting,) = attack_specs(
+            (settings.transfer_attack,), (max(settings.epsilons),), settings.steps, early_stop=False
+        )
         transfer = transfer_matrix(
             models,
             dataset,
             checked_scans,
-            reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
+            crafting,
             progress=next_stage("transfer matrix"),
             **common,
         )

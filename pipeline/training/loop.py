@@ -35,7 +35,7 @@ from pipeline.data import ScanDataset, Split, load_dataset, split_for
 from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
-from pipeline.progress import PASS, Phase, ProgressCallback, Step, report
+from pipeline.progress import Phase, ProgressCallback, Step, report
 from pipeline.store import (
     CONFIG,
     METRICS,
