@@ -353,6 +353,7 @@ class JobContext:
         self.started = time.time()
         self.cancelled = False
         self._written = 0.0
+        self._key: Optional[tuple[Any, ...]] = None  #: the phase of the last status written
         self._timer = TimeLeft()
 
     def __enter__(self) -> JobContext:
@@ -398,9 +399,12 @@ class JobContext:
             return
         fraction = min(done / total, 1.0)
         self._timer.update(fraction, now, step)
-        if now - self._written < STATUS_INTERVAL_S:
+        key = None if step is None else step.key
+        # at most once a second, and always when the work enters a new phase (an epoch's validation,
+        # the next epoch): short epochs would otherwise leave the status at a phase's first report
+        if now - self._written < STATUS_INTERVAL_S and key == self._key:
             return
-        self._written = now
+        self._written, self._key = now, key
         eta_s = self._timer.seconds(now)
         self.status(
             progress=round(fraction, 4),

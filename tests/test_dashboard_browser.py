@@ -224,14 +224,19 @@ ELLIPSIZED = """() => [...document.querySelectorAll('[data-testid="stMain"] *, [
     .map(el => el.textContent.trim())"""
 
 
-def assert_charts_laid_out(page) -> None:
-    """No visible chart has a legend over an axis title, a plot squeezed to under half its width, or a
-    title under the mode bar; no visible text is cut off with an ellipsis."""
-    page.wait_for_timeout(500)  # plotly lays legends out after the first paint
-    assert page.evaluate(LEGEND_OVER_AXIS) == 0
-    assert page.evaluate(SQUEEZED_PLOTS) == 0
+def assert_readable(page) -> None:
+    """No visible chart title under the mode bar, no visible text cut off with an ellipsis."""
+    page.wait_for_timeout(500)  # plotly lays titles out after the first paint
     assert page.evaluate(TITLE_UNDER_MODEBAR) == []
     assert page.evaluate(ELLIPSIZED) == []
+
+
+def assert_charts_laid_out(page) -> None:
+    """No visible chart has a legend over an axis title or a plot squeezed to under half its width;
+    and the page is readable (:func:`assert_readable`)."""
+    assert_readable(page)
+    assert page.evaluate(LEGEND_OVER_AXIS) == 0
+    assert page.evaluate(SQUEEZED_PLOTS) == 0
 
 
 #: Results on screen are those of the current choices: no attack running, no "previous choices" note.
@@ -349,7 +354,7 @@ def test_every_page_opens_without_errors(browser, server: Server) -> None:
         page.locator('[data-testid="stTabPanel"]:visible .js-plotly-plot').count() >= 4
     )  # clean + 3 attacks
     assert_no_error(page)
-    assert_charts_laid_out(page)
+    assert_readable(page)  # four matrices side by side: small plots, but every title and label whole
     screenshot(page, "evaluate", publish=True)
     page.get_by_role("tab", name="Robustness curves").click()
     assert_charts_laid_out(page)
@@ -374,7 +379,7 @@ def test_upload_a_png_and_a_dicom(browser, server: Server) -> None:
     choose_upload_source(page)
     scan = (np.indices((96, 80)).sum(axis=0) % 256).astype(np.uint8)
     upload(page, "slice.png", png(scan), "image/png")
-    page.get_by_text("PNG scan, 80×96 px").wait_for(timeout=RESULT_MS)
+    page.get_by_text("PNG image, 80×96 px").wait_for(timeout=RESULT_MS)
     wait_idle(page)
     run_attack(page)
     assert_no_error(page)
@@ -382,7 +387,7 @@ def test_upload_a_png_and_a_dicom(browser, server: Server) -> None:
 
     source = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     upload(page, "CT_small.dcm", source, "application/dicom")
-    page.get_by_text("DICOM scan, 128×128 px").wait_for(timeout=RESULT_MS)
+    page.get_by_text("DICOM CT slice, 128×128 px").wait_for(timeout=RESULT_MS)
     wait_idle(page)
     run_attack(page)
     assert_no_error(page)
@@ -486,8 +491,8 @@ def prepare_the_demo(page, fresh: Server) -> Demo:
     """THE DEMO STEP. The first-start card offers to prepare the demo, minutes on a CPU; the walk
     prepares a shrunk one through the same code instead, then the page opens on the demo: the
     standard model in use, the robust one beside it, PGD at the budget of the story."""
-    card = page.get_by_role("button", name=re.compile(r"^Prepare the demo \(two models, about \d+ minutes\)$"))
-    assert card.count() == 1
+    card = page.get_by_role("button", name=re.compile(r"^Retrain the demo yourself \(about \d+ minutes on .+\)$"))
+    assert card.count() == 1 and page.get_by_role("button", name="Open the demo (ready in seconds)").count() == 1
     demo = prepare_demo(fresh.runs, TINY_DEMO)
     page.reload()
     page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)

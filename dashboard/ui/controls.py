@@ -174,9 +174,12 @@ def attack_controls(name: str, *, key: str, hu_per_grey_level: Optional[float] =
 
     def control(param: Param) -> Any:
         widget = f"{key}:{name}:{param.name}"
-        _carry_in(param, widget, f"{key}:{norm}:{param.name}")
+        # the budget means the same for every attack of one norm; steps and step size are the attack's
+        # own (R-FGSM's one step is not PGD's ten), kept for when the person comes back to it
+        slot = f"{key}:{norm}:{param.name}" if param.name in SHARED else widget
+        _carry_in(param, widget, slot)
         value = param_control(param, widget, hu_per_grey_level)
-        _carry_out(param, widget, f"{key}:{norm}:{param.name}")
+        _carry_out(param, widget, slot)
         return value
 
     for param in schema:
@@ -190,9 +193,11 @@ def attack_controls(name: str, *, key: str, hu_per_grey_level: Optional[float] =
     return {name: value for name, value in values.items() if value is not None}
 
 
-#: Settings that mean the same for every attack of one norm: switching from PGD to FGSM keeps the
-#: budget the person set, and back to PGD the steps.
+#: Settings a person sets that outlive the attack's widgets: switching from PGD to FGSM keeps the
+#: budget the person set, and back to PGD the steps (Streamlit forgets a widget it stops drawing).
 CARRIED = ("eps", "alpha", "steps")
+#: Of those, the ones shared by every attack of one norm.
+SHARED = ("eps",)
 #: Session State holding the last value of each carried setting, by norm and name.
 CARRY_KEY = "controls.carried"
 

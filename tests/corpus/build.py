@@ -786,9 +786,13 @@ def _checkpoint_items(root: Path) -> list[CorpusItem]:
                             b"\0" * 12), REFUSED, "safetensors tensor whose data offsets point 1 TB away")
     run("run-wrong-shapes", changed(**{"backbone.fc.weight": torch.zeros(4, 512), "backbone.fc.bias": torch.zeros(4)}),
         REFUSED, "weights of a 4-class head", reason="backbone.fc")
-    run("run-wrong-dtypes", safetensors_bytes({name: tensor.half() if tensor.is_floating_point() else tensor
+    # half precision is widened on load (the shipped demo's weights are float16); float64 is not a model's
+    run("run-half-precision", safetensors_bytes({name: tensor.half() if tensor.is_floating_point() else tensor
+                                                 for name, tensor in state.items()}, metadata=metadata),
+        ACCEPTED, "every float tensor stored as float16, widened to float32")
+    run("run-wrong-dtypes", safetensors_bytes({name: tensor.double() if tensor.is_floating_point() else tensor
                                                for name, tensor in state.items()}, metadata=metadata),
-        REFUSED, "every float tensor stored as float16", reason="float16")
+        REFUSED, "every float tensor stored as float64", reason="float64")
     run("run-missing-tensors", safetensors_bytes(dict(list(state.items())[:5]), metadata=metadata), REFUSED,
         "only 5 of the tensors", reason="missing")
     run("run-extra-tensor", changed(**{"evil.payload": torch.zeros(8)}), REFUSED, "an unexpected extra tensor",
