@@ -37,7 +37,7 @@ from pipeline.evaluation.corruption import (
     corruption_names,
 )
 from pipeline.evaluation.data import balanced_subset
-from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
+from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense, training_defenses
 from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_faithfulness
 from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
@@ -50,6 +50,7 @@ from pipeline.evaluation.sweeps import (
     sweep_from_report,
 )
 from pipeline.evaluation.transfer import TransferResult, transfer_matrix
+from pipeline.evaluation.verdict import Verdict, defence_verdicts
 from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
@@ -252,6 +253,9 @@ class EvaluationSuite:
     groups: Optional[int] = None
     #: False for the sections finished so far of an evaluation still running, or stopped before its end.
     complete: bool = True
+    #: One row per defence (naive and adaptive attack, flags, which number to believe) and the
+    #: undefended rows beside them; empty when no model is or has a defence (:mod:`.verdict`).
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +278,7 @@ class EvaluationSuite:
             "transfer": self.transfer.to_dict() if self.transfer else None,
             "baseline": self.baseline,
             "comparisons": [comparison.to_dict() for comparison in self.comparisons],
+            "defence_verdicts": [verdict.to_dict() for verdict in self.verdicts],
         }
 
 
@@ -315,6 +320,7 @@ def evaluate_models(
             + len(settings.defenses)
         )
         + (settings.transfer and len(models) > 1)
+        + sum(len(training_defenses((info or {}).get(name, {}))) for name in models)
     )
     stage_numbers = itertools.count()
     common = dict(batch_size=settings.batch_size, device=device)
@@ -356,6 +362,7 @@ def evaluate_models(
             baseline=baseline.name if len(evaluated) > 1 else None,
             comparisons=_compare(evaluated, baseline),
             groups=None if first.clean.groups is None else int(np.unique(first.clean.groups).size),
+            verdicts=defence_verdicts(evaluated, baseline.name),
         )
 
     def next_stage(label: str) -> Optional[ProgressCallback]:
@@ -453,6 +460,21 @@ def evaluate_models(
                     progress=next_stage(f"{name}: certification"),
                 )
         for defense in defenses:
+            with clock(f"defence {defense.name}"):
+                entry.defenses.append(
+                    evaluate_defense(
+                        model,
+                        defense,
+                        dataset,
+                        result.indices,
+                        reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
+                        progress=next_stage(f"{name}: defence {defense.name}"),
+                        **common,
+                    )
+                )
+        # A model that is a defence by its training (defensive distillation): the same naive and
+        # adaptive pair, on the model as deployed.
+        for defense in training_defenses(facts):
             with clock(f"defence {defense.name}"):
                 entry.defenses.append(
                     evaluate_defense(
