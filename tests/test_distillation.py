@@ -17,7 +17,7 @@ import torch
 
 from pipeline.errors import UserInputError
 from pipeline.evaluation import SuiteSettings, evaluate_models
-from pipeline.evaluation.report import report_html
+from pipeline.evaluation.report import report_csv, report_html, report_json
 from pipeline.evaluation.strength import StrengthSettings
 from pipeline.evaluation.verdict import verdict_table
 from pipeline.training import TrainConfig
@@ -118,5 +118,28 @@ def test_the_verdict_table_is_in_the_json_and_html_reports(suite) -> None:
     saved = json.loads(json.dumps(suite.to_dict()))["defence_verdicts"]
     rows = verdict_table(saved)
     assert [row["defence"] for row in rows] == ["none (baseline)", f"defensive distillation T={TEMPERATURE:g}"]
+    csv_rows = [line for line in report_csv(suite).splitlines() if "defence verdict" in line]
+    assert len(csv_rows) == 4 and any("naive attack" in line for line in csv_rows)
     html = report_html(suite)
     assert "Defence verdicts" in html and rows[1]["which number to believe"].split(":")[0] in html
+
+
+def test_the_evaluate_page_shows_the_verdict_table(suite, tmp_path) -> None:
+    """The Evaluate page's drawing of a saved report (dashboard.ui.report_views) shows the same rows."""
+    from streamlit.testing.v1 import AppTest
+
+    saved = tmp_path / "report.json"
+    saved.write_text(report_json(suite))
+
+    def page(path: str) -> None:
+        from dashboard.ui.report_views import defence_verdicts
+        from pipeline.evaluation.report import read_report
+
+        defence_verdicts(read_report(path))
+
+    at = AppTest.from_function(page, args=(str(saved),)).run(timeout=60)
+    assert not at.exception
+    assert any("Defence verdicts" in item.value for item in at.markdown)
+    shown = at.table[0].value
+    assert list(shown["defence"]) == ["none (baseline)", f"defensive distillation T={TEMPERATURE:g}"]
+    assert "Believe" in shown["which number to believe"].iloc[1]

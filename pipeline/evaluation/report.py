@@ -220,6 +220,22 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
                 "strength_verdict": check.verdict,
             }
         yield from _section_rows(model, base)
+    for verdict in suite.verdicts:  # the defence verdict table: naive and adaptive, which to believe
+        for side, accuracy, attack in (
+            ("naive", verdict.naive, verdict.naive_attack),
+            ("adaptive", verdict.adaptive, verdict.adaptive_attack),
+        ):
+            yield {
+                "source": OURS,
+                "synthetic": suite.synthetic,
+                "model": verdict.model,
+                **_eps(verdict.eps),
+                "section": "defence verdict",
+                "figure": f"{verdict.defense or 'no defence'}: {side} attack",
+                "attack": attack,
+                "accuracy": accuracy,
+                "strength_verdict": verdict.believe,
+            }
     for comparison in suite.comparisons:
         yield {
             "source": OURS,
