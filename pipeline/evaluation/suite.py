@@ -459,22 +459,9 @@ def evaluate_models(
                     device=device,
                     progress=next_stage(f"{name}: certification"),
                 )
-        for defense in defenses:
-            with clock(f"defence {defense.name}"):
-                entry.defenses.append(
-                    evaluate_defense(
-                        model,
-                        defense,
-                        dataset,
-                        result.indices,
-                        reference_attacks(max(settings.epsilons), steps=settings.steps)[0],
-                        progress=next_stage(f"{name}: defence {defense.name}"),
-                        **common,
-                    )
-                )
-        # A model that is a defence by its training (defensive distillation): the same naive and
-        # adaptive pair, on the model as deployed.
-        for defense in training_defenses(facts):
+        # The input transformations asked for, then the defence the model is by its training
+        # (defensive distillation): each a naive and an adaptive attack on the model as deployed.
+        for defense in [*defenses, *training_defenses(facts)]:
             with clock(f"defence {defense.name}"):
                 entry.defenses.append(
                     evaluate_defense(
