@@ -68,6 +68,7 @@ def distilled() -> tuple[torch.nn.Module, torch.nn.Module]:
     return teacher, student.eval()
 
 
+@pytest.mark.slow
 def test_the_student_keeps_the_teachers_answers_with_logits_about_t_times_larger(distilled) -> None:
     teacher, student = distilled
     x, y = nodule_images(60, seed=3)
@@ -98,6 +99,7 @@ def suite(distilled):
     return evaluate_models({"teacher": teacher, "distilled": student}, nodule_dataset(24), None, settings, info=info)
 
 
+@pytest.mark.slow
 def test_the_verdict_believes_the_adaptive_attack_on_a_distilled_model(suite) -> None:
     baseline, distilled = suite.verdicts
     assert baseline.model == "teacher" and baseline.defense is None
@@ -114,6 +116,7 @@ def test_the_verdict_believes_the_adaptive_attack_on_a_distilled_model(suite) ->
     assert not baseline.masking
 
 
+@pytest.mark.slow
 def test_the_verdict_table_is_in_the_json_and_html_reports(suite) -> None:
     saved = json.loads(json.dumps(suite.to_dict()))["defence_verdicts"]
     rows = verdict_table(saved)
@@ -124,6 +127,7 @@ def test_the_verdict_table_is_in_the_json_and_html_reports(suite) -> None:
     assert "Defence verdicts" in html and rows[1]["which number to believe"].split(":")[0] in html
 
 
+@pytest.mark.slow
 def test_the_evaluate_page_shows_the_verdict_table(suite, tmp_path) -> None:
     """The Evaluate page's drawing of a saved report (dashboard.ui.report_views) shows the same rows."""
     from streamlit.testing.v1 import AppTest
