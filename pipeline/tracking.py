@@ -313,8 +313,9 @@ def log_evaluation(
     and ``.../attack_success_rate``; per epsilon ``<model>/worst case <eps>/accuracy``; each
     accuracy's 95% interval as ``.../accuracy_low`` and ``.../accuracy_high``; the expected
     calibration error ``<model>/<condition>/ece``; ``<model>/mCE`` against the baseline model and
-    ``<model>/<condition>/road`` where they were measured. Returns the run's ``tracking`` entry
-    (empty when tracking is off).
+    ``<model>/<condition>/road`` where they were measured; per defence (the verdict table)
+    ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence saying
+    which to believe as a tag. Returns the run's ``tracking`` entry (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -328,6 +329,8 @@ def log_evaluation(
             # pipeline.evaluation.degenerate's judgment, beside the figures as everywhere else
             **{metric_key(f"lunglab.not_trained.{m.name}"): m.report.trained.reason for m in suite.models
                if m.report.trained.flagged},
+            **{metric_key(f"lunglab.verdict.{v.model}.{v.defense or 'none'}"): v.believe
+               for v in getattr(suite, "verdicts", [])},
         },
         flag=flag,
     )
@@ -354,6 +357,10 @@ def log_evaluation(
         if model.faithfulness is not None:
             for side in (model.faithfulness.clean, model.faithfulness.attacked):
                 values[f"{model_name}/{side.condition}/road"] = side.mean.estimate
+        for verdict in getattr(suite, "verdicts", []):
+            if verdict.model == model_name and verdict.defense is not None:
+                values[f"{model_name}/defence {verdict.defense}/naive_accuracy"] = verdict.naive
+                values[f"{model_name}/defence {verdict.defense}/adaptive_accuracy"] = verdict.adaptive
         run.log_metrics(values, step=0)
     run.log_files(reports, "reports")
     run.finish("FINISHED")

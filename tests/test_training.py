@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,18 @@ def test_transfer_uses_another_runs_model(runs: Path, standard_run: Path) -> Non
         train(TrainConfig.from_dict({**TINY, "strategy": "transfer", "transfer_run": str(runs / "missing")}), runs)
 
 
+def test_distillation_learns_another_runs_soft_labels(runs: Path, standard_run: Path) -> None:
+    settings = {**TINY, "count": 30, "epochs": 1, "strategy": "distillation", "temperature": 10}
+    run_dir = train(TrainConfig.from_dict({**settings, "teacher_run": standard_run.name}), runs)
+    stored = read_config(run_dir)
+    assert stored["teacher_run"] == str(standard_run)  # a name under the runs folder, resolved once
+    assert stored["temperature"] == 10 and stored["select_by"] == "auto"
+    (line,) = read_metrics(run_dir)
+    assert math.isfinite(line["train_loss"]) and line["train_loss"] > 0
+    with pytest.raises(UserInputError, match="no run 'missing' found"):
+        train(TrainConfig.from_dict({**settings, "teacher_run": "missing"}), runs)
+
+
 class _CollapsingFastTraining(FastTraining):
     """FGSM-RS whose objective turns against the labels after two epochs: a crafted, certain
     collapse of validation PGD accuracy (real catastrophic overfitting takes far longer to appear)."""
@@ -299,7 +312,9 @@ def test_config_validation_names_field_and_range() -> None:
     assert TrainConfig(strategy="pgd").step_size == pytest.approx(1 / 255)
     assert set(PRESETS) == {"quick", "full"}
     assert params_of(TrainConfig)["strategy"].choices == available_strategies()  # the registry is the list
-    assert available_strategies() == ("standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer")
+    assert available_strategies() == (
+        "standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer", "distillation"
+    )
     for name in PRESETS:
         assert TrainConfig.from_preset(name, strategy="pgd").strategy == "pgd"
 

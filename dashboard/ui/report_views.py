@@ -28,6 +28,7 @@ from pipeline.evaluation.reference import COLUMN_LABELS
 from pipeline.evaluation.report import INCOMPLETE
 from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
+from pipeline.evaluation.verdict import VERDICT_NOTE, verdict_table
 from pipeline.units import format_epsilon, format_share, share_decimals
 
 CHART = {"displaylogo": False}
@@ -135,6 +136,16 @@ def reference_tables(report: dict[str, Any]) -> None:
             f"Share of scans each model still reads correctly under each attack. The study's figures are "
             f"quoted as published: {study['caveat']}"
         )
+
+
+def defence_verdicts(report: dict[str, Any]) -> None:
+    """The defence verdict table (naive and adaptive attack side by side), when the evaluation has one."""
+    verdicts = report.get("defence_verdicts") or []
+    if not verdicts:
+        return
+    st.markdown(f"##### Defence verdicts at ε = {grey_levels_text(verdicts[0]['eps'])}")
+    st.table(verdict_table(verdicts), hide_index=True)
+    st.caption(VERDICT_NOTE)
 
 
 def trained_cell(check: Optional[dict[str, Any]]) -> str:
@@ -491,6 +502,7 @@ def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     )
     with table_tab:
         reference_tables(report)
+        defence_verdicts(report)
         transfer(report)
     with comparison_tab:
         comparisons(report)

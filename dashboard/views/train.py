@@ -33,7 +33,7 @@ PRESET_WORDS = {
 #: Shown directly; every other training setting sits under "Advanced settings".
 MAIN = ("arch", "strategy", "epochs", "eps", "steps", "batch_size", "device", "pretrained")
 #: Settings given by other widgets or meaningless in the dashboard (the data comes from the Data page).
-OTHER = ("transfer_run", "transfer_eps", "init_from")
+OTHER = ("transfer_run", "transfer_eps", "init_from", "teacher_run")
 #: Architectures too deep to learn from scratch in the quick preset without help.
 DEEP = ("resnet50", "resnet101")
 
@@ -60,6 +60,16 @@ def settings_form(preset: str) -> dict[str, Any]:
             format_func=lambda path: run_label(sources[path]) if path else "no saved model",
             key=f"train:{preset}:transfer_run",
         )
+    if values["strategy"] == "distillation":
+        teachers = {str(record.run_dir): record for record in usable_runs()}
+        values["teacher_run"] = st.selectbox(
+            "Teacher: the model whose soft labels are distilled",
+            list(teachers) or [None],
+            format_func=lambda path: run_label(teachers[path]) if path else "no saved model",
+            key=f"train:{preset}:teacher_run",
+            help="Any saved model. Its answers, softened at the temperature under Advanced settings, are "
+            "what the new model learns; starting from the teacher itself (Start from) is the fast way.",
+        )
     starts = {str(record.run_dir): record for record in usable_runs()}
     values["init_from"] = st.selectbox(
         "Start from",
@@ -69,7 +79,11 @@ def settings_form(preset: str) -> dict[str, Any]:
         help="Continue from a saved model of the same architecture, e.g. fine-tune a normally trained "
         "model adversarially: the cheap way to a robust model when training one from scratch is too slow.",
     )
-    if preset == "quick" and values["strategy"] not in ("standard", "transfer") and not values["init_from"]:
+    if (
+        preset == "quick"
+        and values["strategy"] not in ("standard", "transfer", "distillation")
+        and not values["init_from"]
+    ):
         st.info(
             "On a CPU, adversarial training from scratch rarely gets past answering one class within "
             "the quick preset. Train a normal model first and start from it here: a few adversarial "

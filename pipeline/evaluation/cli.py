@@ -286,6 +286,8 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
                 f"naive attack {format_share(defense.naive.attacks[0].accuracy, scans)}, adaptive attack "
                 f"{format_share(defense.adaptive.attacks[0].accuracy, scans)}"
             )
+    for verdict in suite.verdicts:
+        print(f"verdict, {verdict.model} ({verdict.defense or 'no defence'}): {verdict.believe}")
     for comparison in suite.comparisons:
         print(comparison.sentence)
     for model in suite.models:

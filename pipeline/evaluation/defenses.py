@@ -9,12 +9,19 @@ transform, its backward treats a non-differentiable transform as the identity (B
 ``x + (t(x) - x).detach()``), and a randomised transform is averaged over several draws (EOT).
 Any attack of the registry becomes adaptive by attacking that wrapper; predictions always come
 from the deployed defence. Both figures are reported side by side.
+
+A defence that is a way of training rather than a wrapper declares the same two views through
+:class:`Defense`: defensive distillation (:class:`DistillationDefense`, Papernot et al. 2016,
+https://arxiv.org/abs/1511.04508) deploys the model as trained, and its adaptive attacker
+differentiates the logits divided by the training temperature, where the saturated softmax no longer
+hides the gradient (Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644). :mod:`.verdict` puts
+every defence's naive and adaptive figures in one table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +34,47 @@ from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, SpecLik
 from pipeline.progress import ProgressCallback
 
 
-class InputTransform(nn.Module):
+class Defense:
+    """What an evaluation needs of a defence: the model it deploys, the model its adaptive attacker
+    differentiates instead, and both attacks in words for the verdict table (:mod:`.verdict`)."""
+
+    name: str = "defence"
+    #: How the naive attack meets the defence, in words.
+    naive_attack: str = "the attack run straight on the deployed defence"
+    #: What the adaptive attack does differently, in words.
+    adaptive_attack: str = "the attack run on the defence's adaptive view"
+    #: Registry attacks that are adaptive to this defence even when run straight on the deployed
+    #: model; the verdict takes the lowest of their figures and the adaptive view's.
+    adaptive_attacks: tuple[str, ...] = ()
+    #: True when the deployed defence wraps the evaluated model: that model's strength checks then
+    #: describe the undefended model, not the defence, and the verdict does not quote their flags.
+    wraps_model: bool = True
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The defended model whose predictions count: ``[N, 1, H, W]`` in [0, 1] to logits ``[N, C]``."""
+        raise NotImplementedError
+
+    def adaptive_view(self, model: nn.Module, *, eot_samples: int = 8) -> nn.Module:
+        """What the adaptive attack differentiates; its predictions never count."""
+        raise NotImplementedError
+
+
+class InputTransform(nn.Module, Defense):
     """A transform of ``[N, 1, H, W]`` scans in [0, 1] applied before the model."""
 
     name: str = "transform"
+    naive_attack = "through the transform (zero or broken gradient)"
+    adaptive_attack = "BPDA (identity backward) and EOT over random draws"
     #: Whether autograd through ``forward`` gives a useful gradient (else BPDA replaces it).
     differentiable: bool = True
     #: Whether two calls on the same input may differ (then EOT averages several draws).
     randomised: bool = False
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return Defended(model, self)
+
+    def adaptive_view(self, model: nn.Module, *, eot_samples: int = 8) -> nn.Module:
+        return Defended(model, self, adaptive=True, eot_samples=eot_samples)
 
 
 class JPEGDefense(InputTransform):
@@ -128,6 +168,56 @@ class Defended(nn.Module):
         return logits / self.samples
 
 
+class TemperatureScaled(nn.Module):
+    """``model(x) / temperature``: a distilled model's logits at its training temperature."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+class DistillationDefense(Defense):
+    """Defensive distillation (Papernot et al. 2016, https://arxiv.org/abs/1511.04508): a model
+    trained at temperature ``T`` and deployed at T=1, so its logits are about T times an ordinary
+    model's and its softmax saturates.
+
+    The naive attack, PGD on the cross-entropy of the deployed softmax, meets gradients that
+    underflow to zero and barely moves; the adaptive one differentiates the logits divided by T
+    (and CW's margin loss on the logits, ``cw-linf``, is adaptive as it is: a margin does not
+    saturate). Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644.
+    Raises :class:`UserInputError` for a temperature below 1.
+    """
+
+    naive_attack = "PGD on the cross-entropy of the deployed softmax (T=1), where the gradients vanish"
+    adaptive_attacks = ("cw-linf",)
+    wraps_model = False
+
+    def __init__(self, temperature: float) -> None:
+        if not temperature >= 1.0:
+            raise UserInputError(f"a distillation temperature is at least 1, got {temperature}")
+        self.temperature = float(temperature)
+        self.name = f"defensive distillation T={self.temperature:g}"
+        self.adaptive_attack = f"the same PGD on the logits divided by T={self.temperature:g}"
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def adaptive_view(self, model: nn.Module, *, eot_samples: int = 8) -> nn.Module:
+        return TemperatureScaled(model, self.temperature)
+
+
+def training_defenses(info: Mapping[str, Any]) -> list[Defense]:
+    """The defences a model is by the way it was trained, from its run's facts (``strategy``,
+    ``temperature``): defensive distillation for a distilled run, none otherwise."""
+    if info.get("strategy") == "distillation":
+        return [DistillationDefense(float(info.get("temperature") or 1.0))]
+    return []
+
+
 @dataclass
 class DefenseResult:
     """One defence: undefended, naive and adaptive figures under one attack."""
@@ -135,7 +225,11 @@ class DefenseResult:
     defense: str
     attack: AttackSpec
     naive: RobustnessReport  #: attack run straight through the defence
-    adaptive: RobustnessReport  #: BPDA/EOT attack; predictions from the deployed defence
+    adaptive: RobustnessReport  #: the attack on the adaptive view; predictions from the deployed defence
+    naive_attack: str = Defense.naive_attack  #: in words, from :class:`Defense`
+    adaptive_attack: str = Defense.adaptive_attack
+    adaptive_attacks: tuple[str, ...] = ()
+    wraps_model: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +238,11 @@ class DefenseResult:
             "clean_accuracy": self.naive.clean.accuracy,
             "naive_accuracy": self.naive.attacks[0].accuracy,
             "adaptive_accuracy": self.adaptive.attacks[0].accuracy,
+            "naive_attack": self.naive_attack,
+            "adaptive_attack": self.adaptive_attack,
+            "adaptive_attacks": list(self.adaptive_attacks),
+            "wraps_model": self.wraps_model,
+            "scans": self.naive.size,
         }
 
 
@@ -166,7 +265,7 @@ def make_defense(name: str, **params: Any) -> InputTransform:
 
 def evaluate_defense(
     model: nn.Module,
-    transform: InputTransform,
+    transform: Defense,
     dataset: Dataset,
     indices: Optional[Sequence[int]],
     attack: SpecLike,
@@ -176,9 +275,11 @@ def evaluate_defense(
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
 ) -> DefenseResult:
-    """The defended model's accuracy under ``attack`` run naively and adaptively."""
+    """The defended model's accuracy under ``attack`` run naively (on the deployed defence) and
+    adaptively (on its :meth:`Defense.adaptive_view`), predictions always from the deployed one;
+    ``transform`` is any :class:`Defense`: an input transformation or a way of training."""
     spec = AttackSpec.coerce(attack)
-    deployed = Defended(model, transform)
+    deployed = transform.deployed(model)
     common = dict(batch_size=batch_size, device=device, progress=progress)
     naive = evaluate(
         deployed, dataset, indices, [spec], model_name=f"{transform.name} (naive attack)", **common
@@ -189,7 +290,16 @@ def evaluate_defense(
         indices,
         [spec],
         model_name=f"{transform.name} (adaptive attack)",
-        attack_model=Defended(model, transform, adaptive=True, eot_samples=eot_samples),
+        attack_model=transform.adaptive_view(model, eot_samples=eot_samples),
         **common,
     )
-    return DefenseResult(transform.name, spec, naive, adaptive)
+    return DefenseResult(
+        transform.name,
+        spec,
+        naive,
+        adaptive,
+        naive_attack=transform.naive_attack,
+        adaptive_attack=transform.adaptive_attack,
+        adaptive_attacks=transform.adaptive_attacks,
+        wraps_model=transform.wraps_model,
+    )

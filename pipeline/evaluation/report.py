@@ -43,6 +43,7 @@ from pipeline.evaluation.intervals import Interval, percent_text
 from pipeline.evaluation.robustness import AttackResult, Example, Outcome
 from pipeline.evaluation.strength import StrengthCheck
 from pipeline.evaluation.suite import EvaluationSuite, ModelEvaluation, SuiteSettings
+from pipeline.evaluation.verdict import VERDICT_COLUMNS, VERDICT_NOTE, verdict_table
 from pipeline.json_object import parse_json_object
 from pipeline.store import atomic_write_bytes
 from pipeline.units import format_epsilon, format_share, share_decimals
@@ -219,6 +220,22 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
                 "strength_verdict": check.verdict,
             }
         yield from _section_rows(model, base)
+    for verdict in suite.verdicts:  # the defence verdict table: naive and adaptive, which to believe
+        for side, accuracy, attack in (
+            ("naive", verdict.naive, verdict.naive_attack),
+            ("adaptive", verdict.adaptive, verdict.adaptive_attack),
+        ):
+            yield {
+                "source": OURS,
+                "synthetic": suite.synthetic,
+                "model": verdict.model,
+                **_eps(verdict.eps),
+                "section": "defence verdict",
+                "figure": f"{verdict.defense or 'no defence'}: {side} attack",
+                "attack": attack,
+                "accuracy": accuracy,
+                "strength_verdict": verdict.believe,
+            }
     for comparison in suite.comparisons:
         yield {
             "source": OURS,
@@ -343,6 +360,7 @@ def report_html(suite: EvaluationSuite) -> str:
     parts += _summary(suite)
     for table in suite.tables:
         parts += _reference_table(table, suite.settings)
+    parts += _verdicts(suite)
     parts += _comparisons(suite)
     parts += _figures(suite)
     parts += _calibration(suite)
@@ -537,6 +555,26 @@ def _figures(suite: EvaluationSuite) -> list[str]:
         return []
     return ["<h2>Figures</h2>"] + [
         _plot(figure) for figure in shown
+    ]
+
+
+def _verdicts(suite: EvaluationSuite) -> list[str]:
+    """The defence verdict table: each defence's naive and adaptive figures and which to believe."""
+    if not suite.verdicts:
+        return []
+    rows = verdict_table([verdict.to_dict() for verdict in suite.verdicts])
+    header = "".join(f"<th class='l'>{_e(name)}</th>" for name in VERDICT_COLUMNS)
+    body = "".join(
+        f"<tr class='{'flag' if verdict.masking else ''}'>"
+        + "".join(f"<td class='l'>{_e(row[name])}</td>" for name in VERDICT_COLUMNS)
+        + "</tr>"
+        for verdict, row in zip(suite.verdicts, rows)
+    )
+    eps = format_epsilon(suite.verdicts[0].eps)
+    return [
+        f"<h2>Defence verdicts at ε={_e(eps)}</h2>",
+        f"<table class='verdicts'><tr>{header}</tr>{body}</table>",
+        f"<p class='note'>{_e(VERDICT_NOTE)}</p>",
     ]
 
 
@@ -765,11 +803,12 @@ def _defenses(results: list[DefenseResult]) -> str:
         for d in results
     )
     return (
-        "<h3>Input-transformation defences: naive versus adaptive (BPDA/EOT) attack</h3>"
+        "<h3>Defences: naive versus adaptive attack</h3>"
         f"<table><tr><th class='l'>defence</th>{header}<th>attack</th></tr>{rows}</table>"
         "<p class='note'>The naive attack differentiates straight through the defence, whose gradient "
-        "is zero or broken; the adaptive one replaces it by the identity (BPDA) and averages random "
-        "transforms (EOT). Only the adaptive figure says how robust the defence is.</p>"
+        "is zero or broken; the adaptive one sees through it: an input transformation replaced by the "
+        "identity (BPDA) and random transforms averaged (EOT), a distilled model's logits divided by its "
+        "temperature. Only the adaptive figure says how robust the defence is.</p>"
     )
 
 

@@ -91,6 +91,8 @@ def evaluate_runs(
             **{key: record.config.get(key) for key in ("arch", "strategy", "epochs")},
             "training_eps": format_epsilon(record.config.get("eps")),
         }
+        if record.config.get("strategy") == "distillation":  # evaluated as a defence (its verdict row)
+            info[name]["temperature"] = record.config.get("temperature")
     dataset, split = run_data(loaded[0][1])
     indices = split_indices(split, request.split, dataset.labels, limit=request.limit)
     out = Path(request.out) if request.out is not None else new_evaluation_dir(run_dirs[0])

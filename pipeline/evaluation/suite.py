@@ -43,7 +43,7 @@ from pipeline.evaluation.corruption import (
     corruption_names,
 )
 from pipeline.evaluation.data import balanced_subset
-from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense
+from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense, training_defenses
 from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_faithfulness
 from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
@@ -56,6 +56,7 @@ from pipeline.evaluation.sweeps import (
     sweep_from_report,
 )
 from pipeline.evaluation.transfer import TransferResult, transfer_matrix
+from pipeline.evaluation.verdict import Verdict, defence_verdicts
 from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import Phase, ProgressCallback, report, staged
 from pipeline.units import format_epsilon, parse_epsilon, parse_epsilons
@@ -316,6 +317,9 @@ class EvaluationSuite:
     groups: Optional[int] = None
     #: False for the sections finished so far of an evaluation still running, or stopped before its end.
     complete: bool = True
+    #: One row per defence (naive and adaptive attack, flags, which number to believe) and the
+    #: undefended rows beside them; empty when no model is or has a defence (:mod:`.verdict`).
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -338,6 +342,7 @@ class EvaluationSuite:
             "transfer": self.transfer.to_dict() if self.transfer else None,
             "baseline": self.baseline,
             "comparisons": [comparison.to_dict() for comparison in self.comparisons],
+            "defence_verdicts": [verdict.to_dict() for verdict in self.verdicts],
         }
 
 
@@ -384,7 +389,11 @@ def evaluate_models(
         *["certification"] * (settings.certify_sigma is not None),
         *[f"defence {name}" for name in settings.defenses],
     ]
-    plans = [(Phase(kind, 1.0, "section"),) for _ in models for kind in kinds]
+    plans = [
+        (Phase(kind, 1.0, "section"),)
+        for name in models
+        for kind in (*kinds, *(f"defence {defense.name}" for defense in training_defenses((info or {}).get(name, {}))))
+    ]
     plans += [(Phase("transfer matrix", 1.0, "section"),)] * (settings.transfer and len(models) > 1)
     stage_count = len(plans)
     stage_numbers = itertools.count()
@@ -429,6 +438,7 @@ def evaluate_models(
             baseline=baseline.name if len(evaluated) > 1 else None,
             comparisons=_compare(evaluated, baseline),
             groups=None if first.clean.groups is None else int(np.unique(first.clean.groups).size),
+            verdicts=defence_verdicts(evaluated, baseline.name),
         )
 
     def next_stage(label: str) -> Optional[ProgressCallback]:
@@ -534,7 +544,9 @@ def evaluate_models(
                     device=device,
                     progress=next_stage(f"{name}: certification"),
                 )
-        for defense in defenses:
+        # The input transformations asked for, then the defence the model is by its training
+        # (defensive distillation): each a naive and an adaptive attack on the model as deployed.
+        for defense in [*defenses, *training_defenses(facts)]:
             with clock(f"defence {defense.name}"):
                 entry.defenses.append(
                     evaluate_defense(

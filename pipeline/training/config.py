@@ -96,6 +96,22 @@ class TrainConfig:
         high=MAX_EPSILON,
         help="budgets of the transfer examples (one copy of the data each)",
     )
+    # defensive distillation
+    teacher_run: Optional[str] = setting(
+        None, help="saved run whose soft labels the distilled model learns (defensive distillation)"
+    )
+    # T costs nothing per step (the loss is scaled by T², so the steps keep their size); what it sets is
+    # how far the deployed logits must grow. The paper's 100 is kept: PGD's sign step still finds a
+    # direction until the softmax's gradient underflows float32, at logit margins beyond about 100. In
+    # trials for tests/test_distillation.py (tiny CNN) a student at T=50 (6 epochs, lr 1e-2) stopped at
+    # margins near 100 and PGD still fooled it; at T=100 (8 epochs, lr 3e-2) margins reached 400-500.
+    temperature: float = setting(
+        100.0,
+        low=1.0,
+        high=1000.0,
+        help="distillation temperature T: the student learns the teacher's soft labels at T and is deployed "
+        "at T=1 (Papernot et al. used 100; starting from the teacher, init_from, reaches it in a few epochs)",
+    )
     # selection and checks
     val_steps: int = setting(10, low=1, high=200, help="PGD steps of the robust validation check")
     eval_size: int = setting(
@@ -106,7 +122,7 @@ class TrainConfig:
         choices=("auto", "robust", "clean", "balanced"),
         help="keep the epoch with the best validation accuracy under PGD (robust), on clean scans "
         "(clean) or averaged over the classes' recalls (balanced); auto: balanced for standard "
-        "training, robust for adversarial training",
+        "training and distillation, robust for adversarial training",
     )
     patience: int = setting(
         0, low=0, high=1000, help="stop after this many epochs without improvement (0: never)"
@@ -146,6 +162,10 @@ class TrainConfig:
             raise UserInputError(
                 "strategy 'transfer' needs transfer_run: the saved run whose model crafts examples"
             )
+        if self.strategy == "distillation" and not self.teacher_run:
+            raise UserInputError(
+                "strategy 'distillation' needs teacher_run: the saved run whose soft labels the model learns"
+            )
 
     @property
     def step_size(self) -> float:
@@ -162,7 +182,9 @@ class TrainConfig:
         that reads the rare benign class as normal."""
         if self.select_by != "auto":
             return self.select_by
-        return "balanced" if self.strategy == "standard" else "robust"
+        # A distilled model's PGD accuracy is masked, not robust: selecting on it would keep the most
+        # masked epoch, so distillation selects like standard training.
+        return "balanced" if self.strategy in ("standard", "distillation") else "robust"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the data settings nested under ``data``."""

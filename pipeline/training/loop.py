@@ -136,7 +136,12 @@ def _forget_unstarted(run_dir: Path) -> None:
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
-    """``config`` with ``init_from`` resolved to a run whose model fits; checked before any run exists."""
+    """``config`` with ``init_from`` resolved to a run whose model fits, and ``teacher_run`` to a run
+    whose model loads (any architecture teaches); checked before any run exists."""
+    if config.teacher_run and config.strategy == "distillation":
+        teacher = resolve_run(runs_dir, config.teacher_run)
+        load_model(teacher)  # a missing, truncated or tampered teacher is refused before any work
+        config = dataclasses.replace(config, teacher_run=str(teacher))
     if not config.init_from:
         return config
     start = resolve_run(runs_dir, config.init_from)

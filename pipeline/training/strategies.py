@@ -12,7 +12,7 @@ the KL divergence to the clean prediction (the engine's ``pgd-kl``) for TRADES.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -308,6 +308,79 @@ class TransferTraining(Strategy):
                 )
             copies.append(torch.cat(parts))
         return torch.cat(copies), y.repeat(len(copies))
+
+
+@register
+class DistillationTraining(Strategy):
+    """Defensive distillation (Papernot et al. 2016, "Distillation as a Defense to Adversarial
+    Perturbations against Deep Neural Networks", https://arxiv.org/abs/1511.04508).
+
+    The student learns the teacher's soft labels with its own logits divided by the temperature
+    ``T`` (``temperature``); deployed, it runs at T=1: the model returns its raw logits, which end
+    up about T times larger than an ordinary model's. Its softmax then saturates, and the gradient
+    of the cross-entropy on it underflows to zero on most scans: PGD on the softmax stalls while the
+    decision is as fragile as before (Carlini & Wagner 2017, https://arxiv.org/abs/1608.04644). The
+    evaluation therefore reports it as a defence, beside an attack on its logits (``cw-linf``, or
+    PGD on the logits divided by T).
+
+    The paper trains the teacher at T as well and takes its soft labels at T. A teacher trained at T
+    has logits about T times those of the same network trained at T=1, so its soft labels at T are
+    an ordinary run's probabilities at T=1: any saved run serves as the teacher, its soft labels
+    read at the temperature it was trained at (1, or its own T for a distilled teacher). The loss is
+    the soft cross-entropy at T, times T² as in Hinton et al. 2015 (https://arxiv.org/abs/1503.02531)
+    so that its gradients keep their size whatever T is; class weights (``imbalance="weights"``)
+    weigh each scan by its true class, as the standard loss does.
+    """
+
+    name = "distillation"
+    uses = ("teacher_run", "temperature")
+    description = (
+        "Defensive distillation (Papernot et al.): learns a saved model's soft labels at a high "
+        "temperature. Looks robust to plain PGD only because its gradients vanish; the evaluation "
+        "shows the attack that sees through it."
+    )
+
+    def prepare(
+        self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher, record = load_model(self.config.teacher_run, device=x.device)
+        with torch.no_grad():
+            classes = teacher(x[:1]).shape[1]
+        if classes <= int(y.max()):
+            raise UserInputError(
+                f"teacher run {record.name} tells apart {classes} classes, this data at least "
+                f"{int(y.max()) + 1}: choose a teacher trained on the same classes"
+            )
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_temperature = training_temperature(record.config)
+        return x, y
+
+    def soft_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 ``[N, C]``: the teacher's class probabilities at its own training temperature."""
+        with torch.no_grad():
+            return F.softmax(self.teacher(x).float() / self.teacher_temperature, dim=1)
+
+    def step(
+        self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> StepResult:
+        targets = self.soft_labels(x)
+        logits = net(x)
+        temperature = self.config.temperature
+        per_scan = -(targets * F.log_softmax(logits.float() / temperature, dim=1)).sum(dim=1)
+        if self.class_weights is None:
+            loss = per_scan.mean()
+        else:
+            weights = self.class_weights[y]
+            loss = (per_scan * weights).sum() / weights.sum()
+        return temperature**2 * loss, logits, y
+
+
+def training_temperature(config: Mapping[str, Any]) -> float:
+    """The softmax temperature a run with these stored settings was trained at: its ``temperature``
+    for a distilled run, 1 for every other strategy. Its deployed model always runs at 1."""
+    if config.get("strategy") == DistillationTraining.name:
+        return float(config.get("temperature") or 1.0)
+    return 1.0
 
 
 def attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **params: Any) -> torch.Tensor:
