@@ -67,9 +67,15 @@ STORY_READY = """() => {
 #: Both models' results for the current choices are on screen.
 RESULTS = """(models) => {
     const text = document.querySelector('[data-testid="stMain"]').innerText;
-    const shown = (text.match(/Largest change/g) || []).length;
-    return shown >= models && !text.includes("for the previous choices") && !text.includes("Running ")
+    const shown = (text.match(/The answer changed|The answer held|Wrong before the attack/g) || []).length;
+    return shown >= models && text.includes("Largest change") && !text.includes("for the previous choices")
+        && !text.includes("Running ")
         && !document.querySelector('[data-testid="stStatusWidget"]');
+}"""
+#: The attack's task has started: its progress is shown, or the results of the earlier click are gone.
+RUNNING = """() => {
+    const text = document.querySelector('[data-testid="stMain"]').innerText;
+    return text.includes("Running ") || !text.includes("Largest change");
 }"""
 TIMEOUT_S = 300
 
@@ -94,7 +100,8 @@ def attack(page, models: int) -> float:
     """Seconds from a click on "Run the attack" to ``models`` results on screen."""
     started = time.monotonic()
     page.get_by_role("button", name="Run the attack").click()
-    page.wait_for_timeout(100)
+    # the results of an earlier click stay on screen until the new task shows its progress
+    page.wait_for_function(RUNNING, timeout=TIMEOUT_S * 1000, polling=20)
     page.wait_for_function(RESULTS, arg=models, timeout=TIMEOUT_S * 1000, polling=50)
     return time.monotonic() - started
 

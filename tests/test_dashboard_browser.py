@@ -310,7 +310,7 @@ def test_fgsm_attack_on_a_test_scan_shows_everything(browser, server: Server) ->
     assert page.get_by_role("heading", name="Attack a scan").count() == 1
     assert page.get_by_text("synthetic — not medical data").count() >= 1
     choose_test_scan(page, first_correct(server))  # a scan the model gets right: the attack has work to do
-    page.get_by_text("Also find the smallest budget").click()  # off by default, its cost stated
+    page.get_by_text("Find the smallest budget", exact=True).click()  # off by default, its cost stated
     run_attack(page)
     assert_no_error(page)
     assert metric(page, "Largest change") == "4/255"
@@ -532,7 +532,7 @@ def test_a_newcomer_walks_from_the_first_start_to_the_models(browser, fresh_serv
     page.get_by_role("option", name="PGD (L∞) · white-box").click()
     page.get_by_text("Costs up to 8 more runs of PGD (L∞)").wait_for(timeout=RESULT_MS)
     wait_idle(page)
-    search = page.locator("label").filter(has_text="Also find the smallest budget").locator("input")
+    search = page.locator("label").filter(has_text="Find the smallest budget").locator("input")
     assert not search.is_checked()
     run_attack(page)
     assert_no_error(page)

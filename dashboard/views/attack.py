@@ -201,11 +201,12 @@ def minimal_search(name: str) -> bool:
     """The opt-in search for the smallest flipping budget, with its cost, or why this attack has none."""
     refusal = search_refusal(name, MINIMAL_EPS_NORM)
     wanted = st.toggle(
-        "Also find the smallest budget that flips this scan",
+        "Find the smallest budget",
         value=False,
         key="attack:minimal",
         disabled=refusal is not None,
-        help=f"Bisects the budget of the chosen attack, with its other settings, up to {MINIMAL_HIGH}.",
+        help=f"Also find the smallest budget that flips this scan: bisects the budget of the chosen attack, "
+        f"with its other settings, up to {MINIMAL_HIGH}.",
     )
     if refusal is not None:
         st.caption(f"Not available: {refusal}.")
