@@ -9,6 +9,7 @@ rebuilt from the saved report.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -185,6 +186,8 @@ def confusion_matrices(report: dict[str, Any]) -> None:
             labels,
             default=at_largest or labels[-3:],
             key=f"evaluate:cm:{model['name']}",
+            # a chip is narrow: the attack's explanation in brackets stays in the chart's title
+            format_func=lambda label: re.sub(r" \([^)]*\)", "", label),
         )
         chosen = [panels[0]] + [panel for panel in panels[1:] if panel[0] in shown]
         columns = st.columns(min(len(chosen), 4))
@@ -197,7 +200,9 @@ def confusion_matrices(report: dict[str, Any]) -> None:
                         title=f"{label} · {percent(outcome['accuracy'])}",
                     ),
                     key=f"evaluate:cm:{model['name']}:{label}",
-                    config=CHART,
+                    # a quarter of the page is too narrow for plotly's mode bar: it wraps into rows over
+                    # the title; these small tables need no zoom (the fullscreen button stays Streamlit's)
+                    config={**CHART, "displayModeBar": False},
                 )
         st.caption(
             "Rows: the true diagnosis; columns: what the model said. The diagonal is correct; an attack "

@@ -9,6 +9,8 @@ evaluation it started ends, the page shows that one.
 
 from __future__ import annotations
 
+import re
+
 import time
 from pathlib import Path
 
@@ -139,7 +141,8 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             attack_choices(),
             default=list(DEFAULTS.attacks),
             key="evaluate:attacks",
-            format_func=lambda name: attack_class(name).title,
+            # a chip is narrow: the title without its explanation in brackets (the help names them all)
+            format_func=lambda name: re.sub(r" \([^)]*\)", "", attack_class(name).title),
         )
         epsilons = middle.text_input(
             "Budgets ε",
@@ -218,7 +221,8 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             transfer_attacks(),
             index=transfer_attacks().index(DEFAULTS.transfer_attack),
             key="evaluate:form:transfer-attack",
-            format_func=lambda name: attack_class(name).title,
+            # a chip is narrow: the title without its explanation in brackets (the help names them all)
+            format_func=lambda name: re.sub(r" \([^)]*\)", "", attack_class(name).title),
             help="What the transfer matrix crafts on each model, at the largest budget: PGD, or an attack "
             "made to transfer (MI-FGSM and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family)",
         )

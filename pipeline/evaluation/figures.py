@@ -10,6 +10,8 @@ streamlit.
 
 from __future__ import annotations
 
+import math
+
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -174,9 +176,11 @@ def epsilon_curves(sweeps: Sequence[SweepResult]) -> go.Figure:
             )
     figure.update_xaxes(title="ε (grey levels, k/255; 0 = clean)")
     figure.update_yaxes(title="accuracy (%)", range=[0, 100])
-    many = sum(len(sweep.accuracy) for sweep in sweeps) > 4
+    # the legend wraps in rows under the plot (a right-hand legend of many series squeezes the plot of a
+    # half-width column to a third of it); each extra row of four series gets its own height
+    rows = math.ceil(sum(len(sweep.accuracy) for sweep in sweeps) / 4)
     title = "Accuracy as the attack budget grows (bars: 95% intervals)"
-    return style(figure, title=title, height=380, legend_right=many)
+    return style(figure, title=title, height=380 + 24 * max(rows - 1, 0), legend_right=False)
 
 
 def strength_ladder(reports: Sequence[StrengthReport]) -> go.Figure:
