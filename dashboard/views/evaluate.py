@@ -221,8 +221,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             transfer_attacks(),
             index=transfer_attacks().index(DEFAULTS.transfer_attack),
             key="evaluate:form:transfer-attack",
-            # a chip is narrow: the title without its explanation in brackets (the help names them all)
-            format_func=lambda name: re.sub(r" \([^)]*\)", "", attack_class(name).title),
+            format_func=lambda name: attack_class(name).title,
             help="What the transfer matrix crafts on each model, at the largest budget: PGD, or an attack "
             "made to transfer (MI-FGSM and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family)",
         )
