@@ -20,9 +20,9 @@ import streamlit as st
 import torch
 
 from dashboard.ui.feedback import shown_errors
-from dashboard.ui.images import enlarge, show
+from dashboard.ui.scan_preview import preview, scan_words
 from dashboard.ui.session import set_dataset_choice
-from pipeline.data import DataSpec, open_scan, preprocess_image
+from pipeline.data import DataSpec
 from pipeline.data.dicomweb import (
     DEFAULT_TIMEOUT,
     Credentials,
@@ -253,15 +253,10 @@ def choose_slice(image_size: int, classes: tuple[str, ...], make: Callable[..., 
     if last is None or last[0] != where:
         last = st.session_state[PICKED_KEY + ".bytes"] = (where, conn.pacs().retrieve_slice(slices[rank - 1]))
     data = last[1]
-    scan = open_scan(data)
-    for note in scan.notes:
-        st.caption(f"Note: {note}")
-    image = preprocess_image(scan.image, image_size)
-    show(
-        enlarge(image, 240),
-        width=240,
-        caption=f"Study {study.number}, {chosen.title()}, slice {rank} of {len(slices)}, "
-        "shown as the model sees it",
+    scan, image = preview(
+        data, image_size,
+        lambda scan: f"Study {study.number}, {chosen.title()}, slice {rank} of {len(slices)} "
+        f"({scan_words(scan)}), shown as the model sees it",
     )
     options = ["not known", *classes]
     default = options.index(chosen.label) if chosen.label in options else 0

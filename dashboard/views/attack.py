@@ -14,7 +14,7 @@ from typing import Any, Optional
 import streamlit as st
 import torch
 
-from dashboard.ui import demo, pacs, scan_views
+from dashboard.ui import demo, pacs, scan_preview, scan_views
 from dashboard.ui.controls import attack_controls
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.images import enlarge, grey8, show
@@ -24,7 +24,7 @@ from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available, search_refusal, search_runs
-from pipeline.data import ACCEPTED_FORMATS, open_scan, preprocess_image
+from pipeline.data import ACCEPTED_FORMATS
 from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
@@ -114,25 +114,11 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
         st.caption(f"{ACCEPTED_FORMATS}: one axial CT slice, as the models learnt. Nothing is stored.")
         return None
     data = upload.getvalue()
-    scan = open_scan(data)
-    for note in scan.notes:
-        st.caption(f"Note: {note}")
-    image = preprocess_image(scan.image, image_size)
-    show(
-        enlarge(image, 240),
-        width=240,
-        caption=f"{scan_words(scan)}, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as the model "
-        f"sees it ({image_size}×{image_size})",
+    scan, image = scan_preview.preview(
+        data, image_size,
+        lambda scan: f"{scan_preview.scan_words(scan)}, {scan.image.shape[1]}×{scan.image.shape[0]} px, shown as "
+        f"the model sees it ({image_size}×{image_size})",
     )
-    if scan.modality and scan.modality != "CT":
-        st.warning(
-            f"This is {modality_name(scan.modality)}, not a CT slice: the model learnt CT slices only, so its "
-            "answers on this image mean nothing, and its grey levels are not Hounsfield units.",
-            icon=":material/warning:",
-        )
-    elif scan.hu_per_grey_level is None:
-        st.caption(f"A {scan.format} file does not say what it shows or in which window; its grey levels are "
-                   "shown as they are, not as Hounsfield units.")
     answer = st.selectbox(
         "What does the scan show?",
         ["not known", *classes],
@@ -155,23 +141,6 @@ def choose_upload(image_size: int, classes: tuple[str, ...]) -> Optional[ScanCho
         modality=scan.modality,
         hu_per_grey_level=scan.hu_per_grey_level,
     )
-
-
-#: DICOM modality codes (PS3.3 C.7.3.1.1.1) as a sentence names them.
-MODALITY_NAMES = {"CT": "a CT slice", "MR": "an MR image", "CR": "a radiograph (CR)", "DX": "a radiograph (DX)",
-                  "US": "an ultrasound image", "PT": "a PET image", "NM": "a nuclear-medicine image",
-                  "MG": "a mammogram", "XA": "an angiogram", "OT": "an image of another kind (OT)"}
-
-
-def modality_name(modality: str) -> str:
-    return MODALITY_NAMES.get(modality, f"a {modality} image")
-
-
-def scan_words(scan: Any) -> str:
-    """``DICOM CT scan``, ``DICOM MR image``, ``PNG image``: what the upload is, as far as the file says."""
-    if scan.modality == "CT":
-        return f"{scan.format} CT slice"
-    return f"{scan.format} {scan.modality} image" if scan.modality else f"{scan.format} image"
 
 
 def choose_attack(hu_per_grey_level: Optional[float]) -> tuple[str, dict[str, Any]]:
