@@ -447,9 +447,11 @@ def test_a_training_run_is_shown_as_the_store_has_it_on_every_page(
     # offered, labelled as unfinished, but never chosen by itself while it trains
     (model_select,) = at.sidebar.selectbox
     assert model_select.label == "Model" and model_select.value is None
-    assert model_select.options == [f"{model_summary(read_record(run_dir))} · {run_dir.name} · in training — epoch 1 of 1, "
-                                     "provisional"]
+    assert model_select.options == ["⏳ ResNet-18 · normal · 32 px"]  # short: the sidebar is narrow
     assert any("It is not chosen for you before it finishes" in item.value for item in at.sidebar.info)
+    model_select.set_value(str(run_dir)).run()  # chosen by a person: said in full, under the select
+    full = f"{model_summary(read_record(run_dir))} · {run_dir.name} · in training — epoch 1 of 1, provisional"
+    assert full in [item.value for item in at.sidebar.caption]
     table = next(frame.value for frame in at.dataframe if "state" in frame.value.columns)
     assert list(table["epochs"]) == ["1/1"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import streamlit as st
 import torch
@@ -12,7 +12,7 @@ from dashboard.ui.settings import runs_dir
 from pipeline.device import select_device
 from pipeline.jobs import job_state
 from pipeline.models import arch_title
-from pipeline.store import RunRecord, list_runs
+from pipeline.store import RunRecord, created_at, list_runs
 
 #: Set by a page to select a run on the next script run (a widget's value cannot change mid-run).
 PENDING_RUN_KEY = "lunglab.run.pending"
@@ -88,6 +88,36 @@ def run_label(record: RunRecord) -> str:
     return f"{model_summary(record)} · {record.name}" + (f" · {note}, provisional" if note else "")
 
 
+#: How a strategy reads where space is short (a select in the sidebar or a column).
+STRATEGY_WORDS = {
+    "standard": "normal", "pgd": "PGD-AT", "fgsm-rs": "FGSM-RS", "trades": "TRADES", "mart": "MART",
+    "mixed": "mixed-AT", "transfer": "transfer-AT", "distillation": "distilled",
+}  # fmt: skip
+#: Marks a run still in training in a short label; its caption says which epoch.
+TRAINING_MARK = "⏳ "
+
+
+def short_run_labels(records: Sequence[RunRecord]) -> dict[str, str]:
+    """A label that fits a narrow select, per run directory: ``ResNet-18 · PGD-AT · 112 px``, numbered
+    (``#2``) in order of creation where several runs share it, and marked ``⏳`` while training. The full
+    description (:func:`run_label`) goes in the caption under the select."""
+    def words(record: RunRecord) -> str:
+        config = record.config
+        strategy = STRATEGY_WORDS.get(str(config.get("strategy")), str(config.get("strategy", "?")))
+        tuned = " ft" if config.get("init_from") else ""
+        size = config.get("data", {}).get("image_size", "?")
+        return f"{arch_title(str(config.get('arch', '?')))} · {strategy}{tuned} · {size} px"
+
+    labels: dict[str, str] = {}
+    oldest_first = sorted(records, key=created_at)
+    for record in oldest_first:
+        same = [other for other in oldest_first if words(other) == words(record)]
+        number = f" #{same.index(record) + 1}" if len(same) > 1 else ""
+        mark = TRAINING_MARK if training_note(record) else ""
+        labels[str(record.run_dir)] = f"{mark}{words(record)}{number}"
+    return labels
+
+
 def is_synthetic(record: Optional[RunRecord]) -> bool:
     return record is not None and record.is_synthetic
 
@@ -117,15 +147,18 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption("LUNG CT ROBUSTNESS LAB")
         if runs:
-            st.selectbox(
+            labels = short_run_labels(runs)
+            chosen = st.selectbox(
                 "Model",
                 list(by_dir),
                 key=RUN_KEY,
                 index=None,
                 placeholder="Choose a model",
-                format_func=lambda path: run_label(by_dir[path]),
+                format_func=labels.__getitem__,
                 help="The trained model every page uses. Train one on the Train page.",
             )
+            if chosen is not None:
+                st.caption(run_label(by_dir[chosen]))
         if training and st.session_state.get(RUN_KEY) is None:
             st.info(
                 f"A model is training ({len(training[0].metrics)} of {training[0].config.get('epochs', '?')} "

@@ -21,7 +21,7 @@ from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import show_progress, take_finished
 from dashboard.ui.resources import cached_model, cam_grids, run_data, run_profile
 from dashboard.ui.session import selected_run
-from dashboard.ui.status import is_synthetic, run_label, synthetic_badge, usable_runs
+from dashboard.ui.status import is_synthetic, run_label, short_run_labels, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available, search_refusal, search_runs
 from pipeline.data import ACCEPTED_FORMATS
@@ -292,6 +292,7 @@ run = selected_run()
 if run is None:
     demo.offer()
     st.stop()
+demo.apply_story()
 if demo.preparing():
     demo.progress_panel()
 demo.story_panel(prepared, run)
@@ -346,14 +347,18 @@ with model_column:
         help=f"Where in the network to look. Deeper layers see more but on a coarser grid; "
         f"{default_cam} is the deepest with at least {MIN_GRID}×{MIN_GRID} cells at this image size.",
     )
-    others = {str(other.run_dir): other for other in usable_runs() if str(other.run_dir) != run}
+    runs = usable_runs()
+    labels = short_run_labels(runs)
+    others = {str(other.run_dir): other for other in runs if str(other.run_dir) != run}
     compare = st.selectbox(
         "Compare with a second model",
         [None, *others],
         key="attack:compare",
-        format_func=lambda path: "no comparison" if path is None else run_label(others[path]),
+        format_func=lambda path: "no comparison" if path is None else labels[path],
         help="Attack the same scan on another model, e.g. normal vs adversarially trained.",
     )
+    if compare is not None:
+        st.caption(run_label(others[compare]))
     target = None
     if attack_class(name).supports_target:
         choice = st.selectbox(

@@ -28,6 +28,7 @@ from pipeline.store.model import load_model, save_model
 from pipeline.store.record import (
     RunRecord,
     check_settings_with,
+    created_at,
     has_config,
     list_runs,
     new_run_dir,
@@ -45,7 +46,7 @@ from pipeline.store.tensors import check_state, load_state, load_tensors, save_t
 __all__ = [
     "CONFIG", "LAST", "LAST_META", "METRICS", "MODEL", "REQUEST", "RUN_FILES", "STATUS", "TERMINAL_PHASES", "TRAINING_KIND",
     "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_settings_with",
-    "check_state", "load_state", "export_run", "file_sha256", "has_checkpoint", "has_config", "import_run", "list_runs",
+    "check_state", "created_at", "load_state", "export_run", "file_sha256", "has_checkpoint", "has_config", "import_run", "list_runs",
     "load_checkpoint", "load_model", "load_tensors", "new_run_dir", "read_config", "read_json",
     "read_metrics", "read_record", "read_settings", "read_status", "remove_partial_writes", "remove_run",
     "resolve_run", "save_checkpoint", "save_model", "save_tensors", "unwrap", "update_status",

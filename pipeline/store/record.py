@@ -260,10 +260,11 @@ def list_runs(runs_dir: Path | str) -> list[RunRecord]:
     if not runs_dir.is_dir():
         return []
     runs = [read_record(path) for path in runs_dir.iterdir() if is_run_dir(path)]
-    return sorted(runs, key=_created, reverse=True)
+    return sorted(runs, key=created_at, reverse=True)
 
 
-def _created(record: RunRecord) -> float:
+def created_at(record: RunRecord) -> float:
+    """When the run was created, in seconds since the epoch (its folder's time where its record has none)."""
     for value in (record.config.get("created_at"), record.status.get("created_at")):
         if isinstance(value, (int, float)):
             return float(value)
