@@ -19,11 +19,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
 
+from dashboard.ui.session import DATASET_KEY
 from pipeline import tracking
 
 from pipeline.__main__ import build_parser
 from pipeline.attacks import get_attack
+from pipeline.data import DataSpec
 from pipeline.errors import UserInputError
 from pipeline.evaluation import EvaluationRequest, SuiteSettings, evaluate_models
 from pipeline.evaluation.ensemble import (
@@ -35,7 +38,8 @@ from pipeline.evaluation.ensemble import (
     load_ensemble,
     shared_rows,
 )
-from pipeline.evaluation.report import read_report, report_csv, report_html
+from pipeline.evaluation.report import read_report, report_csv, report_html, report_json
+from pipeline.jobs import cancel_job
 from pipeline.store import read_config
 from pipeline.training import TrainConfig, train
 from tests.dashboard_helpers import TINY
@@ -224,3 +228,69 @@ def test_an_ensemble_refuses_members_of_other_data(runs, tmp_path) -> None:
     request = EvaluationRequest(ensemble=f"{first},{second}", combine="probabilities")
     assert request.ensemble == (str(first), str(second))
     assert EvaluationRequest.from_dict(request.to_dict()) == request
+
+
+# ----------------------------------------------------------------------------- the dashboard
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+def open_page(runs_dir: Path, view: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The app on ``views/<view>.py`` over ``runs_dir``, the newest run chosen in the sidebar."""
+    monkeypatch.setenv("LUNGLAB_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[DATASET_KEY] = DataSpec(image_size=32, count=36)
+    at.run()
+    at.switch_page(f"views/{view}.py")
+    return at.run()
+
+
+def calm(at: AppTest) -> None:
+    assert not at.exception, [item.value for item in at.exception]
+    assert not at.error, [item.value for item in at.error]
+
+
+def test_the_evaluate_page_starts_an_ensemble_of_runs(runs, monkeypatch) -> None:
+    folder, first, second = runs
+    at = open_page(folder, "evaluate", monkeypatch)
+    calm(at)
+    at.multiselect(key="evaluate:runs").set_value([])
+    at.multiselect(key="evaluate:ensemble").set_value([str(first)])
+    at.button[0].click().run()
+    assert any("at least two runs" in item.value for item in at.error)  # said, and nothing started
+    assert "evaluate.watch" not in at.session_state
+    at.multiselect(key="evaluate:ensemble").set_value([str(first), str(second)])
+    at.selectbox(key="evaluate:combine").set_value("vote")
+    at.number_input(key="evaluate:limit").set_value(3)
+    at.button[0].click().run()
+    calm(at)
+    job_dir = Path(at.session_state["evaluate.watch"])
+    try:
+        request = json.loads((job_dir / "request.json").read_text())
+        assert request["runs"] == [] and request["ensemble"] == [str(first), str(second)]
+        assert request["combine"] == "vote" and request["limit"] == 3
+        assert job_dir.parent.parent == first  # an ensemble alone: under its first member's evaluations
+    finally:
+        cancel_job(job_dir)
+
+
+def test_the_evaluate_page_draws_an_ensembles_section(suites, tmp_path) -> None:
+    """The Evaluate page's drawing of a saved report (dashboard.ui.report_views) shows the same tables."""
+    saved = tmp_path / "report.json"
+    saved.write_text(report_json(suites["vote"]))
+
+    def page(path: str) -> None:
+        from dashboard.ui.report_views import ensembles
+        from pipeline.evaluation.report import read_report
+
+        ensembles(read_report(path))
+
+    at = AppTest.from_function(page, args=(str(saved),)).run(timeout=60)
+    calm(at)
+    result = suites["vote"].models[0].ensemble
+    assert any(f"Ensemble: {result.defense}" in item.value for item in at.markdown)
+    assert any("differentiable surrogate" in item.value for item in at.caption)
+    accuracies, shared = (table.value for table in at.table)
+    assert list(accuracies["model"]) == ["member a", "member b", "member c", *["ensemble"] * 4]
+    assert accuracies["attack crafted on"].iloc[-1].startswith("the whole ensemble, through a differentiable")
+    assert list(shared["condition"]) == ["clean", "each member's own attack", "the whole-ensemble attack"]
+    assert len(at.get("plotly_chart")) == 2

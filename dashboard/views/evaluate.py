@@ -25,6 +25,7 @@ from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available, transfer_attacks
 from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.corruption import CT_CORRUPTIONS
+from pipeline.evaluation.ensemble import COMBINE_RULES
 from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.strength import STRENGTH_LEVELS
@@ -134,6 +135,24 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             key="evaluate:runs",
             format_func=lambda path: run_label(runs[path]),
             help="Compare e.g. a normally and an adversarially trained model on the same scans",
+        )
+        members_column, rule_column = st.columns([2, 1])
+        members = members_column.multiselect(
+            "And an ensemble of",
+            list(runs),
+            default=[],
+            key="evaluate:ensemble",
+            format_func=lambda path: run_label(runs[path]),
+            help="Two or more models trained on the same data, combined into one and evaluated beside the "
+            "models above: attacked whole, and by transfer from each member alone",
+        )
+        combine = rule_column.selectbox(
+            "Combined by",
+            list(COMBINE_RULES),
+            key="evaluate:combine",
+            format_func=COMBINE_RULES.get,
+            help="A majority vote has no gradient: it is attacked through a differentiable surrogate, the "
+            "soft vote (the members' mean probabilities), and its figures say so",
         )
         left, middle, right = st.columns(3)
         attacks = left.multiselect(
@@ -253,7 +272,14 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 transfer_attack=crafting,
             )
             job = start_evaluation_job(
-                EvaluationRequest(runs=tuple(chosen), suite=suite, split=split, limit=int(limit) or None)
+                EvaluationRequest(
+                    runs=tuple(chosen),
+                    ensemble=tuple(members),
+                    combine=combine,
+                    suite=suite,
+                    split=split,
+                    limit=int(limit) or None,
+                )
             )
             st.session_state[WATCH_KEY] = str(job)
             st.toast("The evaluation runs in the background; you can leave this page.")

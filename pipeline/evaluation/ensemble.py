@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.errors import UserInputError
+from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation.batches import resolve_indices
 from pipeline.evaluation.defenses import Defense, defence_figures
 from pipeline.evaluation.intervals import Interval, proportion_interval
@@ -42,7 +42,7 @@ from pipeline.evaluation.robustness import AttackSpec, SpecLike
 from pipeline.evaluation.transfer import transfer_matrix
 from pipeline.explain import cam_layers
 from pipeline.progress import ProgressCallback
-from pipeline.store import RunRecord, load_model, resolve_run
+from pipeline.store import RunRecord, load_model, read_record, resolve_run
 from pipeline.units import format_share
 
 #: How members' answers are combined, in words.
@@ -144,6 +144,31 @@ class Ensemble(nn.Module, Defense):
         return model  # attacked whole; the vote's surrogate gradient is built into its forward
 
 
+def member_records(runs: Sequence[str | Path], *, runs_dir: str | Path = "runs") -> list[RunRecord]:
+    """The records of an ensemble's runs (directories, or names under ``runs_dir``), checked to fit
+    together before any weights are read.
+
+    Raises :class:`UserInputError` for fewer than two runs, a run given twice, a missing or
+    unreadable run, or runs trained on different data (another :class:`pipeline.data.DataSpec`:
+    source, image size, count, seeds, split) or with other classes: an ensemble answers on scans
+    every member reads alike and none was trained on.
+    """
+    run_dirs = [resolve_run(runs_dir, run) for run in runs]
+    if len(run_dirs) < 2:
+        raise UserInputError("an ensemble needs at least two runs; give two or more")
+    if len({path.resolve() for path in run_dirs}) != len(run_dirs):
+        raise UserInputError("the same run was given twice for the ensemble; give each member once")
+    records = [read_record(run_dir) for run_dir in run_dirs]
+    for record in records:
+        if record.error:
+            raise CheckpointError(record.error)
+        if not record.has_model or "data" not in record.config:
+            raise CheckpointError(f"run {record.name} has no saved model yet; choose runs that have finished an epoch")
+    for record in records[1:]:
+        check_members(records[0], record)
+    return records
+
+
 def load_ensemble(
     runs: Sequence[str | Path],
     combine: str = "logits",
@@ -152,30 +177,17 @@ def load_ensemble(
     device: str | torch.device = "cpu",
 ) -> tuple[Ensemble, list[RunRecord]]:
     """The runs (directories, or names under ``runs_dir``) as one :class:`Ensemble`, loaded through
-    the store, with their records in order.
-
-    Raises :class:`UserInputError` for fewer than two runs, a run given twice, a missing or
-    unreadable run, or runs trained on different data (another :class:`pipeline.data.DataSpec`:
-    source, image size, count, seeds, split) or with other classes: an ensemble answers on scans
-    every member reads alike and none was trained on.
-    """
+    the store, with their records in order; :func:`member_records` says which runs are refused."""
     combine = combine_rule(combine)
-    run_dirs = [resolve_run(runs_dir, run) for run in runs]
-    if len(run_dirs) < 2:
-        raise UserInputError("an ensemble needs at least two runs; give two or more")
-    if len({path.resolve() for path in run_dirs}) != len(run_dirs):
-        raise UserInputError("the same run was given twice for the ensemble; give each member once")
-    loaded = [load_model(run_dir, device=device) for run_dir in run_dirs]
-    records = [record for _, record in loaded]
-    for record in records[1:]:
-        check_members(records[0], record)
+    records = member_records(runs, runs_dir=runs_dir)
+    models = [load_model(record.run_dir, device=device)[0] for record in records]
     names: list[str] = []
     for record in records:
         name, number = record.name, 2
         while name in names:
             name, number = f"{record.name} ({number})", number + 1
         names.append(name)
-    return Ensemble([model for model, _ in loaded], names, combine), records
+    return Ensemble(models, names, combine), records
 
 
 def check_members(first: RunRecord, other: RunRecord) -> None:
