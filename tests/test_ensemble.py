@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,27 @@ def test_the_evaluate_page_draws_an_ensembles_section(suites, tmp_path) -> None:
     assert accuracies["attack crafted on"].iloc[-1].startswith("the whole ensemble, through a differentiable")
     assert list(shared["condition"]) == ["clean", "each member's own attack", "the whole-ensemble attack"]
     assert len(at.get("plotly_chart")) == 2
+
+
+def test_the_attack_page_attacks_an_ensemble_of_runs(runs, monkeypatch) -> None:
+    folder, first, second = runs
+    at = open_page(folder, "attack", monkeypatch)
+    calm(at)
+    assert len(at.multiselect(key="attack:ensemble").options) == 2  # the runs of the same data: both
+    at.multiselect(key="attack:ensemble").set_value([str(first), str(second)]).run()
+    at.selectbox(key="attack:combine").set_value("vote").run()
+    calm(at)
+    name = ensemble_name([first.name, second.name], "vote")
+    assert any(item.value.startswith(f"Attacked: the {name}, through a differentiable surrogate") for item in at.caption)
+    assert at.selectbox(key="attack:cam-layer").value.startswith(f"{second.name}: layer")
+    at.button(key="attack:run").click().run()
+    while "attack.task" in at.session_state:  # the page's polling, until the background attack ends
+        assert not at.exception, [item.value for item in at.exception]
+        time.sleep(0.3)
+        at.run()
+    calm(at)
+    inputs, ((title, report),) = at.session_state["attack.result"]
+    assert title == name and inputs["current"]["ensemble"] == [str(first), str(second)]
+    assert inputs["current"]["combine"] == "vote"
+    assert report.probs_clean.shape == (3,) and report.linf <= 2 / 255 + 1e-6  # FGSM at its default budget
+    assert "no validation profile of its own" in json.dumps(report.to_dict())
