@@ -17,6 +17,7 @@ import torch
 
 from dashboard.ui import demo, pacs, scan_preview, scan_views
 from dashboard.ui.controls import attack_controls
+from dashboard.ui.ensembles import ensemble_choice
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import show_progress, take_finished
@@ -36,7 +37,7 @@ from pipeline.data import ACCEPTED_FORMATS
 from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
-from pipeline.evaluation.ensemble import COMBINE_RULES, GRADIENTS
+from pipeline.evaluation.ensemble import GRADIENTS
 from pipeline.explain import MIN_GRID
 from pipeline.progress import ProgressCallback, staged
 from pipeline.scan_report import MINIMAL_EPS_HIGH, MINIMAL_EPS_NORM, ScanReport, analyse_scan
@@ -213,23 +214,12 @@ def choose_ensemble(record: RunRecord) -> tuple[list[str], str]:
         and (other.config.get("dataset") or {}).get("fingerprint")
         == (record.config.get("dataset") or {}).get("fingerprint")
     }
-    members = st.multiselect(
-        "Or attack an ensemble of",
-        list(alike),
-        default=[],
-        key="attack:ensemble",
-        format_func=lambda path: run_label(alike[path]),
+    members, combine = ensemble_choice(
+        alike,
+        key="attack",
+        label="Or attack an ensemble of",
         help="Two or more models trained on the same data as this one, combined into one model: the attack "
         "then targets the whole ensemble",
-    )
-    combine = st.selectbox(
-        "Combined by",
-        list(COMBINE_RULES),
-        key="attack:combine",
-        format_func=COMBINE_RULES.get,
-        disabled=len(members) < 2,
-        help="A majority vote has no gradient: gradient attacks go through a differentiable surrogate, the "
-        "soft vote (the members' mean probabilities)",
     )
     if len(members) == 1:
         st.caption("Choose a second model to make an ensemble; until then the model above is attacked.")

@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.ui import demo as demo_card
+from dashboard.ui.ensembles import ensemble_choice
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.report_views import report_view
@@ -25,7 +26,6 @@ from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available, transfer_attacks
 from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.corruption import CT_CORRUPTIONS
-from pipeline.evaluation.ensemble import COMBINE_RULES
 from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.strength import STRENGTH_LEVELS
@@ -136,23 +136,13 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             format_func=lambda path: run_label(runs[path]),
             help="Compare e.g. a normally and an adversarially trained model on the same scans",
         )
-        members_column, rule_column = st.columns([2, 1])
-        members = members_column.multiselect(
-            "And an ensemble of",
-            list(runs),
-            default=[],
-            key="evaluate:ensemble",
-            format_func=lambda path: run_label(runs[path]),
+        members, combine = ensemble_choice(
+            runs,
+            key="evaluate",
+            label="And an ensemble of",
             help="Two or more models trained on the same data, combined into one and evaluated beside the "
             "models above: attacked whole, and by transfer from each member alone",
-        )
-        combine = rule_column.selectbox(
-            "Combined by",
-            list(COMBINE_RULES),
-            key="evaluate:combine",
-            format_func=COMBINE_RULES.get,
-            help="A majority vote has no gradient: it is attacked through a differentiable surrogate, the "
-            "soft vote (the members' mean probabilities), and its figures say so",
+            in_form=True,
         )
         left, middle, right = st.columns(3)
         attacks = left.multiselect(
