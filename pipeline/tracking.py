@@ -314,10 +314,11 @@ def log_evaluation(
     accuracy's 95% interval as ``.../accuracy_low`` and ``.../accuracy_high``; the expected
     calibration error ``<model>/<condition>/ece``; ``<model>/mCE`` against the baseline model and
     ``<model>/<condition>/road`` where they were measured; per defence (the verdict table)
-    ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence saying
-    which to believe as a tag; for an ensemble, each member's accuracy under its own attack, the
-    ensemble's under the transfer from each member and under the whole-ensemble attack, and how often
-    the members fail together (``.../all_fail``, ``.../pairwise_jaccard``). Returns the run's ``tracking`` entry (empty when tracking is off).
+    ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence
+    saying which to believe as a tag; for an ensemble, each member's accuracy under its own attack,
+    the ensemble's under the transfer from each member and under the whole-ensemble attack, and how
+    often the members fail together (``.../all_fail``, ``.../pairwise_jaccard``). Returns the run's
+    ``tracking`` entry (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -366,8 +367,9 @@ def log_evaluation(
                 values[f"{model_name}/transfer from {member}/accuracy"] = transferred
             values[f"{model_name}/whole-ensemble attack/accuracy"] = ensemble.whole
             for shared in ensemble.shared_failures():
-                values[f"{model_name}/shared failures, {shared.condition}/all_fail"] = shared.all_fail
-                values[f"{model_name}/shared failures, {shared.condition}/pairwise_jaccard"] = shared.mean_pair
+                key = f"{model_name}/shared failures, {shared.condition}"
+                values[f"{key}/all_fail"] = shared.all_fail
+                values[f"{key}/pairwise_jaccard"] = shared.mean_pair
         for verdict in getattr(suite, "verdicts", []):
             if verdict.model == model_name and verdict.defense is not None:
                 values[f"{model_name}/defence {verdict.defense}/naive_accuracy"] = verdict.naive

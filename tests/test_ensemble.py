@@ -70,7 +70,8 @@ def test_the_three_rules_combine_the_members_answers(members) -> None:
     torch.testing.assert_close(F.softmax(probabilities, -1), soft)
     votes = F.one_hot(logits.argmax(-1), 3).sum(0)
     top = votes.max(1, keepdim=True).values
-    expected = torch.where(votes == top, soft, torch.full_like(soft, -1.0)).argmax(1)  # ties: higher mean prob
+    # the most votes; ties go to the higher mean probability
+    expected = torch.where(votes == top, soft, torch.full_like(soft, -1.0)).argmax(1)
     assert torch.equal(vote.argmax(1), expected)
     shares = F.softmax(vote, -1)  # each class's votes (plus the tie-break) over members
     torch.testing.assert_close(shares.sum(1), torch.ones(30))
@@ -97,7 +98,8 @@ def test_an_ensemble_keeps_the_attack_contract(members) -> None:
     before = [(p.requires_grad, m.training) for m in members for p in m.parameters()]
     x_adv = get_attack("pgd", eps=EPS, steps=3)(ensemble, x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert float((x_adv - x).abs().max()) <= EPS + 1e-6 and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-6
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
     assert [(p.requires_grad, m.training) for m in members for p in m.parameters()] == before
 
 
@@ -150,7 +152,8 @@ def test_the_whole_ensemble_attack_is_at_least_as_strong_as_the_best_transfer(su
     assert max(result.member_robust) < 0.2  # each member alone falls to its own attack
     # the verdict row: naive = the best member's transfer, adaptive = the whole ensemble
     (verdict,) = suite.verdicts
-    assert verdict.defense == result.defense == ensemble_name(NAMES, rule) == f"ensemble of a + b + c ({WORDS[rule]})"
+    assert verdict.defense == result.defense == ensemble_name(NAMES, rule)
+    assert verdict.defense == f"ensemble of a + b + c ({WORDS[rule]})"
     assert (verdict.naive, verdict.adaptive) == (min(result.transfer), result.whole)
     assert "transfer" in verdict.naive_attack
     assert ("surrogate" in verdict.adaptive_attack) == (rule == "vote")
@@ -166,7 +169,8 @@ def test_the_ensemble_section_is_in_the_json_csv_and_html_reports(suites) -> Non
     again = EnsembleResult.from_dict(saved)
     assert again.whole == result.whole and again.transfer == result.transfer and again.surrogate
     assert accuracy_rows(again) == accuracy_rows(result) and shared_rows(again) == shared_rows(result)
-    assert accuracy_rows(result)[-1]["attack crafted on"].startswith("the whole ensemble, through a differentiable")
+    whole = accuracy_rows(result)[-1]["attack crafted on"]
+    assert whole.startswith("the whole ensemble, through a differentiable")
     csv_rows = [line for line in report_csv(suite).splitlines() if ",ensemble," in line]
     assert any("robust accuracy: ensemble, whole-ensemble attack" in line for line in csv_rows)
     assert any("shared failures (Jaccard) a & b" in line for line in csv_rows)
@@ -198,7 +202,8 @@ def test_an_ensemble_of_runs_is_evaluated_from_the_command_line(runs, tmp_path, 
     )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert "whole-ensemble attack" in printed and "soft vote" in printed and "members fail together" in printed
+    assert "whole-ensemble attack" in printed and "soft vote" in printed
+    assert "members fail together" in printed
     report = read_report(out / "report.json")
     (model,) = report["models"]
     assert model["info"]["strategy"] == "ensemble" and model["info"]["combine"] == "vote"
@@ -215,7 +220,8 @@ def test_an_ensemble_of_runs_is_evaluated_from_the_command_line(runs, tmp_path, 
 
 def test_an_ensemble_refuses_members_of_other_data(runs, tmp_path) -> None:
     folder, first, second = runs
-    for change, message in (({"image_size": 40}, "different sizes"), ({"count": 72}, "different data or splits")):
+    changes = (({"image_size": 40}, "different sizes"), ({"count": 72}, "different data or splits"))
+    for change, message in changes:
         other = Path(shutil.copytree(second, tmp_path / f"other-{len(change)}-{next(iter(change))}"))
         config = read_config(other)
         config["data"].update(change)
@@ -306,7 +312,8 @@ def test_the_attack_page_attacks_an_ensemble_of_runs(runs, monkeypatch) -> None:
     at.selectbox(key="attack:combine").set_value("vote").run()
     calm(at)
     name = ensemble_name([first.name, second.name], "vote")
-    assert any(item.value.startswith(f"Attacked: the {name}, through a differentiable surrogate") for item in at.caption)
+    said = f"Attacked: the {name}, through a differentiable surrogate"
+    assert any(item.value.startswith(said) for item in at.caption)
     assert at.selectbox(key="attack:cam-layer").value.startswith(f"{second.name}: layer")
     at.button(key="attack:run").click().run()
     while "attack.task" in at.session_state:  # the page's polling, until the background attack ends

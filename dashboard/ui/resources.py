@@ -61,7 +61,8 @@ def cached_ensemble(run_dirs: Sequence[str | Path], combine: str) -> tuple[Ensem
     """The runs as one ensemble combined by ``combine``, loaded once per checkpoint versions and
     rule. Its members are its own copies, never the single models :func:`cached_model` shares, so
     locking the ensemble (:func:`pipeline.guard.exclusive_eval`) covers every member. Raises
-    :class:`UserInputError` for runs that cannot be combined (:func:`pipeline.evaluation.ensemble.member_records`)."""
+    :class:`UserInputError` for runs that cannot be combined
+    (:func:`pipeline.evaluation.ensemble.member_records`)."""
     resolved = tuple(str(Path(path).resolve()) for path in run_dirs)
     return _load_ensemble(resolved, tuple(model_version(path) for path in resolved), combine)
 

@@ -443,7 +443,9 @@ current = {
 if clicked and scan is not None:
     with shown_errors("start the attack"):
         models: list[tuple[str, Optional[str], Any, Optional[dict[str, Any]]]] = (
-            [(ensemble.name, None, ensemble, None)] if ensemble is not None else [(record.name, run, model, record.config)]
+            [(ensemble.name, None, ensemble, None)]
+            if ensemble is not None
+            else [(record.name, run, model, record.config)]
         )
         if compare is not None:
             second, second_record = cached_model(compare)

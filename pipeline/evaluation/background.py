@@ -1,9 +1,9 @@
 """Evaluation as a background job: the dashboard starts it, returns at once and watches its directory.
 
 As with training (:mod:`pipeline.training.background`), the job's settings travel as a JSON file,
-``request.json`` in the job directory, and the child process runs
-``python -m pipeline evaluate --config-json <job>/request.json --job-dir <job>``. The job directory
-is ``<first run>/evaluations/<timestamp>/`` (an ensemble alone: its first member's); the reports land there, and
+``request.json`` in the job directory, and the child process runs ``python -m pipeline evaluate
+--config-json <job>/request.json --job-dir <job>``. The job directory is ``<first
+run>/evaluations/<timestamp>/`` (an ensemble alone: its first member's); the reports land there, and
 :func:`pipeline.jobs.job_state` follows it (``status["outputs"]`` names the files when done).
 """
 

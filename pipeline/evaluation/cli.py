@@ -331,9 +331,10 @@ def _print_ensemble(ensemble: EnsembleResult) -> None:
     print(f"    whole-ensemble attack: {format_share(ensemble.whole, scans)}. {ensemble.sentence()}")
     for shared in ensemble.shared_failures():
         print(
-            f"    members fail together, {shared.condition}: all of them on {format_share(shared.all_fail, scans)}"
-            f" of the scans, any of them on {format_share(shared.any_fail, scans)}; failures shared by a pair "
-            f"(Jaccard) {_shown(shared.mean_pair, '.2f')}"
+            f"    members fail together, {shared.condition}: all of them on "
+            f"{format_share(shared.all_fail, scans)} of the scans, any of them on "
+            f"{format_share(shared.any_fail, scans)}; failures shared by a pair (Jaccard) "
+            f"{_shown(shared.mean_pair, '.2f')}"
         )
 
 

@@ -89,7 +89,9 @@ class Ensemble(nn.Module, Defense):
     naive attack is a transfer from its best member, the adaptive one the attack on the whole.
     """
 
-    naive_attack = "transfer: crafted on each member alone, the strongest member's examples replayed on the ensemble"
+    naive_attack = (
+        "transfer: crafted on each member alone, the strongest member's examples replayed on the ensemble"
+    )
     wraps_model = False
     gap_means = (
         "examples crafted on one member fool the ensemble less than an attack on the whole ensemble does; "
@@ -135,7 +137,8 @@ class Ensemble(nn.Module, Defense):
             return soft
         votes = nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).sum(dim=0).float()
         shares = (votes + TIE_BREAK * mean_probabilities.detach()) / (len(self.members) + TIE_BREAK)
-        return soft + (torch.log(shares.clamp_min(1e-12)) - soft).detach()  # forward: the vote; backward: the soft vote
+        # straight-through: the forward pass is the vote, the backward pass the soft vote's
+        return soft + (torch.log(shares.clamp_min(1e-12)) - soft).detach()
 
     def deployed(self, model: nn.Module) -> nn.Module:
         return model
@@ -163,7 +166,9 @@ def member_records(runs: Sequence[str | Path], *, runs_dir: str | Path = "runs")
         if record.error:
             raise CheckpointError(record.error)
         if not record.has_model or "data" not in record.config:
-            raise CheckpointError(f"run {record.name} has no saved model yet; choose runs that have finished an epoch")
+            raise CheckpointError(
+                f"run {record.name} has no saved model yet; choose runs that have finished an epoch"
+            )
     for record in records[1:]:
         check_members(records[0], record)
     return records
@@ -367,7 +372,8 @@ class EnsembleResult:
         stronger = "at least as strong as" if self.whole <= self.naive_accuracy else "weaker than"
         return (
             f"Attacked whole{how}, the ensemble keeps {shown[0]}; the best transfer from a member "
-            f"({self.best_member}) leaves {shown[1]}: the whole-ensemble attack is {stronger} the best transfer."
+            f"({self.best_member}) leaves {shown[1]}: the whole-ensemble attack is {stronger} the best "
+            "transfer."
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -426,7 +432,9 @@ def evaluate_ensemble(
     """
     spec = AttackSpec.coerce(attack)
     models = {**dict(zip(ensemble.names, ensemble.members)), ensemble.name: ensemble}
-    matrix = transfer_matrix(models, dataset, indices, spec, batch_size=batch_size, device=device, progress=progress)
+    matrix = transfer_matrix(
+        models, dataset, indices, spec, batch_size=batch_size, device=device, progress=progress
+    )
     assert matrix.clean_correct is not None and matrix.correct is not None
     return EnsembleResult(
         ensemble.name,
@@ -464,7 +472,8 @@ def accuracy_rows(result: EnsembleResult) -> list[dict[str, str]]:
             "model": "ensemble",
             "clean": ensemble_clean,
             "robust accuracy": proportion_interval(result.robust[m, -1]).format(),
-            "attack crafted on": f"member {name} (transfer)" + (" — the best" if name == result.best_member else ""),
+            "attack crafted on": f"member {name} (transfer)"
+            + (" — the best" if name == result.best_member else ""),
         }
         for m, name in enumerate(result.members)
     ]

@@ -240,7 +240,8 @@ def ensemble_accuracies(result: EnsembleResult) -> go.Figure:
     how = "soft-vote surrogate" if result.surrogate else "end to end"
     return style(
         figure,
-        title=f"Members and ensemble ({result.scans} scans): the whole-ensemble attack ({how}) against transfers",
+        title=f"Members and ensemble ({result.scans} scans): the whole-ensemble attack ({how}) against "
+        "transfers",
         height=360,
     )
 
@@ -250,9 +251,12 @@ def shared_failures(result: EnsembleResult) -> go.Figure:
     majority and any of them are wrong."""
     measured = result.shared_failures()
     figure = go.Figure()
-    for index, (field, name) in enumerate(
-        (("all_fail", "all members wrong"), ("majority_fail", "a majority wrong"), ("any_fail", "any member wrong"))
-    ):
+    shares = (
+        ("all_fail", "all members wrong"),
+        ("majority_fail", "a majority wrong"),
+        ("any_fail", "any member wrong"),
+    )
+    for index, (field, name) in enumerate(shares):
         figure.add_bar(
             x=[shared.condition for shared in measured],
             y=[100 * getattr(shared, field) for shared in measured],

@@ -1,10 +1,11 @@
 """An evaluation of saved runs: what to run (:class:`EvaluationRequest`) and running it.
 
-The request is what the command line builds from its flags, what the dashboard builds from its
-form, and what a background job reads from ``request.json`` in its directory, as a training job
-reads its own. :func:`evaluate_runs` loads each run's model (and the ensemble of runs asked for, as
-one more model), checks that the runs share their held-out scans, evaluates them there and writes ``report.json``, ``report.csv`` and
-``report.html`` (by default under the first run's ``evaluations/<timestamp>/``).
+The request is what the command line builds from its flags, what the dashboard builds from its form,
+and what a background job reads from ``request.json`` in its directory, as a training job reads its
+own. :func:`evaluate_runs` loads each run's model (and the ensemble of runs asked for, as one more
+model), checks that the runs share their held-out scans, evaluates them there and writes
+``report.json``, ``report.csv`` and ``report.html`` (by default under the first run's
+``evaluations/<timestamp>/``).
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ class EvaluationRequest:
         for name in ("runs", "ensemble"):
             value = getattr(self, name)
             if isinstance(value, str):  # "a,b" as the command line and settings files write it
-                object.__setattr__(self, name, tuple(part.strip() for part in value.split(",") if part.strip()))
+                parts = tuple(part.strip() for part in value.split(",") if part.strip())
+                object.__setattr__(self, name, parts)
         if not self.runs and not self.ensemble:
             raise UserInputError("choose at least one run to evaluate, or two or more runs for an ensemble")
         if len(self.ensemble) == 1:
-            raise UserInputError("an ensemble needs at least two runs; give two or more, or evaluate the run alone")
+            raise UserInputError(
+                "an ensemble needs at least two runs; give two or more, or evaluate the run alone"
+            )
         validate_fields(self)
         object.__setattr__(self, "suite", SuiteSettings.from_dict(self.suite))
 

@@ -1,14 +1,14 @@
 """A whole evaluation of several models on the same scans: what the CLI and the dashboard run.
 
-For every model: the attacks at every epsilon (one pass, one clean forward per batch), the
-strength checks (at the largest epsilon on the quick level, at every one on the full),
-calibration clean and under each attack, the CT corruptions at five severities, the faithfulness
-of its Grad-CAM maps, and optionally minimal epsilons, randomized-smoothing certificates and
-input-transformation defences; for an ensemble of runs (:class:`.ensemble.Ensemble`), each member's
-and the whole ensemble's attack measured on every member and the ensemble; across models, the transfer matrix, the reference table per
-epsilon, corruption errors against the baseline model and a paired comparison of each model
-with the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``),
-so a report says where its time went.
+For every model: the attacks at every epsilon (one pass, one clean forward per batch), the strength
+checks (at the largest epsilon on the quick level, at every one on the full), calibration clean and
+under each attack, the CT corruptions at five severities, the faithfulness of its Grad-CAM maps, and
+optionally minimal epsilons, randomized-smoothing certificates and input-transformation defences;
+for an ensemble of runs (:class:`.ensemble.Ensemble`), each member's and the whole ensemble's attack
+measured on every member and the ensemble; across models, the transfer matrix, the reference table
+per epsilon, corruption errors against the baseline model and a paired comparison of each model with
+the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``), so a
+report says where its time went.
 
 Whatever compares or combines models is given the same scans by construction: every model is
 attacked on one resolved set of scans, the strength checks and the transfer matrix share one

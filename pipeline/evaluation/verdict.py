@@ -2,10 +2,11 @@
 
 Every defence of an evaluation (:class:`.defenses.DefenseResult`: an input transformation, a
 distilled model, and any later defence that declares its naive and adaptive attack through
-:class:`.defenses.Defense`; an ensemble's :class:`.ensemble.EnsembleResult`) gets one row: clean accuracy, robust accuracy under the naive attack
-and under the adaptive one, the strength checks' flags, and a sentence saying which number to
-believe. An undefended row stands beside them: the evaluation's baseline model, and each model an
-input transformation wraps, under PGD and under the worst case of every attack run.
+:class:`.defenses.Defense`; an ensemble's :class:`.ensemble.EnsembleResult`) gets one row: clean
+accuracy, robust accuracy under the naive attack and under the adaptive one, the strength checks'
+flags, and a sentence saying which number to believe. An undefended row stands beside them: the
+evaluation's baseline model, and each model an input transformation wraps, under PGD and under the
+worst case of every attack run.
 
 A naive figure clearly above the adaptive one is the signature of a defence that hides the
 gradient instead of removing adversarial directions (Athalye, Carlini & Wagner 2018,
