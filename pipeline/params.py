@@ -50,7 +50,8 @@ class Param:
     choices: Optional[tuple[Any, ...]] = None
     #: Shown in the UI as ``k/255`` grey levels (epsilons and step sizes in image scale).
     grey_levels: bool = False
-    #: A list setting: a non-empty sequence (or comma-separated text) of ``kind`` values.
+    #: A list setting: a sequence (or comma-separated text) of ``kind`` values, non-empty unless the
+    #: default itself is empty (an optional list, such as an ensemble's runs).
     many: bool = False
 
     def validate(self, value: Any, *, error: type[UserInputError] = UserInputError) -> Any:
@@ -63,7 +64,7 @@ class Param:
             return None
         if self.many:
             items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)) or not items:
+            if not isinstance(items, (list, tuple)) or (not items and self.default != ()):
                 raise error(f"{self.name} must be a non-empty list, got {value!r}")
             return tuple(self._check(self._coerce(item, error), item, error) for item in items)
         return self._check(self._coerce(value, error), value, error)

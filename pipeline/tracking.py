@@ -314,8 +314,11 @@ def log_evaluation(
     accuracy's 95% interval as ``.../accuracy_low`` and ``.../accuracy_high``; the expected
     calibration error ``<model>/<condition>/ece``; ``<model>/mCE`` against the baseline model and
     ``<model>/<condition>/road`` where they were measured; per defence (the verdict table)
-    ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence saying
-    which to believe as a tag. Returns the run's ``tracking`` entry (empty when tracking is off).
+    ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence
+    saying which to believe as a tag; for an ensemble, each member's accuracy under its own attack,
+    the ensemble's under the transfer from each member and under the whole-ensemble attack, and how
+    often the members fail together (``.../all_fail``, ``.../pairwise_jaccard``). Returns the run's
+    ``tracking`` entry (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -357,6 +360,16 @@ def log_evaluation(
         if model.faithfulness is not None:
             for side in (model.faithfulness.clean, model.faithfulness.attacked):
                 values[f"{model_name}/{side.condition}/road"] = side.mean.estimate
+        ensemble = getattr(model, "ensemble", None)
+        if ensemble is not None:  # each member's robust accuracy, each transfer, the whole, shared failures
+            for member, own, transferred in zip(ensemble.members, ensemble.member_robust, ensemble.transfer):
+                values[f"{model_name}/member {member}/own_attack_accuracy"] = own
+                values[f"{model_name}/transfer from {member}/accuracy"] = transferred
+            values[f"{model_name}/whole-ensemble attack/accuracy"] = ensemble.whole
+            for shared in ensemble.shared_failures():
+                key = f"{model_name}/shared failures, {shared.condition}"
+                values[f"{key}/all_fail"] = shared.all_fail
+                values[f"{key}/pairwise_jaccard"] = shared.mean_pair
         for verdict in getattr(suite, "verdicts", []):
             if verdict.model == model_name and verdict.defense is not None:
                 values[f"{model_name}/defence {verdict.defense}/naive_accuracy"] = verdict.naive

@@ -23,6 +23,7 @@ from pipeline.evaluation import figures
 from pipeline.evaluation.calibration import CONFIDENT, Calibration
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.corruption import SEVERITIES, CorruptionErrors, CorruptionReport
+from pipeline.evaluation.ensemble import ENSEMBLE_NOTE, EnsembleResult, accuracy_rows, shared_rows
 from pipeline.evaluation.faithfulness import FaithfulnessReport
 from pipeline.evaluation.intervals import Interval, PairedComparison, percent_text
 from pipeline.evaluation.reference import COLUMN_LABELS
@@ -147,6 +148,38 @@ def defence_verdicts(report: dict[str, Any]) -> None:
     st.markdown(f"##### Defence verdicts at ε = {grey_levels_text(verdicts[0]['eps'])}")
     st.table(verdict_table(verdicts), hide_index=True)
     st.caption(VERDICT_NOTE)
+
+
+def ensembles(report: dict[str, Any]) -> None:
+    """Each ensemble's members and whole under one attack, and how often its members fail together."""
+    for number, model in enumerate(report["models"]):
+        for saved in model.get("defenses") or []:
+            if saved.get("kind") != "ensemble":
+                continue
+            result = EnsembleResult.from_dict(saved)
+            st.markdown(f"##### Ensemble: {result.defense}")
+            st.write(result.sentence())
+            if result.surrogate:
+                st.caption(
+                    "A majority vote has no gradient: the whole-ensemble figure is an attack through a "
+                    "differentiable surrogate, the soft vote (the members' mean probabilities)."
+                )
+            st.table(accuracy_rows(result), hide_index=True)
+            chart(
+                figures.ensemble_accuracies(result),
+                f"evaluate:ensemble:{number}",
+                "Grey: each member under its own attack; blue: the ensemble under the attack crafted on one "
+                "member (transfer); red: the ensemble attacked whole. Ticks: clean accuracy.",
+            )
+            st.markdown("###### How often the members fail on the same scans")
+            st.table(shared_rows(result), hide_index=True)
+            chart(
+                figures.shared_failures(result),
+                f"evaluate:ensemble-shared:{number}",
+                "Scans all, a majority and any of the members get wrong: clean, each member under its own "
+                "attack, and all of them on the scans crafted against the whole ensemble.",
+            )
+            st.caption(ENSEMBLE_NOTE)
 
 
 def trained_cell(check: Optional[dict[str, Any]]) -> str:
@@ -508,6 +541,7 @@ def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     with table_tab:
         reference_tables(report)
         defence_verdicts(report)
+        ensembles(report)
         transfer(report)
     with comparison_tab:
         comparisons(report)

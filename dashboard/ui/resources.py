@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import streamlit as st
 from torch import nn
@@ -20,12 +20,15 @@ from dashboard.ui.progress_view import background
 from pipeline.data import DataSpec, ScanDataset, Split, leakage_report, load_dataset, split_for
 from pipeline.device import select_device
 from pipeline.evaluation.data import run_data as stored_run_data
+from pipeline.evaluation.ensemble import Ensemble, load_ensemble
 from pipeline.evaluation.profile import ValidationProfile, validation_profile
 from pipeline.explain import default_layer, feature_grids
 from pipeline.progress import ProgressCallback
 from pipeline.store import MODEL, RunRecord, load_model
 
 MODEL_CACHE_ENTRIES = 4
+#: Ensembles hold copies of their members: a few at a time.
+ENSEMBLE_CACHE_ENTRIES = 2
 #: What identifies a run's data and split in its record (the cache key of its test scans).
 RUN_DATA_FIELDS = ("data", "split", "dataset")
 DATASET_CACHE_ENTRIES = 4
@@ -45,6 +48,39 @@ def _load_model(run_dir: str, version: float) -> tuple[nn.Module, RunRecord]:
 def cached_model(run_dir: str | Path) -> tuple[nn.Module, RunRecord]:
     """The model of ``run_dir`` on the chosen device, loaded once per checkpoint version."""
     return _load_model(str(Path(run_dir).resolve()), model_version(run_dir))
+
+
+@st.cache_resource(max_entries=ENSEMBLE_CACHE_ENTRIES, show_spinner="Loading the ensemble…")
+def _load_ensemble(
+    run_dirs: tuple[str, ...], versions: tuple[float, ...], combine: str
+) -> tuple[Ensemble, list[RunRecord]]:
+    return load_ensemble(run_dirs, combine, device=select_device())
+
+
+def cached_ensemble(run_dirs: Sequence[str | Path], combine: str) -> tuple[Ensemble, list[RunRecord]]:
+    """The runs as one ensemble combined by ``combine``, loaded once per checkpoint versions and
+    rule. Its members are its own copies, never the single models :func:`cached_model` shares, so
+    locking the ensemble (:func:`pipeline.guard.exclusive_eval`) covers every member. Raises
+    :class:`UserInputError` for runs that cannot be combined
+    (:func:`pipeline.evaluation.ensemble.member_records`)."""
+    resolved = tuple(str(Path(path).resolve()) for path in run_dirs)
+    return _load_ensemble(resolved, tuple(model_version(path) for path in resolved), combine)
+
+
+@st.cache_resource(max_entries=ENSEMBLE_CACHE_ENTRIES, show_spinner=False)
+def _ensemble_cam_grids(
+    run_dirs: tuple[str, ...], versions: tuple[float, ...], combine: str, size: int
+) -> tuple[dict[str, tuple[int, int]], str]:
+    ensemble = _load_ensemble(run_dirs, versions, combine)[0]
+    return feature_grids(ensemble, size), default_layer(ensemble, size)
+
+
+def ensemble_cam_grids(
+    run_dirs: Sequence[str | Path], combine: str, size: int
+) -> tuple[dict[str, tuple[int, int]], str]:
+    """As :func:`cam_grids`, for an ensemble: every member's layers, named ``"<member>: <layer>"``."""
+    resolved = tuple(str(Path(path).resolve()) for path in run_dirs)
+    return _ensemble_cam_grids(resolved, tuple(model_version(path) for path in resolved), combine, size)
 
 
 @st.cache_resource(max_entries=DATASET_CACHE_ENTRIES, show_spinner=False)

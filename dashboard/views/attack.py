@@ -1,4 +1,5 @@
-"""Attack a scan: pick a scan, a model (or two) and an attack; see what the attack did.
+"""Attack a scan: pick a scan, a model (or two, or an ensemble of several) and an attack; see what
+the attack did.
 
 The page gathers inputs and calls :func:`pipeline.scan_report.analyse_scan` once per model, in a
 background thread so a slow attack (CW on a CPU) never freezes the page; everything drawn comes
@@ -16,10 +17,18 @@ import torch
 
 from dashboard.ui import demo, pacs, scan_preview, scan_views
 from dashboard.ui.controls import attack_controls
+from dashboard.ui.ensembles import ensemble_choice
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.progress_view import show_progress, take_finished
-from dashboard.ui.resources import cached_model, cam_grids, run_data, run_profile
+from dashboard.ui.resources import (
+    cached_ensemble,
+    cached_model,
+    cam_grids,
+    ensemble_cam_grids,
+    run_data,
+    run_profile,
+)
 from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, short_run_labels, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
@@ -28,6 +37,7 @@ from pipeline.data import ACCEPTED_FORMATS
 from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
+from pipeline.evaluation.ensemble import GRADIENTS
 from pipeline.explain import MIN_GRID
 from pipeline.progress import ProgressCallback, staged
 from pipeline.scan_report import MINIMAL_EPS_HIGH, MINIMAL_EPS_NORM, ScanReport, analyse_scan
@@ -46,6 +56,11 @@ FAMILY_WORDS = {
     "corruption": "ordinary image degradation",
 }
 MINIMAL_HIGH = format_epsilon(MINIMAL_EPS_HIGH)
+#: Why an attacked ensemble's scan is not checked against a validation profile.
+ENSEMBLE_UNCHECKED = (
+    "an ensemble has no validation profile of its own; attack its members one by one to see whether the "
+    "scan is unusual for them"
+)
 
 
 @dataclass
@@ -188,8 +203,31 @@ def minimal_search(name: str) -> bool:
     return wanted
 
 
+def choose_ensemble(record: RunRecord) -> tuple[list[str], str]:
+    """Runs to attack as one ensemble instead of the sidebar's model (none: the model alone), and how
+    they combine. Offered: the runs trained on the same data and split as the sidebar's model, so its
+    test scans are unseen by every member and read at the same size."""
+    alike = {
+        str(other.run_dir): other
+        for other in usable_runs()
+        if other.config.get("data") == record.config.get("data")
+        and (other.config.get("dataset") or {}).get("fingerprint")
+        == (record.config.get("dataset") or {}).get("fingerprint")
+    }
+    members, combine = ensemble_choice(
+        alike,
+        key="attack",
+        label="Or attack an ensemble of",
+        help="Two or more models trained on the same data as this one, combined into one model: the attack "
+        "then targets the whole ensemble",
+    )
+    if len(members) == 1:
+        st.caption("Choose a second model to make an ensemble; until then the model above is attacked.")
+    return (members if len(members) >= 2 else []), combine
+
+
 def start(
-    models: list[tuple[str, str, Any, dict[str, Any]]],
+    models: list[tuple[str, Optional[str], Any, Optional[dict[str, Any]]]],
     scan: ScanChoice,
     name: str,
     params: dict[str, Any],
@@ -203,11 +241,15 @@ def start(
         reports = []
         for number, (title, run_dir, model, config) in enumerate(models):
             # first use of a model: one pass over its held-out scans, then read from beside the run
-            profile, why = run_profile(
-                run_dir,
-                model,
-                config,
-                staged(progress, 2 * number, 2 * len(models), f"{title}: validation scans"),
+            profile, why = (
+                run_profile(
+                    run_dir,
+                    model,
+                    config,
+                    staged(progress, 2 * number, 2 * len(models), f"{title}: validation scans"),
+                )
+                if run_dir is not None
+                else (None, ENSEMBLE_UNCHECKED)
             )
             report = analyse_scan(
                 model,
@@ -335,7 +377,19 @@ with model_column:
     trained = check_epoch(record.best or {}, classes)
     if trained is not None and trained.flagged:
         st.warning(f"This model is {trained.reason}.", icon=":material/block:")
-    grids, default_cam = cam_grids(run, record.data.image_size)
+    members, combine = choose_ensemble(record)
+    ensemble = None
+    if members:
+        with shown_errors("combine the ensemble"):
+            ensemble = cached_ensemble(members, combine)[0]
+        if ensemble is None:
+            st.stop()
+        st.caption(f"Attacked: the {ensemble.name}, {GRADIENTS[combine]}.")
+    grids, default_cam = (
+        ensemble_cam_grids(members, combine, record.data.image_size)
+        if ensemble is not None
+        else cam_grids(run, record.data.image_size)
+    )
     layers = list(grids)
     cam_layer = st.selectbox(
         "Grad-CAM layer",
@@ -381,6 +435,8 @@ with model_column:
 
 current = {
     "run": run,
+    "ensemble": members,
+    "combine": combine if members else None,
     "compare": compare,
     "scan": None if scan is None else scan.origin,
     "attack": name,
@@ -391,7 +447,11 @@ current = {
 }
 if clicked and scan is not None:
     with shown_errors("start the attack"):
-        models = [(record.name, run, model, record.config)]
+        models: list[tuple[str, Optional[str], Any, Optional[dict[str, Any]]]] = (
+            [(ensemble.name, None, ensemble, None)]
+            if ensemble is not None
+            else [(record.name, run, model, record.config)]
+        )
         if compare is not None:
             second, second_record = cached_model(compare)
             if second_record.data.image_size != record.data.image_size:

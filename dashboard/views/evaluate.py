@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.ui import demo as demo_card
+from dashboard.ui.ensembles import ensemble_choice
 from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.report_views import report_view
@@ -134,6 +135,14 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             key="evaluate:runs",
             format_func=lambda path: run_label(runs[path]),
             help="Compare e.g. a normally and an adversarially trained model on the same scans",
+        )
+        members, combine = ensemble_choice(
+            runs,
+            key="evaluate",
+            label="And an ensemble of",
+            help="Two or more models trained on the same data, combined into one and evaluated beside the "
+            "models above: attacked whole, and by transfer from each member alone",
+            in_form=True,
         )
         left, middle, right = st.columns(3)
         attacks = left.multiselect(
@@ -253,7 +262,14 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 transfer_attack=crafting,
             )
             job = start_evaluation_job(
-                EvaluationRequest(runs=tuple(chosen), suite=suite, split=split, limit=int(limit) or None)
+                EvaluationRequest(
+                    runs=tuple(chosen),
+                    ensemble=tuple(members),
+                    combine=combine,
+                    suite=suite,
+                    split=split,
+                    limit=int(limit) or None,
+                )
             )
             st.session_state[WATCH_KEY] = str(job)
             st.toast("The evaluation runs in the background; you can leave this page.")

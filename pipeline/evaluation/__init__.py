@@ -24,6 +24,7 @@ from pipeline.evaluation.defenses import (
     evaluate_defense,
     make_defense,
 )
+from pipeline.evaluation.ensemble import Ensemble, EnsembleResult, evaluate_ensemble, load_ensemble
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
 from pipeline.evaluation.reference import REFERENCE_STUDY, ReferenceTable, reference_attacks, reference_table
 from pipeline.evaluation.request import EvaluationRequest, evaluate_runs
@@ -58,6 +59,8 @@ __all__ = [
     "CombinedResult",
     "Defended",
     "DefenseResult",
+    "Ensemble",
+    "EnsembleResult",
     "EvaluationRequest",
     "EvaluationSuite",
     "Example",
@@ -85,8 +88,10 @@ __all__ = [
     "epsilon_sweep",
     "evaluate",
     "evaluate_defense",
+    "evaluate_ensemble",
     "evaluate_models",
     "evaluate_runs",
+    "load_ensemble",
     "make_defense",
     "minimal_epsilon_distribution",
     "per_class_recall",

@@ -1,9 +1,9 @@
 """Evaluation as a background job: the dashboard starts it, returns at once and watches its directory.
 
 As with training (:mod:`pipeline.training.background`), the job's settings travel as a JSON file,
-``request.json`` in the job directory, and the child process runs
-``python -m pipeline evaluate --config-json <job>/request.json --job-dir <job>``. The job directory
-is ``<first run>/evaluations/<timestamp>/``; the reports land there, and
+``request.json`` in the job directory, and the child process runs ``python -m pipeline evaluate
+--config-json <job>/request.json --job-dir <job>``. The job directory is ``<first
+run>/evaluations/<timestamp>/`` (an ensemble alone: its first member's); the reports land there, and
 :func:`pipeline.jobs.job_state` follows it (``status["outputs"]`` names the files when done).
 """
 
@@ -15,6 +15,7 @@ from typing import Optional
 
 from pipeline import jobs
 from pipeline.errors import UserInputError
+from pipeline.evaluation.ensemble import member_records
 from pipeline.evaluation.request import EvaluationRequest, evaluate_runs, new_evaluation_dir
 from pipeline.evaluation.suite import EvaluationSuite
 from pipeline.progress import ProgressCallback
@@ -27,7 +28,9 @@ def start_evaluation_job(request: EvaluationRequest) -> Path:
     The request was validated when it was built, so a bad setting is a message for the caller,
     never a failed job.
     """
-    first = resolve_run(request.runs_dir, request.runs[0])
+    if request.ensemble:  # members that do not fit together are a message now, not a failed job
+        member_records(request.ensemble, runs_dir=request.runs_dir)
+    first = resolve_run(request.runs_dir, (request.runs or request.ensemble)[0])  # an ensemble's first member
     job_dir = Path(request.out) if request.out else new_evaluation_dir(first)
     job_dir.mkdir(parents=True, exist_ok=True)
     write_request(job_dir, dataclasses.replace(request, out=str(job_dir)).to_dict())

@@ -23,6 +23,7 @@ from pipeline.errors import UserInputError
 from pipeline.evaluation.background import run_job
 from pipeline.evaluation.calibration import CONFIDENT
 from pipeline.evaluation.data import SPLIT_SIDES
+from pipeline.evaluation.ensemble import COMBINE_RULES, GRADIENTS, EnsembleResult
 from pipeline.evaluation.report import interval_note, strength_note
 from pipeline.evaluation.request import EvaluationRequest, evaluate_runs
 from pipeline.evaluation.strength import FULL_STRENGTH, QUICK_STRENGTH, STRENGTH_LEVELS
@@ -51,13 +52,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Evaluate saved runs on their own held-out scans under strong attacks. Epsilons accept "
         "fractions like 4/255 or decimals like 0.0157 (image scale [0, 1]).",
         epilog="example: python -m pipeline evaluate --run runs/resnet50-standard --run runs/resnet50-pgd "
-        "--attacks fgsm,pgd,cw-linf --eps 2/255,4/255",
+        "--attacks fgsm,pgd,cw-linf --eps 2/255,4/255; an ensemble: python -m pipeline evaluate --ensemble "
+        "runs/a,runs/b,runs/c --combine vote",
     )
     parser.add_argument(
         "--run",
         action="append",
         metavar="RUN",
         help="a run directory or a name under --runs-dir; repeat to compare models",
+    )
+    parser.add_argument(
+        "--ensemble",
+        metavar="RUN,RUN[,RUN]",
+        help="two or more runs (directories or names under --runs-dir) evaluated as one ensemble, beside "
+        "any --run: attacked whole and by transfer from each member",
+    )
+    parser.add_argument(
+        "--combine",
+        choices=tuple(COMBINE_RULES),
+        default="logits",
+        help="how the ensemble combines its members: logits (averaged logits), probabilities (averaged "
+        "softmax) or vote (majority vote, attacked through a differentiable surrogate: the soft vote; "
+        "default: logits)",
     )
     parser.add_argument(
         "--config-json",
@@ -204,11 +220,13 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
         if folder is not None:
             _check_folder(folder, flag)
     if args.config_json is not None:
-        if args.run:
-            raise UserInputError("give the runs in --config-json or with --run, not both")
+        if args.run or args.ensemble:
+            raise UserInputError("give the runs in --config-json or with --run and --ensemble, not both")
         return EvaluationRequest.from_dict(read_json_file(args.config_json, "settings file"))
-    if not args.run:
-        raise UserInputError("give a run to evaluate: --run RUN (repeat it to compare models)")
+    if not args.run and not args.ensemble:
+        raise UserInputError(
+            "give a run to evaluate: --run RUN (repeat it to compare models), or --ensemble RUN,RUN"
+        )
     given = {name: getattr(args, name) for _, name, _ in STRENGTH_FLAGS}
     overrides = {name: value for name, value in given.items() if value is not None}
     suite = SuiteSettings(
@@ -234,7 +252,9 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
     )
     out = args.out or args.job_dir
     return EvaluationRequest(
-        runs=tuple(args.run),
+        runs=tuple(args.run or ()),
+        ensemble=args.ensemble or (),
+        combine=args.combine,
         suite=suite,
         runs_dir=str(args.runs_dir),
         split=args.split,
@@ -282,10 +302,12 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
         _print_sections(model)
         for defense in model.defenses:
             print(
-                f"  defence {defense.defense}: clean {format_share(defense.naive.clean.accuracy, scans)}, "
-                f"naive attack {format_share(defense.naive.attacks[0].accuracy, scans)}, adaptive attack "
-                f"{format_share(defense.adaptive.attacks[0].accuracy, scans)}"
+                f"  defence {defense.defense}: clean {format_share(defense.clean_accuracy, defense.scans)}, "
+                f"naive attack {format_share(defense.naive_accuracy, defense.scans)}, adaptive attack "
+                f"{format_share(defense.adaptive_accuracy, defense.scans)}"
             )
+        if model.ensemble is not None:
+            _print_ensemble(model.ensemble)
     for verdict in suite.verdicts:
         print(f"verdict, {verdict.model} ({verdict.defense or 'no defence'}): {verdict.believe}")
     for comparison in suite.comparisons:
@@ -295,6 +317,25 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
         print(f"time, {model.name}: {parts}")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+
+
+def _print_ensemble(ensemble: EnsembleResult) -> None:
+    """Each member's and the ensemble's robust accuracy, and how often the members fail together."""
+    scans = ensemble.scans
+    print(f"  ensemble under {ensemble.attack.title} on {scans} scans, {GRADIENTS[ensemble.combine]}:")
+    for member, own, moved in zip(ensemble.members, ensemble.member_robust, ensemble.transfer):
+        print(
+            f"    member {member}: {format_share(own, scans)} under its own attack; the ensemble keeps "
+            f"{format_share(moved, scans)} under the transfer from it"
+        )
+    print(f"    whole-ensemble attack: {format_share(ensemble.whole, scans)}. {ensemble.sentence()}")
+    for shared in ensemble.shared_failures():
+        print(
+            f"    members fail together, {shared.condition}: all of them on "
+            f"{format_share(shared.all_fail, scans)} of the scans, any of them on "
+            f"{format_share(shared.any_fail, scans)}; failures shared by a pair (Jaccard) "
+            f"{_shown(shared.mean_pair, '.2f')}"
+        )
 
 
 def _print_sections(model: ModelEvaluation) -> None:

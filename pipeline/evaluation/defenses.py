@@ -49,6 +49,9 @@ class Defense:
     #: True when the deployed defence wraps the evaluated model: that model's strength checks then
     #: describe the undefended model, not the defence, and the verdict does not quote their flags.
     wraps_model: bool = True
+    #: What a naive figure clearly above the adaptive one means, and whether that is gradient masking.
+    gap_means: str = "the naive attack is defeated by the defence's masked gradients, not by robustness"
+    gap_masks: bool = True
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """The defended model whose predictions count: ``[N, 1, H, W]`` in [0, 1] to logits ``[N, C]``."""
@@ -230,20 +233,45 @@ class DefenseResult:
     adaptive_attack: str = Defense.adaptive_attack
     adaptive_attacks: tuple[str, ...] = ()
     wraps_model: bool = True
+    gap_means: str = Defense.gap_means
+    gap_masks: bool = True
+
+    # The figures the verdict table reads of every defence result (an ensemble's too).
+    @property
+    def scans(self) -> int:
+        return self.naive.size
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.naive.clean.accuracy
+
+    @property
+    def naive_accuracy(self) -> float:
+        return self.naive.attacks[0].accuracy
+
+    @property
+    def adaptive_accuracy(self) -> float:
+        return self.adaptive.attacks[0].accuracy
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "defense": self.defense,
-            "attack": self.attack.to_dict(),
-            "clean_accuracy": self.naive.clean.accuracy,
-            "naive_accuracy": self.naive.attacks[0].accuracy,
-            "adaptive_accuracy": self.adaptive.attacks[0].accuracy,
-            "naive_attack": self.naive_attack,
-            "adaptive_attack": self.adaptive_attack,
-            "adaptive_attacks": list(self.adaptive_attacks),
-            "wraps_model": self.wraps_model,
-            "scans": self.naive.size,
-        }
+        return defence_figures(self)
+
+
+def defence_figures(result: Any) -> dict[str, Any]:
+    """What every defence result saves of itself (a :class:`DefenseResult`, an ensemble's result):
+    its name, attack, the figures the verdict reads, and both attacks in words."""
+    return {
+        "defense": result.defense,
+        "attack": result.attack.to_dict(),
+        "clean_accuracy": result.clean_accuracy,
+        "naive_accuracy": result.naive_accuracy,
+        "adaptive_accuracy": result.adaptive_accuracy,
+        "naive_attack": result.naive_attack,
+        "adaptive_attack": result.adaptive_attack,
+        "adaptive_attacks": list(result.adaptive_attacks),
+        "wraps_model": result.wraps_model,
+        "scans": result.scans,
+    }
 
 
 DEFENSES = {
@@ -302,4 +330,6 @@ def evaluate_defense(
         adaptive_attack=transform.adaptive_attack,
         adaptive_attacks=transform.adaptive_attacks,
         wraps_model=transform.wraps_model,
+        gap_means=transform.gap_means,
+        gap_masks=transform.gap_masks,
     )

@@ -21,6 +21,7 @@ from pipeline.constants import GREY_LEVEL
 from pipeline.evaluation.calibration import Calibration
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.corruption import CorruptionReport
+from pipeline.evaluation.ensemble import EnsembleResult
 from pipeline.evaluation.faithfulness import FaithfulnessReport
 from pipeline.evaluation.intervals import Interval, PairedComparison
 from pipeline.evaluation.strength import StrengthReport
@@ -212,6 +213,59 @@ def transfer_heatmap(result: TransferResult) -> go.Figure:
         x_title="attacked model",
         y_title="examples crafted on",
     )
+
+
+def ensemble_accuracies(result: EnsembleResult) -> go.Figure:
+    """Robust accuracy of each member under its own attack, and of the ensemble under the transfer
+    from each member and under the whole-ensemble attack, with 95% intervals; clean accuracy as a tick."""
+    intervals = result.intervals()
+    labels = list(intervals)
+    values = [interval.estimate for interval in intervals.values()]
+    members = len(result.members)
+    colours = [NEUTRAL] * members + [CLEAN] * members + [ATTACKED]
+    cleans = [*result.member_clean, *[result.clean_accuracy] * (members + 1)]
+    figure = go.Figure()
+    figure.add_bar(
+        x=labels,
+        y=[100 * v for v in values],
+        error_y=error_bars(list(intervals.values()), values),
+        marker_color=colours,
+        name="robust accuracy",
+    )
+    figure.add_scatter(
+        x=labels, y=[100 * v for v in cleans], mode="markers", name="clean accuracy",
+        marker={"symbol": "line-ew-open", "size": 26, "color": "#1f2a33", "line": {"width": 2}},
+    )
+    figure.update_yaxes(title=f"accuracy under {result.attack.title} (%)", range=[0, 105])
+    how = "soft-vote surrogate" if result.surrogate else "end to end"
+    return style(
+        figure,
+        title=f"Members and ensemble ({result.scans} scans): the whole-ensemble attack ({how}) against "
+        "transfers",
+        height=360,
+    )
+
+
+def shared_failures(result: EnsembleResult) -> go.Figure:
+    """How often the members fail on the same scans: per condition, the share of scans where all, a
+    majority and any of them are wrong."""
+    measured = result.shared_failures()
+    figure = go.Figure()
+    shares = (
+        ("all_fail", "all members wrong"),
+        ("majority_fail", "a majority wrong"),
+        ("any_fail", "any member wrong"),
+    )
+    for index, (field, name) in enumerate(shares):
+        figure.add_bar(
+            x=[shared.condition for shared in measured],
+            y=[100 * getattr(shared, field) for shared in measured],
+            name=name,
+            marker_color=SERIES[index],
+        )
+    figure.update_layout(barmode="group")
+    figure.update_yaxes(title="share of the scans (%)", range=[0, 100])
+    return style(figure, title="Do the members fail on the same scans?")
 
 
 def minimal_epsilon_histogram(results: Sequence[MinimalEpsilon]) -> go.Figure:

@@ -15,7 +15,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +27,13 @@ from pipeline.constants import CLASSES, GREY_LEVEL, SYNTHETIC_BANNER
 from pipeline.errors import UserInputError
 from pipeline.evaluation import figures
 from pipeline.evaluation.defenses import DefenseResult
+from pipeline.evaluation.ensemble import (
+    ACCURACY_COLUMNS,
+    ENSEMBLE_NOTE,
+    EnsembleResult,
+    accuracy_rows,
+    shared_rows,
+)
 from pipeline.evaluation.reference import (
     COLUMN_LABELS,
     COLUMNS,
@@ -236,6 +243,21 @@ def _csv_rows(suite: EvaluationSuite) -> Iterable[dict[str, Any]]:
                 "accuracy": accuracy,
                 "strength_verdict": verdict.believe,
             }
+    for model in suite.models:  # an ensemble: each member, each transfer, the whole, shared failures
+        result = model.ensemble
+        if result is None:
+            continue
+        base = {"source": OURS, "synthetic": suite.synthetic, "model": model.name, **_eps(result.attack.eps),
+                "section": "ensemble", "attack": result.attack.title}
+        for label, interval in result.intervals().items():
+            yield {**base, "figure": f"robust accuracy: {label}", **_value(interval)}
+        for shared in result.shared_failures():
+            for key, words in (("all_fail", "all members wrong"), ("any_fail", "any member wrong")):
+                yield {**base, "attack": shared.condition, "figure": f"share of scans, {words}",
+                       "value": getattr(shared, key)}
+            for pair, value in shared.pairs.items():
+                yield {**base, "attack": shared.condition, "figure": f"shared failures (Jaccard) {pair}",
+                       "value": value}
     for comparison in suite.comparisons:
         yield {
             "source": OURS,
@@ -361,6 +383,7 @@ def report_html(suite: EvaluationSuite) -> str:
     for table in suite.tables:
         parts += _reference_table(table, suite.settings)
     parts += _verdicts(suite)
+    parts += _ensembles(suite)
     parts += _comparisons(suite)
     parts += _figures(suite)
     parts += _calibration(suite)
@@ -578,6 +601,36 @@ def _verdicts(suite: EvaluationSuite) -> list[str]:
     ]
 
 
+def _ensembles(suite: EvaluationSuite) -> list[str]:
+    """Each ensemble's members and whole under one attack, and how often the members fail together."""
+    parts = []
+    for model in suite.models:
+        result = model.ensemble
+        if result is None:
+            continue
+        shared = shared_rows(result)
+        parts += [
+            f"<h2>Ensemble: {_e(result.defense)}</h2>",
+            f"<p>{_e(result.sentence())}</p>",
+            _table(ACCURACY_COLUMNS, accuracy_rows(result)),
+            _plot(figures.ensemble_accuracies(result)),
+            "<h3>How often the members fail on the same scans</h3>",
+            _table(list(shared[0]), shared),
+            _plot(figures.shared_failures(result)),
+            f"<p class='note'>{_e(ENSEMBLE_NOTE)}</p>",
+        ]
+    return parts
+
+
+def _table(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:
+    """A table of already formatted display rows (text), every cell escaped."""
+    header = "".join(f"<th class='l'>{_e(name)}</th>" for name in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='l'>{_e(row[name])}</td>" for name in columns) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
 def _comparisons(suite: EvaluationSuite) -> list[str]:
     """Each model against the baseline on the same scans, in plain words."""
     if not suite.comparisons:
@@ -790,14 +843,14 @@ def _attack_row(result: AttackResult) -> str:
     )
 
 
-def _defenses(results: list[DefenseResult]) -> str:
+def _defenses(results: list[DefenseResult | EnsembleResult]) -> str:
     header = "".join(f"<th>{name}</th>" for name in ("clean", "naive attack", "adaptive attack"))
     rows = "".join(
         _row(
             d.defense,
-            format_share(d.naive.clean.accuracy),
-            format_share(d.naive.attacks[0].accuracy),
-            format_share(d.adaptive.attacks[0].accuracy),
+            format_share(d.clean_accuracy),
+            format_share(d.naive_accuracy),
+            format_share(d.adaptive_accuracy),
             _e(d.attack.title),
         )
         for d in results

@@ -1,10 +1,11 @@
 """An evaluation of saved runs: what to run (:class:`EvaluationRequest`) and running it.
 
-The request is what the command line builds from its flags, what the dashboard builds from its
-form, and what a background job reads from ``request.json`` in its directory, as a training job
-reads its own. :func:`evaluate_runs` loads each run's model, checks that the runs share their
-held-out scans, evaluates them there and writes ``report.json``, ``report.csv`` and
-``report.html`` (by default under the first run's ``evaluations/<timestamp>/``).
+The request is what the command line builds from its flags, what the dashboard builds from its form,
+and what a background job reads from ``request.json`` in its directory, as a training job reads its
+own. :func:`evaluate_runs` loads each run's model (and the ensemble of runs asked for, as one more
+model), checks that the runs share their held-out scans, evaluates them there and writes
+``report.json``, ``report.csv`` and ``report.html`` (by default under the first run's
+``evaluations/<timestamp>/``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Mapping, Optional
 from pipeline.data import split_groups
 from pipeline.errors import UserInputError
 from pipeline.evaluation.data import SPLIT_SIDES, run_data, split_indices
+from pipeline.evaluation.ensemble import COMBINE_RULES, load_ensemble
 from pipeline.evaluation.report import save_report
 from pipeline.evaluation.suite import EvaluationSuite, SuiteSettings, evaluate_models
 from pipeline.params import from_mapping, setting, validate_fields
@@ -39,6 +41,14 @@ class EvaluationRequest:
 
     #: Run directories, or run names under ``runs_dir``; several are compared on the same scans.
     runs: tuple[str, ...] = setting((), kind=str, help="a run directory or a name under runs_dir")
+    #: Two or more runs evaluated as one ensemble beside ``runs`` (:mod:`.ensemble`); empty: none.
+    ensemble: tuple[str, ...] = setting((), kind=str, help="runs combined as one ensemble (two or more)")
+    combine: str = setting(
+        "logits",
+        choices=tuple(COMBINE_RULES),
+        help="how the ensemble combines its members: averaged logits, averaged probabilities, or a majority "
+        "vote (attacked through a differentiable surrogate, the soft vote)",
+    )
     suite: SuiteSettings = field(default_factory=SuiteSettings)
     runs_dir: str = setting("runs", help="where runs given by name live")
     split: str = setting("test", choices=SPLIT_SIDES, help="which scans of the runs' stored split")
@@ -50,14 +60,28 @@ class EvaluationRequest:
     out: Optional[str] = setting(None, kind=str, help="folder for report.json/csv/html")
 
     def __post_init__(self) -> None:
-        if not self.runs:
-            raise UserInputError("choose at least one run to evaluate")
+        for name in ("runs", "ensemble"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # "a,b" as the command line and settings files write it
+                parts = tuple(part.strip() for part in value.split(",") if part.strip())
+                object.__setattr__(self, name, parts)
+        if not self.runs and not self.ensemble:
+            raise UserInputError("choose at least one run to evaluate, or two or more runs for an ensemble")
+        if len(self.ensemble) == 1:
+            raise UserInputError(
+                "an ensemble needs at least two runs; give two or more, or evaluate the run alone"
+            )
         validate_fields(self)
         object.__setattr__(self, "suite", SuiteSettings.from_dict(self.suite))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what a background job's ``request.json`` holds."""
-        return {**dataclasses.asdict(self), "runs": list(self.runs), "suite": self.suite.to_dict()}
+        return {
+            **dataclasses.asdict(self),
+            "runs": list(self.runs),
+            "ensemble": list(self.ensemble),
+            "suite": self.suite.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvaluationRequest:
@@ -79,8 +103,6 @@ def evaluate_runs(
     if len(set(map(Path.resolve, run_dirs))) != len(run_dirs):
         raise UserInputError("the same run was given twice; give each run once")
     loaded = [load_model(run_dir) for run_dir in run_dirs]
-    for _, record in loaded[1:]:
-        _check_same_data(loaded[0][1], record, request.split)
     models: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     for run_dir, (model, record) in zip(run_dirs, loaded):
@@ -93,6 +115,20 @@ def evaluate_runs(
         }
         if record.config.get("strategy") == "distillation":  # evaluated as a defence (its verdict row)
             info[name]["temperature"] = record.config.get("temperature")
+    if request.ensemble:  # one more model, made of its members (each checked against the others)
+        ensemble, members = load_ensemble(request.ensemble, request.combine, runs_dir=request.runs_dir)
+        name = _unique(ensemble.name, models)
+        models[name] = ensemble
+        info[name] = {
+            "run_dir": str(members[0].run_dir),
+            "strategy": "ensemble",
+            "combine": ensemble.combine,
+            "members": [str(record.run_dir) for record in members],
+        }
+        loaded.append((ensemble, members[0]))
+        run_dirs.append(members[0].run_dir)
+    for _, record in loaded[1:]:
+        _check_same_data(loaded[0][1], record, request.split)
     dataset, split = run_data(loaded[0][1])
     indices = split_indices(split, request.split, dataset.labels, limit=request.limit)
     out = Path(request.out) if request.out is not None else new_evaluation_dir(run_dirs[0])

@@ -1,13 +1,14 @@
 """A whole evaluation of several models on the same scans: what the CLI and the dashboard run.
 
-For every model: the attacks at every epsilon (one pass, one clean forward per batch), the
-strength checks (at the largest epsilon on the quick level, at every one on the full),
-calibration clean and under each attack, the CT corruptions at five severities, the faithfulness
-of its Grad-CAM maps, and optionally minimal epsilons, randomized-smoothing certificates and
-input-transformation defences; across models, the transfer matrix, the reference table per
-epsilon, corruption errors against the baseline model and a paired comparison of each model
-with the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``),
-so a report says where its time went.
+For every model: the attacks at every epsilon (one pass, one clean forward per batch), the strength
+checks (at the largest epsilon on the quick level, at every one on the full), calibration clean and
+under each attack, the CT corruptions at five severities, the faithfulness of its Grad-CAM maps, and
+optionally minimal epsilons, randomized-smoothing certificates and input-transformation defences;
+for an ensemble of runs (:class:`.ensemble.Ensemble`), each member's and the whole ensemble's attack
+measured on every member and the ensemble; across models, the transfer matrix, the reference table
+per epsilon, corruption errors against the baseline model and a paired comparison of each model with
+the baseline on every figure. Each section's wall time is kept (``ModelEvaluation.seconds``), so a
+report says where its time went.
 
 Whatever compares or combines models is given the same scans by construction: every model is
 attacked on one resolved set of scans, the strength checks and the transfer matrix share one
@@ -44,6 +45,7 @@ from pipeline.evaluation.corruption import (
 )
 from pipeline.evaluation.data import balanced_subset
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense, training_defenses
+from pipeline.evaluation.ensemble import Ensemble, EnsembleResult, evaluate_ensemble
 from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_faithfulness
 from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
@@ -243,7 +245,8 @@ class ModelEvaluation:
     strength: list[StrengthReport] = field(default_factory=list)
     minimal: Optional[MinimalEpsilon] = None
     certified: Optional[CertifiedCurve] = None
-    defenses: list[DefenseResult] = field(default_factory=list)
+    #: Each defence's naive and adaptive figures; an ensemble's section is one of them.
+    defenses: list[DefenseResult | EnsembleResult] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  #: run directory, architecture, training strategy
     #: Clean, under each attack, and the worst case per epsilon.
     calibration: list[Calibration] = field(default_factory=list)
@@ -258,6 +261,11 @@ class ModelEvaluation:
 
     def strength_at(self, eps: float) -> Optional[StrengthReport]:
         return next((check for check in self.strength if same_eps(check.eps, eps)), None)
+
+    @property
+    def ensemble(self) -> Optional[EnsembleResult]:
+        """The ensemble section, when this model is an ensemble of runs."""
+        return next((result for result in self.defenses if isinstance(result, EnsembleResult)), None)
 
     def outcomes(self) -> list[Answers]:
         """Every set of answers compared across models: clean, each attack, the worst case per
@@ -391,8 +399,12 @@ def evaluate_models(
     ]
     plans = [
         (Phase(kind, 1.0, "section"),)
-        for name in models
-        for kind in (*kinds, *(f"defence {defense.name}" for defense in training_defenses((info or {}).get(name, {}))))
+        for name, model in models.items()
+        for kind in (
+            *kinds,
+            *(f"defence {defense.name}" for defense in training_defenses((info or {}).get(name, {}))),
+            *["ensemble"] * isinstance(model, Ensemble),
+        )
     ]
     plans += [(Phase("transfer matrix", 1.0, "section"),)] * (settings.transfer and len(models) > 1)
     stage_count = len(plans)
@@ -559,23 +571,41 @@ def evaluate_models(
                         **common,
                     )
                 )
+        if isinstance(model, Ensemble):  # each member's attack and the whole ensemble's, on the common scans
+            with clock("ensemble"):
+                entry.defenses.append(
+                    evaluate_ensemble(
+                        model,
+                        dataset,
+                        checked_scans,
+                        _crafting(settings),
+                        progress=next_stage(f"{name}: members and the whole ensemble"),
+                        **common,
+                    )
+                )
     if settings.transfer and len(models) > 1:
         # A masking check too (a model that resists only its own gradients is masking them), so it
         # runs on the scans the strength level gives the checks.
-        # Run in full on every source (no early stop): stopping at the source's boundary weakens transfer.
-        (crafting,) = attack_specs(
-            (settings.transfer_attack,), (max(settings.epsilons),), settings.steps, early_stop=False
-        )
         transfer = transfer_matrix(
             models,
             dataset,
             checked_scans,
-            crafting,
+            _crafting(settings),
             progress=next_stage("transfer matrix"),
             **common,
         )
     report(progress, 1, 1, "evaluation done")
     return suite(complete=True)
+
+
+def _crafting(settings: SuiteSettings) -> AttackSpec:
+    """What the transfer matrix and an ensemble's section craft on each model: the transfer attack at
+    the largest epsilon, run in full on every source (no early stop: stopping at the source's
+    boundary weakens transfer)."""
+    (crafting,) = attack_specs(
+        (settings.transfer_attack,), (max(settings.epsilons),), settings.steps, early_stop=False
+    )
+    return crafting
 
 
 def check_scans(report: RobustnessReport, limit: int) -> np.ndarray:

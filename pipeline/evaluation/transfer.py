@@ -9,7 +9,7 @@ gradients is masking them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -33,6 +33,11 @@ class TransferResult:
     accuracy: np.ndarray
     clean: np.ndarray
     scans: int
+    #: bool ``[T, N]``: each target right on each clean scan, scans in the order given; kept in memory
+    #: for per-scan analyses (an ensemble's shared failures), not saved.
+    clean_correct: Optional[np.ndarray] = field(default=None, repr=False)
+    #: bool ``[S, T, N]``: target ``t`` right on scan ``n`` as attacked through source ``s``; not saved.
+    correct: Optional[np.ndarray] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +71,8 @@ def transfer_matrix(
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
 ) -> TransferResult:
-    """Craft ``attack`` on every model and measure every model on the result, batch by batch."""
+    """Craft ``attack`` on every model and measure every model on the result, batch by batch; the
+    result keeps each answer's correctness per scan too (``clean_correct``, ``correct``)."""
     if len(models) < 2:
         raise UserInputError("a transfer matrix needs at least two models")
     spec = AttackSpec.coerce(attack)
@@ -77,18 +83,20 @@ def transfer_matrix(
     if len(devices) != 1:
         raise UserInputError("all models must be on one device; pass device= to move them")
     (where,) = devices
-    correct = np.zeros((len(names), len(names)))
-    clean = np.zeros(len(names))
+    correct = np.zeros((len(names), len(names), chosen.size), dtype=bool)
+    clean = np.zeros((len(names), chosen.size), dtype=bool)
     batches = -(-chosen.size // batch_size)
-    for number, (_, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where)):
+    for number, (rows, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where)):
         report(progress, number, batches, f"transfer, batch {number + 1}/{batches}")
         for j, name in enumerate(names):
             with exclusive_eval(models[name]):
-                clean[j] += float((predict(models[name], x) == y).sum())
+                clean[j, rows] = (predict(models[name], x) == y).cpu().numpy()
         for i, source in enumerate(names):
             x_adv = crafted_by(models[source], x, y)
             for j, target in enumerate(names):
                 with exclusive_eval(models[target]):
-                    correct[i, j] += float((predict(models[target], x_adv) == y).sum())
+                    correct[i, j, rows] = (predict(models[target], x_adv) == y).cpu().numpy()
     report(progress, batches, batches, "done")
-    return TransferResult(names, spec, correct / chosen.size, clean / chosen.size, int(chosen.size))
+    return TransferResult(
+        names, spec, correct.mean(axis=2), clean.mean(axis=1), int(chosen.size), clean, correct
+    )

@@ -2,15 +2,19 @@
 
 Every defence of an evaluation (:class:`.defenses.DefenseResult`: an input transformation, a
 distilled model, and any later defence that declares its naive and adaptive attack through
-:class:`.defenses.Defense`) gets one row: clean accuracy, robust accuracy under the naive attack
-and under the adaptive one, the strength checks' flags, and a sentence saying which number to
-believe. An undefended row stands beside them: the evaluation's baseline model, and each model an
-input transformation wraps, under PGD and under the worst case of every attack run.
+:class:`.defenses.Defense`; an ensemble's :class:`.ensemble.EnsembleResult`) gets one row: clean
+accuracy, robust accuracy under the naive attack and under the adaptive one, the strength checks'
+flags, and a sentence saying which number to believe. An undefended row stands beside them: the
+evaluation's baseline model, and each model an input transformation wraps, under PGD and under the
+worst case of every attack run.
 
 A naive figure clearly above the adaptive one is the signature of a defence that hides the
 gradient instead of removing adversarial directions (Athalye, Carlini & Wagner 2018,
 https://arxiv.org/abs/1802.00420; Tramèr et al. 2020, https://arxiv.org/abs/2002.08347): only the
-adaptive figure is a claim about robustness, and it is still an upper bound.
+adaptive figure is a claim about robustness, and it is still an upper bound. For an ensemble the
+naive attack is a transfer from its best member: a gap there is not masking but the difference
+between attacking one member and attacking the whole. An adaptive figure clearly above the naive one
+says the adaptive attack is weak, and is flagged too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Protocol, Sequence
 
-from pipeline.evaluation.defenses import DefenseResult
-from pipeline.evaluation.robustness import RobustnessReport
+from pipeline.evaluation.robustness import AttackSpec, RobustnessReport
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.units import format_epsilon, format_share
+
+
+class DefenceFigures(Protocol):
+    """What the verdict reads of one defence's result: a :class:`.defenses.DefenseResult`, or an
+    ensemble's :class:`.ensemble.EnsembleResult` (naive: the best transfer from a member)."""
+
+    defense: str
+    attack: AttackSpec
+    naive_attack: str  #: in words
+    adaptive_attack: str
+    adaptive_attacks: tuple[str, ...]
+    wraps_model: bool
+    gap_means: str  #: what a naive figure clearly above the adaptive one means, in words
+    gap_masks: bool  #: whether that gap is gradient masking (not so for an ensemble's transfer)
+
+    @property
+    def scans(self) -> int: ...
+    @property
+    def clean_accuracy(self) -> float: ...
+    @property
+    def naive_accuracy(self) -> float: ...
+    @property
+    def adaptive_accuracy(self) -> float: ...
 
 
 class Evaluated(Protocol):
@@ -29,7 +55,7 @@ class Evaluated(Protocol):
 
     name: str
     report: RobustnessReport
-    defenses: list[DefenseResult]
+    defenses: Sequence[DefenceFigures]
 
     def strength_at(self, eps: float) -> Optional[StrengthReport]: ...
 
@@ -121,11 +147,11 @@ def _undefended(entry: Evaluated, eps: float) -> Optional[Verdict]:
     )
 
 
-def _defended(entry: Evaluated, result: DefenseResult) -> Verdict:
+def _defended(entry: Evaluated, result: DefenceFigures) -> Verdict:
     eps = result.attack.eps or 0.0
-    scans = result.naive.size
-    naive = result.naive.attacks[0].accuracy
-    adaptive, adaptive_attack = result.adaptive.attacks[0].accuracy, result.adaptive_attack
+    scans = result.scans
+    naive = result.naive_accuracy
+    adaptive, adaptive_attack = result.adaptive_accuracy, result.adaptive_attack
     for name in result.adaptive_attacks:  # attacks adaptive to this defence as they stand
         found = entry.report.find(name, eps)
         if found is not None and found.accuracy < adaptive:
@@ -133,17 +159,25 @@ def _defended(entry: Evaluated, result: DefenseResult) -> Verdict:
     check = None if result.wraps_model else entry.strength_at(eps)
     flags = _flags(check)
     gap = naive > adaptive + tolerance(scans)
-    if gap:
-        flags.append(
-            f"adaptive attack beats naive: {format_share(adaptive, scans)} vs {format_share(naive, scans)}"
-        )
-    masking = gap or bool(check is not None and check.masking)
+    weak = adaptive > naive + tolerance(scans)  # the attack meant to see through the defence does worse
     shown = (format_share(naive, scans), format_share(adaptive, scans))
     if gap:
+        flags.append(f"adaptive attack beats naive: {shown[1]} vs {shown[0]}")
+    if weak:
+        flags.append(f"adaptive attack weaker than naive: {shown[1]} vs {shown[0]}")
+    checks_mask = bool(check is not None and check.masking)
+    masking = (gap and result.gap_masks) or checks_mask
+    if gap:
+        believe = f"Believe {shown[1]} (adaptive attack), not {shown[0]}: {result.gap_means}" + (
+            (", as the strength checks flag." if result.gap_masks else "; the strength checks flag masking "
+             "on top: treat it as an upper bound.")
+            if checks_mask
+            else "."
+        )
+    elif weak:
         believe = (
-            f"Believe {shown[1]} (adaptive attack), not {shown[0]}: the naive attack is defeated by the "
-            "defence's masked gradients, not by robustness"
-            + (", as the strength checks flag." if check is not None and check.masking else ".")
+            f"Believe the lower, {shown[0]} (naive attack), and only as an upper bound: the adaptive attack "
+            "does worse than the naive one, so it is not yet adaptive enough."
         )
     elif masking:
         believe = (
@@ -157,7 +191,7 @@ def _defended(entry: Evaluated, result: DefenseResult) -> Verdict:
         defense=result.defense,
         eps=eps,
         scans=scans,
-        clean=result.naive.clean.accuracy,
+        clean=result.clean_accuracy,
         naive=naive,
         naive_attack=f"{result.attack.title}: {result.naive_attack}",
         adaptive=adaptive,
@@ -204,7 +238,9 @@ def verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
 VERDICT_NOTE = (
     "The naive attack is the usual one, run straight on the deployed defence; the adaptive attack is "
     "built to see through it (BPDA/EOT for input transformations; the logits instead of the saturated "
-    "softmax for defensive distillation). A naive figure clearly above the adaptive one is gradient "
-    "masking, not robustness (Athalye, Carlini & Wagner 2018; Carlini & Wagner 2017). Flags list the "
-    "failed strength checks of the deployed model."
+    "softmax for defensive distillation; the whole ensemble, a vote through its soft-vote surrogate, "
+    "where the naive attack is a transfer from the ensemble's best member). A naive figure clearly above "
+    "the adaptive one is gradient masking, not robustness (Athalye, Carlini & Wagner 2018; Carlini & "
+    "Wagner 2017), except for an ensemble, where it is what a transfer misses. Flags list the failed "
+    "strength checks of the deployed model."
 )
