@@ -6,7 +6,7 @@ from typing import Mapping
 
 import streamlit as st
 
-from dashboard.ui.status import run_label
+from dashboard.ui.status import run_label, short_run_labels, usable_runs
 from pipeline.evaluation.ensemble import COMBINE_RULES
 from pipeline.store import RunRecord
 
@@ -27,12 +27,16 @@ def ensemble_choice(
     disabled, until two members are chosen; a form cannot react, so there it is always open.
     Widget keys: ``<key>:ensemble`` and ``<key>:combine``."""
     members_column, rule_column = st.columns([2, 1]) if in_form else (st.container(), st.container())
+    # a narrow column names each member as the sidebar does, in a few words
+    labels = (
+        {path: run_label(record) for path, record in runs.items()} if in_form else short_run_labels(usable_runs())
+    )
     members = members_column.multiselect(
         label,
         list(runs),
         default=[],
         key=f"{key}:ensemble",
-        format_func=lambda path: run_label(runs[path]),
+        format_func=labels.__getitem__,
         help=help,
     )
     combine = rule_column.selectbox(
