@@ -29,7 +29,9 @@ from pydicom.data import get_testdata_file
 
 from pipeline.constants import GREY_LEVEL
 from pipeline.demo import Demo, DemoRecipe, prepare_demo
+from pipeline.demo.background import demo_job_dir
 from pipeline.evaluation.data import run_data
+from pipeline.jobs import JobContext
 from pipeline.store import load_model
 from pipeline.scan_report import analyse_scan
 from pipeline.training import TrainConfig, train
@@ -216,19 +218,32 @@ TITLE_UNDER_MODEBAR = """() => [...document.querySelectorAll('.js-plotly-plot')]
         const a = bar.getBoundingClientRect(), b = title.getBoundingClientRect();
         return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom ? [title.textContent] : [];
     })"""
-#: The visible text the page cuts off with an ellipsis (a widget label, a button, a tab): what a person
-#: cannot read in full. HTML only: an SVG text (a chart's) has no client width to compare with.
+#: The visible text the page cuts off (a widget label, a button, a tab with an ellipsis; a select's value,
+#: which is an input's, clipped at its edge): what a person cannot read in full. HTML only: an SVG text
+#: (a chart's) has no client width to compare with.
 ELLIPSIZED = """() => [...document.querySelectorAll('[data-testid="stMain"] *, [data-testid="stSidebar"] *')]
-    .filter(el => !(el instanceof SVGElement) && el.offsetParent !== null && el.children.length === 0
-        && el.textContent.trim()
-        && getComputedStyle(el).textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1)
-    .map(el => el.textContent.trim())"""
+    .filter(el => !(el instanceof SVGElement) && el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1
+        && (el.matches('input[role="combobox"]') ? el.value.trim()
+            : el.children.length === 0 && el.textContent.trim() && getComputedStyle(el).textOverflow === 'ellipsis'))
+    .map(el => el.matches('input') ? el.value.trim() : el.textContent.trim())"""
+
+
+#: Each visible chart's title that runs past its chart's edge (plotly clips it there, mid-word).
+TITLE_PAST_EDGE = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(plot => plot.offsetParent !== null)
+    .flatMap(plot => {
+        const title = plot.querySelector('.gtitle');
+        if (!title || !title.textContent) return [];
+        const a = plot.getBoundingClientRect(), b = title.getBoundingClientRect();
+        return b.right > a.right + 1 || b.left < a.left - 1 ? [title.textContent] : [];
+    })"""
 
 
 def assert_readable(page) -> None:
-    """No visible chart title under the mode bar, no visible text cut off with an ellipsis."""
+    """No visible chart title under the mode bar or past its chart's edge, no visible text cut off."""
     page.wait_for_timeout(500)  # plotly lays titles out after the first paint
     assert page.evaluate(TITLE_UNDER_MODEBAR) == []
+    assert page.evaluate(TITLE_PAST_EDGE) == []
     assert page.evaluate(ELLIPSIZED) == []
 
 
@@ -490,17 +505,25 @@ TINY_DEMO = DemoRecipe(
 
 def prepare_the_demo(page, fresh: Server) -> Demo:
     """THE DEMO STEP. The first-start card offers to prepare the demo, minutes on a CPU; the walk
-    prepares a shrunk one through the same code instead, then the page opens on the demo: the
-    standard model in use, the robust one beside it, PGD at the budget of the story."""
+    prepares a shrunk one through the same code instead, this test's process standing in for the
+    demo job (as a job started from a terminal does). The page waits for the job and, when it ends,
+    moves on by itself, without a reload, to the demo: the standard model in use, the robust one
+    beside it, PGD at the budget of the story."""
     card = page.get_by_role("button", name=re.compile(r"^Retrain the demo yourself \(about \d+ minutes on .+\)$"))
     assert card.count() == 1 and page.get_by_role("button", name="Open the demo (ready in seconds)").count() == 1
-    demo = prepare_demo(fresh.runs, TINY_DEMO)
-    page.reload()
+    with JobContext(demo_job_dir(fresh.runs), kind="demo") as job:
+        job.status(phase="running", message="training the standard model", progress=0.1)
+        page.reload()  # the page now waits for the job...
+        page.get_by_text("The demo's two models are being trained").wait_for(timeout=RESULT_MS)
+        demo = prepare_demo(fresh.runs, TINY_DEMO)
+        job.finish(message="the demo is ready", runs=[model.run_dir.name for model in demo.models])
+    # ...and follows it when it ends: no reload from here on
     page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)
     wait_idle(page)
     assert page.get_by_role("combobox", name="Attack").input_value() == "PGD (L∞) · white-box"
     beside = page.get_by_role("combobox", name="Compare with a second model").input_value()
-    assert demo.robust.run_dir.name in beside, beside
+    assert beside == "ResNet-18 · PGD-AT ft · 48 px", beside  # short; in full under it:
+    assert page.get_by_text(f"fine-tuned, 48 px · {demo.robust.run_dir.name}").count() == 1
     budget = page.locator('[data-testid="stSlider"]').filter(has_text="Budget").inner_text()
     assert "2.00/255" in budget, budget
     assert page.get_by_role("spinbutton", name="Steps").input_value() == str(demo.eval_steps)  # as measured

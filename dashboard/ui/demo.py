@@ -29,6 +29,8 @@ from pipeline.store import list_runs
 
 #: The demo (its creation time) whose story this session has already set up on the Attack page.
 APPLIED_KEY = "demo.applied"
+#: The story's widget values, waiting for the script run that draws the widgets (:func:`apply_story`).
+STORY_KEY = "demo.story"
 #: Set once this session has looked at whether the run store needs the shipped demo.
 FIRST_START_KEY = "demo.first-start"
 #: Why the shipped demo could not be installed, for the card.
@@ -132,22 +134,31 @@ def current() -> Optional[Demo]:
 def adopt(demo: Optional[Demo]) -> bool:
     """Set the Attack page up on ``demo``'s story, once per demo; True when it did so.
 
-    Must run before the page draws its widgets (it writes their Session State); the model is
-    selected through the sidebar on the next script run, so the caller reruns when this returns True.
+    The model is selected through the sidebar on the next script run, so the caller reruns when this
+    returns True; the story's widget values wait for that run (:func:`apply_story`), since a run
+    ended by a rerun, or a fragment's run in between, may drop values set for widgets not drawn yet.
     """
     if demo is None or st.session_state.get(APPLIED_KEY) == demo.created_at:
         return False
     st.session_state[APPLIED_KEY] = demo.created_at
     select_run_next(str(demo.standard.run_dir))
-    st.session_state["attack:compare"] = str(demo.robust.run_dir)
-    st.session_state["attack:source"] = "Test split"
-    st.session_state["attack:name"] = "pgd"
-    st.session_state["attack:pgd:eps"] = STORY_EPSILON / GREY_LEVEL
-    st.session_state["attack:pgd:steps"] = demo.eval_steps  # the attack the demo's figures were measured with
+    story: dict[str, object] = {
+        "attack:compare": str(demo.robust.run_dir),
+        "attack:source": "Test split",
+        "attack:name": "pgd",
+        "attack:pgd:eps": STORY_EPSILON / GREY_LEVEL,
+        "attack:pgd:steps": demo.eval_steps,  # the attack the demo's figures were measured with
+    }
     if demo.showcase_rank is not None:
-        st.session_state["attack:class"] = STORY_CLASS
-        st.session_state["attack:position"] = demo.showcase_rank
+        story |= {"attack:class": STORY_CLASS, "attack:position": demo.showcase_rank}
+    st.session_state[STORY_KEY] = story
     return True
+
+
+def apply_story() -> None:
+    """Give the Attack page's widgets the story's values set by :func:`adopt`, in the run that draws them."""
+    for key, value in st.session_state.pop(STORY_KEY, {}).items():
+        st.session_state[key] = value
 
 
 def story_panel(demo: Optional[Demo], run: str) -> None:

@@ -230,7 +230,8 @@ def confusion_matrices(report: dict[str, Any]) -> None:
                     figures.confusion(
                         np.asarray(outcome["confusion"]),
                         classes,
-                        title=f"{label} · {percent(outcome['accuracy'])}",
+                        # two lines: in a quarter of the page one would run past the plot's edge
+                        title=f"{label}<br>{percent(outcome['accuracy'])} correct",
                     ),
                     key=f"evaluate:cm:{model['name']}:{label}",
                     # a quarter of the page is too narrow for plotly's mode bar: it wraps into rows over

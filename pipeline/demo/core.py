@@ -131,7 +131,11 @@ class DemoModel:
     """One trained demo model and how it fares on its held-out test scans.
 
     ``clean`` and ``recall`` (per class, in ``CLASSES`` order) are on clean scans; ``robust`` maps
-    each budget (image scale, e.g. 2/255) to accuracy under PGD-20; all in ``[0, 1]``.
+    each budget (image scale, e.g. 2/255) to accuracy under PGD-20; all in ``[0, 1]``. ``outcomes``
+    maps each budget to the per-scan verdicts behind that accuracy: one character per test scan in
+    split order, ``1`` where the scan is still read correctly under the attack, ``0`` where it is not
+    (empty for a record written before they were kept). They let a check re-run the attack on a few
+    scans and compare scan by scan instead of re-running it on all of them.
     """
 
     role: str
@@ -143,12 +147,14 @@ class DemoModel:
     test_scans: int
     trained: bool  #: False: its answers do not depend on the scan (see pipeline.evaluation.degenerate)
     verdict: str  #: the judgment behind ``trained``, in words
+    outcomes: dict[float, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "role": self.role, "run": self.run_dir.name, "seconds": round(self.seconds, 1),
             "clean": self.clean, "recall": list(self.recall), "test_scans": self.test_scans,
-            "robust": [{"eps": eps, "accuracy": accuracy} for eps, accuracy in self.robust.items()],
+            "robust": [{"eps": eps, "accuracy": accuracy, "outcomes": self.outcomes.get(eps, "")}
+                       for eps, accuracy in self.robust.items()],
             "trained": self.trained, "verdict": self.verdict,
         }
 
@@ -161,6 +167,7 @@ class DemoModel:
             robust={float(item["eps"]): float(item["accuracy"]) for item in values["robust"]},
             test_scans=int(values["test_scans"]), trained=bool(values["trained"]),
             verdict=str(values["verdict"]),
+            outcomes={float(item["eps"]): _outcomes(item.get("outcomes", "")) for item in values["robust"]},
         )
 
 
@@ -347,19 +354,37 @@ def _test_scans(config: TrainConfig) -> int:
 
 def _measure(role: str, run_dir: Path, seconds: float, device: str, steps: int,
              progress: Optional[ProgressCallback]) -> tuple[DemoModel, RobustnessReport]:
-    """Clean accuracy, per-class recall and PGD-``steps`` accuracy at each budget on the held-out test split
-    (a scan stops being attacked once it is fooled: the same verdicts for less work)."""
+    """Clean accuracy, per-class recall and :func:`held_out_attacks` accuracy at each budget, with the
+    per-scan verdicts, on the held-out test split."""
     model, record = load_model(run_dir, device=select_device(device))
     dataset, split = run_data(record)
-    attacks = [AttackSpec("pgd", {"eps": eps, "steps": steps, "early_stop": True},
-                          f"PGD-{steps} {format_epsilon(eps)}") for eps in EVAL_EPSILONS]
-    result = evaluate(model, dataset, split.test, attacks, progress=progress, model_name=role)
+    result = evaluate(model, dataset, split.test, held_out_attacks(steps), progress=progress, model_name=role)
     robust = {eps: attack.outcome.accuracy for eps, attack in zip(EVAL_EPSILONS, result.attacks)}
+    outcomes = {eps: verdicts(attack.outcome.correct) for eps, attack in zip(EVAL_EPSILONS, result.attacks)}
     check = result.trained
     demo_model = DemoModel(role=role, run_dir=run_dir, seconds=seconds, clean=result.clean.accuracy,
                            recall=tuple(float(r) for r in result.clean.recall), robust=robust,
-                           test_scans=len(split.test), trained=not check.flagged, verdict=check.reason)
+                           test_scans=len(split.test), trained=not check.flagged, verdict=check.reason,
+                           outcomes=outcomes)
     return demo_model, result
+
+
+def held_out_attacks(steps: int) -> list[AttackSpec]:
+    """The demo's held-out check: PGD-``steps`` at each of :data:`EVAL_EPSILONS`, a scan no longer
+    attacked once it is fooled (the same verdicts for less work)."""
+    return [AttackSpec("pgd", {"eps": eps, "steps": steps, "early_stop": True},
+                       f"PGD-{steps} {format_epsilon(eps)}") for eps in EVAL_EPSILONS]
+
+
+def verdicts(correct: np.ndarray) -> str:
+    """Per-scan verdicts as :attr:`DemoModel.outcomes` keeps them: ``[N]`` bool -> ``N`` characters."""
+    return "".join("1" if value else "0" for value in np.asarray(correct, dtype=bool))
+
+
+def _outcomes(value: Any) -> str:
+    if not isinstance(value, str) or set(value) - {"0", "1"}:
+        raise ValueError("per-scan outcomes must be a string of 0 and 1")
+    return value
 
 
 def _showcase(standard: RobustnessReport,
