@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from pipeline.errors import UserInputError
 from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices
 from pipeline.evaluation.robustness import AttackSpec, SpecLike
+from pipeline.evaluation.shards import Shards
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
 
@@ -65,8 +66,10 @@ def transfer_matrix(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    shards: Shards = Shards(),
 ) -> TransferResult:
-    """Craft ``attack`` on every model and measure every model on the result, batch by batch."""
+    """Craft ``attack`` on every model and measure every model on the result, batch by batch;
+    ``shards`` splits the batches among torchrun's processes, as in :func:`.evaluate`."""
     if len(models) < 2:
         raise UserInputError("a transfer matrix needs at least two models")
     spec = AttackSpec.coerce(attack)
@@ -79,8 +82,8 @@ def transfer_matrix(
     (where,) = devices
     correct = np.zeros((len(names), len(names)))
     clean = np.zeros(len(names))
-    batches = -(-chosen.size // batch_size)
-    for number, (_, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where)):
+    batches = shards.share(-(-chosen.size // batch_size))
+    for number, (_, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where, shards)):
         report(progress, number, batches, f"transfer, batch {number + 1}/{batches}")
         for j, name in enumerate(names):
             with exclusive_eval(models[name]):
@@ -90,5 +93,7 @@ def transfer_matrix(
             for j, target in enumerate(names):
                 with exclusive_eval(models[target]):
                     correct[i, j] += float((predict(models[target], x_adv) == y).sum())
+    correct = shards.total(correct, "the transfer matrix's counts")
+    clean = shards.total(clean, "the transfer matrix's clean counts")
     report(progress, batches, batches, "done")
     return TransferResult(names, spec, correct / chosen.size, clean / chosen.size, int(chosen.size))
