@@ -39,7 +39,8 @@ EXECUTION = {"seconds", "clean_seconds", "created", "processes"}
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run near its initial weights: it answers one class, but an attack at 16/255 changes its
     answer on many scans (a tiny model trained further answers that class whatever the input)."""
-    return train(TrainConfig.from_dict({**TINY, "count": 36, "epochs": 1, "lr": 1e-5}), tmp_path_factory.mktemp("runs"))
+    config = TrainConfig.from_dict({**TINY, "count": 36, "epochs": 1, "lr": 1e-5})
+    return train(config, tmp_path_factory.mktemp("runs"))
 
 
 def test_two_gloo_processes_write_the_report_of_one(run_dir: Path, tmp_path: Path) -> None:
@@ -103,7 +104,9 @@ def test_a_random_defence_draws_the_same_for_a_batch_whatever_ran_before() -> No
     where the first had stopped and drew other shifts)."""
     model, dataset, shift = trained_model().model, nodule_dataset(8), make_defense("shift")
     attack = AttackSpec("fgsm", {"eps": 8 / 255})
-    runs = [evaluate_defense(model, shift, dataset, None, attack, batch_size=4, eot_samples=2) for _ in range(2)]
+    runs = [
+        evaluate_defense(model, shift, dataset, None, attack, batch_size=4, eot_samples=2) for _ in range(2)
+    ]
     for first, again in ((runs[0].naive, runs[1].naive), (runs[0].adaptive, runs[1].adaptive)):
         assert np.array_equal(first.clean.probabilities, again.clean.probabilities)
         assert np.array_equal(first.attacks[0].outcome.probabilities, again.attacks[0].outcome.probabilities)
@@ -124,7 +127,7 @@ def _csv_rows(folder: Path) -> list[dict[str, str]]:
 
 
 def _worker(launcher: int, rank: int) -> Optional[int]:
-    """The process id of torchrun's worker of ``rank`` (a child of ``launcher`` with RANK in its environment)."""
+    """The process id of torchrun's worker of ``rank``: a child of ``launcher`` with RANK set to it."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
