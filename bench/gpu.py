@@ -10,10 +10,13 @@ measures, at full size:
 - PGD-10 on one scan: its latency and its ratio to 11 forward+backward passes (target 1.15x),
 - the demo's GPU recipe end to end (``pipeline.demo``): the standard and the robust ResNet-50 at
   224 px, their held-out accuracy clean and under PGD-20 (target: standard >= 0.95 clean),
+- the evaluation sharded by torchrun over every GPU of the machine (``pipeline.evaluation.shards``):
+  its time against one process's, and whether every scan's answer under every attack is the same,
 - optionally (``--compile``), standard training under ``torch.compile``.
 
 Without CUDA it runs the same steps as a dry pass at tiny sizes (ResNet-18, 32 px, a few scans)
-so that CI keeps the script working; a dry pass reports no figure against a target.
+so that CI keeps the script working; a dry pass reports no figure against a target (its sharded
+evaluation runs on two CPU processes with gloo).
 
 The table goes to stdout and to ``gpu-table.md`` in ``--out`` (rewritten after every step, so a
 run stopped by its time limit keeps what it measured); the contract tests' log to
@@ -24,7 +27,9 @@ Figures on the synthetic phantom are engineering measurements, not medical resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import re
 import subprocess
 import sys
@@ -33,7 +38,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -47,11 +52,14 @@ from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.demo import RECIPES, DemoRecipe, prepare_demo  # noqa: E402
 from pipeline.device import mixed_precision  # noqa: E402
+from pipeline.evaluation import EvaluationRequest, SuiteSettings, evaluate_runs  # noqa: E402
+from pipeline.evaluation.report import read_report  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
+from pipeline.training import TrainConfig, train  # noqa: E402
 
 #: images/s of standard ResNet-50 training at 224 px on one H200 (issue 18): target and goal.
 TARGET, GOAL = 3000.0, 4000.0
-TABLE, TESTS_LOG = "gpu-table.md", "gpu-tests.log"
+TABLE, TESTS_LOG, SHARDED_LOG = "gpu-table.md", "gpu-tests.log", "gpu-sharded.log"
 
 
 @dataclass(frozen=True)
@@ -199,18 +207,71 @@ def demo(report: Report, sizes: Sizes, device: torch.device, out: Path, budget: 
     report.add("demo preparation, whole", f"{wall:.0f} s", "", f"recipe {recipe.name}: {prepared.story}")
 
 
+def sharded_evaluation(report: Report, sizes: Sizes, device: torch.device, out: Path, budget: float) -> None:
+    """One run's evaluation (the attack table and the robustness curve) in one process, then under
+    ``torchrun --nproc-per-node N`` with N the GPUs of the machine (two gloo processes in the dry
+    pass): each time, and how many (scan, attack) answers agree (target: all)."""
+    full = device.type == "cuda" and sizes is FULL
+    processes = torch.cuda.device_count() if device.type == "cuda" else 2
+    with tempfile.TemporaryDirectory() as folder:
+        where = Path(folder)
+        # Quality is not what is checked here: one epoch at a small learning rate, near the initial
+        # weights, gives answers that the attacks change on many scans.
+        config = dict(arch=sizes.arch, image_size=sizes.image_size, count=sizes.count,
+                      batch_size=sizes.batch_size, epochs=1, lr=1e-5, val_steps=1, eval_size=8,
+                      device=str(device))
+        run_dir = train(TrainConfig.from_dict(config), where / "runs", track=False)
+        suite = (SuiteSettings(strength=False, faithfulness_scans=0, batch_size=64) if full else
+                 SuiteSettings(attacks=("fgsm", "pgd"), epsilons=(16 / 255,), curve_epsilons=(), steps=2,
+                               strength=False, faithfulness_scans=0, batch_size=8))
+        request = EvaluationRequest(runs=(str(run_dir),), suite=suite, split="all", limit=256 if full else 24,
+                                    device=device.type, out=str(where / "one"))
+        benchmark = torch.backends.cudnn.benchmark  # the training steps turned it on; a fresh process has not
+        torch.backends.cudnn.benchmark = False
+        try:
+            evaluate_runs(request)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        settings = where / "request.json"
+        settings.write_text(json.dumps(dataclasses.replace(request, out=str(where / "sharded")).to_dict()))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={processes}", "-m", "pipeline", "evaluate", "--quiet", "--config-json",
+                   str(settings)]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=budget)
+        wall = time.perf_counter() - started
+        (out / SHARDED_LOG).write_text(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise RuntimeError(f"torchrun exited with {done.returncode}; see {SHARDED_LOG}")
+        one, sharded = (read_report(where / name / "report.json") for name in ("one", "sharded"))
+    answers = [(mine["predictions"], theirs["predictions"]) for mine, theirs in
+               zip(one["models"][0]["report"]["attacks"], sharded["models"][0]["report"]["attacks"])]
+    same = sum(a == b for mine, theirs in answers for a, b in zip(mine, theirs))
+    total = sum(len(mine) for mine, _ in answers)
+    gpus = f"{processes} GPU{'s' * (processes > 1)}"
+    shared = gpus if device.type == "cuda" else f"{processes} CPU processes"
+    setting = f"{sizes.arch} at {sizes.image_size} px, {one['scans']} scans, {len(answers)} attacks"
+    report.add("sharded evaluation / one process (s)", f"{sharded['seconds']:.1f} / {one['seconds']:.1f}", "",
+               f"torchrun on {shared}; {setting}; its whole run {wall:.0f} s with start-up; "
+               f"log in {SHARDED_LOG}")
+    verdict = ("met" if same == total else "NOT met") if full else "dry pass"
+    report.add("sharded evaluation: same answer per scan and attack", f"{same}/{total}", "all", verdict)
+
+
 #: The steps in order, each with the seconds it needs at full size to be worth starting.
 STEPS: list[tuple[str, Callable[..., None], float]] = [
     ("contract tests", contract_tests, 60.0),
     ("training throughput", training, 150.0),
     ("PGD-10 latency", latency, 20.0),
     ("demo, GPU recipe", demo, 120.0),
+    ("sharded evaluation", sharded_evaluation, 60.0),
 ]
 OPTIONAL = [("training throughput, compiled", compiled_training, 150.0)]
 
 
-def run(out: Path, *, dry: bool, budget_s: float, compile: bool) -> bool:
-    """Every step within ``budget_s`` seconds; returns whether all that ran passed."""
+def run(out: Path, *, dry: bool, budget_s: float, compile: bool, only: Sequence[str] = ()) -> bool:
+    """Every step within ``budget_s`` seconds (those whose name contains one of ``only``, when
+    given); returns whether all that ran passed."""
     device = torch.device("cpu" if dry else "cuda")
     sizes = DRY if dry else FULL
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +282,8 @@ def run(out: Path, *, dry: bool, budget_s: float, compile: bool) -> bool:
     report = Report(out, header)
     deadline = time.monotonic() + budget_s
     for name, step, needs in [*STEPS, *(OPTIONAL if compile else [])]:
+        if only and not any(part in name for part in only):
+            continue
         left = deadline - time.monotonic()
         if not dry and left < needs:
             why = f"{left:.0f} s of the budget left; the step needs about {needs:.0f}"
@@ -254,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip steps that would overrun this")
     parser.add_argument("--compile", action="store_true",
                         help="also time standard training under torch.compile")
+    parser.add_argument("--only", action="append", default=[], metavar="STEP",
+                        help="run only the steps whose name contains STEP (repeatable), e.g. 'sharded'")
     args = parser.parse_args(argv)
     dry = args.dry or not torch.cuda.is_available()
-    return 0 if run(args.out, dry=dry, budget_s=args.budget_s, compile=args.compile) else 1
+    return 0 if run(args.out, dry=dry, budget_s=args.budget_s, compile=args.compile, only=args.only) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check in one command: CUDA contract tests, ResNet-50 training throughput (bf16,
-# channels_last, data on the GPU), FGSM-RS and PGD-7 epoch ratios, one-scan PGD-10 latency; one
-# table (see bench/gpu.py). Without CUDA it runs the same steps as a dry pass at tiny sizes.
+# channels_last, data on the GPU), FGSM-RS and PGD-7 epoch ratios, one-scan PGD-10 latency, the
+# demo's GPU recipe, and the evaluation sharded by torchrun over every GPU of the machine (the
+# equivalent of torchrun --nproc-per-node $(nvidia-smi -L | wc -l)) against one process; one table
+# (see bench/gpu.py). Without CUDA it runs the same steps as a dry pass at tiny sizes.
 #
 #   bash bench/gpu.sh              # table to stdout and to $OUT/gpu-table.md (else bench/out/)
 #   bash bench/gpu.sh --compile    # also standard training under torch.compile (about 2 more minutes)
+#   bash bench/gpu.sh --only sharded   # only the steps whose name contains "sharded"
 #
 # It installs nothing from the network. On a CUDA machine that has PyTorch (and numpy, scipy,
 # opencv, scikit-image, tifffile, safetensors, psutil, tqdm, pytest, pytest-timeout,

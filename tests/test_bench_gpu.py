@@ -22,6 +22,8 @@ ROWS = (
     "demo standard model: clean / PGD-1 2/255",
     "demo robust model: clean / PGD-1 2/255",
     "demo preparation, whole",
+    "sharded evaluation / one process (s)",
+    "sharded evaluation: same answer per scan and attack",
 )
 
 

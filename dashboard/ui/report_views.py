@@ -27,7 +27,7 @@ from pipeline.evaluation.ensemble import ENSEMBLE_NOTE, EnsembleResult, accuracy
 from pipeline.evaluation.faithfulness import FaithfulnessReport
 from pipeline.evaluation.intervals import Interval, PairedComparison, percent_text
 from pipeline.evaluation.reference import COLUMN_LABELS
-from pipeline.evaluation.report import INCOMPLETE
+from pipeline.evaluation.report import stopped_note
 from pipeline.evaluation.sweeps import MinimalEpsilon, SweepResult
 from pipeline.evaluation.transfer import TransferResult
 from pipeline.evaluation.verdict import VERDICT_NOTE, verdict_table
@@ -514,7 +514,7 @@ def downloads(outputs: dict[str, str]) -> None:
 def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     header(report)
     if report.get("complete") is False:
-        st.warning(INCOMPLETE, icon=":material/hourglass_bottom:")
+        st.warning(stopped_note(report.get("stopped")), icon=":material/hourglass_bottom:")
     untrained_warnings(report)
     (
         table_tab,

@@ -3,7 +3,8 @@
 ``evaluate(model, dataset, indices, attacks)`` is the core; :mod:`.suite` runs a whole comparison
 of several models, :mod:`.report` writes it as JSON, CSV and a self-contained HTML file,
 :mod:`.request` does both for saved runs (an :class:`EvaluationRequest`), from the command line
-(:mod:`.cli`) or as a background job (:mod:`.background`).
+(:mod:`.cli`) or as a background job (:mod:`.background`); under ``torchrun`` :mod:`.shards` shares
+the scans among the processes.
 """
 
 from pipeline.evaluation.certify import (

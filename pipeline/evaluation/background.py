@@ -41,14 +41,19 @@ def start_evaluation_job(request: EvaluationRequest) -> Path:
 
 
 def run_job(
-    request: EvaluationRequest, job_dir: Path, *, echo: Optional[ProgressCallback] = None
+    request: EvaluationRequest,
+    job_dir: Path,
+    *,
+    echo: Optional[ProgressCallback] = None,
+    writer: bool = True,
 ) -> tuple[EvaluationSuite, dict[str, Path]]:
     """In the job's process: evaluate with status and progress in ``job_dir``, stopping when cancelled.
+    Only a ``writer`` writes the status (rank 0 of a sharded evaluation).
 
     Raises :class:`UserInputError` when the job was cancelled; the sections that had finished are
     kept in ``job_dir``'s report, marked incomplete.
     """
-    with jobs.JobContext(job_dir, kind="evaluation", echo=echo) as job:
+    with jobs.JobContext(job_dir, kind="evaluation", echo=echo, writer=writer) as job:
         job.status(phase="running", message="loading runs", progress=0.0)
         suite, paths = evaluate_runs(request, job.progress())
         job.finish(message="evaluation finished", outputs={kind: str(path) for kind, path in paths.items()})

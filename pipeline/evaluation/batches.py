@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from pipeline.device import select_device
 from pipeline.errors import UserInputError
+from pipeline.evaluation.shards import Shards
 
 
 def resolve_indices(dataset: Dataset, indices: Optional[Sequence[int]]) -> np.ndarray:
@@ -45,16 +46,41 @@ def groups_of(
 
 
 def iter_batches(
-    dataset: Dataset, indices: np.ndarray, batch_size: int, device: torch.device
+    dataset: Dataset,
+    indices: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    shards: Optional[Shards] = None,
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Yield ``(positions, x, y)``: the slice of ``indices`` covered and the batch on ``device``."""
+    """Yield ``(positions, x, y)``: the slice of ``indices`` covered and the batch on ``device``.
+
+    With ``shards`` (several torchrun processes) only this process's batches are read and yielded,
+    each the same scans it would be in one process (:meth:`.Shards.owns`).
+    """
     if batch_size < 1:
         raise UserInputError(f"batch size must be at least 1, got {batch_size}")
-    for start in range(0, len(indices), batch_size):
+    for number, start in enumerate(range(0, len(indices), batch_size)):
+        if shards is not None and not shards.owns(number):
+            continue
         items = [dataset[int(i)] for i in indices[start : start + batch_size]]
         x = torch.stack([torch.as_tensor(image, dtype=torch.float32) for image, _ in items]).to(device)
         y = torch.as_tensor([int(label) for _, label in items], dtype=torch.long, device=device)
         yield slice(start, start + len(items)), x, y
+
+
+def reseed(models: Iterable[nn.Module], position: int) -> None:
+    """Restart every random stream inside ``models`` for the batch that starts at scan ``position``.
+
+    A module whose draws run on from call to call (a randomised defence: :class:`.defenses.RandomShift`)
+    has a ``reseed(position)`` method; calling it before each batch makes the batch's draws depend on
+    the batch alone, not on the batches run before it on this process, so sharded and single-process
+    evaluations draw the same (:mod:`.shards`).
+    """
+    for module in {id(model): model for model in models}.values():
+        for part in module.modules():
+            restart = getattr(part, "reseed", None)
+            if callable(restart):
+                restart(position)
 
 
 def model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from pipeline.constants import NUM_CLASSES
 from pipeline.errors import UserInputError
 from pipeline.evaluation.batches import iter_batches, model_device, resolve_indices
+from pipeline.evaluation.shards import Shards
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
 
@@ -158,21 +159,30 @@ def certified_accuracy_curve(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    shards: Shards = Shards(),
 ) -> CertifiedCurve:
-    """Certify every scan, then count those correct with a radius of at least each ``r``."""
+    """Certify every scan, then count those correct with a radius of at least each ``r``; each scan's
+    noise is drawn from ``seed`` plus its position, and ``shards`` splits the scans among torchrun's
+    processes (:mod:`.shards`)."""
     chosen = resolve_indices(dataset, indices)
     device = model_device(model, device)
-    predictions, radius, bounds, labels = [], [], [], []
-    for span, x, y in iter_batches(dataset, chosen, 1, device):
-        report(progress, span.start, chosen.size, f"certifying scan {span.start + 1}/{chosen.size}")
-        found = certify(model, x, sigma, n0, n, alpha, batch, seed=seed + span.start)
-        predictions.append(found.prediction)
-        radius.append(found.radius)
-        bounds.append(found.p_lower)
-        labels.append(y.cpu().numpy())
-    report(progress, chosen.size, chosen.size, "done")
-    certificate = Certificate(np.concatenate(predictions), np.concatenate(radius), np.concatenate(bounds))
-    truth = np.concatenate(labels)
+    found = {
+        "prediction": np.zeros(chosen.size, dtype=np.int64),
+        "radius": np.zeros(chosen.size),
+        "p_lower": np.zeros(chosen.size),
+        "labels": np.zeros(chosen.size, dtype=np.int64),
+    }
+    mine = shards.share(chosen.size)
+    for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, 1, device, shards)):
+        report(progress, number, mine, f"certifying scan {number + 1}/{mine}")
+        scan = certify(model, x, sigma, n0, n, alpha, batch, seed=seed + span.start)
+        for name in ("prediction", "radius", "p_lower"):
+            found[name][span] = getattr(scan, name)
+        found["labels"][span] = y.cpu().numpy()
+    found = shards.gather_rows(chosen.size, 1, found, "the certificates")
+    report(progress, mine, mine, "done")
+    certificate = Certificate(found["prediction"], found["radius"], found["p_lower"])
+    truth = found["labels"]
     correct = certificate.prediction == truth
     accuracy = [float(np.mean(correct & (certificate.radius >= r))) for r in radii]
     return CertifiedCurve(float(sigma), n, alpha, [float(r) for r in radii], accuracy, certificate, truth)

@@ -4,7 +4,8 @@ The flags (or ``--config-json``, an :class:`EvaluationRequest` as JSON) say whic
 evaluate and how; :func:`pipeline.evaluation.request.evaluate_runs` loads each run's model and the
 scans it was never trained on, runs the suite and writes the reports; this prints the table.
 With ``--job-dir`` it also keeps ``status.json`` there up to date for the dashboard and stops
-when the job is cancelled.
+when the job is cancelled. Under ``torchrun --nproc-per-node N -m pipeline evaluate ...`` the N
+processes share the scans and rank 0 writes the one report (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "fractions like 4/255 or decimals like 0.0157 (image scale [0, 1]).",
         epilog="example: python -m pipeline evaluate --run runs/resnet50-standard --run runs/resnet50-pgd "
         "--attacks fgsm,pgd,cw-linf --eps 2/255,4/255; an ensemble: python -m pipeline evaluate --ensemble "
-        "runs/a,runs/b,runs/c --combine vote",
+        "runs/a,runs/b,runs/c --combine vote; on 4 GPUs (or 4 CPU processes): torchrun "
+        "--nproc-per-node 4 -m pipeline evaluate runs/resnet50-standard runs/resnet50-pgd ...",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run directories or names under --runs-dir, as with --run: the form to use under torchrun, "
+        "whose own parser takes --run for its --run-path",
     )
     parser.add_argument(
         "--run",
@@ -203,12 +212,16 @@ def _switch(parser: argparse.ArgumentParser, flag: str, name: str, what: str) ->
 
 def run(args: argparse.Namespace) -> int:
     request = _request(args)
-    bar = None if args.quiet else tqdm_progress("evaluating")
+    # Under torchrun (``RANK`` set) only rank 0 shows progress, prints, writes and tracks.
+    is_main = os.environ.get("RANK", "0") == "0"
+    bar = None if args.quiet or not is_main else tqdm_progress("evaluating")
     if args.job_dir is None:
         suite, paths = evaluate_runs(request, bar)
     else:
         raise_on_sigterm()
-        suite, paths = run_job(request, args.job_dir, echo=bar)
+        suite, paths = run_job(request, args.job_dir, echo=bar, writer=is_main)
+    if not is_main:
+        return 0
     _print(suite, paths)
     _track(args, request.suite, suite, paths)
     return 0
@@ -219,11 +232,14 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
     for flag, folder in (("--out", args.out), ("--job-dir", args.job_dir)):
         if folder is not None:
             _check_folder(folder, flag)
+    if args.run and args.runs:
+        raise UserInputError("give the runs either as arguments or with --run, not both")
+    runs = args.run or args.runs
     if args.config_json is not None:
-        if args.run or args.ensemble:
+        if runs or args.ensemble:
             raise UserInputError("give the runs in --config-json or with --run and --ensemble, not both")
         return EvaluationRequest.from_dict(read_json_file(args.config_json, "settings file"))
-    if not args.run and not args.ensemble:
+    if not runs and not args.ensemble:
         raise UserInputError(
             "give a run to evaluate: --run RUN (repeat it to compare models), or --ensemble RUN,RUN"
         )
@@ -252,7 +268,7 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
     )
     out = args.out or args.job_dir
     return EvaluationRequest(
-        runs=tuple(args.run or ()),
+        runs=tuple(runs),
         ensemble=args.ensemble or (),
         combine=args.combine,
         suite=suite,

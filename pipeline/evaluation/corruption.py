@@ -45,6 +45,7 @@ from pipeline.evaluation.intervals import (
     mean_interval,
     proportion_interval,
 )
+from pipeline.evaluation.shards import Shards
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
 
@@ -202,12 +203,14 @@ def corruption_benchmark(
     progress: Optional[ProgressCallback] = None,
     model_name: str = "model",
     groups: Optional[Sequence[int] | np.ndarray] = None,
+    shards: Shards = Shards(),
 ) -> CorruptionReport:
     """Classify ``dataset[indices]`` clean and under each corruption at severities 1-5.
 
     The five severities of a corruption go through the model as one batch. Random corruptions
     (noise, streak angles) draw from a seed that is the batch's first position, so a run is
-    repeatable. ``groups`` gives each scan of ``dataset`` a group id, as in :func:`.evaluate`.
+    repeatable. ``groups`` gives each scan of ``dataset`` a group id, as in :func:`.evaluate`;
+    ``shards`` splits the batches among torchrun's processes, as there.
     Raises AttackParameterError for a name that is not a registered corruption.
     """
     makers = [_corruptions(name) for name in corruptions]  # unknown names fail before any work
@@ -218,11 +221,11 @@ def corruption_benchmark(
     labels = np.zeros(count, dtype=np.int64)
     clean_correct = np.zeros(count, dtype=bool)
     correct = np.zeros((len(makers), levels, count), dtype=bool)
-    batches = math.ceil(count / batch_size)
+    batches = shards.share(math.ceil(count / batch_size))
     total = batches * len(makers)
     started = time.perf_counter()
     with exclusive_eval(model):
-        for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device)):
+        for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device, shards)):
             labels[span] = y.cpu().numpy()
             clean_correct[span] = (predict(model, x) == y).cpu().numpy()
             for c, make in enumerate(makers):
@@ -231,6 +234,14 @@ def corruption_benchmark(
                 corrupted = torch.cat([make(severity, span.start).corrupt(x) for severity in SEVERITIES])
                 answers = predict(model, corrupted).view(levels, -1)
                 correct[c, :, span] = (answers == y).cpu().numpy()
+    found = shards.gather_rows(
+        count,
+        batch_size,
+        {"labels": labels, "clean_correct": clean_correct, "correct": correct},
+        f"{model_name}'s answers to corrupted scans",
+        axes={"correct": 2},
+    )
+    labels, clean_correct, correct = found["labels"], found["clean_correct"], found["correct"]
     report(progress, total, total, "corruptions done")
     return CorruptionReport(
         model=model_name,

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from pipeline.attacks import get_attack
 from pipeline.errors import UserInputError
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, SpecLike, evaluate
+from pipeline.evaluation.shards import Shards
 from pipeline.progress import ProgressCallback
 
 
@@ -128,7 +129,11 @@ class MedianSmoothing(InputTransform):
 
 
 class RandomShift(InputTransform):
-    """Shift the scan by up to ``pixels`` in each direction (reflect padding), fresh for every call."""
+    """Shift the scan by up to ``pixels`` in each direction (reflect padding), fresh for every call.
+
+    The shifts are one stream from ``seed``; an evaluation restarts it for every batch
+    (:meth:`reseed`), so a batch's shifts do not depend on the batches before it.
+    """
 
     randomised = True
 
@@ -137,8 +142,13 @@ class RandomShift(InputTransform):
         if not 1 <= pixels <= 64:
             raise UserInputError(f"random shift must be 1 to 64 pixels, got {pixels}")
         self.pixels = pixels
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.name = f"random shift ±{pixels}px"
+
+    def reseed(self, position: int) -> None:
+        """Restart the stream for the batch whose first scan is at ``position`` (:func:`.batches.reseed`)."""
+        self.generator.manual_seed(self.seed + position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.pixels
@@ -302,13 +312,15 @@ def evaluate_defense(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    shards: Shards = Shards(),
 ) -> DefenseResult:
     """The defended model's accuracy under ``attack`` run naively (on the deployed defence) and
     adaptively (on its :meth:`Defense.adaptive_view`), predictions always from the deployed one;
-    ``transform`` is any :class:`Defense`: an input transformation or a way of training."""
+    ``transform`` is any :class:`Defense`: an input transformation or a way of training. ``shards``
+    as in :func:`.evaluate`."""
     spec = AttackSpec.coerce(attack)
     deployed = transform.deployed(model)
-    common = dict(batch_size=batch_size, device=device, progress=progress)
+    common = dict(batch_size=batch_size, device=device, progress=progress, shards=shards)
     naive = evaluate(
         deployed, dataset, indices, [spec], model_name=f"{transform.name} (naive attack)", **common
     )

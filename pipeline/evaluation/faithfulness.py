@@ -209,7 +209,8 @@ def road_scores(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROAD of ``maps`` (float ``[N, H, W]`` in [0, 1]) for scans ``x`` (``[N, 1, H, W]``) explaining
     ``classes`` (``[N]``): (combined, MoRF, LeRF), float ``[N]`` each, through pytorch-grad-cam's
-    metric classes. Raises UserInputError for mismatched shapes or an unknown imputation."""
+    metric classes; the imputation noise is drawn from ``seed``, so the same call gives the same
+    scores in any process. Raises UserInputError for mismatched shapes or an unknown imputation."""
     if maps.shape != (x.shape[0], *x.shape[-2:]) or len(classes) != x.shape[0]:
         raise UserInputError(
             f"ROAD needs one map [H, W] and one class per scan; got {x.shape[0]} scans, maps {maps.shape} "
@@ -229,7 +230,11 @@ def road_scores(
         )
         return np.asarray(metric(x, maps, targets, model), dtype=np.float32).reshape(-1)
 
-    with exclusive_eval(model), torch.no_grad(), warnings.catch_warnings():
+    # The package's linear imputer draws its noise from torch's global generator, whose seed differs
+    # from process to process: seeded here from ``seed`` (and restored after), ROAD repeats exactly.
+    devices = [x.device] if x.device.type == "cuda" else []
+    with exclusive_eval(model), torch.no_grad(), warnings.catch_warnings(), torch.random.fork_rng(devices):
+        torch.manual_seed(seed)
         # The package thresholds a torch map with numpy, which NumPy 2 warns about; harmless here.
         warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
         morf = averaged(RemoveMostRelevantFirst)

@@ -378,7 +378,7 @@ def report_html(suite: EvaluationSuite) -> str:
     if suite.synthetic:
         parts.append(f"<div class='banner'>{_e(SYNTHETIC_BANNER)}</div>")
     if not suite.complete:
-        parts.append(f"<div class='banner'>{_e(INCOMPLETE)}</div>")
+        parts.append(f"<div class='banner'>{_e(stopped_note(suite.stopped))}</div>")
     parts += _summary(suite)
     for table in suite.tables:
         parts += _reference_table(table, suite.settings)
@@ -434,7 +434,8 @@ def _summary(suite: EvaluationSuite) -> list[str]:
     return [
         f"<h1>Adversarial robustness evaluation</h1><p>{suite.indices.size} {_e(suite.split)} scans of "
         f"<b>{_e(suite.dataset)}</b>; models: {', '.join(_e(m.name) for m in suite.models)}; device "
-        f"{_e(suite.device)}; {_e(suite.created)}; {suite.seconds:.0f} s.</p>",
+        f"{_e(suite.device)}{_e(processes_note(suite.processes))}; {_e(suite.created)}; "
+        f"{suite.seconds:.0f} s.</p>",
         "<p class='note'>Epsilons are L∞ budgets on scans in [0, 1], shown as grey levels k/255: "
         f"{', '.join(format_epsilon(e) for e in settings.epsilons)}. Attacks: "
         f"{_e(', '.join(settings.attacks))} ({settings.steps} steps for the iterative ones; CW-L∞ is the "
@@ -454,6 +455,21 @@ def _early_stop_note(settings: SuiteSettings) -> str:
     return (
         " (each attack stops on a scan once it is fooled, so these are the sizes of the first fooling "
         "step, and accuracies are what they would be without stopping)"
+    )
+
+
+def stopped_note(stopped: Optional[str]) -> str:
+    """The banner of an incomplete report, with why it stopped when that is known."""
+    return f"{INCOMPLETE} Stopped: {stopped}." if stopped else INCOMPLETE
+
+
+def processes_note(processes: int) -> str:
+    """How the scans were shared among torchrun's processes; empty for one process."""
+    if processes <= 1:
+        return ""
+    return (
+        f", the scans shared by {processes} processes (torchrun; every figure as one process gives it, "
+        "the faithfulness check on the first process alone, attack times summed over all)"
     )
 
 

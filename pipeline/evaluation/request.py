@@ -16,15 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import torch
+
 from pipeline.data import split_groups
 from pipeline.errors import UserInputError
 from pipeline.evaluation.data import SPLIT_SIDES, run_data, split_indices
 from pipeline.evaluation.ensemble import COMBINE_RULES, load_ensemble
 from pipeline.evaluation.report import save_report
+from pipeline.evaluation.shards import ShardFailure, Shards
 from pipeline.evaluation.suite import EvaluationSuite, SuiteSettings, evaluate_models
 from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import ProgressCallback
 from pipeline.store import RunRecord, load_model, resolve_run
+from pipeline.training import distributed
 from pipeline.units import format_epsilon
 
 #: Where evaluations of a run are written, by background jobs and by the command line alike.
@@ -98,7 +102,24 @@ def evaluate_runs(
     evaluation that is cancelled or fails later keeps what it had done.
     Raises :class:`UserInputError` when a run is missing or unreadable, is given twice, or when
     the runs were trained on different data or splits (their figures would not be comparable).
+
+    Under ``torchrun --nproc-per-node N`` the N processes share the scans (:mod:`.shards`), each on
+    its own GPU where there are GPUs; rank 0 alone writes the reports (the others return no paths).
+    When one process crashes or is killed, :class:`.shards.ShardFailure` names it, and the report
+    keeps the sections finished before, marked incomplete with that reason.
     """
+    context = distributed.setup(request.device)
+    try:
+        shards = Shards.join(context)
+        return _evaluate_sharded(request, progress, shards, context.device)
+    finally:
+        distributed.teardown(context)
+
+
+def _evaluate_sharded(
+    request: EvaluationRequest, progress: Optional[ProgressCallback], shards: Shards, device: torch.device
+) -> tuple[EvaluationSuite, dict[str, Path]]:
+    """:func:`evaluate_runs` in one process of ``shards`` (the only one, without torchrun)."""
     run_dirs = [resolve_run(request.runs_dir, run) for run in request.runs]
     if len(set(map(Path.resolve, run_dirs))) != len(run_dirs):
         raise UserInputError("the same run was given twice; give each run once")
@@ -132,19 +153,39 @@ def evaluate_runs(
     dataset, split = run_data(loaded[0][1])
     indices = split_indices(split, request.split, dataset.labels, limit=request.limit)
     out = Path(request.out) if request.out is not None else new_evaluation_dir(run_dirs[0])
-    suite = evaluate_models(
-        models,
-        dataset,
-        indices,
-        request.suite,
-        split=request.split,
-        info=info,
-        device=request.device,
-        progress=progress,
-        groups=split_groups(dataset, split),
-        on_section=lambda partial: save_report(partial, out),  # kept if the rest is cancelled or fails
-    )
-    return suite, save_report(suite, out)
+    finished: list[EvaluationSuite] = []
+
+    def keep(partial: EvaluationSuite) -> None:
+        """Write the sections finished so far: kept if the rest is cancelled or fails."""
+        finished[:] = [partial]
+        if shards.is_main:
+            save_report(partial, out)
+
+    try:
+        with shards.naming_failures():
+            suite = evaluate_models(
+                models,
+                dataset,
+                indices,
+                request.suite,
+                split=request.split,
+                info=info,
+                device=device,
+                progress=progress,
+                groups=split_groups(dataset, split),
+                on_section=keep,
+                shards=shards,
+            )
+    except ShardFailure as failure:
+        if not shards.is_main:
+            raise
+        if not finished:
+            raise ShardFailure(f"{failure}; no section had finished", failure.absent) from failure
+        save_report(dataclasses.replace(finished[0], stopped=str(failure)), out)
+        raise ShardFailure(
+            f"{failure}; the sections that had finished are in {out} (marked incomplete)", failure.absent
+        ) from failure
+    return suite, save_report(suite, out) if shards.is_main else {}
 
 
 def new_evaluation_dir(run_dir: Path) -> Path:

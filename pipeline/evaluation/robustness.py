@@ -31,12 +31,14 @@ from pipeline.evaluation.batches import (
     iter_batches,
     model_device,
     probabilities,
+    reseed,
     resolve_indices,
     stopwatch,
 )
 from pipeline.evaluation.degenerate import AnswerCheck, check_answers
 from pipeline.evaluation.intervals import Interval, proportion_interval
 from pipeline.evaluation.metrics import accuracy, confusion_matrix, per_class_recall, psnr, ssim
+from pipeline.evaluation.shards import Shards
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.units import format_epsilon
@@ -347,6 +349,7 @@ def evaluate(
     examples: int = 2,
     attack_model: Optional[nn.Module] = None,
     groups: Optional[Sequence[int] | np.ndarray] = None,
+    shards: Shards = Shards(),
 ) -> RobustnessReport:
     """Clean accuracy and every attack in ``attacks`` over ``dataset[indices]``, batch by batch.
 
@@ -356,6 +359,9 @@ def evaluate(
     adaptive (BPDA/EOT) view of a defended model, whose predictions are still ``model``'s.
     ``groups`` gives each scan of ``dataset`` a group id (:func:`pipeline.data.split_groups`):
     scans of one group are not independent, and every interval then resamples whole groups.
+    ``shards`` splits the batches among torchrun's processes (:mod:`.shards`): each runs its own,
+    and every one returns the whole report, the same as one process's (``seconds`` then add up
+    every process's time).
     """
     specs = [AttackSpec.coerce(spec) for spec in attacks]
     built = [spec.build() for spec in specs]  # validate every parameter before any work
@@ -375,10 +381,11 @@ def evaluate(
     sizes = {name: np.full((len(specs), count), np.nan) for name in ("linf", "l2", "psnr", "ssim")}
     seconds = np.zeros(len(specs) + 1)
     kept: list[list[Example]] = [[] for _ in specs]
-    batches = math.ceil(count / batch_size)
+    batches = shards.share(math.ceil(count / batch_size))
     total = batches * (len(specs) + 1)
     with exclusive_eval(model):
-        for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device)):
+        for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device, shards)):
+            reseed((model, attacked_model), span.start)
             step = number * (len(specs) + 1)
             report(progress, step, total, f"clean, batch {number + 1}/{batches}")
             with stopwatch(device) as elapsed:
@@ -420,6 +427,27 @@ def evaluate(
                 ):
                     sizes[name][a, where] = values.cpu().numpy()
                 _keep_examples(kept[a], examples, chosen, where, x_ok, x_adv, y_ok, attacked)
+    if shards.active:
+        found = shards.gather_rows(
+            count,
+            batch_size,
+            {
+                "truth": truth,
+                "clean": clean_predictions,
+                "clean_probabilities": clean_probabilities,
+                "adversarial": adversarial,
+                "adversarial_probabilities": adversarial_probabilities,
+                **sizes,
+            },
+            f"{model_name}'s answers",
+            axes={"adversarial": 1, "adversarial_probabilities": 1, **{name: 1 for name in sizes}},
+        )
+        truth, clean_predictions, adversarial = found["truth"], found["clean"], found["adversarial"]
+        clean_probabilities = found["clean_probabilities"]
+        adversarial_probabilities = found["adversarial_probabilities"]
+        sizes = {name: found[name] for name in sizes}
+        seconds = shards.total(seconds, f"{model_name}'s attack times")
+        kept = _first_examples(shards.gather(kept, f"{model_name}'s example scans"), chosen, examples)
     report(progress, total, total, "done")
     clean_outcome = Outcome(clean_predictions, truth, clean_probabilities, chosen_groups)
     results = [
@@ -476,6 +504,20 @@ def combine(clean: Outcome, results: Sequence[AttackResult]) -> list[CombinedRes
 def same_eps(a: Optional[float], b: Optional[float]) -> bool:
     """Equal epsilons, allowing for 4/255 written once as a fraction and once as a decimal."""
     return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+
+
+def _first_examples(
+    kept: Sequence[list[list[Example]]], chosen: np.ndarray, limit: int
+) -> list[list[Example]]:
+    """Per attack, the first ``limit`` fooled scans in scan order among every process's kept ones
+    (each kept its own first ``limit``): the examples one process would have kept."""
+    position: dict[int, int] = {}
+    for row, index in enumerate(chosen.tolist()):
+        position.setdefault(index, row)
+    return [
+        sorted((example for part in kept for example in part[a]), key=lambda e: position[e.index])[:limit]
+        for a in range(len(kept[0]))
+    ]
 
 
 def _keep_examples(

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from pipeline.attacks import attack_schema
 from pipeline.evaluation.data import balanced_subset
 from pipeline.evaluation.degenerate import NOT_TRAINED, check_answers
+from pipeline.evaluation.shards import Shards
 from pipeline.evaluation.robustness import (
     AttackResult,
     AttackSpec,
@@ -204,6 +205,7 @@ def strength_checks(
     model_name: str = "model",
     groups: Optional[Sequence[int] | np.ndarray] = None,
     early_stop: bool = True,
+    shards: Shards = Shards(),
 ) -> StrengthReport:
     """Run the checks at ``eps``; PGD and FGSM results already in ``baseline`` (any epsilon the
     checks need) are reused rather than run again. ``groups`` as in :func:`.evaluate`;
@@ -211,7 +213,8 @@ def strength_checks(
 
     The checks run on ``indices`` (None: ``baseline``'s scans, else every scan); with
     ``settings.scans`` (0: all) on that many of them, classes in turn (labels from ``baseline``,
-    else from ``dataset.labels``), and the reused results are cut to them.
+    else from ``dataset.labels``), and the reused results are cut to them. ``shards`` as in
+    :func:`.evaluate` (on the quick level the few scans are one batch, run by one process).
     """
     chosen = _check_scans(dataset, indices, baseline, settings.scans or None)
     if baseline is not None:
@@ -259,6 +262,7 @@ def strength_checks(
         progress=progress,
         model_name=model_name,
         groups=groups,
+        shards=shards,
     )
     if baseline is not None and not np.array_equal(baseline.indices, extra.indices):
         raise ValueError("the baseline report was computed on different scans")

@@ -50,6 +50,7 @@ from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_fai
 from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
 from pipeline.evaluation.robustness import AttackSpec, Outcome, RobustnessReport, evaluate, same_eps
+from pipeline.evaluation.shards import Shards
 from pipeline.evaluation.strength import StrengthReport, StrengthSettings, strength_checks
 from pipeline.evaluation.sweeps import (
     MinimalEpsilon,
@@ -328,6 +329,10 @@ class EvaluationSuite:
     #: One row per defence (naive and adaptive attack, flags, which number to believe) and the
     #: undefended rows beside them; empty when no model is or has a defence (:mod:`.verdict`).
     verdicts: list[Verdict] = field(default_factory=list)
+    #: How many torchrun processes shared the scans (:mod:`.shards`); 1 for one process.
+    processes: int = 1
+    #: Why an incomplete evaluation stopped before its end, when known (a process that failed).
+    stopped: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -342,7 +347,9 @@ class EvaluationSuite:
             "device": self.device,
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "seconds": self.seconds,
+            "processes": self.processes,
             "complete": self.complete,
+            "stopped": self.stopped,
             "strength_level": self.settings.strength_settings.level if self.settings.strength else None,
             "groups": self.groups,
             "reference_tables": [table.to_dict() for table in self.tables],
@@ -366,6 +373,7 @@ def evaluate_models(
     progress: Optional[ProgressCallback] = None,
     groups: Optional[Sequence[int] | np.ndarray] = None,
     on_section: Optional[Callable[[EvaluationSuite], None]] = None,
+    shards: Shards = Shards(),
 ) -> EvaluationSuite:
     """Run the whole evaluation; ``info`` adds per-model facts (run directory, strategy) to the report.
 
@@ -373,6 +381,13 @@ def evaluate_models(
     interval and paired test then treats a group as one unit of evidence. ``on_section`` receives
     the suite of every section finished so far (``complete=False``) each time one ends, so work
     that is cancelled or fails later is not lost with it.
+
+    ``shards`` runs the evaluation on several torchrun processes (:mod:`.shards`): every section
+    that loops over scans runs its share of the batches on each and gathers the others', so every
+    process holds the same results as one process would. The faithfulness check alone runs on
+    rank 0 only (it explains the first few correctly classified scans, found in scan order: a
+    handful, not worth splitting); the other processes go on to the next section meanwhile, and
+    their suites lack it.
     """
     started = time.perf_counter()
     table_specs = attack_specs(
@@ -409,7 +424,7 @@ def evaluate_models(
     plans += [(Phase("transfer matrix", 1.0, "section"),)] * (settings.transfer and len(models) > 1)
     stage_count = len(plans)
     stage_numbers = itertools.count()
-    common = dict(batch_size=settings.batch_size, device=device)
+    common = dict(batch_size=settings.batch_size, device=device, shards=shards)
     evaluated: list[ModelEvaluation] = []
     transfer: Optional[TransferResult] = None
     #: The scans of the strength checks and the transfer matrix: one subset for every model.
@@ -451,6 +466,7 @@ def evaluate_models(
             comparisons=_compare(evaluated, baseline),
             groups=None if first.clean.groups is None else int(np.unique(first.clean.groups).size),
             verdicts=defence_verdicts(evaluated, baseline.name),
+            processes=shards.processes,
         )
 
     def next_stage(label: str) -> Optional[ProgressCallback]:
@@ -521,7 +537,7 @@ def evaluate_models(
                     groups=groups,
                     **common,
                 )
-        if settings.faithfulness_scans:
+        if settings.faithfulness_scans and shards.is_main:
             with clock("faithfulness"), _skipped(entry, "faithfulness"):
                 entry.faithfulness = explanation_faithfulness(
                     model,

@@ -20,6 +20,7 @@ from pipeline.attacks import attack_class, minimal_epsilon
 from pipeline.evaluation.batches import iter_batches, model_device, resolve_indices
 from pipeline.evaluation.intervals import Interval
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport, evaluate, same_eps
+from pipeline.evaluation.shards import Shards
 from pipeline.json_object import json_float, json_floats
 from pipeline.progress import ProgressCallback, report
 from pipeline.units import format_epsilon
@@ -185,18 +186,24 @@ def minimal_epsilon_distribution(
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
     model_name: str = "model",
+    shards: Shards = Shards(),
     **search: Any,
 ) -> MinimalEpsilon:
-    """Minimal flipping epsilon of every scan (``search`` goes to :func:`minimal_epsilon`)."""
+    """Minimal flipping epsilon of every scan (``search`` goes to :func:`minimal_epsilon`);
+    ``shards`` splits the batches among torchrun's processes, as in :func:`.evaluate`."""
     chosen = resolve_indices(dataset, indices)
     device = model_device(model, device)
     values = np.zeros(chosen.size)
     labels = np.zeros(chosen.size, dtype=np.int64)
-    batches = -(-chosen.size // batch_size)
-    for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device)):
+    batches = shards.share(-(-chosen.size // batch_size))
+    for number, (span, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, device, shards)):
         report(progress, number, batches, f"minimal epsilon, batch {number + 1}/{batches}")
         labels[span] = y.cpu().numpy()
         values[span] = minimal_epsilon(model, x, y, attack=attack, **search).numpy()
+    found = shards.gather_rows(
+        chosen.size, batch_size, {"values": values, "labels": labels}, f"{model_name}'s minimal epsilons"
+    )
+    values, labels = found["values"], found["labels"]
     report(progress, batches, batches, "done")
     # minimal_epsilon gives 0 exactly for scans misclassified without attack, > 0 otherwise
     return MinimalEpsilon(model_name, attack, values, labels, values > 0)

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from pipeline.errors import UserInputError
 from pipeline.evaluation.batches import iter_batches, model_device, predict, resolve_indices
 from pipeline.evaluation.robustness import AttackSpec, SpecLike
+from pipeline.evaluation.shards import Shards
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, report
 
@@ -70,9 +71,11 @@ def transfer_matrix(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    shards: Shards = Shards(),
 ) -> TransferResult:
     """Craft ``attack`` on every model and measure every model on the result, batch by batch; the
-    result keeps each answer's correctness per scan too (``clean_correct``, ``correct``)."""
+    result keeps each answer's correctness per scan too (``clean_correct``, ``correct``). ``shards``
+    splits the batches among torchrun's processes, as in :func:`.evaluate`."""
     if len(models) < 2:
         raise UserInputError("a transfer matrix needs at least two models")
     spec = AttackSpec.coerce(attack)
@@ -85,8 +88,8 @@ def transfer_matrix(
     (where,) = devices
     correct = np.zeros((len(names), len(names), chosen.size), dtype=bool)
     clean = np.zeros((len(names), chosen.size), dtype=bool)
-    batches = -(-chosen.size // batch_size)
-    for number, (rows, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where)):
+    batches = shards.share(-(-chosen.size // batch_size))
+    for number, (rows, x, y) in enumerate(iter_batches(dataset, chosen, batch_size, where, shards)):
         report(progress, number, batches, f"transfer, batch {number + 1}/{batches}")
         for j, name in enumerate(names):
             with exclusive_eval(models[name]):
@@ -96,6 +99,10 @@ def transfer_matrix(
             for j, target in enumerate(names):
                 with exclusive_eval(models[target]):
                     correct[i, j, rows] = (predict(models[target], x_adv) == y).cpu().numpy()
+    if shards.active:
+        found = shards.gather_rows(int(chosen.size), batch_size, {"correct": correct, "clean": clean},
+                                   "the transfer matrix's answers", axes={"correct": 2, "clean": 1})
+        correct, clean = found["correct"], found["clean"]
     report(progress, batches, batches, "done")
     return TransferResult(
         names, spec, correct.mean(axis=2), clean.mean(axis=1), int(chosen.size), clean, correct

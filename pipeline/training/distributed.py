@@ -3,7 +3,8 @@
 ``torchrun --nproc_per_node=N -m pipeline train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 without them everything here degrades to a single process and costs nothing. Every rank holds
 the (small) dataset in memory and takes its own share of each epoch's shuffled order, crafts its
-own adversarial examples, and only rank 0 writes the run directory.
+own adversarial examples, and only rank 0 writes the run directory. A sharded evaluation joins
+the group the same way (:mod:`pipeline.evaluation.shards`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def setup(device: str = "auto") -> DistContext:
         torch.cuda.set_device(chosen)
     elif chosen.type != "cpu":
         raise UserInputError(
-            f"multi-process training runs on CUDA or CPU, not {chosen.type}; use --device cpu"
+            f"several processes (torchrun) run on CUDA or CPU, not {chosen.type}; use --device cpu"
         )
     if not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
