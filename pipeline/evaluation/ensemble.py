@@ -39,6 +39,7 @@ from pipeline.evaluation.batches import resolve_indices
 from pipeline.evaluation.defenses import Defense, defence_figures
 from pipeline.evaluation.intervals import Interval, proportion_interval
 from pipeline.evaluation.robustness import AttackSpec, SpecLike
+from pipeline.evaluation.shards import Shards
 from pipeline.evaluation.transfer import transfer_matrix
 from pipeline.explain import cam_layers
 from pipeline.progress import ProgressCallback
@@ -423,9 +424,11 @@ def evaluate_ensemble(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: Optional[ProgressCallback] = None,
+    shards: Shards = Shards(),
 ) -> EnsembleResult:
     """Craft ``attack`` on each member and on the whole ensemble, and measure every member and the
-    ensemble on every crafted set, scan by scan (:func:`.transfer.transfer_matrix`).
+    ensemble on every crafted set, scan by scan (:func:`.transfer.transfer_matrix`; ``shards`` splits
+    its batches among torchrun's processes).
 
     Run the attack in full (no early stop): stopping at a member's boundary weakens its transfer.
     Raises :class:`UserInputError` for an empty selection of scans.
@@ -433,7 +436,7 @@ def evaluate_ensemble(
     spec = AttackSpec.coerce(attack)
     models = {**dict(zip(ensemble.names, ensemble.members)), ensemble.name: ensemble}
     matrix = transfer_matrix(
-        models, dataset, indices, spec, batch_size=batch_size, device=device, progress=progress
+        models, dataset, indices, spec, batch_size=batch_size, device=device, progress=progress, shards=shards
     )
     assert matrix.clean_correct is not None and matrix.correct is not None
     return EnsembleResult(
