@@ -26,15 +26,13 @@ from pipeline.data import ScanDataset, load_dataset
 from pipeline.errors import CheckpointError
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.degenerate import AnswerCheck, check_answers
-from pipeline.evaluation.ood import MahalanobisDetector, fit_detector
+from pipeline.evaluation.ood import MahalanobisDetector, fit_detector, fit_scans
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, staged
 from pipeline.store import MODEL, file_sha256, load_tensors, read_record, save_tensors
 
 PROFILE = "validation.safetensors"
 FORMAT = "lunglab-validation-profile"
-#: Training scans the detector is fitted on at most (evenly spread over the training split).
-MAX_FIT_SCANS = 2000
 
 
 @dataclass
@@ -87,9 +85,7 @@ def validation_profile(
     classes = record.classes
     dataset, split = run_data(record, progress=staged(progress, 0, 2, "loading scans"), load=load)
     device = next(model.parameters()).device
-    spread = np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)
-    train = split.train[spread]
-    x_train, y_train = _scans(dataset, train, device)
+    x_train, y_train = _scans(dataset, fit_scans(split.train), device)
     x_val, y_val = _scans(dataset, split.val, device)
     detector = fit_detector(model, x_train, y_train, x_val,
                             progress=staged(progress, 1, 2, "out-of-distribution detector"))

@@ -1,0 +1,110 @@
+"""Adversarial-example detectors and their adaptive attack (issue 24.3).
+
+Mahalanobis on the penultimate features and feature squeezing, fitted on the fixture's tiny CNN:
+each flags about 5% of clean held-out scans, nearly all of PGD's successful scans, and far fewer
+of the attack that optimises the classifier's loss and the detector's score together; the share
+of wrong answers that pass unflagged rises accordingly. At 16/255, as the distillation tests: at
+8/255 the fixture's faint blobs cannot be turned into another class's within the detectors'
+bounds, and both detectors hold (measured; see pipeline/attacks/adaptive.py).
+Synthetic test data only; nothing here is a medical result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.attacks.adaptive import DetectorAwarePGD
+from pipeline.errors import AttackParameterError, UserInputError
+from pipeline.evaluation.detectors import (
+    FALSE_POSITIVE_RATE,
+    DetectorResult,
+    Scored,
+    detection_sentence,
+    detector_names,
+    detector_table,
+    evaluate_detector,
+    fit,
+)
+from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401  (autouse fixture)
+from tests.models_fixture import nodule_images, trained_model
+
+EPS = 16 / 255
+NAMES = ("mahalanobis", "squeeze")
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, object]:
+    """Both detectors for the fixture's tiny CNN: fitted on its training images, thresholded on 60
+    clean validation images it never saw."""
+    model = trained_model().model
+    x_train, y_train = nodule_images(150, seed=0)
+    x_val, _ = nodule_images(60, seed=5)
+    return {name: fit(name, model, x_train, y_train, x_val) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def results(fitted) -> dict[str, DetectorResult]:
+    model = trained_model().model
+    dataset = nodule_dataset(24)
+    return {name: evaluate_detector(model, detector, dataset, None, EPS, steps=10) for name, detector in fitted.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_threshold_flags_about_five_percent_of_clean_held_out_scans(fitted, name) -> None:
+    model = trained_model().model
+    x_clean, _ = nodule_images(240, seed=11)  # neither training nor validation images
+    rate = float(fitted[name].flags(model, x_clean).float().mean())
+    assert fitted[name].false_positive_rate == FALSE_POSITIVE_RATE and fitted[name].validation_scans == 60
+    assert 0.0 < rate < 0.15, f"{name}: {rate:.1%} of clean scans flagged for a 5% target"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_detection_falls_under_the_adaptive_attack_and_wrong_answers_get_through(results, name) -> None:
+    result = results[name]
+    pgd, adaptive = result.detection("pgd"), result.detection("adaptive")
+    assert result.fooled("pgd").sum() >= 20  # PGD fools nearly every scan ...
+    assert pgd.estimate >= 0.8  # ... and the detector flags nearly all of them
+    assert adaptive.estimate < pgd.estimate - 0.5, (pgd.format(), adaptive.format())
+    before, after = result.missed("pgd").estimate, result.missed("adaptive").estimate
+    assert after > before + 0.5, (before, after)
+    assert result.accuracy("adaptive") < result.accuracy("pgd")
+    saved = result.to_dict()
+    assert saved["detector"] == name and set(saved["detection"]) == {"pgd", "adaptive"}
+    assert "rise from" in detection_sentence(saved)
+
+
+def test_the_table_has_a_row_per_model_and_detector(results) -> None:
+    saved = [{"name": "tiny", "detectors": [result.to_dict() for result in results.values()]}]
+    rows = detector_table(saved)
+    assert [row["model"] for row in rows] == ["tiny", "tiny"]
+    assert "Xu et al. 2018" in rows[1]["detector"] and "of 24 fooled" in rows[1]["detected: PGD"]
+    assert "target 5%" in rows[0]["false positives (clean)"]
+
+
+def test_scored_model_and_adaptive_attack_keep_the_attack_contract(fitted) -> None:
+    tiny = trained_model()
+    x, y = tiny.x[:6], tiny.y[:6]
+    scored = Scored(tiny.model, fitted["mahalanobis"])
+    logits = scored(x)
+    assert scored.relative_score.shape == (6, 3)  # one distance per class mean
+    flagged = fitted["mahalanobis"].flags(tiny.model, x)
+    assert torch.equal(scored.relative_score.detach().amin(1) > 1.0, flagged)
+    assert torch.allclose(logits, tiny.model(x))
+    before = x.clone()
+    x_adv = DetectorAwarePGD(eps=EPS, steps=3, weights=(1.0,))(scored, x, y)
+    assert torch.equal(x, before) and x_adv.shape == x.shape
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-6 and 0.0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1.0
+    with pytest.raises(AttackParameterError, match="wrapped with its detector"):
+        DetectorAwarePGD(eps=EPS, steps=2)(tiny.model, x, y)
+
+
+def test_bad_detector_settings_say_what_to_do() -> None:
+    assert detector_names("Squeeze, mahalanobis,") == ("squeeze", "mahalanobis")
+    with pytest.raises(UserInputError, match="choose from mahalanobis, squeeze"):
+        detector_names("lid")
+    x, y = nodule_images(6, seed=1)
+    with pytest.raises(UserInputError, match="false-positive rate"):
+        fit("squeeze", trained_model().model, x, y, x, false_positive_rate=0.9)
+    with pytest.raises(UserInputError, match="validation scans"):
+        fit("squeeze", trained_model().model, x, y, x[:0])
