@@ -315,7 +315,10 @@ def log_evaluation(
     calibration error ``<model>/<condition>/ece``; ``<model>/mCE`` against the baseline model and
     ``<model>/<condition>/road`` where they were measured; per defence (the verdict table)
     ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence saying
-    which to believe as a tag. Returns the run's ``tracking`` entry (empty when tracking is off).
+    which to believe as a tag; per detector ``<model>/detector <name>/false_positive_rate``,
+    ``.../detection_rate_pgd``, ``.../detection_rate_adaptive``, ``.../missed_pgd`` and
+    ``.../missed_adaptive`` (wrong and undetected).
+    Returns the run's ``tracking`` entry (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -361,6 +364,12 @@ def log_evaluation(
             if verdict.model == model_name and verdict.defense is not None:
                 values[f"{model_name}/defence {verdict.defense}/naive_accuracy"] = verdict.naive
                 values[f"{model_name}/defence {verdict.defense}/adaptive_accuracy"] = verdict.adaptive
+        for detector in getattr(model, "detectors", []):
+            prefix = f"{model_name}/detector {detector.detector['detector']}"
+            values[f"{prefix}/false_positive_rate"] = detector.false_positives.estimate
+            for condition in ("pgd", "adaptive"):
+                values[f"{prefix}/detection_rate_{condition}"] = detector.detection(condition).estimate
+                values[f"{prefix}/missed_{condition}"] = detector.missed(condition).estimate
         run.log_metrics(values, step=0)
     run.log_files(reports, "reports")
     run.finish("FINISHED")

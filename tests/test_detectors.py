@@ -11,11 +11,17 @@ Synthetic test data only; nothing here is a medical result.
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from pipeline.attacks.adaptive import DetectorAwarePGD
+from pipeline import tracking
 from pipeline.errors import AttackParameterError, UserInputError
+from pipeline.evaluation import EvaluationSuite, SuiteSettings, evaluate_models
 from pipeline.evaluation.detectors import (
     FALSE_POSITIVE_RATE,
     DetectorResult,
@@ -23,10 +29,11 @@ from pipeline.evaluation.detectors import (
     detection_sentence,
     detector_names,
     detector_table,
-    evaluate_detector,
     fit,
 )
-from tests.evaluation_helpers import nodule_dataset, one_thread  # noqa: F401  (autouse fixture)
+from pipeline.evaluation.report import report_csv, report_html
+from pipeline.evaluation.verdict import verdict_table
+from tests.evaluation_helpers import one_thread, scan_dataset  # noqa: F401  (autouse fixture)
 from tests.models_fixture import nodule_images, trained_model
 
 EPS = 16 / 255
@@ -43,11 +50,27 @@ def fitted() -> dict[str, object]:
     return {name: fit(name, model, x_train, y_train, x_val) for name in NAMES}
 
 
+#: The evaluation's dataset: the fixture's training images, 60 validation and 24 held-out ones.
+PARTS = {"train": (150, 0), "val": (60, 5), "test": (24, 7)}
+
+
 @pytest.fixture(scope="module")
-def results(fitted) -> dict[str, DetectorResult]:
-    model = trained_model().model
-    dataset = nodule_dataset(24)
-    return {name: evaluate_detector(model, detector, dataset, None, EPS, steps=10) for name, detector in fitted.items()}
+def suite() -> EvaluationSuite:
+    """The whole evaluation with both detectors, fitted on the training part and thresholded on the
+    validation part of one dataset, measured on its held-out part."""
+    images = [nodule_images(count, seed=seed) for count, seed in PARTS.values()]
+    dataset = scan_dataset(torch.cat([x for x, _ in images]), torch.cat([y for _, y in images]))
+    ends = np.cumsum([0, *(count for count, _ in PARTS.values())])
+    train, val, test = (np.arange(start, end) for start, end in zip(ends[:-1], ends[1:]))
+    settings = SuiteSettings(attacks=("pgd",), epsilons=(EPS,), curve_epsilons="", steps=10, strength=False,
+                             calibration=False, faithfulness_scans=0, transfer=False,
+                             detectors="mahalanobis,squeeze")
+    return evaluate_models({"tiny": trained_model().model}, dataset, test, settings, detector_scans=(train, val))
+
+
+@pytest.fixture(scope="module")
+def results(suite) -> dict[str, DetectorResult]:
+    return {result.detector["detector"]: result for result in suite.models[0].detectors}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -74,12 +97,41 @@ def test_detection_falls_under_the_adaptive_attack_and_wrong_answers_get_through
     assert "rise from" in detection_sentence(saved)
 
 
-def test_the_table_has_a_row_per_model_and_detector(results) -> None:
-    saved = [{"name": "tiny", "detectors": [result.to_dict() for result in results.values()]}]
-    rows = detector_table(saved)
+def test_each_detector_has_a_verdict_row_beside_its_adaptive_attack(suite) -> None:
+    baseline, *detected = suite.verdicts
+    assert baseline.defense is None and [v.defense.split(":")[0] for v in detected] == ["detector"] * 2
+    for verdict in detected:
+        assert verdict.adaptive < verdict.naive - 0.3 and verdict.masking and verdict.believe.startswith("Believe")
+        assert "right or flagged" in verdict.adaptive_attack and "of clean scans" in verdict.flags[0]
+    saved = json.loads(json.dumps(suite.to_dict()))
+    shown = verdict_table(saved["defence_verdicts"])
+    assert shown[1]["defence"].startswith("detector: Mahalanobis")
+    rows = detector_table(saved["models"])
     assert [row["model"] for row in rows] == ["tiny", "tiny"]
-    assert "Xu et al. 2018" in rows[1]["detector"] and "of 24 fooled" in rows[1]["detected: PGD"]
-    assert "target 5%" in rows[0]["false positives (clean)"]
+    assert "Xu et al. 2018" in rows[1]["detector"] and "fooled" in rows[1]["detected: PGD"]
+    assert "target 5% on 60 validation scans" in rows[0]["false positives (clean)"]
+
+
+def test_the_detectors_are_in_the_html_and_csv_reports_and_mlflow(suite, tmp_path, monkeypatch) -> None:
+    html = report_html(suite)
+    assert "Adversarial-example detectors at ε=16/255" in html and "rise from" in html
+    lines = [line for line in report_csv(suite).splitlines() if ",detector," in line]
+    assert len(lines) == 2 * 5 and sum("detection rate" in line for line in lines) == 4
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "LUNGLAB_TRACKING"):
+        monkeypatch.delenv(name, raising=False)
+    entry = tracking.log_evaluation(tmp_path, suite, suite.settings.to_dict(), [], name="detectors", flag=True)
+    metrics = MlflowClient(tracking.tracking_uri(tmp_path)).get_run(entry["run_id"]).data.metrics
+    squeeze = suite.models[0].detectors[1]
+    assert metrics["tiny/detector squeeze/detection_rate_adaptive"] == squeeze.detection("adaptive").estimate
+    assert metrics["tiny/detector mahalanobis/missed_pgd"] >= 0.0
+
+
+def test_detectors_need_the_training_and_validation_scans() -> None:
+    with pytest.raises(UserInputError, match="training and validation scans"):
+        evaluate_models({"tiny": trained_model().model}, scan_dataset(*nodule_images(6, seed=7)), None,
+                        SuiteSettings(attacks=("pgd",), detectors="squeeze"))
+    with pytest.raises(UserInputError, match="unknown detector"):
+        SuiteSettings(detectors="lid")
 
 
 def test_scored_model_and_adaptive_attack_keep_the_attack_contract(fitted) -> None:
@@ -94,7 +146,8 @@ def test_scored_model_and_adaptive_attack_keep_the_attack_contract(fitted) -> No
     before = x.clone()
     x_adv = DetectorAwarePGD(eps=EPS, steps=3, weights=(1.0,))(scored, x, y)
     assert torch.equal(x, before) and x_adv.shape == x.shape
-    assert float((x_adv - x).abs().max()) <= EPS + 1e-6 and 0.0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1.0
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-6
+    assert 0.0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1.0
     with pytest.raises(AttackParameterError, match="wrapped with its detector"):
         DetectorAwarePGD(eps=EPS, steps=2)(tiny.model, x, y)
 

@@ -138,7 +138,9 @@ class DetectorAwarePGD(PGD):
         ``logits``)."""
         scores = self._scored.relative_score
         if scores.shape[1] > 1:
-            toward = target if target is not None else logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
+            toward = target
+            if toward is None:  # the best wrong class
+                toward = logits.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
             scores = scores.gather(1, toward[:, None])
         excess = (scores[:, 0] - self.aim).clamp(min=0.0)
         return cw_loss(logits, y, target, self.kappa) - self._weight * excess

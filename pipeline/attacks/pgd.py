@@ -153,7 +153,8 @@ class IterativeAttack(Attack):
                 continue
             with torch.no_grad():
                 logits = model(x_adv)
-            worst.update(index, x_adv, self.objective(logits, labels, goal), self.succeeded(logits, labels, goal))
+            success = self.succeeded(logits, labels, goal)
+            worst.update(index, x_adv, self.objective(logits, labels, goal), success)
         report(progress, total, total, f"{self.name}: done")
         return worst.x
 

@@ -84,7 +84,8 @@ class Detector:
     def scores(self, model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """The score of every scan of ``x`` (on the model's device): float ``[N]`` on the CPU."""
         with exclusive_eval(model):
-            return torch.cat([self.logits_and_score(model, chunk)[1].float().cpu() for chunk in x.split(batch_size)])
+            found = [self.logits_and_score(model, chunk)[1].float().cpu() for chunk in x.split(batch_size)]
+        return torch.cat(found)
 
     def flags(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Bool ``[N]`` on the CPU: the scans the detector flags as adversarial."""
@@ -197,8 +198,8 @@ def check_rate(false_positive_rate: float) -> float:
     """The false-positive rate, refused outside (0, 0.5] with UserInputError."""
     if not 0.0 < false_positive_rate <= 0.5:
         raise UserInputError(
-            f"a detector's false-positive rate is a share of clean scans in (0, 0.5], got {false_positive_rate}; "
-            "5% (0.05) is usual"
+            "a detector's false-positive rate is a share of clean scans in (0, 0.5], got "
+            f"{false_positive_rate}; 5% (0.05) is usual"
         )
     return false_positive_rate
 
@@ -358,8 +359,10 @@ def evaluate_detector(
         eps=float(eps),
         steps=steps,
         attack=f"{pgd.title} ε={format_epsilon(eps)}, {steps} steps, blind to the detector",
-        adaptive_attack=(f"{detector.adaptive_attack}, ε={format_epsilon(eps)}, {adaptive.steps} steps for each λ of "
-                         f"{', '.join(f'{w:g}' for w in adaptive.weights)}"),
+        adaptive_attack=(
+            f"{detector.adaptive_attack}, ε={format_epsilon(eps)}, {adaptive.steps} steps for each λ of "
+            + ", ".join(f"{w:g}" for w in adaptive.weights)
+        ),
         indices=chosen,
         labels=labels,
         predictions=predictions,
@@ -451,11 +454,12 @@ def detector_table(models: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 #: Under the table, in the HTML report and on the dashboard.
 DETECTOR_NOTE = (
-    "Each detector's threshold flags a fixed share of clean validation scans (its false-positive rate); the "
-    "clean column is that rate on the held-out scans. 'Detected' is the share of an attack's successful scans "
-    "the detector flags; 'wrong and undetected' the share of all scans whose answer is wrong and not flagged. "
-    "PGD is blind to the detector; the adaptive attack optimises the classifier's loss and the detector's "
-    "score together (Carlini & Wagner 2017; Tramèr et al. 2020): only its figures say what the detector is worth."
+    "Each detector's threshold flags a fixed share of clean validation scans (its false-positive rate); "
+    "the clean column is that rate on the held-out scans. 'Detected' is the share of an attack's "
+    "successful scans the detector flags; 'wrong and undetected' the share of all scans whose answer is "
+    "wrong and not flagged. PGD is blind to the detector; the adaptive attack optimises the classifier's "
+    "loss and the detector's score together (Carlini & Wagner 2017; Tramèr et al. 2020): only its figures "
+    "say what the detector is worth."
 )
 
 
@@ -465,8 +469,8 @@ def detection_sentence(saved: Mapping[str, Any]) -> str:
     before, after = (Interval.from_dict(saved["detection"][c]).estimate for c in ("pgd", "adaptive"))
     missed = [Interval.from_dict(saved["missed"][c]).estimate for c in ("pgd", "adaptive")]
     return (
-        f"{saved['title']} flags {_rate(before)} of PGD's successful scans but {_rate(after)} of the adaptive "
-        f"attack's; wrong answers let through rise from {format_share(missed[0], scans)} to "
+        f"{saved['title']} flags {_rate(before)} of PGD's successful scans but {_rate(after)} of the "
+        f"adaptive attack's; wrong answers let through rise from {format_share(missed[0], scans)} to "
         f"{format_share(missed[1], scans)}."
     )
 

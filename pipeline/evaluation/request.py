@@ -107,6 +107,7 @@ def evaluate_runs(
         progress=progress,
         groups=split_groups(dataset, split),
         on_section=lambda partial: save_report(partial, out),  # kept if the rest is cancelled or fails
+        detector_scans=(split.train, split.val),
     )
     return suite, save_report(suite, out)
 
