@@ -31,7 +31,7 @@ from pipeline.evaluation.detectors import (
     detector_table,
     fit,
 )
-from pipeline.evaluation.report import report_csv, report_html
+from pipeline.evaluation.report import report_csv, report_html, report_json
 from pipeline.evaluation.verdict import verdict_table
 from tests.evaluation_helpers import one_thread, scan_dataset  # noqa: F401  (autouse fixture)
 from tests.models_fixture import nodule_images, trained_model
@@ -126,6 +126,31 @@ def test_the_detectors_are_in_the_html_and_csv_reports_and_mlflow(suite, tmp_pat
     assert metrics["tiny/detector mahalanobis/missed_pgd"] >= 0.0
 
 
+def test_the_evaluate_page_shows_the_detectors_and_their_verdicts(suite, tmp_path) -> None:
+    """The Evaluate page's drawing of a saved report (dashboard.ui.report_views) shows both tables."""
+    from streamlit.testing.v1 import AppTest
+
+    saved = tmp_path / "report.json"
+    saved.write_text(report_json(suite))
+
+    def page(path: str) -> None:
+        from dashboard.ui.report_views import defence_verdicts, detectors
+        from pipeline.evaluation.report import read_report
+
+        report = read_report(path)
+        defence_verdicts(report)
+        detectors(report)
+
+    at = AppTest.from_function(page, args=(str(saved),)).run(timeout=60)
+    assert not at.exception
+    assert any("Adversarial-example detectors at ε = 16/255" in item.value for item in at.markdown)
+    verdicts, table = (item.value for item in at.table)
+    assert list(verdicts["defence"])[1:] == [f"detector: {r.name}" for r in suite.models[0].detectors]
+    results = suite.models[0].detectors
+    assert [shown.startswith(result.name) for shown, result in zip(table["detector"], results)] == [True, True]
+    assert sum("rise from" in item.value for item in at.markdown) == 2
+
+
 def test_detectors_need_the_training_and_validation_scans() -> None:
     with pytest.raises(UserInputError, match="training and validation scans"):
         evaluate_models({"tiny": trained_model().model}, scan_dataset(*nodule_images(6, seed=7)), None,
@@ -150,6 +175,25 @@ def test_scored_model_and_adaptive_attack_keep_the_attack_contract(fitted) -> No
     assert 0.0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1.0
     with pytest.raises(AttackParameterError, match="wrapped with its detector"):
         DetectorAwarePGD(eps=EPS, steps=2)(tiny.model, x, y)
+
+
+def test_the_scan_report_says_whether_each_detector_flags_the_attacked_scan(fitted) -> None:
+    """What the Attack page shows: the profile's detectors on the original and the attacked scan."""
+    from pipeline.constants import CLASSES
+    from pipeline.evaluation.degenerate import check_answers
+    from pipeline.evaluation.profile import ValidationProfile
+    from pipeline.scan_report import analyse_scan
+
+    tiny = trained_model()
+    mahalanobis, squeezing = fitted["mahalanobis"], fitted["squeeze"]
+    profile = ValidationProfile(check_answers(tiny.y, tiny.y), mahalanobis.fitted, squeezing)
+    report = analyse_scan(tiny.model, tiny.x[0], "pgd", {"eps": EPS, "steps": 10}, label=int(tiny.y[0]),
+                          classes=CLASSES, profile=profile)
+    assert report.success and [d.flagged_attacked for d in report.detections] == [True, True]
+    assert not any(d.flagged_clean for d in report.detections)
+    assert "flags the attacked scan" in report.detections[0].text and "Lee et al. 2018" in report.detections[0].text
+    saved = json.loads(json.dumps(report.to_dict()))["detectors"]
+    assert [d["flagged_attacked"] for d in saved] == [True, True] and saved[1]["validation_scans"] == 60
 
 
 def test_bad_detector_settings_say_what_to_do() -> None:

@@ -23,6 +23,7 @@ from pipeline.evaluation import figures
 from pipeline.evaluation.calibration import CONFIDENT, Calibration
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.corruption import SEVERITIES, CorruptionErrors, CorruptionReport
+from pipeline.evaluation.detectors import DETECTOR_NOTE, detection_sentence, detector_table
 from pipeline.evaluation.faithfulness import FaithfulnessReport
 from pipeline.evaluation.intervals import Interval, PairedComparison, percent_text
 from pipeline.evaluation.reference import COLUMN_LABELS
@@ -147,6 +148,21 @@ def defence_verdicts(report: dict[str, Any]) -> None:
     st.markdown(f"##### Defence verdicts at ε = {grey_levels_text(verdicts[0]['eps'])}")
     st.table(verdict_table(verdicts), hide_index=True)
     st.caption(VERDICT_NOTE)
+
+
+def detectors(report: dict[str, Any]) -> None:
+    """Each adversarial-example detector against PGD and against its adaptive attack, when the
+    evaluation measured detectors: the report's table, and one sentence per detector."""
+    rows = detector_table(report["models"])
+    if not rows:
+        return
+    first = next(d for model in report["models"] for d in model.get("detectors") or [])
+    st.markdown(f"##### Adversarial-example detectors at ε = {grey_levels_text(first['eps'])}")
+    st.table(rows, hide_index=True)
+    for model in report["models"]:
+        for saved in model.get("detectors") or []:
+            st.markdown(f"**{model['name']}**: {detection_sentence(saved)}")
+    st.caption(DETECTOR_NOTE)
 
 
 def trained_cell(check: Optional[dict[str, Any]]) -> str:
@@ -508,6 +524,7 @@ def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
     with table_tab:
         reference_tables(report)
         defence_verdicts(report)
+        detectors(report)
         transfer(report)
     with comparison_tab:
         comparisons(report)

@@ -169,7 +169,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--detectors",
-        default="",
+        default=",".join(DEFAULTS.detectors),
         help="comma-separated adversarial-example detectors: mahalanobis (Lee et al. 2018), squeeze "
         "(feature squeezing, Xu et al. 2018); each thresholded on the runs' clean validation scans and "
         "measured against PGD and an attack that knows it",

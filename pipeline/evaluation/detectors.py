@@ -160,6 +160,15 @@ class FeatureSqueezing(Detector):
     def facts(self) -> dict[str, Any]:
         return {**super().facts(), "bits": self.bits, "kernel": self.kernel}
 
+    @classmethod
+    def from_facts(cls, facts: Mapping[str, Any]) -> "FeatureSqueezing":
+        """The calibrated detector :meth:`facts` describes (KeyError or ValueError for damaged facts)."""
+        detector = cls(int(facts["bits"]), int(facts["kernel"]))
+        detector.threshold = float(facts["threshold"])
+        detector.false_positive_rate = float(facts["false_positive_rate"])
+        detector.validation_scans = int(facts["validation_scans"])
+        return detector
+
 
 class Scored(nn.Module):
     """The classifier with its detector, for the adaptive attack: ``forward`` returns the logits and
@@ -177,6 +186,62 @@ class Scored(nn.Module):
         logits, scores = self.detector.logits_and_scores(self.model, x)
         self.relative_score = scores / max(self.detector.threshold, 1e-12)
         return logits
+
+
+@dataclass(frozen=True)
+class ScanDetection:
+    """One detector's verdict on one scan before and after an attack (the Attack page's line)."""
+
+    detector: str  #: the detector's title
+    paper: str
+    threshold: float
+    clean: float  #: score of the original scan
+    attacked: float  #: score of the attacked scan
+    false_positive_rate: float  #: share of clean validation scans the threshold flags
+    validation_scans: int
+
+    @property
+    def flagged_clean(self) -> bool:
+        return self.clean > self.threshold
+
+    @property
+    def flagged_attacked(self) -> bool:
+        return self.attacked > self.threshold
+
+    @property
+    def text(self) -> str:
+        """One sentence for a reader."""
+        ratio = self.attacked / self.threshold if self.threshold > 0 else math.inf
+        attacked = "flags" if self.flagged_attacked else "does not flag"
+        clean = "flagged" if self.flagged_clean else "not flagged"
+        return (
+            f"{self.detector[0].upper()}{self.detector[1:]} ({self.paper.split(',')[0]}) {attacked} the "
+            f"attacked scan (score {ratio:.2f}× its threshold, set to flag {self.false_positive_rate:.0%} of "
+            f"{self.validation_scans} clean validation scans); the original scan is {clean}. An attack "
+            "that knows the detector can often pass it: see the Evaluate page's detector section."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "paper": self.paper,
+            "threshold": self.threshold,
+            "score_clean": self.clean,
+            "score_attacked": self.attacked,
+            "flagged_clean": self.flagged_clean,
+            "flagged_attacked": self.flagged_attacked,
+            "false_positive_rate": self.false_positive_rate,
+            "validation_scans": self.validation_scans,
+            "meaning": self.text,
+        }
+
+
+def check_scan(detector: Detector, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> ScanDetection:
+    """``detector`` on one scan ``x`` and its attacked version ``x_adv`` (each ``[1, 1, H, W]`` in [0, 1]
+    on the model's device)."""
+    clean, attacked = (float(value) for value in detector.scores(model, torch.cat([x, x_adv])))
+    return ScanDetection(detector.title, detector.paper, detector.threshold, clean, attacked,
+                         detector.false_positive_rate, detector.validation_scans)
 
 
 #: The detectors by the name the command line and the settings use.
@@ -488,7 +553,9 @@ __all__ = [
     "FALSE_POSITIVE_RATE",
     "FeatureSqueezing",
     "MahalanobisDetection",
+    "ScanDetection",
     "Scored",
+    "check_scan",
     "detection_sentence",
     "detector_names",
     "detector_table",
