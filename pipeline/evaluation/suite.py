@@ -631,6 +631,11 @@ def _detectors(
     """Each detector of the settings fitted on ``scans`` (training, validation), then measured on
     ``indices`` against PGD and its adaptive attack at the largest epsilon."""
     names = settings.detectors
+    if len(scans[0]) == 0 or len(scans[1]) == 0:
+        raise UserInputError(
+            "detectors need the run's training scans to fit on and validation scans to set their threshold; "
+            "this split has none on one side: train with a validation fraction above 0"
+        )
     parts = len(names) + 1
     fitted = fit_detectors(
         names, model, dataset, fit_scans(np.asarray(scans[0])), scans[1],
