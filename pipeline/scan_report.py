@@ -4,8 +4,9 @@
 step-by-step trace), the model's probabilities before and after, Grad-CAM of both scans with
 the explanation shift (only when both maps can be read), perturbation sizes, PSNR/SSIM,
 optionally the smallest budget at which the same attack flips the scan, and, given the run's
-validation profile, whether the scan is out of the model's training distribution and whether
-the model is a trained classifier at all. Keeping the composition here keeps the page thin and
+validation profile, whether the scan is out of the model's training distribution, whether the
+model is a trained classifier at all, and whether each adversarial-example detector flags the
+original and the attacked scan. Keeping the composition here keeps the page thin and
 lets the CLI, tests and the concurrency checks run exactly what the dashboard runs.
 """
 
@@ -24,6 +25,7 @@ from torch import nn
 from pipeline.attacks import get_attack, minimal_epsilon, search_refusal
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import AnswerCheck
+from pipeline.evaluation.detectors import ScanDetection, check_scan
 from pipeline.evaluation.metrics import psnr, ssim
 from pipeline.evaluation.ood import OODResult
 from pipeline.evaluation.profile import ValidationProfile
@@ -71,6 +73,8 @@ class ScanReport:
     ood: Optional[OODResult] = None  #: the clean scan against the model's training distribution
     trained: Optional[AnswerCheck] = None  #: the model's answers on its validation split
     unchecked: Optional[str] = None  #: why ``ood`` and ``trained`` are missing
+    #: Each adversarial-example detector of the profile on the original and the attacked scan.
+    detections: list[ScanDetection] = field(default_factory=list)
     #: Hounsfield units one grey level of the scan spans (a CT slice in a known window), else None:
     #: then no figure of the report is said in Hounsfield units
     hu_per_grey_level: Optional[float] = None
@@ -129,6 +133,7 @@ class ScanReport:
             "explanation_shift": self.shift,
             "out_of_distribution": self.ood.to_dict() if self.ood else unchecked,
             "model_check": self.trained.to_dict() if self.trained else unchecked,
+            "detectors": [detection.to_dict() for detection in self.detections] if self.trained else unchecked,
             "minimal_eps": None if self.minimal_eps is None else number(self.minimal_eps),
             #: False when even the largest budget searched left the answer unchanged (JSON has no infinity)
             "minimal_eps_found": None if self.minimal_eps is None else math.isfinite(self.minimal_eps),
@@ -247,6 +252,7 @@ def analyse_scan(
         ood=profile.detector.judge(model, x) if profile else None,
         trained=profile.trained if profile else None,
         unchecked=None if profile else unchecked or "the model's validation profile was not computed",
+        detections=[check_scan(d, model, x, x_adv) for d in profile.detectors()] if profile else [],
         hu_per_grey_level=hu_per_grey_level,
         modality=modality,
         budget=attacker.describe_budget(),

@@ -317,8 +317,10 @@ def log_evaluation(
     ``<model>/defence <name>/naive_accuracy`` and ``.../adaptive_accuracy``, with the sentence
     saying which to believe as a tag; for an ensemble, each member's accuracy under its own attack,
     the ensemble's under the transfer from each member and under the whole-ensemble attack, and how
-    often the members fail together (``.../all_fail``, ``.../pairwise_jaccard``). Returns the run's
-    ``tracking`` entry (empty when tracking is off).
+    often the members fail together (``.../all_fail``, ``.../pairwise_jaccard``); per detector
+    ``<model>/detector <name>/false_positive_rate``, ``.../detection_rate_pgd``,
+    ``.../detection_rate_adaptive``, ``.../missed_pgd`` and ``.../missed_adaptive`` (wrong and
+    undetected). Returns the run's ``tracking`` entry (empty when tracking is off).
     """
     models = {model.name: model for model in suite.models}
     run = start(
@@ -374,6 +376,12 @@ def log_evaluation(
             if verdict.model == model_name and verdict.defense is not None:
                 values[f"{model_name}/defence {verdict.defense}/naive_accuracy"] = verdict.naive
                 values[f"{model_name}/defence {verdict.defense}/adaptive_accuracy"] = verdict.adaptive
+        for detector in getattr(model, "detectors", []):
+            prefix = f"{model_name}/detector {detector.detector['detector']}"
+            values[f"{prefix}/false_positive_rate"] = detector.false_positives.estimate
+            for condition in ("pgd", "adaptive"):
+                values[f"{prefix}/detection_rate_{condition}"] = detector.detection(condition).estimate
+                values[f"{prefix}/missed_{condition}"] = detector.missed(condition).estimate
         run.log_metrics(values, step=0)
     run.log_files(reports, "reports")
     run.finish("FINISHED")

@@ -22,7 +22,11 @@ def one_thread() -> Iterator[None]:
 
 def nodule_dataset(count: int = 24, *, synthetic: bool = True) -> ScanDataset:
     """The fixture's nodule images as a ScanDataset (uint8 in memory, like the real loader)."""
-    x, y = nodule_images(count, seed=7)
+    return scan_dataset(*nodule_images(count, seed=7), synthetic=synthetic)
+
+
+def scan_dataset(x: torch.Tensor, y: torch.Tensor, *, synthetic: bool = True) -> ScanDataset:
+    """Images ``[N, 1, H, W]`` in [0, 1] and labels ``[N]`` as a ScanDataset (uint8, like the real loader)."""
     return ScanDataset(
         (x[:, 0] * 255).round().to(torch.uint8),
         y.numpy(),

@@ -194,6 +194,13 @@ def test_attack_page_runs_fgsm_on_a_test_scan(lab: Lab) -> None:
     assert "at most 4 grey levels per pixel" in verdict and "-badge[" in verdict
     assert {button.label for button in at.download_button} >= {"Attacked scan (PNG)", "What was done (JSON)"}
     assert "Attacked scan (DICOM)" not in {button.label for button in at.download_button}
+    # each adversarial-example detector says whether it flags the attacked scan, beside the answer
+    assert [d.detector.split(" ")[0] for d in report.detections] == ["Mahalanobis", "feature"]
+    shown = [item.value for item in (*at.caption, *at.warning)]
+    assert all(any(d.text in value for value in shown) for d in report.detections)
+    assert [d["flagged_attacked"] for d in report.to_dict()["detectors"]] == [
+        d.flagged_attacked for d in report.detections
+    ]
 
 
 def test_the_budget_search_says_why_an_attack_without_a_budget_has_none(lab: Lab) -> None:
@@ -641,6 +648,7 @@ def test_the_evaluate_page_and_the_command_line_start_from_the_same_settings(lab
     assert at.selectbox(key="evaluate:form:transfer-attack").value == flags.transfer_attack == "pgd"
     assert at.selectbox(key="evaluate:form:transfer-attack").options[-1] == "VMI-FGSM (variance tuning)"
     assert at.toggle(key="evaluate:form:minimal").value == flags.min_eps
+    assert at.multiselect(key="evaluate:form:detectors").value == [d for d in flags.detectors.split(",") if d]
 
 
 def test_evaluate_page_refuses_a_bad_epsilon_with_a_message(lab: Lab) -> None:
@@ -662,6 +670,7 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
     at.toggle(key="evaluate:form:corruptions").set_value(True)
     at.number_input(key="evaluate:form:faithfulness").set_value(4)
     at.selectbox(key="evaluate:form:transfer-attack").set_value("vmifgsm")
+    at.multiselect(key="evaluate:form:detectors").set_value(["squeeze"])
     at.button[0].click().run()
     assert_calm(at)
     job_dir = Path(at.session_state[WATCH_EVALUATION])
@@ -673,6 +682,7 @@ def test_evaluate_page_starts_the_extra_studies_it_offers(lab: Lab) -> None:
         assert request["suite"]["corruptions"][:3] == ["low-dose", "streaks", "rings"]
         assert request["suite"]["faithfulness_scans"] == 4
         assert request["suite"]["transfer_attack"] == "vmifgsm"
+        assert request["suite"]["detectors"] == ["squeeze"]
     finally:
         cancel_job(job_dir)
 

@@ -282,6 +282,8 @@ def test_cli_refuses_bad_flags_before_loading_any_run(
         (["--job-dir", str(tmp_path / "a-file")], "a-file is a file"),
         (["--certify", "-1"], "sigma"),
         (["--defenses", "bogus"], "unknown defence 'bogus'"),
+        (["--detectors", "mahalanobis,lid"], "unknown detector lid; choose from mahalanobis, squeeze"),
+        (["--detectors", "squeeze", "--detector-fpr", "0.9"], "detector_fpr"),
     ):
         assert main(["evaluate", "--runs-dir", str(runs), "--run", "no-such-run", "--quiet", *args]) == 2
         assert message in capsys.readouterr().err

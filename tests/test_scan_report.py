@@ -220,6 +220,7 @@ def test_a_scan_unlike_the_training_data_is_flagged_beside_the_answer_and_in_the
     Mahalanobis check, fitted on its training scans and thresholded on validation scans, says the
     scan is out of distribution, while held-out scans of its own kind pass."""
     from pipeline.evaluation.degenerate import check_answers
+    from pipeline.evaluation.detectors import FALSE_POSITIVE_RATE, FeatureSqueezing
     from pipeline.evaluation.ood import fit_detector
     from pipeline.evaluation.profile import ValidationProfile
     from tests.models_fixture import nodule_images, trained_model
@@ -230,7 +231,9 @@ def test_a_scan_unlike_the_training_data_is_flagged_beside_the_answer_and_in_the
     with torch.no_grad():
         answers = tiny.model(x_val).argmax(1)
     detector = fit_detector(tiny.model, x_train, y_train, x_val)
-    profile = ValidationProfile(check_answers(answers, y_val), detector)
+    squeezing = FeatureSqueezing()
+    squeezing.calibrate(tiny.model, x_val, FALSE_POSITIVE_RATE)
+    profile = ValidationProfile(check_answers(answers, y_val), detector, squeezing)
     assert not profile.trained.flagged
     outside = analyse_scan(tiny.model, ct_small(SIZE), "fgsm", {"eps": GREY_LEVEL}, classes=CLASSES,
                            profile=profile)

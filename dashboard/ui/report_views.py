@@ -24,6 +24,7 @@ from pipeline.evaluation.calibration import CONFIDENT, Calibration
 from pipeline.evaluation.certify import CertifiedCurve
 from pipeline.evaluation.corruption import SEVERITIES, CorruptionErrors, CorruptionReport
 from pipeline.evaluation.ensemble import ENSEMBLE_NOTE, EnsembleResult, accuracy_rows, shared_rows
+from pipeline.evaluation.detectors import DETECTOR_NOTE, detection_sentence, detector_table
 from pipeline.evaluation.faithfulness import FaithfulnessReport
 from pipeline.evaluation.intervals import Interval, PairedComparison, percent_text
 from pipeline.evaluation.reference import COLUMN_LABELS
@@ -180,6 +181,21 @@ def ensembles(report: dict[str, Any]) -> None:
                 "attack, and all of them on the scans crafted against the whole ensemble.",
             )
             st.caption(ENSEMBLE_NOTE)
+
+
+def detectors(report: dict[str, Any]) -> None:
+    """Each adversarial-example detector against PGD and against its adaptive attack, when the
+    evaluation measured detectors: the report's table, and one sentence per detector."""
+    rows = detector_table(report["models"])
+    if not rows:
+        return
+    first = next(d for model in report["models"] for d in model.get("detectors") or [])
+    st.markdown(f"##### Adversarial-example detectors at ε = {grey_levels_text(first['eps'])}")
+    st.table(rows, hide_index=True)
+    for model in report["models"]:
+        for saved in model.get("detectors") or []:
+            st.markdown(f"**{model['name']}**: {detection_sentence(saved)}")
+    st.caption(DETECTOR_NOTE)
 
 
 def trained_cell(check: Optional[dict[str, Any]]) -> str:
@@ -543,6 +559,7 @@ def report_view(report: dict[str, Any], outputs: dict[str, str]) -> None:
         reference_tables(report)
         defence_verdicts(report)
         ensembles(report)
+        detectors(report)
         transfer(report)
     with comparison_tab:
         comparisons(report)

@@ -46,6 +46,16 @@ def trust_notes(report: ScanReport) -> None:
             st.caption(report.ood.text)
     elif report.unchecked:
         st.caption(f"Not checked whether this scan is like the training data: {report.unchecked}.")
+    detector_notes(report)
+
+
+def detector_notes(report: ScanReport) -> None:
+    """Whether each adversarial-example detector flags the attacked scan (and the original one)."""
+    for detection in report.detections:
+        if detection.flagged_attacked:
+            st.warning(detection.text, icon=":material/policy:")
+        else:
+            st.caption(f":material/policy: {detection.text}")
 
 
 SCAN_WIDTH = 300

@@ -26,6 +26,7 @@ from dashboard.ui.status import run_label, usable_runs
 from pipeline.attacks import attack_class, available, transfer_attacks
 from pipeline.evaluation.background import start_evaluation_job
 from pipeline.evaluation.corruption import CT_CORRUPTIONS
+from pipeline.evaluation.detectors import DETECTORS
 from pipeline.evaluation.report import FILES, read_report
 from pipeline.evaluation.request import EVALUATIONS, EvaluationRequest
 from pipeline.evaluation.strength import STRENGTH_LEVELS
@@ -234,6 +235,15 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
             help="What the transfer matrix crafts on each model, at the largest budget: PGD, or an attack "
             "made to transfer (MI-FGSM and the DI-, TI-, NI-, SI-NI- and VMI-FGSM family)",
         )
+        detectors = right.multiselect(
+            "Adversarial-example detectors",
+            list(DETECTORS),
+            default=list(DEFAULTS.detectors),
+            key="evaluate:form:detectors",
+            format_func={"mahalanobis": "Mahalanobis (features)", "squeeze": "Feature squeezing"}.get,
+            help="Each flags 5% of clean validation scans by design; measured against PGD and against an "
+            "attack that knows the detector (Mahalanobis: Lee et al. 2018; feature squeezing: Xu et al. 2018)",
+        )
         sigma = middle.number_input(
             "Certify with noise σ (image scale 0–1; 0 = off)",
             0.0,
@@ -260,6 +270,7 @@ def settings_form(runs: dict[str, RunRecord]) -> None:
                 certify_sigma=sigma or None,
                 transfer=transfer,
                 transfer_attack=crafting,
+                detectors=tuple(detectors),
             )
             job = start_evaluation_job(
                 EvaluationRequest(

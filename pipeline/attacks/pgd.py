@@ -76,6 +76,13 @@ class IterativeAttack(Attack):
         """Per-sample loss the attack climbs."""
         return ce_loss(logits, y, target)
 
+    def succeeded(self, logits: torch.Tensor, y: torch.Tensor,
+                  target: Optional[torch.Tensor]) -> torch.Tensor:
+        """Bool ``[N]``: the point whose ``logits`` these are is what the attack seeks (it is kept over
+        any other, and ``early_stop`` stops there). Here: the model is fooled; an attack on a detector
+        too (:mod:`pipeline.attacks.adaptive`) asks that the detector let it through as well."""
+        return fooled(logits, y, target)
+
     def direction(self, grad: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         """Turn a gradient into a step direction (``state`` persists across the steps of one run)."""
         return grad.sign()
@@ -126,7 +133,7 @@ class IterativeAttack(Attack):
             state: dict[str, Any] = {}
             for step in range(steps):
                 grad, logits = self.ascent(model, x_adv, labels, goal, state, generator)
-                success = fooled(logits, labels, goal)
+                success = self.succeeded(logits, labels, goal)
                 worst.update(index, x_adv, self.objective(logits, labels, goal), success)
                 if run == 0 and (step or not random_start):  # a random start is not a step
                     self.record(logits, y)
@@ -146,7 +153,8 @@ class IterativeAttack(Attack):
                 continue
             with torch.no_grad():
                 logits = model(x_adv)
-            worst.update(index, x_adv, self.objective(logits, labels, goal), fooled(logits, labels, goal))
+            success = self.succeeded(logits, labels, goal)
+            worst.update(index, x_adv, self.objective(logits, labels, goal), success)
         report(progress, total, total, f"{self.name}: done")
         return worst.x
 

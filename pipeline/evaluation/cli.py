@@ -192,6 +192,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="comma-separated input defences: jpeg, bitdepth, median, "
         "shift; each reported under the naive and the adaptive (BPDA/EOT) attack",
     )
+    parser.add_argument(
+        "--detectors",
+        default=",".join(DEFAULTS.detectors),
+        help="comma-separated adversarial-example detectors: mahalanobis (Lee et al. 2018), squeeze "
+        "(feature squeezing, Xu et al. 2018); each thresholded on the runs' clean validation scans and "
+        "measured against PGD and an attack that knows it",
+    )
+    parser.add_argument(
+        "--detector-fpr",
+        type=float,
+        default=DEFAULTS.detector_fpr,
+        metavar="SHARE",
+        help=f"share of clean validation scans each detector flags (default {DEFAULTS.detector_fpr})",
+    )
     parser.add_argument("--job-dir", type=Path, help="write status and progress there (background jobs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     tracking.add_tracking_flag(parser)
@@ -264,6 +278,8 @@ def _request(args: argparse.Namespace) -> EvaluationRequest:
         certify_sigma=args.certify,
         certify_n=args.certify_n,
         defenses=args.defenses,
+        detectors=args.detectors,
+        detector_fpr=args.detector_fpr,
         batch_size=args.batch_size,
     )
     out = args.out or args.job_dir
@@ -324,6 +340,13 @@ def _print(suite: EvaluationSuite, paths: dict[str, Path]) -> None:
             )
         if model.ensemble is not None:
             _print_ensemble(model.ensemble)
+        for detector in model.detectors:
+            print(
+                f"  detector {detector.name}: false positives {detector.false_positives.format()}; "
+                f"detected PGD {detector.detection('pgd').format()}, adaptive "
+                f"{detector.detection('adaptive').format()}; wrong and undetected PGD "
+                f"{detector.missed('pgd').format()}, adaptive {detector.missed('adaptive').format()}"
+            )
     for verdict in suite.verdicts:
         print(f"verdict, {verdict.model} ({verdict.defense or 'no defence'}): {verdict.believe}")
     for comparison in suite.comparisons:

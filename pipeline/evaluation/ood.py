@@ -32,6 +32,8 @@ from pipeline.progress import ProgressCallback, report
 
 #: Share of validation scans scored at or below the threshold.
 QUANTILE = 0.95
+#: Training scans the detector is fitted on at most (evenly spread over the training split).
+MAX_FIT_SCANS = 2000
 METHOD = "Mahalanobis distance of the penultimate features (Lee et al. 2018)"
 
 
@@ -99,13 +101,27 @@ class MahalanobisDetector:
         return OODResult(float(self.scores(model, x)[0]), self.threshold, self.validation_scans)
 
     def _score(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.distance(feature).cpu()
+
+    def distance(self, feature: torch.Tensor) -> torch.Tensor:
+        """The smallest squared Mahalanobis distance of penultimate features ``[N, D]`` to a class mean:
+        float ``[N]`` on the features' device, differentiable."""
+        return self.distances(feature).amin(dim=1)
+
+    def distances(self, feature: torch.Tensor) -> torch.Tensor:
+        """The squared Mahalanobis distance of penultimate features ``[N, D]`` to each class mean: float
+        ``[N, C]`` on the features' device, differentiable (the adaptive attack descends one of them).
+
+        Raises UserInputError for features of another dimension (the detector belongs to another model).
+        """
         if feature.shape[1] != self.means.shape[1]:
             raise UserInputError(
                 f"the model's features have {feature.shape[1]} dimensions but the detector was fitted on "
                 f"{self.means.shape[1]}; it belongs to another model"
             )
-        centred = feature.float().cpu()[:, None, :] - self.means[None]
-        return torch.einsum("ncd,de,nce->nc", centred, self.precision, centred).amin(dim=1)
+        means, precision = self.means.to(feature.device), self.precision.to(feature.device)
+        centred = feature.float()[:, None, :] - means[None]
+        return torch.einsum("ncd,de,nce->nc", centred, precision, centred)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"ood.means": self.means, "ood.precision": self.precision}
@@ -125,17 +141,33 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Raises UserInputError for a model without a linear layer (nothing to measure a distance in).
     """
+    with exclusive_eval(model):
+        return penultimate(model, x)[0].detach()
+
+
+def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate features ``[N, D]`` (the input of the model's last linear layer) and the logits
+    ``[N, C]`` of one forward pass of ``x`` ``[N, 1, H, W]``; both differentiable with respect to ``x``
+    where autograd is on. The caller sets the model's mode (eval, for an attack or a detector).
+
+    Raises UserInputError for a model without a linear layer (nothing to measure a distance in).
+    """
     linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
     if not linear:
         raise UserInputError(f"{type(model).__name__} has no linear layer whose input could be measured")
     seen: list[torch.Tensor] = []
-    with exclusive_eval(model):
-        handle = linear[-1].register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
-        try:
-            model(x)
-        finally:
-            handle.remove()
-    return seen[-1].flatten(1)
+    handle = linear[-1].register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1), logits
+
+
+def fit_scans(indices: np.ndarray, limit: int = MAX_FIT_SCANS) -> np.ndarray:
+    """At most ``limit`` of the training scans ``indices``, evenly spread (all when there are fewer)."""
+    indices = np.asarray(indices)
+    return indices[np.linspace(0, len(indices) - 1, min(len(indices), limit)).astype(int)]
 
 
 def fit_detector(
@@ -145,10 +177,11 @@ def fit_detector(
     x_val: torch.Tensor,
     *,
     batch_size: int = 64,
+    quantile: float = QUANTILE,
     progress: Optional[ProgressCallback] = None,
 ) -> MahalanobisDetector:
     """Fit class means and the shared covariance on ``x_train`` (labels ``y_train``), the threshold on
-    ``x_val``.
+    ``x_val``: the ``quantile`` of its scores (0.95 flags 5% of clean validation scans).
 
     Scans are ``[N, 1, H, W]`` in ``[0, 1]`` on the model's device; every class needs a training scan.
     """
@@ -171,5 +204,5 @@ def fit_detector(
     detector = MahalanobisDetector(means, precision, float("inf"), len(x_val))
     validation = detector.scores(model, x_val, batch_size)
     report(progress, len(chunks) + 1, len(chunks) + 1, "threshold on the validation scans")
-    detector.threshold = float(np.quantile(validation.double().numpy(), QUANTILE))
+    detector.threshold = float(np.quantile(validation.double().numpy(), quantile))
     return detector

@@ -1,9 +1,12 @@
 """What a run's model does on its own held-out scans, computed once per checkpoint and kept beside the run.
 
-Where a model is used one scan at a time (the Attack page, the scan report), two judgments need
+Where a model is used one scan at a time (the Attack page, the scan report), three judgments need
 more than the one scan: whether the model is a trained classifier at all (:mod:`.degenerate`,
-from its answers on the validation split) and whether the scan is out of its training
-distribution (:mod:`.ood`, fitted on training scans, thresholded on validation scans). Both come
+from its answers on the validation split), whether the scan is out of its training
+distribution (:mod:`.ood`, fitted on training scans, thresholded on validation scans), and
+whether an adversarial-example detector flags it (:mod:`.detectors`: the same Mahalanobis
+detector, and feature squeezing thresholded on the validation scans; a profile written before
+feature squeezing existed is computed anew). Both come
 from one pass over the run's stored split, saved as ``validation.safetensors`` in the run
 directory (tensors plus JSON metadata; nothing is unpickled) and keyed on the checkpoint file's
 content digest, so a retrained or replaced model is profiled anew. It is derived
@@ -26,15 +29,14 @@ from pipeline.data import ScanDataset, load_dataset
 from pipeline.errors import CheckpointError
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.degenerate import AnswerCheck, check_answers
-from pipeline.evaluation.ood import MahalanobisDetector, fit_detector
+from pipeline.evaluation.detectors import FALSE_POSITIVE_RATE, Detector, FeatureSqueezing, MahalanobisDetection
+from pipeline.evaluation.ood import MahalanobisDetector, fit_detector, fit_scans
 from pipeline.guard import exclusive_eval
 from pipeline.progress import ProgressCallback, staged
 from pipeline.store import MODEL, file_sha256, load_tensors, read_record, save_tensors
 
 PROFILE = "validation.safetensors"
 FORMAT = "lunglab-validation-profile"
-#: Training scans the detector is fitted on at most (evenly spread over the training split).
-MAX_FIT_SCANS = 2000
 
 
 @dataclass
@@ -43,6 +45,13 @@ class ValidationProfile:
 
     trained: AnswerCheck
     detector: MahalanobisDetector
+    #: Feature squeezing thresholded on the validation scans.
+    squeezing: FeatureSqueezing
+
+    def detectors(self) -> list[Detector]:
+        """The adversarial-example detectors this profile calibrated, each flagging 5% of clean
+        validation scans: Mahalanobis (the out-of-distribution detector) and feature squeezing."""
+        return [MahalanobisDetection(self.detector), self.squeezing]
 
 
 def checkpoint_key(run_dir: Path) -> str:
@@ -87,15 +96,15 @@ def validation_profile(
     classes = record.classes
     dataset, split = run_data(record, progress=staged(progress, 0, 2, "loading scans"), load=load)
     device = next(model.parameters()).device
-    spread = np.linspace(0, len(split.train) - 1, min(len(split.train), MAX_FIT_SCANS)).astype(int)
-    train = split.train[spread]
-    x_train, y_train = _scans(dataset, train, device)
+    x_train, y_train = _scans(dataset, fit_scans(split.train), device)
     x_val, y_val = _scans(dataset, split.val, device)
     detector = fit_detector(model, x_train, y_train, x_val,
                             progress=staged(progress, 1, 2, "out-of-distribution detector"))
+    squeezing = FeatureSqueezing()
+    squeezing.calibrate(model, x_val, FALSE_POSITIVE_RATE)
     with exclusive_eval(model), torch.no_grad():
         answers = torch.cat([model(chunk).argmax(1).cpu() for chunk in x_val.split(64)])
-    profile = ValidationProfile(check_answers(answers.numpy(), y_val.numpy(), classes), detector)
+    profile = ValidationProfile(check_answers(answers.numpy(), y_val.numpy(), classes), detector, squeezing)
     _write(run_dir / PROFILE, key, profile)
     return profile
 
@@ -118,13 +127,15 @@ def _write(path: Path, key: str, profile: ValidationProfile) -> None:
         "answers": list(trained.answers),
         "labels": list(trained.labels),
         "correct": trained.correct,
+        "squeezing": profile.squeezing.facts(),
     }
     save_tensors(path, profile.detector.tensors(), {"format": FORMAT, "checkpoint": key,
                                                       "facts": json.dumps(facts)})
 
 
 def _read(path: Path, key: str) -> Optional[ValidationProfile]:
-    """The cached profile, or None when there is none, it belongs to another checkpoint, or is damaged."""
+    """The cached profile, or None when there is none, it belongs to another checkpoint, is damaged, or
+    was written before feature squeezing was calibrated in it."""
     if not path.is_file():
         return None
     try:
@@ -134,6 +145,7 @@ def _read(path: Path, key: str) -> Optional[ValidationProfile]:
         facts: dict[str, Any] = json.loads(metadata["facts"])
         trained = AnswerCheck(tuple(facts["classes"]), tuple(facts["answers"]), tuple(facts["labels"]),
                               int(facts["correct"]))
-        return ValidationProfile(trained, MahalanobisDetector.from_parts(tensors, facts))
+        squeezing = FeatureSqueezing.from_facts(facts["squeezing"])  # KeyError before it existed: recompute
+        return ValidationProfile(trained, MahalanobisDetector.from_parts(tensors, facts), squeezing)
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None

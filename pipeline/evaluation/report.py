@@ -34,6 +34,13 @@ from pipeline.evaluation.ensemble import (
     accuracy_rows,
     shared_rows,
 )
+from pipeline.evaluation.detectors import (
+    CONDITIONS,
+    DETECTOR_COLUMNS,
+    DETECTOR_NOTE,
+    detection_sentence,
+    detector_table,
+)
 from pipeline.evaluation.reference import (
     COLUMN_LABELS,
     COLUMNS,
@@ -319,6 +326,12 @@ def _section_rows(model: ModelEvaluation, base: dict[str, Any]) -> Iterable[dict
             "figure": "ROAD change, attacked minus clean",
             **_value(faithful.change),
         }
+    for detector in model.detectors:
+        row = {**base, **_eps(detector.eps), "section": "detector", "attack": detector.name}
+        yield {**row, "figure": "false positives on clean scans", **_value(detector.false_positives)}
+        for condition, attack in zip(CONDITIONS[1:], (detector.attack, detector.adaptive_attack)):
+            yield {**row, "figure": f"detection rate, {attack}", **_value(detector.detection(condition))}
+            yield {**row, "figure": f"wrong and undetected, {attack}", **_value(detector.missed(condition))}
 
 
 def _value(interval: Interval) -> dict[str, Any]:
@@ -384,6 +397,7 @@ def report_html(suite: EvaluationSuite) -> str:
         parts += _reference_table(table, suite.settings)
     parts += _verdicts(suite)
     parts += _ensembles(suite)
+    parts += _detectors(suite)
     parts += _comparisons(suite)
     parts += _figures(suite)
     parts += _calibration(suite)
@@ -645,6 +659,31 @@ def _table(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> str:
         "<tr>" + "".join(f"<td class='l'>{_e(row[name])}</td>" for name in columns) + "</tr>" for row in rows
     )
     return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _detectors(suite: EvaluationSuite) -> list[str]:
+    """Each detector of each model: false positives, detection of PGD and of its adaptive attack, and
+    the wrong answers let through, with a sentence each."""
+    saved = [{"name": m.name, "detectors": [d.to_dict() for d in m.detectors]} for m in suite.models]
+    rows = detector_table(saved)
+    if not rows:
+        return []
+    header = "".join(f"<th class='l'>{_e(name)}</th>" for name in DETECTOR_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='l'>{_e(row[name])}</td>" for name in DETECTOR_COLUMNS) + "</tr>"
+        for row in rows
+    )
+    sentences = "".join(
+        f"<li>{_e(entry['name'])}: {_e(detection_sentence(d))}</li>"
+        for entry in saved
+        for d in entry["detectors"]
+    )
+    eps = format_epsilon(next(d.eps for m in suite.models for d in m.detectors))
+    return [
+        f"<h2>Adversarial-example detectors at ε={_e(eps)}</h2>",
+        f"<table class='verdicts'><tr>{header}</tr>{body}</table><ul>{sentences}</ul>",
+        f"<p class='note'>{_e(DETECTOR_NOTE)}</p>",
+    ]
 
 
 def _comparisons(suite: EvaluationSuite) -> list[str]:

@@ -175,6 +175,7 @@ def _evaluate_sharded(
                 groups=split_groups(dataset, split),
                 on_section=keep,
                 shards=shards,
+                detector_scans=(split.train, split.val),
             )
     except ShardFailure as failure:
         if not shards.is_main:

@@ -46,7 +46,16 @@ from pipeline.evaluation.corruption import (
 from pipeline.evaluation.data import balanced_subset
 from pipeline.evaluation.defenses import DefenseResult, evaluate_defense, make_defense, training_defenses
 from pipeline.evaluation.ensemble import Ensemble, EnsembleResult, evaluate_ensemble
+from pipeline.evaluation.detectors import (
+    FALSE_POSITIVE_RATE,
+    DetectorResult,
+    check_rate,
+    detector_names,
+    evaluate_detector,
+    fit_detectors,
+)
 from pipeline.evaluation.faithfulness import FaithfulnessReport, explanation_faithfulness
+from pipeline.evaluation.ood import fit_scans
 from pipeline.evaluation.intervals import PairedComparison, paired_comparison
 from pipeline.evaluation.reference import ATTACK_COLUMNS, ReferenceTable, reference_attacks, reference_table
 from pipeline.evaluation.robustness import AttackSpec, Outcome, RobustnessReport, evaluate, same_eps
@@ -124,6 +133,14 @@ class SuiteSettings:
     )
     certify_n: int = setting(1000, low=10, high=10_000_000, help="noise samples per scan when certifying")
     defenses: tuple[str, ...] = ()
+    #: Adversarial-example detectors (:data:`.detectors.DETECTORS`: mahalanobis, squeeze), each fitted
+    #: on the runs' training scans, thresholded on their validation scans, and measured against PGD and
+    #: its adaptive attack at the largest epsilon. Text such as "mahalanobis,squeeze" is read as on the CLI.
+    detectors: tuple[str, ...] = ()
+    detector_fpr: float = setting(
+        FALSE_POSITIVE_RATE, low=0.001, high=0.5,
+        help="share of clean validation scans each detector's threshold flags (its false-positive rate)",
+    )
     batch_size: int = setting(32, low=1, high=4096, help="scans per batch")
     examples: int = setting(2, low=0, high=100, help="example scans kept per attack for the report")
 
@@ -147,11 +164,14 @@ class SuiteSettings:
         )
         defenses = self.defenses.split(",") if isinstance(self.defenses, str) else self.defenses
         defenses = tuple(name.strip().lower() for name in defenses if name.strip())
+        detectors = detector_names(self.detectors)
+        check_rate(self.detector_fpr)
         strength = StrengthSettings.from_dict(self.strength_settings)
         corruptions = corruption_names(
             self.corruptions if isinstance(self.corruptions, str) else ",".join(self.corruptions)
         )
         for name, value in (("attacks", attacks), ("epsilons", tuple(values)), ("defenses", defenses),
+                            ("detectors", detectors),
                             ("strength_settings", strength), ("corruptions", corruptions),
                             ("curve_epsilons", tuple(sorted(set(curve_values))))):
             object.__setattr__(self, name, value)
@@ -248,6 +268,8 @@ class ModelEvaluation:
     certified: Optional[CertifiedCurve] = None
     #: Each defence's naive and adaptive figures; an ensemble's section is one of them.
     defenses: list[DefenseResult | EnsembleResult] = field(default_factory=list)
+    #: Each detector against PGD and its adaptive attack (:mod:`.detectors`).
+    detectors: list[DetectorResult] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  #: run directory, architecture, training strategy
     #: Clean, under each attack, and the worst case per epsilon.
     calibration: list[Calibration] = field(default_factory=list)
@@ -294,6 +316,7 @@ class ModelEvaluation:
             "minimal_epsilon": self.minimal.to_dict() if self.minimal else None,
             "certified": self.certified.to_dict() if self.certified else None,
             "defenses": [result.to_dict() for result in self.defenses],
+            "detectors": [result.to_dict() for result in self.detectors],
             "calibration": [result.to_dict() for result in self.calibration],
             "corruption": self.corruption.to_dict() if self.corruption else None,
             "corruption_errors": self.corruption_errors.to_dict() if self.corruption_errors else None,
@@ -374,8 +397,13 @@ def evaluate_models(
     groups: Optional[Sequence[int] | np.ndarray] = None,
     on_section: Optional[Callable[[EvaluationSuite], None]] = None,
     shards: Shards = Shards(),
+    detector_scans: Optional[tuple[Sequence[int], Sequence[int]]] = None,
 ) -> EvaluationSuite:
     """Run the whole evaluation; ``info`` adds per-model facts (run directory, strategy) to the report.
+
+    ``detector_scans`` are the (training, validation) scans of ``dataset`` the detectors of
+    ``settings.detectors`` are fitted and thresholded on (never the evaluated ones); required
+    when there are detectors, else UserInputError.
 
     ``groups`` gives each scan of ``dataset`` a group id (:func:`pipeline.data.split_groups`); every
     interval and paired test then treats a group as one unit of evidence. ``on_section`` receives
@@ -398,6 +426,11 @@ def evaluate_models(
         (CURVE_ATTACK,), settings.curve_only, settings.steps, early_stop=settings.early_stop
     )
     defenses = [make_defense(name) for name in settings.defenses]  # unknown names fail before any work
+    if settings.detectors and detector_scans is None:
+        raise UserInputError(
+            "detectors need the runs' training and validation scans to be fitted and thresholded on; "
+            "evaluate saved runs (python -m pipeline evaluate --run ... --detectors ...)"
+        )
     # The quick strength level checks the largest epsilon only: the signs of masking and of a weak
     # attack belong to the model and the attack, and show at one budget as at another.
     checked = settings.epsilons if settings.strength_settings.every_epsilon else (max(settings.epsilons),)
@@ -411,6 +444,7 @@ def evaluate_models(
         *["minimal epsilon"] * settings.minimal_epsilon,
         *["certification"] * (settings.certify_sigma is not None),
         *[f"defence {name}" for name in settings.defenses],
+        *["detectors"] * bool(settings.detectors),
     ]
     plans = [
         (Phase(kind, 1.0, "section"),)
@@ -599,6 +633,11 @@ def evaluate_models(
                         **common,
                     )
                 )
+        if settings.detectors and detector_scans is not None:
+            with clock("detectors"):
+                entry.detectors = _detectors(model, dataset, result.indices, settings, detector_scans, groups,
+                                             next_stage(f"{name}: detectors"), batch_size=settings.batch_size,
+                                             device=device)
     if settings.transfer and len(models) > 1:
         # A masking check too (a model that resists only its own gradients is masking them), so it
         # runs on the scans the strength level gives the checks.
@@ -622,6 +661,43 @@ def _crafting(settings: SuiteSettings) -> AttackSpec:
         (settings.transfer_attack,), (max(settings.epsilons),), settings.steps, early_stop=False
     )
     return crafting
+
+
+def _detectors(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: np.ndarray,
+    settings: SuiteSettings,
+    scans: tuple[Sequence[int], Sequence[int]],
+    groups: Optional[Sequence[int] | np.ndarray],
+    progress: Optional[ProgressCallback],
+    *,
+    batch_size: int,
+    device: str | torch.device | None,
+) -> list[DetectorResult]:
+    """Each detector of the settings fitted on ``scans`` (training, validation), then measured on
+    ``indices`` against PGD and its adaptive attack at the largest epsilon. Not sharded: under
+    torchrun every process runs it whole (the same seeds, so the same figures)."""
+    names = settings.detectors
+    if len(scans[0]) == 0 or len(scans[1]) == 0:
+        raise UserInputError(
+            "detectors need the run's training scans to fit on and validation scans to set their threshold; "
+            "this split has none on one side: train with a validation fraction above 0"
+        )
+    parts = len(names) + 1
+    fitted = fit_detectors(
+        names, model, dataset, fit_scans(np.asarray(scans[0])), scans[1],
+        false_positive_rate=settings.detector_fpr, batch_size=batch_size, device=device,
+        progress=staged(progress, 0, parts, "fitting the detectors"),
+    )
+    return [
+        evaluate_detector(
+            model, detector, dataset, indices, max(settings.epsilons), steps=settings.steps,
+            batch_size=batch_size, device=device, groups=groups,
+            progress=staged(progress, number + 1, parts, detector.title),
+        )
+        for number, detector in enumerate(fitted)
+    ]
 
 
 def check_scans(report: RobustnessReport, limit: int) -> np.ndarray:

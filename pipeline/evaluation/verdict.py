@@ -2,11 +2,12 @@
 
 Every defence of an evaluation (:class:`.defenses.DefenseResult`: an input transformation, a
 distilled model, and any later defence that declares its naive and adaptive attack through
-:class:`.defenses.Defense`; an ensemble's :class:`.ensemble.EnsembleResult`) gets one row: clean
-accuracy, robust accuracy under the naive attack and under the adaptive one, the strength checks'
-flags, and a sentence saying which number to believe. An undefended row stands beside them: the
-evaluation's baseline model, and each model an input transformation wraps, under PGD and under the
-worst case of every attack run.
+:class:`.defenses.Defense`; an ensemble's :class:`.ensemble.EnsembleResult`; and every
+adversarial-example detector, :class:`.detectors.DetectorResult`, where a scan counts as withstood
+when it is answered right *or* flagged) gets one row: clean accuracy, robust accuracy under the naive
+attack and under the adaptive one, the strength checks' flags, and a sentence saying which number to
+believe. An undefended row stands beside them: the evaluation's baseline model, and each model an
+input transformation wraps, under PGD and under the worst case of every attack run.
 
 A naive figure clearly above the adaptive one is the signature of a defence that hides the
 gradient instead of removing adversarial directions (Athalye, Carlini & Wagner 2018,
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Protocol, Sequence
 
+from pipeline.evaluation.detectors import DetectorResult
 from pipeline.evaluation.robustness import AttackSpec, RobustnessReport
 from pipeline.evaluation.strength import StrengthReport
 from pipeline.units import format_epsilon, format_share
@@ -56,6 +58,7 @@ class Evaluated(Protocol):
     name: str
     report: RobustnessReport
     defenses: Sequence[DefenceFigures]
+    detectors: list[DetectorResult]
 
     def strength_at(self, eps: float) -> Optional[StrengthReport]: ...
 
@@ -89,26 +92,32 @@ def tolerance(scans: int) -> float:
 
 
 def defence_verdicts(models: Sequence[Evaluated], baseline: Optional[str] = None) -> list[Verdict]:
-    """The verdict table of an evaluation: nothing when no model has a defence; else an undefended
-    row (``baseline``, the first model when None, unless it is itself a trained defence, and every
-    model an input transformation wraps), then a row per defence, models in order."""
-    if not any(entry.defenses for entry in models):
+    """The verdict table of an evaluation: nothing when no model has a defence or a detector; else an
+    undefended row (``baseline``, the first model when None, unless it is itself a trained defence,
+    and every model an input transformation or a detector wraps), then a row per defence and per
+    detector, models in order."""
+    if not any(entry.defenses or entry.detectors for entry in models):
         return []
     undefended: list[Evaluated] = []
     for entry in models:
         trained_defence = any(not result.wraps_model for result in entry.defenses)
         is_baseline = entry.name == (baseline if baseline is not None else models[0].name)
-        if not trained_defence and (is_baseline or any(r.wraps_model for r in entry.defenses)):
+        wrapped = any(r.wraps_model for r in entry.defenses) or bool(entry.detectors)
+        if not trained_defence and (is_baseline or wrapped):
             undefended.append(entry)
     rows = [row for entry in undefended if (row := _undefended(entry, _eps_of(models))) is not None]
     for entry in models:
         rows += [_defended(entry, result) for result in entry.defenses]
+        rows += [_detected(entry, result) for result in entry.detectors]
     return rows
 
 
 def _eps_of(models: Sequence[Evaluated]) -> float:
-    """The budget the defences were attacked at (the evaluation's largest)."""
-    return max(result.attack.eps or 0.0 for entry in models for result in entry.defenses)
+    """The budget the defences and detectors were attacked at (the evaluation's largest)."""
+    return max(
+        [result.attack.eps or 0.0 for entry in models for result in entry.defenses]
+        + [result.eps for entry in models for result in entry.detectors]
+    )
 
 
 def _flags(check: Optional[StrengthReport]) -> list[str]:
@@ -202,6 +211,51 @@ def _defended(entry: Evaluated, result: DefenceFigures) -> Verdict:
     )
 
 
+def _detected(entry: Evaluated, result: DetectorResult) -> Verdict:
+    """A detector's row: a scan withstands an attack when it is answered right or flagged; PGD, blind
+    to the detector, is the naive attack, :class:`pipeline.attacks.adaptive.DetectorAwarePGD` the
+    adaptive one."""
+    scans = result.scans
+    naive, adaptive = result.accuracy("pgd"), result.accuracy("adaptive")
+    caught = result.detection("pgd"), result.detection("adaptive")
+    false_alarms = result.false_positives
+    target = result.detector["false_positive_rate"]
+    flags = [f"flags {false_alarms.format()} of clean scans (threshold set for {target:.0%})"]
+    gap = naive > adaptive + tolerance(scans)
+    if gap:
+        flags.append(
+            f"detection falls under the adaptive attack: {caught[0].format()} of PGD's successful scans "
+            f"flagged, {caught[1].format()} of the adaptive attack's"
+        )
+    shown = (format_share(naive, scans), format_share(adaptive, scans))
+    if gap:
+        believe = (
+            f"Believe {shown[1]} (right or flagged under the adaptive attack), not {shown[0]}: the "
+            "detector catches PGD, which does not try to hide, and lets wrong answers through once the "
+            "attack knows it."
+        )
+    else:
+        believe = (
+            "PGD and the adaptive attack agree: believe the lower, "
+            f"{format_share(min(naive, adaptive), scans)} right or flagged; a stronger adaptive attack may "
+            "still lower it."
+        )
+    return Verdict(
+        model=entry.name,
+        defense=f"detector: {result.name}",
+        eps=result.eps,
+        scans=scans,
+        clean=float((result.predictions["clean"] == result.labels).mean()),
+        naive=naive,
+        naive_attack=f"{result.attack} (right or flagged)",
+        adaptive=adaptive,
+        adaptive_attack=f"{result.adaptive_attack} (right or flagged)",
+        flags=flags,
+        masking=gap,
+        believe=believe,
+    )
+
+
 #: The verdict table's columns, as the HTML report and the dashboard show them.
 VERDICT_COLUMNS = (
     "model",
@@ -239,8 +293,10 @@ VERDICT_NOTE = (
     "The naive attack is the usual one, run straight on the deployed defence; the adaptive attack is "
     "built to see through it (BPDA/EOT for input transformations; the logits instead of the saturated "
     "softmax for defensive distillation; the whole ensemble, a vote through its soft-vote surrogate, "
-    "where the naive attack is a transfer from the ensemble's best member). A naive figure clearly above "
-    "the adaptive one is gradient masking, not robustness (Athalye, Carlini & Wagner 2018; Carlini & "
-    "Wagner 2017), except for an ensemble, where it is what a transfer misses. Flags list the failed "
-    "strength checks of the deployed model."
+    "where the naive attack is a transfer from the ensemble's best member; the classifier's loss and the "
+    "detector's score together for a detector, where a scan counts when answered right or flagged). A "
+    "naive figure clearly above the adaptive one is gradient masking, or a detector that only catches "
+    "attacks blind to it, not robustness (Athalye, Carlini & Wagner 2018; Carlini & Wagner 2017), except "
+    "for an ensemble, where it is what a transfer misses. Flags list the failed strength checks of the "
+    "deployed model, and a detector's false alarms on clean scans."
 )
