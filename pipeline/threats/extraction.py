@@ -46,7 +46,7 @@ from pipeline.guard import exclusive_eval
 from pipeline.models import ARCHITECTURES
 from pipeline.params import from_mapping, setting, validate_fields
 from pipeline.progress import PASS, Phase, ProgressCallback, report, staged
-from pipeline.store import RunRecord, load_model, remove_run, resolve_run
+from pipeline.store import RunRecord, load_model, remove_weights, resolve_run
 from pipeline.training import TrainConfig, finished_run, planned_phases, train
 from pipeline.units import MAX_EPSILON, format_epsilon
 
@@ -97,7 +97,7 @@ class ExtractionSettings:
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps")
     seed: int = setting(0, low=0, high=2**31 - 1, help="seed of the surrogates' training and the noise")
     keep_models: bool = setting(
-        False, help="keep each surrogate's weights in the job folder (else only its record and curves)"
+        False, help="keep each surrogate's weights in the job folder (else only its record and curves stay)"
     )
 
     def __post_init__(self) -> None:
@@ -284,7 +284,7 @@ def run_extraction(
         ))
         del surrogate
         if not settings.keep_models:
-            remove_run(run_dir)
+            remove_weights(run_dir)
         report(progress, number, len(configs), f"{name}: agreement {result.surrogates[-1].agreement.format()}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
