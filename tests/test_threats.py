@@ -3,7 +3,7 @@
 One victim is trained once by the lab's loop to overfit (few scans, many steps, no augmentation): the
 deliberately overfitted model a membership attack must see through, and a deployed model to steal. Its
 threats run once each as the command line and the background job run them, into the folder where the
-dashboard looks: an extraction from 20 and 80 queries (the larger query set is the shadow population's
+dashboard looks: an extraction from 20 and 120 queries (the larger query set is the shadow population's
 phantom scans, rendered once) and a membership attack with two shadow models. Synthetic data only;
 nothing here is a medical result.
 """
@@ -51,11 +51,11 @@ pytestmark = pytest.mark.timeout(1800)
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 #: The shadow models' phantom seed, also the attacker's query seed: their largest set is one rendering.
 OTHER_SEED = 7
-#: Overfits on purpose: 48 training scans seen 8 times in batches of 8 at a constant rate.
+#: Overfits on purpose: 72 training scans seen 8 times in batches of 8 at a constant rate.
 VICTIM = dict(
-    data="synthetic", image_size=32, count=80, arch="resnet18", epochs=8, batch_size=8, optimizer="adamw",
+    data="synthetic", image_size=32, count=120, arch="resnet18", epochs=8, batch_size=8, optimizer="adamw",
     lr=1e-3, weight_decay=0.0, schedule="constant", imbalance="none", augment=False, val_fraction=0.1,
-    test_fraction=0.4, val_steps=1, eval_size=8, steps=1, device="cpu",
+    test_fraction=0.3, val_steps=1, eval_size=8, steps=1, device="cpu",
 )
 
 
@@ -75,8 +75,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     victim = train(TrainConfig.from_dict(VICTIM), runs)
     extraction = victim / THREATS / "extraction-20260101-000000"
     code = main([
-        "extract", "--victim", victim.name, "--runs-dir", str(runs), "--budgets", "20,80", "--query-seed",
-        str(OTHER_SEED), "--answers", "probabilities", "--epochs", "4", "--batch-size", "8", "--eps", "8/255",
+        "extract", "--victim", victim.name, "--runs-dir", str(runs), "--budgets", "20,120", "--query-seed",
+        str(OTHER_SEED), "--answers", "probabilities", "--epochs", "5", "--batch-size", "8", "--eps", "8/255",
         "--steps", "5", "--device", "cpu", "--out", str(extraction), "--quiet", "--no-tracking",
     ])
     assert code == 0
@@ -137,7 +137,7 @@ def test_agreement_rises_with_the_query_budget_and_transferred_attacks_beat_chan
     result = read_result(store.extraction / FILES["json"])
     assert isinstance(result, ExtractionResult) and result.synthetic
     small, large = result.surrogates
-    assert (small.queries, large.queries) == (20, 80)  # every query is a training or validation scan
+    assert (small.queries, large.queries) == (20, 120)  # every query is a training or validation scan
     assert large.agreement.estimate > small.agreement.estimate
     assert large.transfer.estimate > result.noise.estimate  # crafted on the copy, it fools the original
     assert result.white_box.estimate >= large.transfer.estimate - 1e-9
@@ -216,8 +216,9 @@ def test_lira_measures_each_candidate_against_its_own_out_distribution() -> None
         lira_offline(target, shadows[:1])
 
 
-def test_a_cancelled_threat_job_records_it_and_measures_nothing(store: Store, tmp_path: Path) -> None:
+def test_a_cancelled_threat_job_records_it_and_measures_nothing(store: Store) -> None:
     job = store.victim / THREATS / "extraction-20260102-000000"
+    job.mkdir(parents=True)
     update_status(job, {"phase": "queued"})
     jobs.cancel_job(job)
     settings = ExtractionSettings(victim=str(store.victim), budgets=(20,), query_seed=OTHER_SEED, device="cpu")
