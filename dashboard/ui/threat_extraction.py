@@ -8,8 +8,6 @@ query budget, beside the white-box and random-noise successes, every figure with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import streamlit as st
 
 from dashboard.ui.session import selected_run
@@ -35,9 +33,7 @@ def render(runs: dict[str, RunRecord]) -> None:
         "(a *surrogate*) on its answers. How many queries does a usable copy take, and do attacks crafted on "
         "the copy fool the original? (Tramèr et al. 2016; Papernot et al. 2017.)"
     )
-    victim = _form(runs)
-    if victim is not None and runs[victim].is_synthetic:
-        synthetic_badge()
+    _form(runs)
     live_jobs(list(runs), KIND, WATCH_KEY, "extraction")
     st.divider()
     shown = chosen_result(list(runs), KIND, WATCH_KEY, SHOWN_KEY)
@@ -45,7 +41,7 @@ def render(runs: dict[str, RunRecord]) -> None:
         result_view(*shown)
 
 
-def _form(runs: dict[str, RunRecord]) -> Optional[str]:
+def _form(runs: dict[str, RunRecord]) -> None:
     selected = selected_run()
     choices = list(runs)
     victim = st.selectbox(
@@ -53,6 +49,8 @@ def _form(runs: dict[str, RunRecord]) -> Optional[str]:
         key="threats:extraction:victim", format_func=lambda path: run_label(runs[path]),
         help="The saved model the attacker can only query",
     )
+    if runs[victim].is_synthetic:
+        synthetic_badge()
     budgets = st.text_input(
         "Query budgets", ", ".join(map(str, DEFAULTS.budgets)), key="threats:extraction:budgets",
         help="Comma-separated: one surrogate is trained per budget, from that many answers of the victim. "
@@ -65,7 +63,6 @@ def _form(runs: dict[str, RunRecord]) -> Optional[str]:
                                        **{k: v for k, v in values.items() if v is not None}),
             WATCH_KEY, "extraction",
         )
-    return victim
 
 
 def result_view(folder: Path, result: ExtractionResult) -> None:
@@ -76,14 +73,19 @@ def result_view(folder: Path, result: ExtractionResult) -> None:
         f"**{result.victim}** answered with **{result.settings.get('answers')}**; {result.scans} of its test scans "
         f"measured; attack {result.attack_label}."
     )
-    best = result.surrogates[-1] if result.surrogates else None
-    left, middle, right = st.columns(3)
-    left.metric("Agreement, largest budget", best.agreement.format() if best else "—",
-                help="Share of the victim's test scans the surrogate answers as the victim does")
-    middle.metric("Transfer success, largest budget", best.transfer.format() if best else "—",
-                  help="Share of the scans the victim classifies correctly that attacks crafted on the surrogate fool")
-    right.metric("White-box success", result.white_box.format(),
-                 help=f"The same attack with the victim's own weights; random ±ε noise: {result.noise.format()}")
+    if result.surrogates:
+        best = result.surrogates[-1]
+        figures = (
+            (f"Agreement from {best.queries} queries", best.agreement,
+             "Share of the victim's test scans the surrogate answers as the victim does"),
+            ("Transfer success", best.transfer,
+             "Share of the scans the victim classifies correctly that attacks crafted on that surrogate fool"),
+            ("White-box success", result.white_box, "The same attack with the victim's own weights"),
+            ("Random ±ε noise", result.noise, "Chance: every pixel moved by the budget at random"),
+        )
+        for column, (label, interval, help_text) in zip(st.columns(len(figures)), figures):
+            column.metric(label, interval.format(0).split(" (")[0], help=help_text)
+            column.caption(interval.bounds(0))
     st.dataframe(
         [
             {"queries": s.queries, "agreement": s.agreement.format(), "transfer success": s.transfer.format(),

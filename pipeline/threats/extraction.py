@@ -269,7 +269,8 @@ def run_extraction(
     for number, (budget, config) in enumerate(zip(settings.budgets, configs), start=1):
         name = f"surrogate from {budget} queries"
         clock = time.perf_counter()
-        run_dir = finished_run(train(config, out_dir / SURROGATES, progress=stage(number, name), track=False), name)
+        within = stage(number, name)
+        run_dir = finished_run(train(config, out_dir / SURROGATES, progress=within, track=False), name)
         seconds = time.perf_counter() - clock
         surrogate, surrogate_record = load_model(run_dir, device=device)
         copied = measurer.answers(surrogate)
@@ -285,7 +286,7 @@ def run_extraction(
         del surrogate
         if not settings.keep_models:
             remove_weights(run_dir)
-        report(progress, number, len(configs), f"{name}: agreement {result.surrogates[-1].agreement.format()}")
+        report(within, 1, 1, f"measured: agreement {result.surrogates[-1].agreement.format()}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 

@@ -17,13 +17,15 @@ from pipeline.evaluation.intervals import Interval
 from pipeline.threats.extraction import ExtractionResult
 from pipeline.threats.membership import ATTACKS, MembershipResult
 
-#: Appended to the title of every figure measured on the phantom.
-SYNTHETIC_TITLE = " — synthetic phantom, not a medical result"
+#: The subtitle's mark on every figure measured on the phantom.
+SYNTHETIC_TITLE = "synthetic phantom — not a medical result"
 
 
-def titled(title: str, synthetic: bool) -> str:
-    """``title``, marked as synthetic where the figure was measured on the phantom."""
-    return title + (SYNTHETIC_TITLE if synthetic else "")
+def titled(title: str, synthetic: bool, detail: str = "") -> str:
+    """``title`` with a smaller second line: the synthetic mark first where the figure was measured on the
+    phantom (so a narrow column never cuts it off), then ``detail``."""
+    below = "; ".join(part for part in (SYNTHETIC_TITLE if synthetic else "", detail) if part)
+    return f"{title}<br><sup>{below}</sup>" if below else title
 
 
 def agreement_curve(result: ExtractionResult) -> go.Figure:
@@ -40,9 +42,9 @@ def agreement_curve(result: ExtractionResult) -> go.Figure:
         )
     _level(figure, result.victim_accuracy, "victim's accuracy", NEUTRAL, "dot", queries)
     figure.update_xaxes(title="queries sent to the victim", type="log")
-    figure.update_yaxes(title="share of test scans (%)", range=[0, 100])
-    title = f"How closely the stolen copy answers like {result.victim} (bars: 95% intervals)"
-    return style(figure, title=titled(title, result.synthetic), height=360)
+    figure.update_yaxes(title="share of test scans (%)", range=[0, 103], dtick=20)
+    title = titled("Agreement of the stolen copy with the victim", result.synthetic, "bars: 95% intervals")
+    return _styled(figure, title, 380)
 
 
 def transfer_curve(result: ExtractionResult) -> go.Figure:
@@ -58,9 +60,10 @@ def transfer_curve(result: ExtractionResult) -> go.Figure:
     _level(figure, result.white_box, "white-box (crafted on the victim)", SERIES[4], "dash", queries)
     _level(figure, result.noise, "random ±ε noise (chance)", NEUTRAL, "dot", queries)
     figure.update_xaxes(title="queries sent to the victim", type="log")
-    figure.update_yaxes(title="attack success on the victim (%)", range=[0, 100])
-    title = f"Attacks from the stolen copy: {result.attack_label} (bands, bars: 95% intervals)"
-    return style(figure, title=titled(title, result.synthetic), height=360)
+    figure.update_yaxes(title="attack success on the victim (%)", range=[0, 103], dtick=20)
+    title = titled("Attacks crafted on the copy, shown to the victim", result.synthetic,
+                   f"{result.attack_label}; bars and bands: 95% intervals")
+    return _styled(figure, title, 380)
 
 
 def roc_curves(result: MembershipResult, attacks: Sequence[str] = ("lira", "loss")) -> go.Figure:
@@ -83,7 +86,7 @@ def roc_curves(result: MembershipResult, attacks: Sequence[str] = ("lira", "loss
             )
     figure.update_xaxes(title="false-positive rate (non-members called members)", type="log", range=[math.log10(low), 0])
     figure.update_yaxes(title="true-positive rate (members found)", type="log", range=[math.log10(low), 0])
-    return style(figure, title=titled("Membership ROC, log-log", result.synthetic), height=420)
+    return _styled(figure, titled("Membership ROC, log-log", result.synthetic, "the low-FPR end matters"), 440)
 
 
 def auc_bars(result: MembershipResult) -> go.Figure:
@@ -99,7 +102,14 @@ def auc_bars(result: MembershipResult) -> go.Figure:
     figure.add_hline(y=0.5, line={"color": NEUTRAL, "dash": "dot"}, annotation_text="guessing")
     figure.update_layout(barmode="group")
     figure.update_yaxes(title="ROC AUC", range=[0, 1])
-    return style(figure, title=titled("Membership attacks: ROC AUC (bars: 95% intervals)", result.synthetic))
+    return _styled(figure, titled("Membership attacks: ROC AUC", result.synthetic, "bars: 95% intervals"), 360)
+
+
+def _styled(figure: go.Figure, title: str, height: int) -> go.Figure:
+    """The lab's look, with room above the plot for the title's second line."""
+    style(figure, title=title, height=height)
+    figure.update_layout(margin={"t": 100}, title={"pad": {"b": 22}})
+    return figure
 
 
 def _level(figure: go.Figure, interval: Interval, name: str, color: str, dash: str, xs: list[int]) -> None:
@@ -109,7 +119,7 @@ def _level(figure: go.Figure, interval: Interval, name: str, color: str, dash: s
     left, right = min(xs), max(xs)
     figure.add_scatter(
         x=[left, right, right, left], y=[100 * interval.high] * 2 + [100 * interval.low] * 2, fill="toself",
-        fillcolor=color, opacity=0.12, line={"width": 0}, hoverinfo="skip", showlegend=False,
+        mode="lines", fillcolor=color, opacity=0.12, line={"width": 0}, hoverinfo="skip", showlegend=False,
     )
     figure.add_scatter(
         x=[left, right], y=[100 * interval.estimate] * 2, mode="lines", name=f"{name}: {interval.format()}",
