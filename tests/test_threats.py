@@ -4,8 +4,8 @@ One victim is trained once by the lab's loop to overfit (few scans, many steps, 
 deliberately overfitted model a membership attack must see through, and a deployed model to steal. Its
 threats run once each as the command line and the background job run them, into the folder where the
 dashboard looks: an extraction from 20 and 120 queries (the larger query set is the shadow population's
-phantom scans, rendered once) and a membership attack with two shadow models. Synthetic data only;
-nothing here is a medical result.
+phantom scans, rendered once) and a membership attack, with two shadow models each, on the victim and on
+an adversarial fine-tuning of it side by side. Synthetic data only; nothing here is a medical result.
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ VICTIM = dict(
     test_fraction=0.3, val_steps=1, eval_size=8, steps=1, device="cpu",
 )
 
+#: One epoch of PGD fine-tuning of the victim: an adversarially trained model started from it.
+ROBUST = dict(strategy="pgd", epochs=1, eps=2 / 255, steps=1, seed=1)
+
 
 @dataclass
 class Store:
     runs: Path
     victim: Path
+    robust: Path  #: the victim fine-tuned adversarially: the membership attack's second target
     extraction: Path  #: the extraction's job folder
     membership: Path  #: the membership attack's job folder
 
@@ -80,12 +84,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         "--steps", "5", "--device", "cpu", "--out", str(extraction), "--quiet", "--no-tracking",
     ])
     assert code == 0
+    robust = train(TrainConfig.from_dict({**VICTIM, **ROBUST, "init_from": str(victim)}), runs)
     membership = victim / THREATS / "membership-20260101-000000"
     settings = MembershipSettings(
-        targets=(str(victim),), shadows=2, shadow_epochs=4, shadow_seed=OTHER_SEED, device="cpu"
+        targets=(str(victim), str(robust)), shadows=2, shadow_epochs=2, shadow_seed=OTHER_SEED, device="cpu"
     )
     assert run_threat_job(settings, membership, track=True) is not None
-    yield Store(runs, victim, extraction, membership)
+    yield Store(runs, victim, robust, extraction, membership)
     torch.set_num_threads(before)
 
 
@@ -177,7 +182,8 @@ def test_candidates_never_leak_members(store: Store) -> None:
 def test_membership_attacks_see_the_overfitted_model_with_intervals(store: Store) -> None:
     result = read_result(store.membership / FILES["json"])
     assert isinstance(result, MembershipResult) and result.synthetic
-    (target,) = result.targets
+    target, robust = result.targets  # side by side, in the order given
+    assert (target.info["strategy"], robust.info["strategy"]) == ("standard", "pgd")
     assert target.member_accuracy.estimate > target.non_member_accuracy.estimate  # it overfits
     loss = target.attacks["loss"]
     assert loss.auc.low > 0.5  # above guessing, interval and all
@@ -188,10 +194,18 @@ def test_membership_attacks_see_the_overfitted_model_with_intervals(store: Store
             assert 0.0 <= interval.low <= interval.estimate <= interval.high <= 1.0
         assert set(summary.tpr) == {0.01, 0.001}
     assert target.attacks["lira"].auc.estimate > 0.5
-    # the shadows trained like the target on the other seed's scans, each split its own way
+    # the shadows trained like their target on the other seed's scans, each split its own way; the robust
+    # target's were fine-tuned from the standard one's shadows, never from the standard run (which saw
+    # the candidates)
     configs = [json.loads((store.membership / shadow / "config.json").read_text()) for shadow in target.shadows]
     assert {c["data"]["seed"] for c in configs} == {OTHER_SEED}
-    assert len({c["data"]["split_seed"] for c in configs}) == 2 and all(c["epochs"] == 4 for c in configs)
+    assert len({c["data"]["split_seed"] for c in configs}) == 2 and all(c["epochs"] == 2 for c in configs)
+    tuned = [json.loads((store.membership / shadow / "config.json").read_text()) for shadow in robust.shadows]
+    assert [c["strategy"] for c in tuned] == ["pgd", "pgd"]
+    assert [Path(c["init_from"]).resolve() for c in tuned] == [
+        (store.membership / shadow).resolve() for shadow in target.shadows
+    ]
+    assert [c["data"]["split_seed"] for c in tuned] == [c["data"]["split_seed"] for c in configs]
     # logged to MLflow with every figure's bounds
     entry = read_status(store.membership)["tracking"]
     metrics = MlflowClient(tracking.tracking_uri(store.runs)).get_run(entry["run_id"]).data.metrics
@@ -253,4 +267,4 @@ def test_the_train_page_asks_whose_answers_a_surrogate_learns(store: Store, monk
     at.switch_page("views/train.py").run()
     at.selectbox(key="train:quick:strategy").set_value("extraction").run()
     assert not at.exception, [item.value for item in at.exception]
-    assert at.selectbox(key="train:quick:victim_run").value == str(store.victim)
+    assert at.selectbox(key="train:quick:victim_run").value in (str(store.victim), str(store.robust))  # newest
