@@ -57,6 +57,12 @@ def _form(runs: dict[str, RunRecord]) -> None:
         "Each costs a training; on a CPU start with a few hundred.",
     )
     values = settings_controls(ExtractionSettings, FIELDS, "threats:extraction")
+    minutes = _training_minutes(runs[victim], budgets, int(values.get("epochs") or 0))
+    if minutes:
+        st.caption(
+            f"Training the surrogates takes about {max(minutes, 1):.0f} min on this machine, judged by how fast "
+            "the victim trained (a surrogate of another architecture differs)."
+        )
     if st.button("Start the extraction", type="primary", icon=":material/play_arrow:", key="threats:extraction:start"):
         start(
             lambda: ExtractionSettings(victim=victim, runs_dir=str(runs_dir()), budgets=budgets,
@@ -99,3 +105,16 @@ def result_view(folder: Path, result: ExtractionResult) -> None:
     right.plotly_chart(transfer_curve(result), key=f"extraction:{folder}:transfer", config={"displaylogo": False})
     st.caption(EXTRACTION_NOTE)
     report_download(folder, key=f"extraction:{folder}:download")
+
+
+def _training_minutes(victim: RunRecord, budgets: str, epochs: int) -> float:
+    """How long the surrogates for ``budgets`` (the form's text) take to train for ``epochs`` each, at the
+    victim's own training speed (images per second, from its epochs); 0 when either is unknown."""
+    speeds = [float(line["images_per_s"]) for line in victim.metrics if line.get("images_per_s")]
+    try:
+        queries = sum(int(part) for part in budgets.split(",") if part.strip())
+    except ValueError:
+        return 0.0
+    if not speeds or not queries:
+        return 0.0
+    return queries * epochs / (sum(speeds) / len(speeds)) / 60
