@@ -270,25 +270,36 @@ def run_extraction(
         name = f"surrogate from {budget} queries"
         clock = time.perf_counter()
         within = stage(number, name)
-        run_dir = finished_run(train(config, out_dir / SURROGATES, progress=within, track=False), name)
-        seconds = time.perf_counter() - clock
-        surrogate, surrogate_record = load_model(run_dir, device=device)
-        copied = measurer.answers(surrogate)
-        fooled = measurer.fooled(lambda x, y: attack(surrogate, x, y), None)
-        split_sizes = surrogate_record.config.get("split", {})
-        result.surrogates.append(Surrogate(
-            budget=budget, queries=len(split_sizes.get("train", [])) + len(split_sizes.get("val", [])),
-            run=str(run_dir.relative_to(out_dir)), seconds=round(seconds, 1),
-            agreement=proportion_interval(copied == answers, groups),
-            accuracy=proportion_interval(copied == truth, groups),
-            transfer=proportion_interval(fooled, _on(groups, correct)),
-        ))
-        del surrogate
-        if not settings.keep_models:
-            remove_weights(run_dir)
+        trained = train(config, out_dir / SURROGATES, progress=within, track=False)
+        try:
+            result.surrogates.append(
+                _measure_surrogate(finished_run(trained, name), out_dir, budget, time.perf_counter() - clock,
+                                   measurer, attack, groups, device)
+            )
+        finally:  # a cancelled or failed surrogate's weights go too
+            if not settings.keep_models:
+                remove_weights(trained)
         report(within, 1, 1, f"measured: agreement {result.surrogates[-1].agreement.format()}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
+
+
+def _measure_surrogate(
+    run_dir: Path, out_dir: Path, budget: int, seconds: float, measurer: _Measurer, attack: Any,
+    groups: Optional[np.ndarray], device: torch.device,
+) -> Surrogate:
+    """One trained surrogate against the victim: agreement, its own accuracy, transfer success."""
+    surrogate, record = load_model(run_dir, device=device)
+    copied = measurer.answers(surrogate)
+    fooled = measurer.fooled(lambda x, y: attack(surrogate, x, y), None)
+    split = record.config.get("split", {})
+    return Surrogate(
+        budget=budget, queries=len(split.get("train", [])) + len(split.get("val", [])),
+        run=str(run_dir.relative_to(out_dir)), seconds=round(seconds, 1),
+        agreement=proportion_interval(copied == measurer.victim_answers, groups),
+        accuracy=proportion_interval(copied == measurer.labels, groups),
+        transfer=proportion_interval(fooled, _on(groups, measurer.victim_answers == measurer.labels)),
+    )
 
 
 class _Measurer:

@@ -332,12 +332,14 @@ def run_membership(
     shadows.stage = lambda name: staged(progress, next(stage_of), weights, name, plans=plans)
     device = select_device(settings.device)
     result = MembershipResult(settings=settings.to_dict(), synthetic=all(r.is_synthetic for r in records))
-    for run_dir, record in zip(targets, records):
-        trained = [shadows.train(run_dir, k) for k in range(settings.shadows)]
-        result.targets.append(
-            _attack(run_dir, settings, trained, Path(out_dir), device, shadows.stage(f"scoring {record.name}"))
-        )
-    shadows.clean_up()
+    try:
+        for run_dir, record in zip(targets, records):
+            trained = [shadows.train(run_dir, k) for k in range(settings.shadows)]
+            result.targets.append(
+                _attack(run_dir, settings, trained, Path(out_dir), device, shadows.stage(f"scoring {record.name}"))
+            )
+    finally:  # a cancelled or failed attack's shadows lose their weights too
+        shadows.clean_up()
     result.seconds = round(time.perf_counter() - started, 1)
     return result
 
@@ -398,6 +400,7 @@ class _Shadows:
     def __init__(self, settings: MembershipSettings, out_dir: Path) -> None:
         self.settings, self.folder = settings, out_dir / SHADOWS
         self.trained: dict[tuple[Path, int], Path] = {}
+        self.made: list[Path] = []  #: every shadow run trained, finished or not
         self.stage: Any = lambda name: None
 
     def order(self, wanted: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
@@ -441,6 +444,7 @@ class _Shadows:
                 continue
             name = f"shadow {key[1] + 1} of {read_record(key[0]).name}"
             trained = train(self.config(*key), self.folder, progress=self.stage(name), track=False)
+            self.made.append(trained)
             self.trained[key] = finished_run(trained, name)
         return self.trained[(run_dir.resolve(), k)]
 
@@ -448,7 +452,7 @@ class _Shadows:
         """Remove the shadows' weights unless the settings keep them (their records and curves stay)."""
         if self.settings.keep_models:
             return
-        for run_dir in self.trained.values():
+        for run_dir in self.made:
             remove_weights(run_dir)
 
     @staticmethod
