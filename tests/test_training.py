@@ -313,7 +313,7 @@ def test_config_validation_names_field_and_range() -> None:
     assert set(PRESETS) == {"quick", "full"}
     assert params_of(TrainConfig)["strategy"].choices == available_strategies()  # the registry is the list
     assert available_strategies() == (
-        "standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer", "distillation"
+        "standard", "pgd", "fgsm-rs", "trades", "mart", "mixed", "transfer", "distillation", "extraction"
     )
     for name in PRESETS:
         assert TrainConfig.from_preset(name, strategy="pgd").strategy == "pgd"

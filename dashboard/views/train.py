@@ -33,7 +33,7 @@ PRESET_WORDS = {
 #: Shown directly; every other training setting sits under "Advanced settings".
 MAIN = ("arch", "strategy", "epochs", "eps", "steps", "batch_size", "device", "pretrained")
 #: Settings given by other widgets or meaningless in the dashboard (the data comes from the Data page).
-OTHER = ("transfer_run", "transfer_eps", "init_from", "teacher_run")
+OTHER = ("transfer_run", "transfer_eps", "init_from", "teacher_run", "victim_run")
 #: Architectures too deep to learn from scratch in the quick preset without help.
 DEEP = ("resnet50", "resnet101")
 
@@ -70,6 +70,17 @@ def settings_form(preset: str) -> dict[str, Any]:
             help="Any saved model. Its answers, softened at the temperature under Advanced settings, are "
             "what the new model learns; starting from the teacher itself (Start from) is the fast way.",
         )
+    if values["strategy"] == "extraction":
+        victims = {str(record.run_dir): record for record in usable_runs()}
+        values["victim_run"] = st.selectbox(
+            "Victim: the model whose answers are learnt",
+            list(victims) or [None],
+            format_func=lambda path: run_label(victims[path]) if path else "no saved model",
+            key=f"train:{preset}:victim_run",
+            help="Any saved model of the same scan size. Only its answers on these scans are learnt, never their "
+            "labels (what it answers: victim answers, under Advanced settings). The Threats page does this for "
+            "several query budgets and attacks the copies.",
+        )
     starts = {str(record.run_dir): record for record in usable_runs()}
     values["init_from"] = st.selectbox(
         "Start from",
@@ -81,7 +92,7 @@ def settings_form(preset: str) -> dict[str, Any]:
     )
     if (
         preset == "quick"
-        and values["strategy"] not in ("standard", "transfer", "distillation")
+        and values["strategy"] not in ("standard", "transfer", "distillation", "extraction")
         and not values["init_from"]
     ):
         st.info(

@@ -27,12 +27,11 @@ from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation import AttackSpec, RobustnessReport, evaluate
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.degenerate import NOT_TRAINED
-from pipeline.jobs import JobCancelled
 from pipeline.json_object import parse_json_object
 from pipeline.models import arch_title
 from pipeline.progress import Phase, ProgressCallback, report, staged
-from pipeline.store import atomic_write_json, load_model, read_status
-from pipeline.training import TrainConfig, planned_phases, train
+from pipeline.store import atomic_write_json, load_model
+from pipeline.training import TrainConfig, finished_run, planned_phases, train
 from pipeline.units import format_epsilon
 
 DEMO_FILE: Final[str] = "demo.json"
@@ -246,13 +245,13 @@ def prepare_demo(
 
     started = time.perf_counter()
     trained = train(standard_config, runs_dir, progress=stage(0, "standard model"))
-    standard_dir = _finished(trained, "standard")
+    standard_dir = finished_run(trained, "standard")
     standard_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     robust_config = TrainConfig.from_dict({**robust_config.to_dict(), "init_from": str(standard_dir)})
     trained = train(robust_config, runs_dir, progress=stage(1, "robust model"))
-    robust_dir = _finished(trained, "robust")
+    robust_dir = finished_run(trained, "robust")
     robust_seconds = time.perf_counter() - started
 
     demo = measure_pair(standard_dir, robust_dir, recipe=chosen, seconds=(standard_seconds, robust_seconds),
@@ -336,17 +335,6 @@ def current_commit() -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _finished(run_dir: Path, role: str) -> Path:
-    """``run_dir`` when its training finished; a cancelled one stops the demo, a failed one says why."""
-    status = read_status(run_dir)
-    phase = status.get("phase")
-    if phase == "cancelled":
-        raise JobCancelled(f"cancelled while training the {role} model")
-    if phase != "done":
-        raise UserInputError(f"the {role} model's training ended {phase}: {status.get('error') or 'no reason given'}")
-    return run_dir
-
-
 def _test_scans(config: TrainConfig) -> int:
     """The held-out test scans a demo model is checked on, as expected from its data's split fractions."""
     return max(1, round(config.data.count * config.data.test_fraction))

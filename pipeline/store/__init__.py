@@ -36,6 +36,7 @@ from pipeline.store.record import (
     read_record,
     read_settings,
     remove_run,
+    remove_weights,
     resolve_run,
     write_config,
     write_request,
@@ -48,7 +49,7 @@ __all__ = [
     "RunRecord", "append_metrics", "atomic_write_bytes", "atomic_write_json", "check_settings_with",
     "check_state", "created_at", "load_state", "export_run", "file_sha256", "has_checkpoint", "has_config", "import_run", "list_runs",
     "load_checkpoint", "load_model", "load_tensors", "new_run_dir", "read_config", "read_json",
-    "read_metrics", "read_record", "read_settings", "read_status", "remove_partial_writes", "remove_run",
+    "read_metrics", "read_record", "read_settings", "read_status", "remove_partial_writes", "remove_run", "remove_weights",
     "resolve_run", "save_checkpoint", "save_model", "save_tensors", "unwrap", "update_status",
     "write_config", "write_metrics", "write_request",
 ]

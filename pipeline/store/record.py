@@ -28,7 +28,7 @@ from pipeline.data import DataSpec, ScanDataset, Split, fold_data_settings
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pipeline.store.files import atomic_write_json, read_json
-from pipeline.store.layout import CONFIG, MARKERS, MODEL, REQUEST, STATUS, TRAINING_KIND
+from pipeline.store.layout import CONFIG, LAST, LAST_META, MARKERS, MODEL, REQUEST, STATUS, TRAINING_KIND
 from pipeline.store.metrics import read_metrics
 from pipeline.store.status import read_status
 
@@ -300,6 +300,17 @@ def safe_name(text: str) -> str:
     """``text`` reduced to a file name of letters, digits, ``.``, ``_`` and ``-`` (at most 80)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")[:80]
     return name or "run"
+
+
+def remove_weights(run_dir: Path | str) -> None:
+    """Delete a run's weights (the kept model and the resumable state), keeping its record, curves and
+    status: for models trained only to be measured once (a threat's surrogates and shadow models).
+    Refuses a folder that is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any((run_dir / name).exists() for name in MARKERS):
+        raise CheckpointError(f"{run_dir} is not a run directory; nothing was deleted")
+    for name in (MODEL, LAST, LAST_META):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def remove_run(run_dir: Path | str) -> None:

@@ -112,6 +112,15 @@ class TrainConfig:
         help="distillation temperature T: the student learns the teacher's soft labels at T and is deployed "
         "at T=1 (Papernot et al. used 100; starting from the teacher, init_from, reaches it in a few epochs)",
     )
+    # model extraction (a surrogate that learns a deployed model's answers)
+    victim_run: Optional[str] = setting(
+        None, help="saved run whose answers on these scans the surrogate learns (model extraction)"
+    )
+    victim_answers: str = setting(
+        "labels",
+        choices=("labels", "probabilities"),
+        help="what the victim returns to each query: its class only (labels) or every class's probability",
+    )
     # selection and checks
     val_steps: int = setting(10, low=1, high=200, help="PGD steps of the robust validation check")
     eval_size: int = setting(
@@ -122,7 +131,7 @@ class TrainConfig:
         choices=("auto", "robust", "clean", "balanced"),
         help="keep the epoch with the best validation accuracy under PGD (robust), on clean scans "
         "(clean) or averaged over the classes' recalls (balanced); auto: balanced for standard "
-        "training and distillation, robust for adversarial training",
+        "training, distillation and extraction, robust for adversarial training",
     )
     patience: int = setting(
         0, low=0, high=1000, help="stop after this many epochs without improvement (0: never)"
@@ -162,6 +171,10 @@ class TrainConfig:
             raise UserInputError(
                 "strategy 'transfer' needs transfer_run: the saved run whose model crafts examples"
             )
+        if self.strategy == "extraction" and not self.victim_run:
+            raise UserInputError(
+                "strategy 'extraction' needs victim_run: the saved run whose answers the surrogate learns"
+            )
         if self.strategy == "distillation" and not self.teacher_run:
             raise UserInputError(
                 "strategy 'distillation' needs teacher_run: the saved run whose soft labels the model learns"
@@ -183,8 +196,9 @@ class TrainConfig:
         if self.select_by != "auto":
             return self.select_by
         # A distilled model's PGD accuracy is masked, not robust: selecting on it would keep the most
-        # masked epoch, so distillation selects like standard training.
-        return "balanced" if self.strategy in ("standard", "distillation") else "robust"
+        # masked epoch, so distillation selects like standard training; so does a surrogate (extraction),
+        # whose validation labels are the victim's answers: it keeps the epoch that agrees best with them.
+        return "balanced" if self.strategy in ("standard", "distillation", "extraction") else "robust"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the data settings nested under ``data``."""

@@ -122,6 +122,19 @@ def train(
     return run_dir
 
 
+def finished_run(run_dir: Path, role: str) -> Path:
+    """``run_dir`` when its training finished; raises :class:`pipeline.jobs.JobCancelled` when it was
+    cancelled and :class:`UserInputError` saying why when it ended otherwise. ``role`` names the model
+    in those messages ("standard", "shadow 2"): for work that trains several models one after another."""
+    status = read_status(run_dir)
+    phase = status.get("phase")
+    if phase == "cancelled":
+        raise jobs.JobCancelled(f"cancelled while training the {role} model")
+    if phase != "done":
+        raise UserInputError(f"the {role} model's training ended {phase}: {status.get('error') or 'no reason given'}")
+    return run_dir
+
+
 def _forget_unstarted(run_dir: Path) -> None:
     """Remove a run this training created when it failed before finishing any epoch.
 
@@ -136,12 +149,14 @@ def _forget_unstarted(run_dir: Path) -> None:
 
 
 def with_start_run(config: TrainConfig, runs_dir: Path | str) -> TrainConfig:
-    """``config`` with ``init_from`` resolved to a run whose model fits, and ``teacher_run`` to a run
-    whose model loads (any architecture teaches); checked before any run exists."""
-    if config.teacher_run and config.strategy == "distillation":
-        teacher = resolve_run(runs_dir, config.teacher_run)
-        load_model(teacher)  # a missing, truncated or tampered teacher is refused before any work
-        config = dataclasses.replace(config, teacher_run=str(teacher))
+    """``config`` with ``init_from`` resolved to a run whose model fits, and ``teacher_run`` (or an
+    extraction's ``victim_run``) to a run whose model loads (any architecture teaches, any can be
+    stolen); checked before any run exists."""
+    for name, strategy in (("teacher_run", "distillation"), ("victim_run", "extraction")):
+        if getattr(config, name) and config.strategy == strategy:
+            source = resolve_run(runs_dir, getattr(config, name))
+            load_model(source)  # a missing, truncated or tampered model is refused before any work
+            config = dataclasses.replace(config, **{name: str(source)})
     if not config.init_from:
         return config
     start = resolve_run(runs_dir, config.init_from)
@@ -268,18 +283,21 @@ class Trainer:
         x, y = dataset.tensors()
         x, y = x.to(self.device), y.to(self.device)
         train, val = (torch.as_tensor(indices, device=self.device) for indices in (split.train, split.val))
-        x_train, y_train = x[train], y[train]
-        if len(x_train) < 2 or len(val) == 0:
+        if len(train) < 2 or len(val) == 0:
             raise DatasetError(
-                f"the split leaves {len(x_train)} training and {len(val)} validation scans; "
+                f"the split leaves {len(train)} training and {len(val)} validation scans; "
                 "use more scans or a larger validation fraction"
             )
         self.classes = list(dataset.classes)
+        self.strategy: Strategy = build_strategy(config, None)
+        # what the model learns and is validated against: the labels, or a victim's answers (extraction)
+        seen = torch.cat([train, val])
+        y = y.clone()
+        y[seen] = self.strategy.answers(x[seen], y[seen], self._phase_progress("querying"))
+        x_train, y_train = x[train], y[train]
         counts = torch.bincount(y_train, minlength=len(self.classes)).float().clamp(min=1)
         class_weights = counts.sum() / (len(self.classes) * counts)
-        self.strategy: Strategy = build_strategy(
-            config, class_weights if config.imbalance == "weights" else None
-        )
+        self.strategy.class_weights = class_weights if config.imbalance == "weights" else None
         self.model = self._build_model()
         self.optimizer = self._build_optimizer(self.model)
         self.state = self._resume_state()
@@ -291,7 +309,8 @@ class Trainer:
         self.x_val, self.y_val = x[val], y[val]
         x_train, y_train = self.strategy.prepare(x_train, y_train, self._phase_progress("preparing"))
         self.x_train, self.y_train = x_train, y_train
-        self.sample_weights = (1.0 / counts)[y_train] if config.imbalance == "sampler" else None
+        labels = y_train if y_train.ndim == 1 else y_train.argmax(dim=1)  # soft targets: their top class
+        self.sample_weights = (1.0 / counts)[labels] if config.imbalance == "sampler" else None
 
         self.net = distributed.wrap(self.model, self.context)
         self.attack_model: nn.Module = self.model

@@ -91,10 +91,20 @@ class Strategy:
             logits.float(), y, weight=self.class_weights, label_smoothing=self.config.label_smoothing
         )
 
+    def answers(
+        self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
+    ) -> torch.Tensor:
+        """The labels (int64 ``[N]``) the model learns and is validated against, for the training and
+        validation scans ``x``: the data's own ``y`` for every strategy but extraction, whose are
+        another model's answers."""
+        return y
+
     def prepare(
         self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training set this strategy trains on (transfer adds its examples here)."""
+        """The training set this strategy trains on (transfer adds its examples here). The targets are
+        labels ``[N]``, or soft targets (float ``[N, C]``, rows summing to 1) for a strategy that learns
+        probabilities and says so in its :meth:`step`."""
         return x, y
 
     def passes_per_image(self) -> float:
@@ -366,13 +376,92 @@ class DistillationTraining(Strategy):
         targets = self.soft_labels(x)
         logits = net(x)
         temperature = self.config.temperature
-        per_scan = -(targets * F.log_softmax(logits.float() / temperature, dim=1)).sum(dim=1)
-        if self.class_weights is None:
-            loss = per_scan.mean()
-        else:
-            weights = self.class_weights[y]
-            loss = (per_scan * weights).sum() / weights.sum()
+        loss = soft_cross_entropy(logits.float() / temperature, targets, self.class_weights, y)
         return temperature**2 * loss, logits, y
+
+
+@register
+class ExtractionTraining(Strategy):
+    """Model extraction: a surrogate learns only what a deployed model answers, never the labels.
+
+    Tramèr et al. 2016, "Stealing Machine Learning Models via Prediction APIs"
+    (https://arxiv.org/abs/1609.02943); Papernot et al. 2017, "Practical Black-Box Attacks against
+    Machine Learning" (https://arxiv.org/abs/1602.02697). The victim (``victim_run``) is queried once
+    per training and validation scan, as deployed (eval mode, softmax at T=1): those scans are the
+    query budget. It answers with its class (``victim_answers="labels"``, the usual API) or with every
+    class's probability (``"probabilities"``, learnt by soft cross-entropy as in distillation). The
+    labels of the data are never read: the validation that keeps the best epoch measures agreement
+    with the victim's answers, class weights count its answers, and augmentation reuses the answer of
+    the scan it varies (no new query).
+    """
+
+    name = "extraction"
+    uses = ("victim_run", "victim_answers")
+    description = (
+        "Model extraction (Tramèr et al.): learns only a saved model's answers on these scans, never "
+        "their labels: a stolen copy, for attacks crafted offline and replayed on the original."
+    )
+
+    def answers(
+        self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
+    ) -> torch.Tensor:
+        return self.victim_probabilities(x, y, progress).argmax(dim=1)
+
+    def prepare(
+        self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.victim_answers == "labels":
+            return x, y  # already the victim's answers (:meth:`answers`)
+        return x, self.victim_probabilities(x, y, progress)
+
+    def victim_probabilities(
+        self, x: torch.Tensor, y: torch.Tensor, progress: Optional[ProgressCallback] = None
+    ) -> torch.Tensor:
+        """float32 ``[N, C]``: the deployed victim's class probabilities for the scans ``x``, batch by
+        batch (``y``, their labels ``[N]``, only checks that the victim knows as many classes).
+        Raises :class:`UserInputError` when the victim reads scans of another size or fewer classes."""
+        victim, record = load_model(self.config.victim_run, device=x.device)
+        size = (record.config.get("data") or {}).get("image_size")
+        if size is not None and int(size) != x.shape[-1]:
+            raise UserInputError(
+                f"victim run {record.name} reads {size} px scans, these are {x.shape[-1]} px: query it "
+                "with scans of its own size"
+            )
+        victim.eval().requires_grad_(False)
+        batch, parts = max(2, self.config.batch_size), []
+        with torch.no_grad():
+            for start in range(0, len(x), batch):
+                parts.append(F.softmax(victim(x[start : start + batch]).float(), dim=1))
+                report(progress, start + len(parts[-1]), len(x), f"querying the victim {record.name}")
+        answered = torch.cat(parts)
+        if answered.shape[1] <= int(y.max()):
+            raise UserInputError(
+                f"victim run {record.name} tells apart {answered.shape[1]} classes, this data at least "
+                f"{int(y.max()) + 1}: choose a victim trained on the same classes"
+            )
+        return answered
+
+    def step(
+        self, net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> StepResult:
+        if y.ndim == 1:
+            return super().step(net, model, x, y, seed)
+        labels = y.argmax(dim=1)
+        logits = net(x)
+        return soft_cross_entropy(logits.float(), y, self.class_weights, labels), logits, labels
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: Optional[torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (float ``[N, C]``) against soft ``targets`` (``[N, C]``, rows
+    summing to 1); with ``class_weights`` (``[C]``) each scan weighs as its class in ``labels`` (``[N]``)
+    does, as the standard loss weighs it."""
+    per_scan = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if class_weights is None:
+        return per_scan.mean()
+    weights = class_weights[labels]
+    return (per_scan * weights).sum() / weights.sum()
 
 
 def training_temperature(config: Mapping[str, Any]) -> float:
