@@ -31,6 +31,7 @@ PAGES = [
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     st.Page("views/attack.py", title="Attack a scan", icon=":material/target:", default=True),
     st.Page("views/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("views/threats.py", title="Threats", icon=":material/gpp_maybe:"),
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
 ]
 

@@ -1,4 +1,4 @@
-"""The command line: ``python -m pipeline {train,evaluate,demo,attacks}``.
+"""The command line: ``python -m pipeline {train,evaluate,demo,attacks,pacs,backdoor}``.
 
 Each subcommand lives beside the code it drives and registers itself here through an
 ``add_parser(subparsers)`` function that sets ``func`` on its parser.
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.data import cli as pacs_cli
     from pipeline.demo import cli as demo_cli
     from pipeline.evaluation import cli as evaluate_cli
+    from pipeline.threats import poisoning_cli
     from pipeline.training import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Lung CT robustness lab")
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cli.add_parser(subparsers)
     attacks_cli.add_parser(subparsers)
     pacs_cli.add_parser(subparsers)
+    poisoning_cli.add_parser(subparsers)
     return parser
 
 
