@@ -107,7 +107,7 @@ def browser() -> Iterator[object]:
 #: Every request each open page made to a host other than this machine (there must be none).
 OUTSIDE: dict[object, list[str]] = {}
 #: The app's navigation labels; the page files' names must never show in their place.
-NAVIGATION = ["Data", "Train", "Attack a scan", "Evaluate", "Models"]
+NAVIGATION = ["Data", "Train", "Attack a scan", "Evaluate", "Threats", "Models"]
 #: On a fresh server, the page drawn while the libraries load.
 LOADING = "freshly started server"
 
