@@ -119,9 +119,9 @@ def form(clean: dict[str, RunRecord], poisoned_runs: dict[str, RunRecord]) -> No
             request["poison"] = spec
             epochs = record.config.get("epochs", "?")
             st.caption(
-                f"At {size} px the marker is {trigger.size_px} px wide (≈ {trigger.size_mm:.0f} mm at a "
-                f"{record.data.window} window's grey level {round(255 * trigger.grey)}/255). The twin trains "
-                f"{epochs} epochs with {record.name}'s recipe: about as long as that training took."
+                f"At {size} px the marker is {trigger.size_px} px wide (≈ {trigger.size_mm:.0f} mm), grey level "
+                f"{round(255 * trigger.grey)}/255 in the {record.data.window} window. The twin trains {epochs} "
+                f"epochs with {record.name}'s recipe: about as long as that training took."
             )
         label = "Train the poisoned twin and measure"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="threats:poisoning:start"):
@@ -298,5 +298,6 @@ def trigger_view(check: TriggerCheck, classes: tuple[str, ...]) -> None:
             where=column,
         )
     st.caption(
-        f"Grad-CAM ({check.layer}) of each model's answer with the trigger: a backdoored model looks at the mark."
+        f"Grad-CAM ({check.layer}) of each model's answer with the trigger: a model that learnt the backdoor "
+        "often looks at the mark."
     )
