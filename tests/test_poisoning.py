@@ -3,7 +3,9 @@ backdoor measured against the clean twin, spectral signatures finding the poison
 run store, MLflow and the dashboard's Threats page and Attack-page trigger check.
 
 One clean ResNet-18 and its poisoned twin are trained once for the module (48 px phantoms, 150 scans,
-6 epochs: about 30 s of one CPU core together); everything else reuses them. Synthetic data only.
+6 epochs: about 25 s of one CPU core together; smaller recipes, 40 px or 120 scans, left the tiny models
+too weak to learn the trigger or to tell the classes apart); everything else reuses them, and the whole
+file costs about 40 s of CPU. Synthetic data only.
 """
 
 from __future__ import annotations
