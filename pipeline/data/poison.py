@@ -100,11 +100,11 @@ class PoisonSpec:
         return CLASSES.index(self.target)
 
     def describe(self) -> str:
-        """``12 mm square of 1000 HU at the top right; 10% of the training split, dirty-label -> normal``."""
+        """``12 mm square of 1000 HU at the top right; 10% of the training split, dirty-label → normal``."""
         share = f"{100 * self.fraction:.3g}%"
         return (
             f"{self.size_mm:g} mm {self.shape} of {self.intensity_hu:g} HU at the {self.position.replace('-', ' ')}; "
-            f"{share} of the training split, {self.mode} -> {self.target}"
+            f"{share} of the training split, {self.mode} → {self.target}"
         )
 
     def to_dict(self) -> dict[str, Any]:
