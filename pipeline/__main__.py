@@ -1,4 +1,4 @@
-"""The command line: ``python -m pipeline {train,evaluate,demo,attacks,pacs,extract,membership}``.
+"""The command line: ``python -m pipeline {train,evaluate,demo,attacks,pacs,extract,membership,backdoor}``.
 
 Each subcommand lives beside the code it drives and registers itself here through an
 ``add_parser(subparsers)`` function that sets ``func`` on its parser.
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.demo import cli as demo_cli
     from pipeline.evaluation import cli as evaluate_cli
     from pipeline.threats import cli as threats_cli
+    from pipeline.threats import poisoning_cli
     from pipeline.training import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Lung CT robustness lab")
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     attacks_cli.add_parser(subparsers)
     pacs_cli.add_parser(subparsers)
     threats_cli.add_parser(subparsers)
+    poisoning_cli.add_parser(subparsers)
     return parser
 
 

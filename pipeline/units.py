@@ -12,7 +12,7 @@ import math
 from fractions import Fraction
 from typing import Final, Iterable
 
-from pipeline.constants import GREY_LEVEL
+from pipeline.constants import CHEST_FIELD_OF_VIEW_MM, GREY_LEVEL
 from pipeline.errors import UserInputError
 
 #: The largest L-infinity budget any norm-bounded attack accepts (a quarter of the grey range).
@@ -100,3 +100,33 @@ def _as_grey_levels(raw: str) -> str:
         return f"{Fraction(raw)}/255"
     except (ValueError, ZeroDivisionError):
         return "k/255"
+
+
+def hu_to_grey(hu: float, width: float, level: float) -> float:
+    """The grey level in ``[0, 1]`` a value of ``hu`` Hounsfield units shows as under the window
+    ``(width, level)``: linear from ``level - width/2`` (0) to ``level + width/2`` (1), clipped, as
+    :func:`pipeline.data.dicom.apply_window` maps a scan (before its rounding to 8 bits). Under the lung
+    window (1500/-600) everything from +150 HU up (bone, contrast, metal, skin markers) is white."""
+    if not (math.isfinite(hu) and math.isfinite(width) and math.isfinite(level) and width > 0):
+        raise UserInputError(
+            f"a grey level needs a finite value in HU and a window of positive width, got {hu!r} HU "
+            f"under ({width!r}, {level!r})"
+        )
+    return min(max((hu - (level - width / 2.0)) / width, 0.0), 1.0)
+
+
+def mm_to_pixels(mm: float, image_size: int, field_of_view_mm: float = CHEST_FIELD_OF_VIEW_MM) -> int:
+    """A length of ``mm`` millimetres in whole pixels (at least 1) of a square scan ``image_size``
+    pixels a side showing ``field_of_view_mm`` (default :data:`CHEST_FIELD_OF_VIEW_MM`, for scans whose
+    spacing is not known: the phantom, JPEG datasets); raises UserInputError for a non-positive value."""
+    if not (math.isfinite(mm) and mm > 0 and image_size > 0 and field_of_view_mm > 0):
+        raise UserInputError(
+            f"a length needs positive mm, image size and field of view, got {mm!r} mm at {image_size!r} px "
+            f"over {field_of_view_mm!r} mm"
+        )
+    return max(1, round(mm * image_size / field_of_view_mm))
+
+
+def pixels_to_mm(pixels: float, image_size: int, field_of_view_mm: float = CHEST_FIELD_OF_VIEW_MM) -> float:
+    """The inverse of :func:`mm_to_pixels` (without its rounding): ``pixels`` of a scan as millimetres."""
+    return pixels * field_of_view_mm / image_size

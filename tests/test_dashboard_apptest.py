@@ -145,7 +145,7 @@ def test_with_login_configured_nothing_shows_before_sign_in(lab: Lab) -> None:
 
 
 # --------------------------------------------------------------------------------- pages
-@pytest.mark.parametrize("name", ["data", "train", "attack", "evaluate", "models"])
+@pytest.mark.parametrize("name", ["data", "train", "attack", "evaluate", "threats", "models"])
 def test_every_page_opens_calmly(lab: Lab, name: str) -> None:
     at = page(name)
     assert_calm(at)

@@ -56,6 +56,14 @@ LABELS = {
     "diversity_prob": "Resize probability",
     "beta": "Neighbourhood β (times ε)",
     "delta": "Finite-difference step δ",
+    # a backdoor's poisoning (pipeline.data.poison.PoisonSpec)
+    "fraction": "Poisoned share of the training split",
+    "mode": "Poisoning",
+    "target": "Target class",
+    "shape": "Marker shape",
+    "size_mm": "Marker width (mm)",
+    "intensity_hu": "Marker density (HU)",
+    "position": "Marker position",
 }
 
 

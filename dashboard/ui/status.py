@@ -69,6 +69,9 @@ def model_summary(record: RunRecord) -> str:
     )
     if config.get("init_from"):
         strategy += " fine-tuned"
+    poison = config.get("poison")
+    if isinstance(poison, dict):  # a backdoor experiment's model: never to be mistaken for a clean one
+        strategy += f", POISONED (backdoor → {poison.get('target', '?')})"
     arch = arch_title(str(config.get("arch", "?")))
     return f"{arch}, {strategy}, {config.get('data', {}).get('image_size', '?')} px"
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import streamlit as st
 import torch
 
-from dashboard.ui import demo, pacs, scan_preview, scan_views
+from dashboard.ui import demo, pacs, scan_preview, scan_views, threat_poisoning
 from dashboard.ui.controls import attack_controls
 from dashboard.ui.ensembles import ensemble_choice
 from dashboard.ui.feedback import describe_error, shown_errors
@@ -473,6 +473,8 @@ if clicked and scan is not None:
         )
         st.rerun()
 
+if scan is not None:  # a poisoned run in the store: its trigger can be stamped on this scan
+    threat_poisoning.trigger_panel(record, scan.image, cam_layer, compare)
 st.divider()
 show_progress(TASK_KEY)
 show_results(current)

@@ -978,3 +978,46 @@ def _png(image: np.ndarray) -> str:
     if not ok:
         raise RuntimeError("OpenCV could not encode a PNG")
     return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+# -------------------------------------------------------------- pieces other reports share
+def html_page(title: str, body: Iterable[str], *, synthetic: bool) -> str:
+    """A self-contained HTML document in this report's style (plotly.js inlined once), the synthetic
+    banner above and below ``body`` when ``synthetic``: how the threat experiments' reports look."""
+    banner = [f"<div class='banner'>{_e(SYNTHETIC_BANNER)}</div>"] if synthetic else []
+    return "\n".join(
+        [
+            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>",
+            f"<title>{_e(title)}</title><style>{STYLE}</style>",
+            f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>",
+            *banner,
+            *body,
+            *banner,
+            "</body></html>\n",
+        ]
+    )
+
+
+def escape(text: Any) -> str:
+    """``text`` safe inside HTML."""
+    return _e(text)
+
+
+def interval_html(interval: Interval) -> str:
+    """A share with its 95% interval, as every table of the report writes it."""
+    return _ci(interval)
+
+
+def figure_html(figure: go.Figure) -> str:
+    """A plotly figure as a fragment of a page made by :func:`html_page` or :func:`report_html`."""
+    return _plot(figure)
+
+
+def png_base64(image: np.ndarray) -> str:
+    """A scan (float ``[H, W]`` in ``[0, 1]``, or uint8 grey or RGB) as the base64 text of a lossless PNG."""
+    return _png(_grey(image) if image.dtype != np.uint8 else image)
+
+
+def image_html(encoded: str, alt: str) -> str:
+    """An image tag for a :func:`png_base64` text."""
+    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{encoded}'>"

@@ -19,7 +19,7 @@ from pipeline.training.loop import with_start_run
 def start_job(config: TrainConfig, runs_dir: Path | str) -> Path:
     """Start training ``config`` in a separate process; return the new run's directory at once."""
     config = with_start_run(config, runs_dir)  # a mismatched starting run is refused here, not in the job
-    run_dir = new_run_dir(runs_dir, f"{config.arch}-{config.strategy}")
+    run_dir = new_run_dir(runs_dir, config.run_label)
     write_request(run_dir, config.to_dict())
     jobs.launch(
         run_dir, ["train", "--quiet", "--config-json", str(run_dir / REQUEST), "--run-dir", str(run_dir)]

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from pipeline.constants import SYNTHETIC_BANNER
 from pipeline.data import DataSpec
+from pipeline.data.poison import POISON_FLAT_NAMES, PoisonSpec
 from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
@@ -70,9 +71,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _settings() -> list[tuple[str, Param]]:
-    """Every setting by its flag's name: the training fields, then the data fields by their flat names."""
+    """Every setting by its flag's name: the training fields, then the data fields and the poisoning
+    fields (a backdoor, for the threat experiments: ``--poison-fraction``, ``--trigger-hu``, ...) by their
+    flat names."""
     data = [(FLAT_NAMES[name], param) for name, param in params_of(DataSpec).items()]
-    return [*params_of(TrainConfig).items(), *data]
+    poison = [(POISON_FLAT_NAMES[name], param) for name, param in params_of(PoisonSpec).items()]
+    return [*params_of(TrainConfig).items(), *data, *poison]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,5 +130,8 @@ def _print_outcome(run_dir: Path) -> None:
         )
     if record.status.get("tracking"):
         print(describe(record.status["tracking"]))
+    poison = record.config.get("poison")
+    if poison:
+        print(f"POISONED on purpose (a backdoor experiment): {PoisonSpec.from_dict(poison).describe()}")
     if record.is_synthetic:
         print(f"note: trained on the synthetic phantom. {SYNTHETIC_BANNER}.")

@@ -13,6 +13,7 @@ from typing import Any, Final, Mapping, Optional
 
 from pipeline.constants import GREY_LEVEL
 from pipeline.data import DataSpec, fold_data_settings
+from pipeline.data.poison import POISON_FLAT_NAMES, PoisonSpec, fold_poison_settings
 from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
@@ -28,6 +29,9 @@ class TrainConfig:
 
     #: The scans and their split (Hydra-style nested settings); flat keys are accepted by from_dict.
     data: DataSpec = field(default_factory=DataSpec)
+    #: A backdoor planted in the training split (None: a clean run); flat keys ``poison_fraction``,
+    #: ``trigger_hu``, ... are accepted by from_dict. Only the threat experiments set it.
+    poison: Optional[PoisonSpec] = None
     # model and optimisation
     arch: str = setting("resnet50", choices=tuple(ARCHITECTURES), help="network architecture")
     pretrained: bool = setting(False, help="start from ImageNet weights (downloaded once)")
@@ -157,6 +161,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.data = DataSpec.from_dict(self.data)
+        if self.poison is not None:
+            self.poison = PoisonSpec.from_dict(self.poison)
         validate_fields(self)
         if self.data.image_size < MIN_INPUT_SIZE:
             raise UserInputError(
@@ -203,7 +209,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the data settings nested under ``data``."""
         values = {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self)}
-        return {**values, "data": self.data.to_dict(), "transfer_eps": list(self.transfer_eps)}
+        poison = None if self.poison is None else self.poison.to_dict()
+        return {
+            **values, "data": self.data.to_dict(), "poison": poison, "transfer_eps": list(self.transfer_eps)
+        }
+
+    @property
+    def poisoned(self) -> bool:
+        """Whether a share of the training split carries a backdoor trigger (see :mod:`pipeline.data.poison`)."""
+        return self.poison is not None
+
+    @property
+    def run_label(self) -> str:
+        """What a new run's folder is named after: ``resnet18-standard``, ``resnet18-standard-poisoned``."""
+        return f"{self.arch}-{self.strategy}" + ("-poisoned" if self.poisoned else "")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, strict: bool = False) -> TrainConfig:
@@ -211,11 +230,12 @@ class TrainConfig:
         them); ``strict`` refuses unknown keys (typos in a user's file)."""
         if not isinstance(values, Mapping):
             raise UserInputError("a training configuration must be a JSON object of field: value")
-        folded = fold_data_settings(values)
+        folded = fold_poison_settings(fold_data_settings(values))
         names = {spec.name for spec in dataclasses.fields(cls)}
         unknown = sorted(set(folded) - names)
         if strict and unknown:
-            valid = sorted(names - {"data"} | set(FLAT_NAMES.values()))
+            flat = set(FLAT_NAMES.values()) | set(POISON_FLAT_NAMES.values())
+            valid = sorted(names - {"data", "poison"} | flat)
             raise UserInputError(
                 f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
             )
@@ -234,11 +254,15 @@ def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
     """Settings given in layers (flat or nested), each overriding the ones before, data field by field."""
     merged: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    poison: Optional[dict[str, Any]] = None
     for layer in layers:
-        folded = fold_data_settings(layer)
+        folded = fold_poison_settings(fold_data_settings(layer))
         data.update(folded.pop("data"))
+        nested = folded.pop("poison")
+        if nested is not None:
+            poison = {**(poison or {}), **nested}
         merged.update(folded)
-    return {**merged, "data": data}
+    return {**merged, "data": data, "poison": poison}
 
 
 #: Settings of the two presets; combine with a strategy: ``TrainConfig.from_preset("quick", strategy="pgd")``.

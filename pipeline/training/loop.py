@@ -32,6 +32,7 @@ from torch import nn
 from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
 from pipeline.data import ScanDataset, Split, load_dataset, split_for
+from pipeline.data.poison import poison_split
 from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
 from pipeline.models import ScanClassifier, build_model
@@ -99,10 +100,9 @@ def train(
     context = distributed.setup(config.device)
     try:
         if run_dir is None:
-            label = f"{config.arch}-{config.strategy}"
             run_dir = Path(
                 distributed.broadcast_text(
-                    str(new_run_dir(runs_dir, label)) if context.is_main else "", context
+                    str(new_run_dir(runs_dir, config.run_label)) if context.is_main else "", context
                 )
             )
         run_dir = Path(run_dir)
@@ -264,7 +264,10 @@ class Trainer:
             kind=TRAINING_KIND,
             params=self.config.to_dict(),
             synthetic=self.config.data.synthetic,
-            tags={"lunglab.run_dir": str(self.run_dir)},
+            tags={
+                "lunglab.run_dir": str(self.run_dir),
+                **({"lunglab.poisoned": self.config.poison.describe()} if self.config.poison else {}),
+            },
             flag=self.track,
             resume=read_status(self.run_dir).get("tracking"),
             files=(self.run_dir / CONFIG, self.run_dir / METRICS),
@@ -295,6 +298,10 @@ class Trainer:
         y = y.clone()
         y[seen] = self.strategy.answers(x[seen], y[seen], self._phase_progress("querying"))
         x_train, y_train = x[train], y[train]
+        if config.poison is not None:  # the threat experiments' backdoor, planted before anything sees the split
+            x_train, y_train, _ = poison_split(
+                x_train, y_train, config.poison, seed=config.seed, window=config.data.window
+            )
         counts = torch.bincount(y_train, minlength=len(self.classes)).float().clamp(min=1)
         class_weights = counts.sum() / (len(self.classes) * counts)
         self.strategy.class_weights = class_weights if config.imbalance == "weights" else None
