@@ -520,7 +520,7 @@ def prepare_the_demo(page, fresh: Server) -> Demo:
     # ...and follows it when it ends: no reload from here on
     page.get_by_role("button", name="Run the attack").wait_for(timeout=RESULT_MS)
     wait_idle(page)
-    assert page.get_by_role("combobox", name="Attack").input_value() == "PGD (L∞) · white-box"
+    assert page.get_by_role("combobox", name="Attack", exact=True).input_value() == "PGD (L∞) · white-box"
     beside = page.get_by_role("combobox", name="Compare with a second model").input_value()
     assert beside == "ResNet-18 · PGD-AT ft · 48 px", beside  # short; in full under it:
     assert page.get_by_text(f"fine-tuned, 48 px · {demo.robust.run_dir.name}").count() == 1

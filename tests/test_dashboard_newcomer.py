@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,9 @@ def test_the_entry_point_draws_before_it_imports_anything_heavy() -> None:
 def test_no_pages_folder_beside_the_entry_point() -> None:
     """Streamlit lists a ``pages/`` folder's file names in the sidebar on a fresh server's first run."""
     assert not (DASHBOARD / "pages").exists()
-    assert len(list((DASHBOARD / "views").glob("*.py"))) == 5
+    pages = set(re.findall(r'st\.Page\("(views/\w+\.py)"', (DASHBOARD / "app.py").read_text()))
+    assert {f"views/{path.name}" for path in (DASHBOARD / "views").glob("*.py")} == pages  # each view a page
+    assert len(pages) == 6
 
 
 def test_the_loader_imports_what_the_pages_import() -> None:

@@ -297,7 +297,7 @@ def calm(at: AppTest) -> None:
 def test_the_threats_page_shows_a_finished_experiment(experiment: Experiment, monkeypatch: pytest.MonkeyPatch) -> None:
     at = open_page("threats", experiment.runs, monkeypatch)
     calm(at)
-    assert [tab.label for tab in at.tabs] == ["Poisoned training data"]
+    assert [tab.label for tab in at.tabs] == ["Poisoned training data", "Model extraction", "Membership inference"]
     assert at.selectbox(key="threats:poisoning:shown").value == str(experiment.job)
     metrics = {metric.label: metric.value for metric in at.metric}
     poisoned = experiment.result.poisoned.trigger_success

@@ -248,7 +248,7 @@ def test_the_threats_page_shows_both_results_marked_synthetic(store: Store, monk
     at.switch_page("views/threats.py").run()
     assert not at.exception, [item.value for item in at.exception]
     assert not at.error, [item.value for item in at.error]
-    assert [tab.label for tab in at.tabs] == ["Model extraction", "Membership inference"]
+    assert [tab.label for tab in at.tabs] == ["Poisoned training data", "Model extraction", "Membership inference"]
     titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
     assert len(titles) == 4 and all(SYNTHETIC_TITLE in title for title in titles)
     assert len(at.dataframe) == 2 and any("synthetic" in item.value for item in at.markdown)
