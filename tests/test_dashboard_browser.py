@@ -118,6 +118,8 @@ def new_page(browser):
     """A page in a fresh context that records every request leaving the machine."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     page = context.new_page()
+    # a loaded machine can take longer than Playwright's 30 s to serve a page: no test asserts on time
+    page.set_default_navigation_timeout(RESULT_MS)
     OUTSIDE[page] = []
     page.on(
         "request",
