@@ -1,6 +1,6 @@
 """The README's picture of the demo's story, taken from a real prepared demo in headless Chromium.
 
-    .venv/bin/python -m pipeline demo --runs-dir /tmp/demo-runs        # about 11 minutes on 2 cores
+    .venv/bin/python -m pipeline demo --runs-dir /tmp/demo-runs        # installs the shipped demo: seconds
     .venv/bin/python scripts/demo_screenshot.py --runs /tmp/demo-runs  # writes docs/screenshots/demo.png
 
 Serves the dashboard over ``--runs`` (which must hold ``demo.json``), lets the Attack page open on
