@@ -156,9 +156,17 @@ def adopt(demo: Optional[Demo]) -> bool:
 
 
 def apply_story() -> None:
-    """Give the Attack page's widgets the story's values set by :func:`adopt`, in the run that draws them."""
-    for key, value in st.session_state.pop(STORY_KEY, {}).items():
+    """Give the Attack page's widgets the story's values set by :func:`adopt`, in the run that draws them.
+
+    Applied on every run until :func:`story_drawn` says a run drew the widgets: a run interrupted before
+    it got there (a fragment's rerun, a click) may drop values set for widgets it never drew."""
+    for key, value in st.session_state.get(STORY_KEY, {}).items():
         st.session_state[key] = value
+
+
+def story_drawn() -> None:
+    """The Attack page drew its widgets with the story's values: from now on they are the person's."""
+    st.session_state.pop(STORY_KEY, None)
 
 
 def story_panel(demo: Optional[Demo], run: str) -> None:

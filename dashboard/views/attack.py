@@ -432,6 +432,7 @@ with model_column:
         disabled=scan is None or running,
         width="stretch",
     )
+demo.story_drawn()
 
 current = {
     "run": run,
