@@ -111,12 +111,13 @@ def _starting_value(param: Param) -> Any:
         return param.default
     if param.grey_levels:
         return GREY_LEVEL
+    if param.kind is int and param.low is not None:
+        return int(param.low)  # a count (scans, epochs): the smallest allowed, not the middle of a wide range
     if param.low is not None and param.high is not None:
         if param.kind is float and param.low > 0 and param.high / param.low >= 1e3:
             return math.sqrt(param.low * param.high)  # a range over decades (CW's c): its geometric middle
-        middle = (param.low + param.high) / 2
-        return int(round(middle)) if param.kind is int else middle
-    return param.kind()
+        return (param.low + param.high) / 2
+    return param.low if param.low is not None else param.kind()
 
 
 def param_control(param: Param, key: str, hu_per_grey_level: Optional[float] = LUNG_HU_PER_GREY_LEVEL) -> Any:
