@@ -52,34 +52,32 @@ def settings_form(preset: str) -> dict[str, Any]:
         with columns[number % 3]:
             values[param.name] = param_control(param, f"train:{preset}:{param.name}")
     st.caption(strategy_class(values["strategy"]).description)
-    if values["strategy"] == "transfer":
-        sources = {str(record.run_dir): record for record in usable_runs()}
-        values["transfer_run"] = st.selectbox(
-            "Model that crafts the transfer examples",
-            list(sources) or [None],
-            format_func=lambda path: run_label(sources[path]) if path else "no saved model",
-            key=f"train:{preset}:transfer_run",
-        )
-    if values["strategy"] == "distillation":
-        teachers = {str(record.run_dir): record for record in usable_runs()}
-        values["teacher_run"] = st.selectbox(
+    # the strategies that learn from another saved run: which run, in one select each
+    source_runs = {
+        "transfer": ("transfer_run", "Model that crafts the transfer examples", None),
+        "distillation": (
+            "teacher_run",
             "Teacher: the model whose soft labels are distilled",
-            list(teachers) or [None],
-            format_func=lambda path: run_label(teachers[path]) if path else "no saved model",
-            key=f"train:{preset}:teacher_run",
-            help="Any saved model. Its answers, softened at the temperature under Advanced settings, are "
+            "Any saved model. Its answers, softened at the temperature under Advanced settings, are "
             "what the new model learns; starting from the teacher itself (Start from) is the fast way.",
-        )
-    if values["strategy"] == "extraction":
-        victims = {str(record.run_dir): record for record in usable_runs()}
-        values["victim_run"] = st.selectbox(
+        ),
+        "extraction": (
+            "victim_run",
             "Victim: the model whose answers are learnt",
-            list(victims) or [None],
-            format_func=lambda path: run_label(victims[path]) if path else "no saved model",
-            key=f"train:{preset}:victim_run",
-            help="Any saved model of the same scan size. Only its answers on these scans are learnt, never their "
+            "Any saved model of the same scan size. Only its answers on these scans are learnt, never their "
             "labels (what it answers: victim answers, under Advanced settings). The Threats page does this for "
             "several query budgets and attacks the copies.",
+        ),
+    }
+    if values["strategy"] in source_runs:
+        name, label, help_text = source_runs[values["strategy"]]
+        saved = {str(record.run_dir): record for record in usable_runs()}
+        values[name] = st.selectbox(
+            label,
+            list(saved) or [None],
+            format_func=lambda path: run_label(saved[path]) if path else "no saved model",
+            key=f"train:{preset}:{name}",
+            help=help_text,
         )
     starts = {str(record.run_dir): record for record in usable_runs()}
     values["init_from"] = st.selectbox(
