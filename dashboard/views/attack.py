@@ -33,7 +33,7 @@ from dashboard.ui.session import selected_run
 from dashboard.ui.status import is_synthetic, run_label, short_run_labels, synthetic_badge, usable_runs
 from dashboard.ui.tasks import Task
 from pipeline.attacks import attack_class, available, search_refusal, search_runs
-from pipeline.data import ACCEPTED_FORMATS
+from pipeline.data import ACCEPTED_FORMATS, same_data
 from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
@@ -211,8 +211,7 @@ def choose_ensemble(record: RunRecord) -> tuple[list[str], str]:
         str(other.run_dir): other
         for other in usable_runs()
         if other.config.get("data") == record.config.get("data")
-        and (other.config.get("dataset") or {}).get("fingerprint")
-        == (record.config.get("dataset") or {}).get("fingerprint")
+        and same_data(other.config.get("dataset"), record.config.get("dataset") or {})
     }
     members, combine = ensemble_choice(
         alike,

@@ -7,6 +7,7 @@ from pipeline.data.dataset import (
     adopt_synthetic_scans,
     export_synthetic_scans,
     load_dataset,
+    same_data,
 )
 from pipeline.data.dicom import WINDOW_NAMES, Window, attacked_dicom
 from pipeline.data.kaggle import download_iqothnccd
@@ -18,6 +19,6 @@ from pipeline.data.splits import Split, leakage_report, split_dataset, split_for
 __all__ = [
     "ACCEPTED_FORMATS", "DataSpec", "LoadReport", "Scan", "ScanDataset", "SkippedFile", "Split",
     "WINDOW_NAMES", "Window", "adopt_synthetic_scans", "attacked_dicom", "export_synthetic_scans", "download_iqothnccd", "fold_data_settings", "leakage_report",
-    "load_dataset", "open_scan", "preprocess_image", "read_scan", "split_dataset", "split_for",
+    "load_dataset", "open_scan", "same_data", "preprocess_image", "read_scan", "split_dataset", "split_for",
     "split_groups",
 ]

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pipeline.data import ScanDataset, Split, load_dataset
+from pipeline.data import ScanDataset, Split, load_dataset, same_data
 from pipeline.data.splits import SIDES
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.progress import ProgressCallback
@@ -42,8 +42,8 @@ def run_data(
         )
     spec = record.data
     dataset = load(spec, progress=progress)
-    stored = config.get("dataset", {}).get("fingerprint")
-    if stored and stored != dataset.fingerprint:
+    stored = config.get("dataset")
+    if stored and not same_data(stored, dataset.record()):
         raise CheckpointError(
             f"the data at {spec.source} changed since this run was trained, so its stored split no longer "
             "points at the same scans; evaluate on the original data or train a new run"

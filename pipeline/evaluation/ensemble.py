@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipeline.data import same_data
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation.batches import resolve_indices
 from pipeline.evaluation.defenses import Defense, defence_figures
@@ -204,8 +205,7 @@ def check_members(first: RunRecord, other: RunRecord) -> None:
             f"runs {first.name} and {other.name} read scans of different sizes ({a.image_size} and "
             f"{b.image_size} px); an ensemble combines runs trained at one image size"
         )
-    fingerprints = [(record.config.get("dataset") or {}).get("fingerprint") for record in (first, other)]
-    if a != b or fingerprints[0] != fingerprints[1]:
+    if a != b or not same_data(first.config.get("dataset"), other.config.get("dataset") or {}):
         raise UserInputError(
             f"runs {first.name} and {other.name} were trained on different data or splits; an ensemble "
             "combines runs trained on one dataset with one split (the same data settings), so that its "

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from pipeline.data import split_groups
+from pipeline.data import same_data, split_groups
 from pipeline.errors import UserInputError
 from pipeline.evaluation.data import SPLIT_SIDES, run_data, split_indices
 from pipeline.evaluation.ensemble import COMBINE_RULES, load_ensemble
@@ -201,8 +201,7 @@ def new_evaluation_dir(run_dir: Path) -> Path:
 def _check_same_data(first: RunRecord, other: RunRecord, side: str) -> None:
     """Side-by-side figures are only fair on the same held-out scans."""
     a, b = first.config, other.config
-    fingerprints = (a.get("dataset", {}).get("fingerprint"), b.get("dataset", {}).get("fingerprint"))
-    if fingerprints[0] != fingerprints[1] or first.data.image_size != other.data.image_size:
+    if not same_data(a.get("dataset"), b.get("dataset") or {}) or first.data.image_size != other.data.image_size:
         raise UserInputError(
             f"runs {first.name} and {other.name} were trained on different data or image sizes; evaluate "
             "them separately (one run each)"

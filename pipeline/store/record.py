@@ -171,13 +171,7 @@ def write_config(
         "versions": {"torch": torch.__version__},
     }
     if dataset is not None:
-        record["dataset"] = {
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "size": len(dataset),
-            "is_synthetic": dataset.is_synthetic,
-            "class_counts": dataset.class_counts(),
-        }
+        record["dataset"] = dataset.record()
     if split is not None:
         record["split"] = split.to_dict()
     if note is not None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from pipeline import jobs, tracking
 from pipeline.attacks import get_attack
-from pipeline.data import ScanDataset, Split, load_dataset, split_for
+from pipeline.data import ScanDataset, Split, load_dataset, same_data, split_for
 from pipeline.data.poison import poison_split
 from pipeline.device import autocast, mixed_precision
 from pipeline.errors import CheckpointError, DatasetError, UserInputError
@@ -343,7 +343,7 @@ class Trainer:
                 raise CheckpointError(
                     f"run {self.run_dir.name} stores no data split, so it cannot be resumed"
                 )
-            if stored.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
+            if not same_data(stored.get("dataset"), dataset.record()):
                 raise DatasetError(
                     f"the data at {config.data.source} changed since run {self.run_dir.name} started (its "
                     "fingerprint differs); resume needs the same data, or start a new run"
