@@ -3,6 +3,7 @@
     python bench/evaluate.py            # ResNet50 at 224 px on the synthetic test split, CPU and CUDA
     python bench/evaluate.py --quick    # ResNet18 at 32 px on a few scans: a smoke run of this script
     python bench/evaluate.py --strength # also time the full strength checks at the same epsilon
+    python bench/evaluate.py --passes RUN   # one pass of a run's model per memory layout, interleaved
     python bench/evaluate.py --suite RUN RUN [--strength-level full] [--no-early-stop]
                                         # the whole evaluation of trained runs, as the CLI runs it,
                                         # timed section by section (attacks, strength checks,
@@ -19,6 +20,7 @@ Figures on the synthetic phantom are engineering measurements, not medical resul
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import sys
 import time
@@ -177,8 +179,54 @@ def suite(args: argparse.Namespace) -> None:
         ))
 
 
+def passes(args: argparse.Namespace) -> None:
+    """Milliseconds per scan of one forward pass and one forward+backward pass (the input gradient an
+    attack step takes) of a run's model, in the contiguous layout and in the channels-last one
+    :func:`pipeline.store.load_model` gives, interleaved round by round; and how far the logits differ."""
+    loaded, record = load_model(args.passes)
+    layouts = {
+        "contiguous": copy.deepcopy(loaded).to(memory_format=torch.contiguous_format),
+        "channels-last (as loaded)": loaded,
+    }
+    size = record.data.image_size
+    x = torch.rand(args.batch_size, 1, size, size, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(args.batch_size) % loaded.num_classes
+
+    def forward(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            model(x)
+
+    def backward(model: torch.nn.Module) -> None:
+        scans = x.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(scans), y), scans)
+
+    timings: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.repeats + 1):  # the first round warms up
+        for layout, model in layouts.items():
+            for kind, work in (("forward", forward), ("forward+backward", backward)):
+                started = time.perf_counter()
+                work(model)
+                if round_:
+                    timings.setdefault((layout, kind), []).append(time.perf_counter() - started)
+    with torch.no_grad():
+        gap = (layouts["contiguous"](x) - loaded(x)).abs().max().item()
+    print(f"\n# one pass, {datetime.date.today()}, {describe(torch.device('cpu'))}, {record.config['arch']} at "
+          f"{size} px, batch {args.batch_size}, median of {args.repeats} interleaved rounds")
+    print("| layout | forward ms/scan | forward+backward ms/scan |")
+    print("|---|---|---|")
+    medians = {key: sorted(values)[len(values) // 2] * 1000 / args.batch_size for key, values in timings.items()}
+    for layout in layouts:
+        print(f"| {layout} | {medians[layout, 'forward']:.2f} | {medians[layout, 'forward+backward']:.2f} |")
+    base, fast = layouts
+    print(f"channels-last: forward {medians[base, 'forward'] / medians[fast, 'forward']:.2f}x, forward+backward "
+          f"{medians[base, 'forward+backward'] / medians[fast, 'forward+backward']:.2f}x as fast; "
+          f"largest logit difference {gap:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", metavar="RUN", help="time one pass of this run's model per memory layout")
+    parser.add_argument("--repeats", type=int, default=7, help="with --passes: rounds timed")
     parser.add_argument("--suite", nargs="+", metavar="RUN", help="time the whole evaluation of these runs")
     parser.add_argument("--attacks", default="fgsm,pgd,cw-linf", help="with --suite: the table's attacks")
     parser.add_argument("--strength-level", default="quick", choices=sorted(STRENGTH_LEVELS))
@@ -205,6 +253,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.suite:
         suite(args)
+        return
+    if args.passes:
+        passes(args)
         return
     args.eps = parse_epsilon(args.eps)
     if args.quick:

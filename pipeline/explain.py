@@ -150,6 +150,24 @@ def default_layer(model: nn.Module, size: int | tuple[int, int]) -> str:
     return fine[-1] if fine else max(grids, key=lambda name: grids[name][0] * grids[name][1])
 
 
+def matching_layer(model: nn.Module, layer: Optional[str], size: int | tuple[int, int]) -> Optional[str]:
+    """The layer of ``model`` that corresponds to ``layer``, chosen on another model of one comparison
+    (an ensemble beside a single run, a run beside its poisoned twin): ``layer`` itself where ``model``
+    has it; for an ensemble's ``"<member>: layer3"`` a single model's ``layer3``, and for a single
+    model's ``layer3`` the first member's; else ``model``'s :func:`default_layer` at ``size``.
+    None (the default layer) stays None."""
+    if layer is None:
+        return None
+    own = cam_layers(model)
+    if layer in own:
+        return layer
+    plain = layer.rsplit(": ", 1)[-1]
+    return next(
+        (name for name in own if name == plain or name.endswith(f": {plain}")),
+        default_layer(model, size),
+    )
+
+
 def explain(
     model: nn.Module,
     x: torch.Tensor,

@@ -22,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Collection, Final, Mapping, Optional, TypeVar
+from typing import Any, Callable, Collection, Final, Mapping, Optional, TypeVar
 
 from pipeline.errors import UserInputError
 
@@ -181,3 +181,18 @@ def from_mapping(cls: type[T], values: Any, *, what: str, ignored: Collection[st
         valid = ", ".join(sorted(names))
         raise UserInputError(f"unknown {what} setting(s) {', '.join(unknown)}; valid: {valid}")
     return cls(**{key: value for key, value in values.items() if key in names})
+
+
+def under_flat_names(build: Callable[[], T], flat: Mapping[str, str]) -> T:
+    """``build()``, the validation of a nested settings object (a run's data, its poisoning); its
+    UserInputError naming one of the object's fields (``seed must lie in ...``) names instead the flat
+    key people give on the command line and in settings files (``data_seed must lie in ...``):
+    ``flat`` maps field names to flat keys."""
+    try:
+        return build()
+    except UserInputError as error:
+        text = str(error)
+        name = text.split(" ", 1)[0]
+        if flat.get(name, name) == name:
+            raise
+        raise type(error)(flat[name] + text[len(name):]) from None

@@ -113,6 +113,8 @@ def test_after_the_demo_the_form_starts_from_both_demo_models(
     at = page(tmp_path, monkeypatch)
     calm(at)
     assert at.multiselect(key="evaluate:runs").value == [str(standard), str(robust)]
+    (form,) = [block for block in at.get("form") if block.proto.form.form_id == "evaluate:form"]
+    assert not form.proto.form.enter_to_submit  # Enter in a number box starts nothing; the button does
     # Another model chosen in the sidebar is what the person wants evaluated: the demo steps aside.
     other = Path(shutil.copytree(standard, tmp_path / "another-run"))  # a run is named by its folder
     at = page(tmp_path, monkeypatch, {**DEMO_APPLIED, "lunglab.run": str(other)})

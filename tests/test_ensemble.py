@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from dashboard.ui.session import DATASET_KEY
+from dashboard.ui.session import DATASET_KEY, RUN_KEY
 from pipeline import tracking
 
 from pipeline.__main__ import build_parser
@@ -314,14 +314,19 @@ def test_the_attack_page_attacks_an_ensemble_of_runs(runs, monkeypatch) -> None:
     name = ensemble_name([first.name, second.name], "vote")
     said = f"Attacked: the {name}, through a differentiable surrogate"
     assert any(item.value.startswith(said) for item in at.caption)
-    assert at.selectbox(key="attack:cam-layer").value.startswith(f"{second.name}: layer")
+    chosen = at.selectbox(key="attack:cam-layer").value
+    assert chosen.startswith(f"{second.name}: layer")
+    # a second model beside the ensemble is explained at its own layer of the same depth
+    sidebar = at.session_state[RUN_KEY]
+    at.selectbox(key="attack:compare").set_value(str(first) if sidebar == str(second) else str(second)).run()
     at.button(key="attack:run").click().run()
     while "attack.task" in at.session_state:  # the page's polling, until the background attack ends
         assert not at.exception, [item.value for item in at.exception]
         time.sleep(0.3)
         at.run()
     calm(at)
-    inputs, ((title, report),) = at.session_state["attack.result"]
+    inputs, ((title, report), (_, beside)) = at.session_state["attack.result"]
+    assert report.cam_layer == chosen and beside.cam_layer == chosen.split(": ")[1]
     assert title == name and inputs["current"]["ensemble"] == [str(first), str(second)]
     assert inputs["current"]["combine"] == "vote"
     assert report.probs_clean.shape == (3,) and report.linf <= 2 / 255 + 1e-6  # FGSM at its default budget

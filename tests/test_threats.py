@@ -11,6 +11,7 @@ an adversarial fine-tuning of it side by side. Synthetic data only; nothing here
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -122,6 +123,22 @@ def test_absurd_settings_are_refused_with_what_to_do(store: Store) -> None:
     # the command line says so in one line and exits 2, before any work
     assert main(["extract", "--victim", str(store.victim), "--budgets", "5", "--quiet"]) == 2
     assert main(["membership", "--target", str(store.victim), "--shadows", "1", "--quiet"]) == 2
+
+
+def test_the_commands_say_settings_as_people_type_them(capsys: pytest.CaptureFixture) -> None:
+    """Help gives budgets as k/255 and each default once; an error names the flag that was given
+    (``poison_fraction``, ``data_seed``), not the field of the nested settings behind it."""
+    for command in ("extract", "membership"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text)
+        if command == "extract":
+            assert "L∞ budget (default: 4/255)" in text
+    assert main(["backdoor", "--clean-run", "r", "--poison-fraction", "-0.2", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: poison_fraction must lie in [0.001, 0.5]")
+    assert main(["train", "--data-seed", "-1", "--epochs", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: data_seed must lie in")
 
 
 # ------------------------------------------------------------------------------- extraction
@@ -237,7 +254,9 @@ def test_a_cancelled_threat_job_records_it_and_measures_nothing(store: Store) ->
     jobs.cancel_job(job)
     settings = ExtractionSettings(victim=str(store.victim), budgets=(20,), query_seed=OTHER_SEED, device="cpu")
     assert run_threat_job(settings, job, track=False) is None
-    assert read_status(job)["phase"] == "cancelled" and not (job / FILES["json"]).exists()
+    status = read_status(job)
+    assert status["phase"] == "cancelled" and not (job / FILES["json"]).exists()
+    assert "no result is kept" in status["message"] and "nothing was measured" not in status["message"]
 
 
 # -------------------------------------------------------------------------------- dashboard

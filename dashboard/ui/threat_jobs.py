@@ -19,7 +19,7 @@ from dashboard.ui.feedback import shown_errors
 from dashboard.ui.job_view import job_panel
 from pipeline.jobs import job_state
 from pipeline.params import params_of
-from pipeline.threats.background import finished_results, start_threat_job, threat_jobs
+from pipeline.threats.background import CANCELLED_KEEPS, finished_results, start_threat_job, threat_jobs
 from pipeline.threats.report import FILES, ThreatResult, read_result
 
 
@@ -53,7 +53,7 @@ def live_jobs(run_dirs: list[str], kind: str, watch_key: str, what: str) -> None
     for job_dir in running + ended:
         with st.container(border=True):
             st.markdown(f"**{what.capitalize()} {Path(job_dir).name}**")
-            job_panel(job_dir, key=f"{kind}:{job_dir}", curves=False, what=what, kept="nothing was measured")
+            job_panel(job_dir, key=f"{kind}:{job_dir}", curves=False, what=what, kept=CANCELLED_KEEPS)
 
 
 def chosen_result(run_dirs: list[str], kind: str, watch_key: str, key: str) -> Optional[tuple[Path, ThreatResult]]:

@@ -9,7 +9,6 @@ positives for each attack and model, each with its 95% interval, and the ROC cur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import streamlit as st
 
@@ -58,7 +57,7 @@ def render(runs: dict[str, RunRecord]) -> None:
     if any(runs[path].is_synthetic for path in targets):
         synthetic_badge()
     values = settings_controls(MembershipSettings, FIELDS, "threats:membership")
-    minutes = sum(_training_minutes(runs[path], values.get("shadow_epochs")) for path in targets) * int(
+    minutes = sum(runs[path].training_minutes(values.get("shadow_epochs")) for path in targets) * int(
         values.get("shadows") or 0
     )
     if minutes:
@@ -106,12 +105,3 @@ def result_view(folder: Path, result: MembershipResult) -> None:
     right.plotly_chart(roc_curves(result), key=f"membership:{folder}:roc", config={"displaylogo": False})
     st.caption(MEMBERSHIP_NOTE)
     report_download(folder, key=f"membership:{folder}:download")
-
-
-def _training_minutes(record: RunRecord, epochs: Optional[int]) -> float:
-    """How long one shadow of the run trains: its own epochs' times, scaled to ``epochs`` where given
-    (0 when unknown)."""
-    times = [float(line.get("time_s") or 0.0) for line in record.metrics]
-    if not times:
-        return 0.0
-    return sum(times) / len(times) * (epochs or len(times)) / 60

@@ -22,6 +22,7 @@ from dashboard.ui.feedback import shown_errors
 from dashboard.ui.images import enlarge, grey8, show
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.resources import cached_model
+from dashboard.ui.session import selected_run
 from dashboard.ui.settings import runs_dir
 from dashboard.ui.status import run_label, synthetic_badge, usable_runs
 from pipeline.data.poison import PoisonSpec, draw_trigger
@@ -87,9 +88,11 @@ def form(clean: dict[str, RunRecord], poisoned_runs: dict[str, RunRecord]) -> No
     how = st.segmented_control(
         "What to do", [TRAIN, MEASURE], default=TRAIN, key="threats:poisoning:how", label_visibility="collapsed"
     )
+    paths = list(clean)
     reference = st.selectbox(
         "Clean model: the reference, whose recipe the twin repeats",
-        list(clean),
+        paths,
+        index=paths.index(selected_run()) if selected_run() in clean else 0,  # the sidebar's model
         key="threats:poisoning:clean",
         format_func=lambda path: run_label(clean[path]),
     )
@@ -118,10 +121,12 @@ def form(clean: dict[str, RunRecord], poisoned_runs: dict[str, RunRecord]) -> No
             trigger = draw_trigger(spec, size, record.data.window)
             request["poison"] = spec
             epochs = record.config.get("epochs", "?")
+            minutes = record.training_minutes(record.config.get("epochs"))
+            took = f"about {max(minutes, 1):.0f} min, as that training took" if minutes else "as long as that training took"
             st.caption(
                 f"At {size} px the marker is {trigger.size_px} px wide (≈ {trigger.size_mm:.0f} mm), grey level "
                 f"{round(255 * trigger.grey)}/255 in the {record.data.window} window. The twin trains {epochs} "
-                f"epochs with {record.name}'s recipe: about as long as that training took."
+                f"epochs with {record.name}'s recipe: {took} on the machine that trained it."
             )
         label = "Train the poisoned twin and measure"
     if st.button(label, type="primary", icon=":material/play_arrow:", key="threats:poisoning:start"):

@@ -38,7 +38,7 @@ from pipeline.constants import LUNG_HU_PER_GREY_LEVEL
 from pipeline.errors import UserInputError
 from pipeline.evaluation.degenerate import check_epoch
 from pipeline.evaluation.ensemble import GRADIENTS
-from pipeline.explain import MIN_GRID
+from pipeline.explain import MIN_GRID, matching_layer
 from pipeline.progress import ProgressCallback, staged
 from pipeline.scan_report import MINIMAL_EPS_HIGH, MINIMAL_EPS_NORM, ScanReport, analyse_scan
 from pipeline.store import RunRecord
@@ -235,7 +235,11 @@ def start(
     cam_layer: str,
     classes: tuple[str, ...],
     inputs: dict[str, Any],
+    size: int,
 ) -> None:
+    """Attack ``scan`` on each of ``models`` (title, run folder or None for an ensemble, model, run config) in
+    a background task; each explained at its layer matching ``cam_layer`` for ``size`` px scans."""
+
     def work(progress: ProgressCallback) -> list[tuple[str, ScanReport]]:
         reports = []
         for number, (title, run_dir, model, config) in enumerate(models):
@@ -259,7 +263,7 @@ def start(
                 target=target,
                 classes=classes,
                 find_minimal_eps=minimal,
-                cam_layer=cam_layer,
+                cam_layer=matching_layer(model, cam_layer, size),
                 profile=profile,
                 unchecked=why,
                 hu_per_grey_level=scan.hu_per_grey_level,
@@ -470,6 +474,7 @@ if clicked and scan is not None:
             cam_layer,
             classes,
             {"current": current, "scan": scan, "synthetic": is_synthetic(record)},
+            record.data.image_size,
         )
         st.rerun()
 

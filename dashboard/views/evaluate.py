@@ -128,7 +128,8 @@ def follow_finished(watched: str | None, reports: dict[str, Path]) -> None:
 
 def settings_form(runs: dict[str, RunRecord]) -> None:
     default = default_models(runs)
-    with st.form("evaluate:form"):
+    # Enter in a number box must not start minutes of work: only the button does.
+    with st.form("evaluate:form", enter_to_submit=False):
         chosen = st.multiselect(
             "Models",
             list(runs),

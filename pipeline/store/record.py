@@ -70,6 +70,14 @@ class RunRecord:
         chosen = [line for line in self.metrics if line.get("best")]
         return chosen[-1] if chosen else None
 
+    def training_minutes(self, epochs: Optional[int] = None) -> float:
+        """Minutes this run's recipe takes to train ``epochs`` epochs (default: as many as it ran), from
+        its own epochs' measured times (``time_s``) on the machine that trained it; 0 when unknown."""
+        times = [float(line.get("time_s") or 0.0) for line in self.metrics]
+        if not times:
+            return 0.0
+        return sum(times) / len(times) * (epochs or len(times)) / 60
+
     @property
     def classes(self) -> tuple[str, ...]:
         """Class names in the model's output order."""

@@ -29,6 +29,12 @@ THREATS: Final[str] = "threats"
 COMMANDS: Final[dict[str, str]] = {extraction.KIND: "extract", membership.KIND: "membership"}
 ThreatSettings = Union[ExtractionSettings, MembershipSettings]
 
+#: What a cancelled threat job leaves: its figures are saved together, once all are measured.
+CANCELLED_KEEPS: Final[str] = (
+    "no result is kept: a threat's figures are saved together once every one is measured, so those measured "
+    "before the cancel are lost"
+)
+
 
 def kind_of(settings: ThreatSettings) -> str:
     return extraction.KIND if isinstance(settings, ExtractionSettings) else membership.KIND
@@ -75,7 +81,8 @@ def run_threat_job(
     kind = kind_of(settings)
     home = home_run(settings)
     synthetic = read_record(home).is_synthetic
-    with jobs.JobContext(job_dir, kind=kind, echo=echo, cancelled_message="cancelled; nothing was measured") as job:
+    cancelled = f"cancelled; {CANCELLED_KEEPS}"
+    with jobs.JobContext(job_dir, kind=kind, echo=echo, cancelled_message=cancelled) as job:
         job.status(phase="running", message="starting", progress=0.0)
         with tracking.tracked(
             home.parent, name=f"{kind} of {home.name}"[:250], kind=kind, params=settings.to_dict(),

@@ -16,14 +16,15 @@ from typing import Any
 from pipeline.errors import UserInputError
 from pipeline.jobs import raise_on_sigterm
 from pipeline.json_object import read_json_file
-from pipeline.params import params_of
+from pipeline.params import Param, params_of
 from pipeline.progress import tqdm_progress
 from pipeline.store import read_status
-from pipeline.threats.background import new_threat_dir, run_threat_job
+from pipeline.threats.background import CANCELLED_KEEPS, new_threat_dir, run_threat_job
 from pipeline.threats.extraction import ExtractionSettings
 from pipeline.threats.membership import MembershipSettings
 from pipeline.threats.report import summary_lines
 from pipeline.tracking import add_tracking_flag, describe
+from pipeline.units import format_epsilon
 
 #: Subcommand: (settings, help, description, example).
 COMMANDS: dict[str, tuple[type, str, str, str]] = {
@@ -60,9 +61,9 @@ def add_parser(subparsers: Any) -> None:
             elif name == "targets":
                 parser.add_argument(flag, dest=name, action="append", metavar="RUN", help=f"{text}; repeat it")
             else:
-                shown = ",".join(map(str, param.default)) if param.many else param.default
                 parser.add_argument(flag, dest=name, default=None, metavar=name.upper(),
-                                    help=f"{text} (default: {shown})")
+                                    help=text if "(default:" in text or param.default is None
+                                    else f"{text} (default: {_written(param)})")
         parser.add_argument("--config-json", type=Path, metavar="FILE",
                             help="every setting as a JSON object (what background jobs are given); no other setting flags")
         parser.add_argument("--out", type=Path, help="folder for the trained models, result.json and report.html "
@@ -71,6 +72,13 @@ def add_parser(subparsers: Any) -> None:
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
         add_tracking_flag(parser)
         parser.set_defaults(func=run, settings_class=settings)
+
+
+def _written(param: Param) -> str:
+    """A setting's default as people write it on this command line: budgets as k/255, lists with commas."""
+    values = param.default if param.many else (param.default,)
+    shown = [format_epsilon(value) if param.grey_levels and value is not None else str(value) for value in values]
+    return ",".join(shown)
 
 
 def settings_from(args: argparse.Namespace) -> ExtractionSettings | MembershipSettings:
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.job_dir or args.out or new_threat_dir(settings)
     done = run_threat_job(settings, out, echo=None if args.quiet else tqdm_progress(args.command), track=args.track)
     if done is None:
-        print("cancelled; nothing was measured")
+        print(f"cancelled; {CANCELLED_KEEPS}")
         return 1
     result, paths = done
     for line in summary_lines(result):

@@ -39,16 +39,16 @@ from torch import nn
 
 from pipeline import jobs, tracking
 from pipeline.data import split_groups
-from pipeline.data.poison import PoisonSpec, draw_trigger, poison_split, stamp_trigger
+from pipeline.data.poison import POISON_FLAT_NAMES, PoisonSpec, draw_trigger, poison_split, stamp_trigger
 from pipeline.device import select_device
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.evaluation.batches import predict, probabilities
 from pipeline.evaluation.data import run_data
 from pipeline.evaluation.intervals import Interval, PairedComparison, paired_comparison, proportion_interval
 from pipeline.evaluation.report import jsonable, png_base64
-from pipeline.explain import explain
+from pipeline.explain import explain, matching_layer
 from pipeline.json_object import parse_json_object
-from pipeline.params import from_mapping, setting, validate_fields
+from pipeline.params import from_mapping, setting, under_flat_names, validate_fields
 from pipeline.progress import ProgressCallback, report, staged
 from pipeline.store import (
     REQUEST,
@@ -104,7 +104,10 @@ class BackdoorRequest:
 
     def __post_init__(self) -> None:
         if self.poison is not None:
-            object.__setattr__(self, "poison", PoisonSpec.from_dict(self.poison))
+            poison = self.poison
+            object.__setattr__(
+                self, "poison", under_flat_names(lambda: PoisonSpec.from_dict(poison), POISON_FLAT_NAMES)
+            )
         validate_fields(self)
         if not self.clean_run:
             raise UserInputError("name the clean run: the unpoisoned model the poisoned one is compared with")
@@ -565,7 +568,8 @@ def check_trigger(
 ) -> TriggerCheck:
     """Stamp ``spec``'s trigger on ``image`` (float ``[1, S, S]`` or ``[S, S]`` in ``[0, 1]``) and ask each
     of ``models`` (title, model, whether it is poisoned) for its answer and Grad-CAM map, with and without
-    the trigger. Raises UserInputError for a badly shaped scan or an unknown Grad-CAM layer."""
+    the trigger, each at its layer matching ``cam_layer`` (:func:`pipeline.explain.matching_layer`).
+    Raises UserInputError for a badly shaped scan."""
     if image.dim() == 2:
         image = image[None]
     if image.dim() != 3 or image.shape[0] != 1 or image.shape[1] != image.shape[2]:
@@ -576,8 +580,9 @@ def check_trigger(
     for title, model, poisoned in models:
         device = next(model.parameters()).device
         probs = probabilities(model, pair.to(device)).cpu().numpy()
-        cams = explain(model, pair.to(device), target=None, layer=cam_layer)
-        layer = cams.layer
+        cams = explain(model, pair.to(device), target=None,
+                       layer=matching_layer(model, cam_layer, int(image.shape[-1])))
+        layer = layer or cams.layer  # the first model's: the one the layer was chosen on
         answers.append(
             TriggerAnswer(title, poisoned, probs[0], probs[1], cams.maps[0], cams.maps[1],
                           (cams.quality[0] == "ok", cams.quality[1] == "ok"))

@@ -17,7 +17,7 @@ from pipeline.data.poison import POISON_FLAT_NAMES, PoisonSpec, fold_poison_sett
 from pipeline.data.spec import FLAT_NAMES
 from pipeline.errors import UserInputError
 from pipeline.models import ARCHITECTURES, MIN_INPUT_SIZE
-from pipeline.params import setting, validate_fields
+from pipeline.params import setting, under_flat_names, validate_fields
 from pipeline.store import check_settings_with
 from pipeline.training import strategies
 from pipeline.units import MAX_EPSILON
@@ -160,9 +160,10 @@ class TrainConfig:
     compile: bool = setting(False, help="torch.compile the model (slow first epoch, faster later ones)")
 
     def __post_init__(self) -> None:
-        self.data = DataSpec.from_dict(self.data)
-        if self.poison is not None:
-            self.poison = PoisonSpec.from_dict(self.poison)
+        data, poison = self.data, self.poison
+        self.data = under_flat_names(lambda: DataSpec.from_dict(data), FLAT_NAMES)
+        if poison is not None:
+            self.poison = under_flat_names(lambda: PoisonSpec.from_dict(poison), POISON_FLAT_NAMES)
         validate_fields(self)
         if self.data.image_size < MIN_INPUT_SIZE:
             raise UserInputError(
