@@ -14,7 +14,8 @@ after a grace period, its process group gets SIGTERM.
 
 Inside the job process, :class:`JobContext` is the one lifecycle training and evaluation share:
 it records the process, writes phases and (throttled) progress, stops the work when a cancel
-is asked for, and records how the job ended: done, cancelled, or failed with the error's text.
+is asked for, takes its share of the machine's cores beside the lab's other jobs
+(:mod:`pipeline.cores`), and records how the job ended: done, cancelled, or failed with the error's text.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Optional, Sequence
 
 import psutil
 
+from pipeline.cores import CoreShare
 from pipeline.data.dicomweb import remembered_env
 from pipeline.errors import CheckpointError, UserInputError
 from pipeline.progress import Progress, ProgressCallback, Step, TimeLeft, report
@@ -355,15 +357,22 @@ class JobContext:
         self._written = 0.0
         self._key: Optional[tuple[Any, ...]] = None  #: the phase of the last status written
         self._timer = TimeLeft()
+        #: the share of the machine's cores this job takes beside the lab's other jobs (the writer's
+        #: process; torchrun gives each rank of a distributed job its own threads)
+        self._cores: Optional[CoreShare] = CoreShare() if writer else None
 
     def __enter__(self) -> JobContext:
         if self.writer:
             self.job_dir.mkdir(parents=True, exist_ok=True)
             register_self(self.job_dir)
         self.status(kind=self.kind, error=None, worker_pid=os.getpid(), started_at=self.started)
+        if self._cores is not None:
+            self._cores.__enter__()
         return self
 
     def __exit__(self, kind: Any, error: Optional[BaseException], traceback: Any) -> bool:
+        if self._cores is not None:
+            self._cores.__exit__(kind, error, traceback)
         if error is None:
             return False
         if isinstance(error, (JobCancelled, KeyboardInterrupt)):
@@ -394,6 +403,8 @@ class JobContext:
         so a watcher counts it down and sees a job that went quiet.
         """
         report(self.echo, done, total, message, step=step)
+        if self._cores is not None:
+            self._cores.adjust()
         now = time.time()
         if not total:
             return

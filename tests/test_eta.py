@@ -25,10 +25,15 @@ from pipeline.progress import TimeLeft
 PATHS = sorted(LOGS.glob("*.json"))
 #: A log whose same-kind phases differ by at most this ratio was recorded under a load that held.
 STEADY = 1.3
+#: Recorded on an idle machine in exactly the requirement's two conditions (alone; beside a second
+#: training of the same size, the lab's jobs sharing the cores): held to the bounds as recorded, whatever
+#: their first epoch's warm-up does to :func:`unsteadiness`.
+REQUIREMENT = ("train-idle", "train-beside-idle-1", "train-beside-idle-2")
 
 
 def test_logs_are_kept() -> None:
     assert PATHS, f"no recorded progress logs under {LOGS}"
+    assert {path.stem for path in PATHS} >= set(REQUIREMENT)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[path.stem for path in PATHS])
@@ -37,7 +42,7 @@ def test_the_time_left_holds_from_the_first_epoch_on(path: Path) -> None:
     for log in (recorded, steadied(recorded)):
         judged = judge(log, TimeLeft)
         assert judged.judged >= 5 and judged.missing == 0, (log.name, judged)
-        if log is recorded and unsteadiness(log) > STEADY:
+        if log is recorded and unsteadiness(log) > STEADY and path.stem not in REQUIREMENT:
             continue  # the load changed under it (phases really got slower): it follows, it cannot foresee
         assert judged.worst_error <= 0.30, (log.name, judged)
         assert judged.worst_jump <= 1.5, (log.name, judged)
