@@ -41,8 +41,9 @@ page = st.navigation(PAGES)
 # behind it; only after that may this script import them (status does).
 startup.wait_until_loaded(page.title)
 
-from dashboard.ui import demo, status  # noqa: E402
+from dashboard.ui import demo, session, status  # noqa: E402
 
+session.keep_choices()
 demo.install_on_first_start()
 status.sidebar()
 page.run()

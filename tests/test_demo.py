@@ -216,6 +216,13 @@ def test_a_ready_demo_opens_the_attack_page_on_its_story(
     assert at.selectbox(key="attack:name").value == "pgd"
     assert at.slider(key="attack:pgd:eps").value == pytest.approx(2.0)
     assert at.number_input(key="attack:pgd:steps").value == demo.eval_steps
+    # a run that draws other widgets (here the Data page's) makes Streamlit forget the attack's; coming back,
+    # the story's attack is still chosen, as a setting the person chose would be
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/attack.py").run()
+    assert not at.exception and at.selectbox(key="attack:name").value == "pgd"
+    assert at.slider(key="attack:pgd:eps").value == pytest.approx(2.0)
+    assert at.number_input(key="attack:pgd:steps").value == demo.eval_steps
     # the story and the two models' held-out figures, labelled synthetic
     panel = at.expander[0]
     assert panel.label.startswith("The demo: a standard and a robust model")

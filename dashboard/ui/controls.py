@@ -8,7 +8,7 @@ window (never for other modalities or images that do not say).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import streamlit as st
 
@@ -178,14 +178,13 @@ def attack_controls(name: str, *, key: str, hu_per_grey_level: Optional[float] =
     so a clinician sees what matters and a researcher can still reach every knob.
     """
     schema = attack_schema(name)
-    norm = attack_class(name).norm
     values: dict[str, Any] = {}
 
     def control(param: Param) -> Any:
         widget = f"{key}:{name}:{param.name}"
         # the budget means the same for every attack of one norm; steps and step size are the attack's
         # own (R-FGSM's one step is not PGD's ten), kept for when the person comes back to it
-        slot = f"{key}:{norm}:{param.name}" if param.name in SHARED else widget
+        slot = _slot(key, name, param.name)
         _carry_in(param, widget, slot)
         value = param_control(param, widget, hu_per_grey_level)
         _carry_out(param, widget, slot)
@@ -209,6 +208,24 @@ CARRIED = ("eps", "alpha", "steps")
 SHARED = ("eps",)
 #: Session State holding the last value of each carried setting, by norm and name.
 CARRY_KEY = "controls.carried"
+
+
+def _slot(key: str, name: str, param: str) -> str:
+    """Where a carried setting of attack ``name`` is kept: by norm for the budget, by attack otherwise."""
+    return f"{key}:{attack_class(name).norm}:{param}" if param in SHARED else f"{key}:{name}:{param}"
+
+
+def preset_attack(key: str, name: str, values: Mapping[str, Any]) -> None:
+    """Choose attack ``name`` with ``values`` (as its widgets hold them: budgets in grey levels) as if the
+    person had: the select ``<key>:name`` (kept across pages by :func:`dashboard.ui.session.keep_choices`)
+    and the widgets ``<key>:<name>:<param>``, and their carried values (:data:`CARRY_KEY`), which outlive a
+    script run that did not draw those widgets, after which Streamlit forgets them."""
+    st.session_state[f"{key}:name"] = name
+    carried = st.session_state.setdefault(CARRY_KEY, {})
+    for param, value in values.items():
+        st.session_state[f"{key}:{name}:{param}"] = value
+        if param in CARRIED:
+            carried[_slot(key, name, param)] = value
 
 
 def _carry_in(param: Param, widget: str, slot: str) -> None:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import streamlit as st
 
+from dashboard.ui.controls import preset_attack
 from dashboard.ui.feedback import describe_error, shown_errors
 from dashboard.ui.job_view import job_panel
 from dashboard.ui.settings import runs_dir, shipped_demo_wanted
@@ -29,8 +30,10 @@ from pipeline.store import list_runs
 
 #: The demo (its creation time) whose story this session has already set up on the Attack page.
 APPLIED_KEY = "demo.applied"
-#: The story's widget values, waiting for the script run that draws the widgets (:func:`apply_story`).
+#: The story's widget values and attack, waiting for the script run that draws them (:func:`apply_story`).
 STORY_KEY = "demo.story"
+#: The attack the story runs, at :data:`pipeline.demo.core.STORY_EPSILON` with the demo's own steps.
+STORY_ATTACK = "pgd"
 #: Set once this session has looked at whether the run store needs the shipped demo.
 FIRST_START_KEY = "demo.first-start"
 #: Why the shipped demo could not be installed, for the card.
@@ -142,16 +145,12 @@ def adopt(demo: Optional[Demo]) -> bool:
         return False
     st.session_state[APPLIED_KEY] = demo.created_at
     select_run_next(str(demo.standard.run_dir))
-    story: dict[str, object] = {
-        "attack:compare": str(demo.robust.run_dir),
-        "attack:source": "Test split",
-        "attack:name": "pgd",
-        "attack:pgd:eps": STORY_EPSILON / GREY_LEVEL,
-        "attack:pgd:steps": demo.eval_steps,  # the attack the demo's figures were measured with
-    }
+    widgets: dict[str, object] = {"attack:compare": str(demo.robust.run_dir), "attack:source": "Test split"}
     if demo.showcase_rank is not None:
-        story |= {"attack:class": STORY_CLASS, "attack:position": demo.showcase_rank}
-    st.session_state[STORY_KEY] = story
+        widgets |= {"attack:class": STORY_CLASS, "attack:position": demo.showcase_rank}
+    # the attack the demo's figures were measured with (budgets as the widgets hold them: grey levels)
+    attack = {"eps": STORY_EPSILON / GREY_LEVEL, "steps": demo.eval_steps}
+    st.session_state[STORY_KEY] = {"widgets": widgets, "attack": attack}
     return True
 
 
@@ -160,8 +159,14 @@ def apply_story() -> None:
 
     Applied on every run until :func:`story_drawn` says a run drew the widgets: a run interrupted before
     it got there (a fragment's rerun, a click) may drop values set for widgets it never drew."""
-    for key, value in st.session_state.get(STORY_KEY, {}).items():
+    story = st.session_state.get(STORY_KEY)
+    if story is None:
+        return
+    for key, value in story["widgets"].items():
         st.session_state[key] = value
+    # chosen as the person would choose it: carried past a later run that does not draw the attack's
+    # widgets (one ended early while the page followed the demo job), after which Streamlit forgets them
+    preset_attack("attack", STORY_ATTACK, story["attack"])
 
 
 def story_drawn() -> None:

@@ -66,3 +66,17 @@ def dataset_summary(spec: DataSpec) -> str:
 def selected_run() -> Optional[str]:
     """The run directory chosen in the sidebar, or None when there is no model yet."""
     return st.session_state.get(RUN_KEY)
+
+
+#: Choices of the Attack page that outlive a visit to another page (the scan, the attack, the model
+#: beside it): Streamlit forgets a widget's value in a run that does not draw it. The attack's own
+#: settings are carried by :mod:`dashboard.ui.controls`.
+KEPT_CHOICES = ("attack:source", "attack:class", "attack:position", "attack:name", "attack:compare")
+
+
+def keep_choices() -> None:
+    """Keep :data:`KEPT_CHOICES` across pages: called on every run before the page runs, it hands each
+    value set so far back to Session State as the person's own, which Streamlit does not forget."""
+    for key in KEPT_CHOICES:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
