@@ -214,7 +214,9 @@ def passes(args: argparse.Namespace) -> None:
           f"{size} px, batch {args.batch_size}, median of {args.repeats} interleaved rounds")
     print("| layout | forward ms/scan | forward+backward ms/scan |")
     print("|---|---|---|")
-    medians = {key: sorted(values)[len(values) // 2] * 1000 / args.batch_size for key, values in timings.items()}
+    medians = {
+        key: sorted(values)[len(values) // 2] * 1000 / args.batch_size for key, values in timings.items()
+    }
     for layout in layouts:
         print(f"| {layout} | {medians[layout, 'forward']:.2f} | {medians[layout, 'forward+backward']:.2f} |")
     base, fast = layouts

@@ -28,7 +28,7 @@ def two_threads() -> Iterator[None]:
 
 @pytest.fixture
 def other_job() -> Iterator[subprocess.Popen]:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     yield child
     child.kill()
     child.wait()
@@ -51,7 +51,9 @@ def test_a_job_takes_its_share_while_another_runs_and_its_threads_back_after(
     assert running_jobs(folder) == 0 and torch.get_num_threads() == 2
 
 
-def test_a_registration_of_a_dead_or_reused_pid_is_not_a_job(tmp_path: Path, other_job: subprocess.Popen) -> None:
+def test_a_registration_of_a_dead_or_reused_pid_is_not_a_job(
+    tmp_path: Path, other_job: subprocess.Popen
+) -> None:
     folder = tmp_path / "jobs"
     path = register(other_job.pid, folder)
     path.write_text(path.read_text().replace('"created": ', '"created": 1'))  # another process, same pid

@@ -213,7 +213,9 @@ def test_synthetic_phantom_is_labelled_cached_and_deterministic() -> None:
     assert load_dataset("synthetic", image_size=SIZE, seed=4, count=12).fingerprint != first.fingerprint
 
 
-def test_phantom_rendered_on_another_cpu_is_the_same_data_and_shipped_scans_replace_it(tmp_path: Path) -> None:
+def test_phantom_rendered_on_another_cpu_is_the_same_data_and_shipped_scans_replace_it(
+    tmp_path: Path,
+) -> None:
     """Another CPU renders the phantom a grey level apart in a few pixels (13 of 2,000 scans at 112 px
     between two x86 machines): its fingerprint differs, its identity does not, and scans exported from
     that machine (the shipped demo's) replace this machine's rendering in the cache."""

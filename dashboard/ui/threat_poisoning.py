@@ -88,11 +88,11 @@ def form(clean: dict[str, RunRecord], poisoned_runs: dict[str, RunRecord]) -> No
     how = st.segmented_control(
         "What to do", [TRAIN, MEASURE], default=TRAIN, key="threats:poisoning:how", label_visibility="collapsed"
     )
-    paths = list(clean)
+    paths, sidebar = list(clean), selected_run()
     reference = st.selectbox(
         "Clean model: the reference, whose recipe the twin repeats",
         paths,
-        index=paths.index(selected_run()) if selected_run() in clean else 0,  # the sidebar's model
+        index=paths.index(sidebar) if sidebar in clean else 0,  # the sidebar's model
         key="threats:poisoning:clean",
         format_func=lambda path: run_label(clean[path]),
     )
@@ -122,7 +122,8 @@ def form(clean: dict[str, RunRecord], poisoned_runs: dict[str, RunRecord]) -> No
             request["poison"] = spec
             epochs = record.config.get("epochs", "?")
             minutes = record.training_minutes(record.config.get("epochs"))
-            took = f"about {max(minutes, 1):.0f} min, as that training took" if minutes else "as long as that training took"
+            took = (f"about {max(minutes, 1):.0f} min, as that training took" if minutes
+                    else "as long as that training took")
             st.caption(
                 f"At {size} px the marker is {trigger.size_px} px wide (≈ {trigger.size_mm:.0f} mm), grey level "
                 f"{round(255 * trigger.grey)}/255 in the {record.data.window} window. The twin trains {epochs} "

@@ -313,7 +313,8 @@ def _load_synthetic(size: int, seed: int, count: int, progress: Optional[Progres
     labels = np.asarray(labels, dtype=np.int64)
     if cache:
         _write_cache(key, images, labels, meta)
-    return _build(images, labels, meta, paths=None, source="synthetic", identity=_phantom_identity(size, seed, labels))
+    return _build(images, labels, meta, paths=None, source="synthetic",
+                  identity=_phantom_identity(size, seed, labels))
 
 
 def _phantom_identity(size: int, seed: int, labels: np.ndarray) -> str:

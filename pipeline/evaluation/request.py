@@ -201,7 +201,8 @@ def new_evaluation_dir(run_dir: Path) -> Path:
 def _check_same_data(first: RunRecord, other: RunRecord, side: str) -> None:
     """Side-by-side figures are only fair on the same held-out scans."""
     a, b = first.config, other.config
-    if not same_data(a.get("dataset"), b.get("dataset") or {}) or first.data.image_size != other.data.image_size:
+    same_size = first.data.image_size == other.data.image_size
+    if not same_data(a.get("dataset"), b.get("dataset") or {}) or not same_size:
         raise UserInputError(
             f"runs {first.name} and {other.name} were trained on different data or image sizes; evaluate "
             "them separately (one run each)"

@@ -77,8 +77,9 @@ def add_parser(subparsers: Any) -> None:
 def _written(param: Param) -> str:
     """A setting's default as people write it on this command line: budgets as k/255, lists with commas."""
     values = param.default if param.many else (param.default,)
-    shown = [format_epsilon(value) if param.grey_levels and value is not None else str(value) for value in values]
-    return ",".join(shown)
+    return ",".join(
+        format_epsilon(value) if param.grey_levels and value is not None else str(value) for value in values
+    )
 
 
 def settings_from(args: argparse.Namespace) -> ExtractionSettings | MembershipSettings:
