@@ -40,8 +40,10 @@ class ScanClassifier(nn.Module):
         super().__init__()
         self.arch = arch
         self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(GREY_MEAN).view(1, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(GREY_STD).view(1, 1, 1, 1), persistent=False)
+        # Constants, not weights: made on the CPU even where the weights are built on the meta device
+        # to be loaded from a file (pipeline.store.model.load_model), which never holds them.
+        self.register_buffer("mean", torch.tensor(GREY_MEAN, device="cpu").view(1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(GREY_STD, device="cpu").view(1, 1, 1, 1), persistent=False)
 
     @property
     def num_classes(self) -> int:

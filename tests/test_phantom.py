@@ -166,9 +166,3 @@ def test_sizes_match_their_class_descriptions(by_class):
     assert 9.5 <= min(benign) and max(benign) <= 20.5
     assert np.median(malignant) > 2 * np.median(benign)
     assert max(malignant) <= 65.5
-
-
-def test_rendering_in_worker_processes_gives_the_same_scans() -> None:
-    serial, labels = synthesize(400, seed=3, size=32, workers=1)
-    parallel, parallel_labels = synthesize(400, seed=3, size=32, workers=2)
-    assert np.array_equal(serial, parallel) and np.array_equal(labels, parallel_labels)

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError
+from pipeline.models import build_model
 from pipeline.store import LAST, LAST_META, load_model, read_json, read_metrics, read_status
+from pipeline.store.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training import TrainConfig, train
 from tests.training_helpers import (
     TINY,
@@ -27,7 +29,7 @@ from tests.training_helpers import (
 
 EPOCHS = 4
 SETTINGS = {**TINY, "epochs": EPOCHS, "seed": 3}
-TRIALS = 20
+TRIALS = 10
 COMPARED = ("train_loss", "val_acc", "val_robust_acc", "val_loss")
 #: Waiting for an epoch on a busy machine: only a hung process should run into this.
 PATIENT = {"timeout": 900.0, "interval": 0.2}
@@ -65,7 +67,7 @@ def _start_and_kill(run_dir: Path, trial: int, rng: random.Random) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 20 trainings: a loaded machine may need far more than the default 600 s
+@pytest.mark.timeout(2400)  # 10 trainings: a loaded machine may need far more than the default 600 s
 def test_random_kills_keep_runs_loadable_and_resume_exactly(tmp_path: Path) -> None:
     expected = read_metrics(train(TrainConfig.from_dict(SETTINGS), tmp_path / "reference"))
     rng = random.Random(20240607)
@@ -126,3 +128,31 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     train(None, tmp_path, resume=run_dir)
     assert metric_epochs(run_dir) == [1, 2] and checkpoint_epoch(run_dir) == 2
     assert read_status(run_dir)["phase"] == "done"
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.AdamW])
+def test_a_restored_fused_optimizer_steps_exactly_as_the_uninterrupted_one(
+    tmp_path: Path, optimizer: type[torch.optim.Optimizer]
+) -> None:
+    """Training steps channels-last weights with fused optimizers; the file holds their state contiguous.
+    A state tensor restored in another layout than its weight was stepped against the wrong elements."""
+
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = build_model("resnet18").to(memory_format=torch.channels_last)
+        return model, optimizer(model.parameters(), lr=1e-2, fused=True)
+
+    def step(model: torch.nn.Module, optim: torch.optim.Optimizer) -> None:
+        optim.zero_grad()
+        model(torch.linspace(0, 1, 2 * 32 * 32).view(2, 1, 32, 32)).logsumexp(1).sum().backward()
+        optim.step()
+
+    model, optim = fresh()
+    step(model, optim)
+    save_checkpoint(tmp_path, model, optim, {"epoch": 1})
+    restored, restored_optim = fresh()
+    load_checkpoint(tmp_path, restored, restored_optim)
+    step(model, optim)
+    step(restored, restored_optim)
+    for (name, want), got in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(got, want), name

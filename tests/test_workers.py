@@ -53,6 +53,8 @@ def test_a_plain_spawn_pool_runs_the_foreign_main(foreign_main: Path) -> None:
 
 
 def test_rendering_in_worker_processes_never_runs_the_parents_main(foreign_main: Path) -> None:
+    """Byte for byte the serial rendering (each scan depends only on its seed and index), and no
+    child ran the parent's main."""
     serial, labels = synthesize(400, seed=5, size=32, workers=1)
     parallel, parallel_labels = synthesize(400, seed=5, size=32, workers=2)
     assert np.array_equal(serial, parallel) and np.array_equal(labels, parallel_labels)

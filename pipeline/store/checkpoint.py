@@ -90,6 +90,7 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
                     raise CheckpointError(f"{source}: the optimizer state contains NaN or infinite values")
         unwrap(model).load_state_dict(weights)
         optimizer.load_state_dict({"state": state, "param_groups": index["optimizer"]["param_groups"]})
+        _match_layouts(optimizer)
         torch.set_rng_state(tensors["rng.cpu"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # CheckpointError is a ValueError
         raise CheckpointError(
@@ -97,3 +98,17 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             "start a new run instead of resuming this one"
         ) from None
     return {key: value for key, value in index.items() if key not in _OWN_KEYS}
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored state tensor (momentum, moments) its parameter's memory layout.
+
+    The file holds them contiguous; a channels-last model's parameters are not. Fused optimizers
+    step parameter, gradient and state as one flat array each, so a state tensor in another layout
+    is updated element by element against the wrong weights: a resumed run drifted from the same run
+    uninterrupted from its first resumed epoch on.
+    """
+    for param, entries in optimizer.state.items():
+        for key, value in entries.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                entries[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Final, Optional
+from typing import Any, Callable, Final, Optional
 
 from pipeline.errors import CheckpointError
 from pipeline.json_object import parse_json_object
@@ -23,31 +23,38 @@ from pipeline.json_object import parse_json_object
 MAX_BYTES: Final[dict[str, int]] = {".json": 4 << 20, ".jsonl": 64 << 20, ".safetensors": 2 << 30}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``path``, flush it to disk and rename it over ``path``,
+    so that a crash leaves the old file or the new one, never a mix.
 
-    A failure (disk full, no permission) raises :class:`CheckpointError` and keeps the old file.
+    ``write`` gets the temporary file's path (it may reopen or replace it). A failure (disk full, no
+    permission) raises :class:`CheckpointError` and keeps the old file.
     """
     path = Path(path)
-    handle, temporary = None, None
+    temporary = None
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb") as stream:
-            handle = None
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+        os.close(handle)
+        write(Path(temporary))
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
         temporary = None
         _fsync_directory(path.parent)
     except OSError as error:
         raise CheckpointError(save_failure(path, error)) from error
     finally:
-        if handle is not None:
-            os.close(handle)
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+    atomic_write(path, lambda temporary: temporary.write_bytes(data))
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -68,6 +68,7 @@ def load_model(
         raise CheckpointError(
             f"{path.name} of run {record.name} was not written for a {config['arch']} of this lab"
         )
-    model = build_model(config["arch"], num_classes=len(record.classes))
+    with torch.device("meta"):  # no random initialisation to throw away: every weight comes from the file
+        model = build_model(config["arch"], num_classes=len(record.classes))
     load_state(tensors, model, f"{path.name} of run {record.name}")
     return model.to(device).to(memory_format=torch.channels_last).eval(), record
