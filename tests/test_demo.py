@@ -52,7 +52,7 @@ SHRUNK = DemoRecipe(
     name="shrunk",
     preset="quick",
     standard={
-        "image_size": 64, "count": 600, "val_fraction": 0.15, "test_fraction": 0.15, "epochs": 8,
+        "image_size": 64, "count": 600, "val_fraction": 0.15, "test_fraction": 0.15, "epochs": 6,
         "batch_size": 16, "lr": 2e-3, "schedule": "cosine", "augment": False, "val_steps": 1, "eval_size": 16,
     },
     robust={"strategy": "pgd", "eps": 2 / 255, "steps": 1, "alpha": 2.5 / 255, "epochs": 1, "lr": 2e-4,
