@@ -30,6 +30,24 @@ CORPUS_TABLE = Path(__file__).resolve().parent.parent / "test-artifacts" / "corp
 _SESSION_START = time.time()
 
 
+#: The files that cost the most (a full run on 2 cores, --durations), heaviest first. pytest-xdist
+#: hands whole files to its two workers in collection order; started first, the long ones run beside
+#: each other and the many short files fill in at the end, so both workers finish together instead of
+#: one running a long file alone for minutes (needs --no-loadscope-reorder, pyproject.toml).
+HEAVY_FILES = (
+    "test_demo.py", "test_dashboard_browser.py", "test_training.py", "test_resume.py", "test_threats.py",
+    "test_dashboard_apptest.py", "test_jobs.py", "test_bench_gpu.py", "test_attack_contract.py",
+    "test_corpus.py", "test_poisoning.py", "test_store.py", "test_evaluation_common_scans.py",
+    "test_sharded_evaluation.py", "test_evaluation_report.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run :data:`HEAVY_FILES` first, heaviest first; the rest keep their order."""
+    rank = {name: index for index, name in enumerate(HEAVY_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

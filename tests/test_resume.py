@@ -29,7 +29,7 @@ from tests.training_helpers import (
 
 EPOCHS = 4
 SETTINGS = {**TINY, "epochs": EPOCHS, "seed": 3}
-TRIALS = 10
+TRIALS = 6
 COMPARED = ("train_loss", "val_acc", "val_robust_acc", "val_loss")
 #: Waiting for an epoch on a busy machine: only a hung process should run into this.
 PATIENT = {"timeout": 900.0, "interval": 0.2}
@@ -67,7 +67,7 @@ def _start_and_kill(run_dir: Path, trial: int, rng: random.Random) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 10 trainings: a loaded machine may need far more than the default 600 s
+@pytest.mark.timeout(2400)  # 6 trainings: a loaded machine may need far more than the default 600 s
 def test_random_kills_keep_runs_loadable_and_resume_exactly(tmp_path: Path) -> None:
     expected = read_metrics(train(TrainConfig.from_dict(SETTINGS), tmp_path / "reference"))
     rng = random.Random(20240607)
