@@ -9,8 +9,10 @@ import os
 import pickle
 import signal
 import struct
+import subprocess
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -418,3 +420,30 @@ def test_runs_written_before_the_data_spec_load_evaluate_and_resume(tmp_path: Pa
     (run_dir / CONFIG).write_text(json.dumps({key: value for key, value in old.items() if key != "image_size"}))
     with pytest.raises(CheckpointError, match="config.json: the data settings give no image_size"):
         load_model(run_dir)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem of 1 MiB (tmpfs), where a model of 45 MB cannot fit; skipped where this
+    process may not mount one."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_model_that_does_not_fit_on_the_disk_is_named_and_the_old_file_kept(full_disk: Path) -> None:
+    path = full_disk / MODEL
+    path.write_bytes(b"the previous model")
+    kept = "No space left on device.*previous version of the file is kept"
+    with pytest.raises(CheckpointError, match=kept):
+        save_model(path, build_model("resnet18"))
+    assert path.read_bytes() == b"the previous model"
+    assert not list(full_disk.glob(".*.tmp"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 from pathlib import Path
 from typing import Final, Mapping
 
@@ -24,7 +26,15 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     optimizer state (134 MB, fsynced) took 1.5x as long to save (bench/overheads.py).
     """
     plain = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
-    atomic_write(path, lambda temporary: save_safetensors_file(plain, temporary, metadata=dict(metadata)))
+
+    def write(temporary: Path) -> None:
+        try:
+            save_safetensors_file(plain, temporary, metadata=dict(metadata))
+        except SafetensorError as error:  # its I/O errors ("... (os error 28)") as the OSError they are
+            code = re.search(r"os error (\d+)", str(error))
+            raise OSError(int(code.group(1)) if code else errno.EIO, str(error)) from error
+
+    atomic_write(path, write)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
