@@ -114,12 +114,13 @@ def load_state(tensors: Mapping[str, torch.Tensor], model: nn.Module, source: st
     """Load ``tensors`` into ``model`` after :func:`widen` and :func:`check_state` (which raises
     :class:`CheckpointError` naming ``source``); every weights file of the lab is loaded this way.
 
-    The checked tensors become the model's own (``assign``), so ``model`` may be built on the meta
-    device, without the random initialisation its weights would replace.
+    A model built on the meta device (no random initialisation for its weights to replace) takes the
+    checked tensors as its own; any other model is copied into, so an optimizer holding its parameters
+    keeps stepping them.
     """
     tensors = widen(tensors, model)
     check_state(tensors, model, source)
-    model.load_state_dict(tensors, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=any(p.is_meta for p in model.parameters()))
 
 
 def _few(names: list[str]) -> str:
