@@ -19,6 +19,7 @@ from pipeline.store import load_model, read_config, read_metrics, read_status
 from pipeline.params import params_of
 from pipeline.training import PRESETS, TrainConfig, train
 from pipeline.training.augment import Augmentation
+from pipeline.training.loop import CPU_CHANNELS_LAST_FROM, memory_format
 from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
 from pipeline.training.strategies import available as available_strategies
 from tests.training_helpers import TINY, checkpoint_epoch, cli_args, make_blob_folder, start_cli
@@ -317,6 +318,18 @@ def test_config_validation_names_field_and_range() -> None:
     )
     for name in PRESETS:
         assert TrainConfig.from_preset(name, strategy="pgd").strategy == "pgd"
+
+
+def test_channels_last_is_used_where_it_makes_training_faster() -> None:
+    """Channels-last on CUDA; on a CPU only from CPU_CHANNELS_LAST_FROM px (bench/memory_format.py)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    small = TrainConfig.from_dict({**TINY, "image_size": CPU_CHANNELS_LAST_FROM - 1})
+    large = TrainConfig.from_dict({**TINY, "image_size": CPU_CHANNELS_LAST_FROM})
+    assert memory_format(small, cpu) == torch.contiguous_format
+    assert memory_format(large, cpu) == memory_format(small, cuda) == torch.channels_last
+    refused = TrainConfig.from_dict({**TINY, "image_size": CPU_CHANNELS_LAST_FROM, "channels_last": False})
+    assert memory_format(refused, cpu) == memory_format(refused, cuda) == torch.contiguous_format
+    assert memory_format(large, torch.device("meta")) == torch.contiguous_format  # neither CUDA nor a CPU
 
 
 def test_augmentation_is_batched_bounded_and_replayable() -> None:

@@ -70,6 +70,22 @@ from pipeline.training.strategies import Strategy, build_strategy
 #: Settings of how to run, not what to train: a resumed run may change them.
 EXECUTION_FIELDS = ("device", "amp", "channels_last", "compile")
 
+#: On a CPU, channels-last memory speeds training up only from this input size (pixels) on. Below it the
+#: weights outweigh the activations, and reordering the weights' gradients out of channels-last costs more
+#: than it saves: a ResNet-18 training step ran 0.68x as fast at 32 px, 0.94x at 64 px and 1.23x at 96 px
+#: (ResNet-50: 0.89x, 1.02x, 1.15x; ``python bench/memory_format.py``, bench/RESULTS.md).
+CPU_CHANNELS_LAST_FROM = 96
+
+
+def memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
+    """The memory format a training keeps its model and batches in: channels-last where
+    ``config.channels_last`` asks for it and it is faster (CUDA; a CPU from :data:`CPU_CHANNELS_LAST_FROM`
+    pixels), else contiguous."""
+    wanted = config.channels_last and (
+        device.type == "cuda" or (device.type == "cpu" and config.data.image_size >= CPU_CHANNELS_LAST_FROM)
+    )
+    return torch.channels_last if wanted else torch.contiguous_format
+
 
 def train(
     config: Optional[TrainConfig],
@@ -231,6 +247,7 @@ class Trainer:
         self.tracker = tracking.TrackedRun()  # the MLflow run, opened by run() on the main rank
         self.device = context.device
         self.cuda = self.device.type == "cuda"
+        self.memory_format = memory_format(config, self.device)
         self.job = jobs.JobContext(
             run_dir,
             kind=TRAINING_KIND,
@@ -390,9 +407,9 @@ class Trainer:
         return model.train()
 
     def _memory_format(self, value: Any) -> Any:
-        if self.config.channels_last and self.device.type in ("cuda", "cpu"):
-            return value.to(memory_format=torch.channels_last)
-        return value
+        """``value`` (a model or a batch ``[N, 1, H, W]``) in :attr:`memory_format`; a model of another run
+        comes channels-last from :func:`load_model` and is converted back where contiguous is faster."""
+        return value.to(memory_format=self.memory_format)
 
     def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         config = self.config
