@@ -24,7 +24,7 @@ from dashboard.ui.session import RUN_KEY
 from pipeline.demo import DEMO_FILE, RECIPES, DemoRecipe, default_recipe, read_demo
 from pipeline.demo.background import demo_job_dir
 from pipeline.demo.core import STORY_CLASS
-from pipeline.data import DataSpec, preprocess_image
+from pipeline.data import DataSpec, preprocess_image, same_data
 from pipeline.data.dataset import PHANTOM_RENDER_SIZE
 from pipeline.data.phantom import PHANTOM_VERSION, render_slice
 from pipeline.demo.core import held_out_attacks, measure_pair, verdicts
@@ -381,6 +381,25 @@ def test_the_shipped_models_reproduce_their_manifest(tmp_path: Path) -> None:
             assert len(recorded) == shipped.test_scans and recorded.count("1") == round(accuracy * len(recorded))
             measured = verdicts(attack.outcome.correct)
             assert sum(a != b for a, b in zip(measured, recorded)) <= 1, (shipped.role, eps, measured, recorded)
+
+
+def test_installed_demo_runs_know_their_scans_by_identity_not_by_this_cache(tmp_path: Path) -> None:
+    """The shipped records name their scans by the shipped pixels' fingerprint alone. Installed, they also
+    carry the phantom set's identity, so the phantom rendered anew (a cleared cache, another cache folder;
+    on another CPU a few pixels differ by a grey level) is still their data."""
+    runs = tmp_path / "runs"
+    demo = install_shipped(runs)
+    dataset, _ = run_data(read_record(demo.standard.run_dir))
+    rendered_elsewhere = {**dataset.record(), "fingerprint": "another CPU's pixels"}
+    for model in demo.models:
+        shipped = json.loads((SHIPPED_DIR / model.role / "config.json").read_text())["dataset"]
+        stored = read_record(model.run_dir).config["dataset"]
+        assert "identity" not in shipped and stored == {**shipped, "identity": dataset.identity}
+        assert same_data(stored, rendered_elsewhere) and not same_data(shipped, rendered_elsewhere)
+    # a demo installed before this fix keeps its runs; installing again gives their records the identity
+    (demo.robust.run_dir / "config.json").write_text((SHIPPED_DIR / "robust" / "config.json").read_text())
+    assert install_shipped(runs) == demo
+    assert same_data(read_record(demo.robust.run_dir).config["dataset"], rendered_elsewhere)
 
 
 def test_the_command_installs_the_shipped_demo_without_training(

@@ -297,7 +297,7 @@ def _load_synthetic(size: int, seed: int, count: int, progress: Optional[Progres
         images, labels, meta = cached
         report(progress, 1, 1, "loaded the synthetic phantom from cache")
         return _build(images, labels, meta, paths=None, source="synthetic",
-                      identity=_phantom_identity(size, seed, labels))
+                      identity=phantom_identity(size, seed, labels))
     rendered, labels = phantom.synthesize(count, seed=seed, size=PHANTOM_RENDER_SIZE, progress=progress)
     images = np.stack([preprocess_image(np.asarray(image, dtype=np.uint8), size) for image in rendered])
     digests = [_pixel_digest(image) for image in rendered]
@@ -314,12 +314,13 @@ def _load_synthetic(size: int, seed: int, count: int, progress: Optional[Progres
     if cache:
         _write_cache(key, images, labels, meta)
     return _build(images, labels, meta, paths=None, source="synthetic",
-                  identity=_phantom_identity(size, seed, labels))
+                  identity=phantom_identity(size, seed, labels))
 
 
-def _phantom_identity(size: int, seed: int, labels: np.ndarray) -> str:
-    """The phantom set's identity: its version, size, seed and labels, never its pixels (which differ
-    by a grey level in a few pixels between CPUs: 13 of 2,000 scans at 112 px between two x86 machines)."""
+def phantom_identity(size: int, seed: int, labels: np.ndarray) -> str:
+    """The phantom set's identity (a hex digest): its version, ``size`` in pixels, ``seed`` and ``labels``
+    (int ``[N]``), never its pixels (which differ by a grey level in a few pixels between CPUs: 13 of
+    2,000 scans at 112 px between two x86 machines)."""
     from pipeline.data.phantom import PHANTOM_VERSION
 
     return _hash_json({"phantom": PHANTOM_VERSION, "size": size, "seed": seed,

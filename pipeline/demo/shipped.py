@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any, Final, Optional
 
+import numpy as np
 import torch
 
 from pipeline.data import DataSpec, adopt_synthetic_scans, export_synthetic_scans
-from pipeline.data.dataset import SCANS_ARRAYS, SCANS_RECORD
+from pipeline.data.dataset import SCANS_ARRAYS, SCANS_RECORD, phantom_identity
 from pipeline.data.phantom import PHANTOM_VERSION
 from pipeline.demo.core import DEMO_FILE, RECIPES, Demo, DemoRecipe, measure_pair, read_demo
 from pipeline.errors import CheckpointError, UserInputError
@@ -172,10 +173,14 @@ def install_shipped(runs_dir: Path | str, source: Path = SHIPPED_DIR) -> Demo:
     """
     runs_dir = Path(runs_dir)
     manifest = verify_shipped(source)
-    adopt_synthetic_scans(DataSpec.from_dict(manifest["data"]), source)  # a miss only costs rendering time
+    spec = DataSpec.from_dict(manifest["data"])
+    adopt_synthetic_scans(spec, source)  # a miss only costs rendering time
+    with np.load(source / SCANS_ARRAYS, allow_pickle=False) as arrays:
+        identity = phantom_identity(spec.image_size, spec.seed, arrays["labels"])
     runs_dir.mkdir(parents=True, exist_ok=True)
     for role in ROLES:
-        _install_run(source / role, runs_dir / manifest["runs"][role], manifest["files"][f"{role}/{MODEL}"])
+        _install_run(source / role, runs_dir / manifest["runs"][role], manifest["files"][f"{role}/{MODEL}"],
+                     identity)
     atomic_write_json(runs_dir / DEMO_FILE, manifest["demo"])
     demo = read_demo(runs_dir)
     if demo is None:  # cannot happen after the copies above, unless the folder vanished under us
@@ -259,10 +264,19 @@ def _export_run(run_dir: Path, target: Path, *, standard_name: str) -> None:
     save_model(target / MODEL, model, precision=PRECISION)
 
 
-def _install_run(shipped: Path, target: Path, model_digest: str) -> None:
-    """Copy one shipped run to ``target``; an existing run there with the same weights is kept as it is."""
+def _install_run(shipped: Path, target: Path, model_digest: str, identity: str) -> None:
+    """Copy one shipped run to ``target``, its record given the ``identity`` of its phantom scans; an
+    existing run there with the same weights is kept, and given the identity if its record lacks one.
+
+    The shipped records predate :attr:`ScanDataset.identity` and name their scans by the shipped
+    pixels' fingerprint alone. That holds while the cache keeps the shipped scans adopted at install;
+    once the cache is cleared or another cache folder is used, the phantom is rendered anew, on another
+    CPU a few pixels differ by a grey level, and the runs' data would read as changed: the demo models
+    could no longer be evaluated or attacked on their test scans.
+    """
     if target.is_dir():
         if (target / MODEL).is_file() and file_sha256(target / MODEL) == model_digest:
+            _record_identity(target, identity)
             return
         raise CheckpointError(f"{target} already exists and holds other weights than the shipped demo's; "
                               "move or delete it, then install the demo again")
@@ -271,4 +285,13 @@ def _install_run(shipped: Path, target: Path, model_digest: str) -> None:
         staging.mkdir()
         for name in RUN_FILES:
             shutil.copyfile(shipped / name, staging / name)
+        _record_identity(staging, identity)
         os.replace(staging, target)
+
+
+def _record_identity(run_dir: Path, identity: str) -> None:
+    """Add ``identity`` to the dataset entry of the record in ``run_dir`` where it has none."""
+    config = read_config(run_dir)
+    dataset = config.get("dataset")
+    if isinstance(dataset, dict) and not dataset.get("identity"):
+        atomic_write_json(run_dir / CONFIG, {**config, "dataset": {**dataset, "identity": identity}})
