@@ -19,7 +19,8 @@ from pipeline.store import load_model, read_config, read_metrics, read_status
 from pipeline.params import params_of
 from pipeline.training import PRESETS, TrainConfig, train
 from pipeline.training.augment import Augmentation
-from pipeline.training.loop import CPU_CHANNELS_LAST_FROM, memory_format
+from pipeline.training.config import CPU_CHANNELS_LAST_FROM
+from pipeline.training.loop import memory_format
 from pipeline.training.strategies import STRATEGY_CLASSES, FastTraining
 from pipeline.training.strategies import available as available_strategies
 from tests.training_helpers import TINY, checkpoint_epoch, cli_args, make_blob_folder, start_cli

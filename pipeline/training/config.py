@@ -22,6 +22,12 @@ from pipeline.store import check_settings_with
 from pipeline.training import strategies
 from pipeline.units import MAX_EPSILON
 
+#: On a CPU, channels-last memory speeds training up only from this input size (pixels) on. Below it the
+#: weights outweigh the activations, and reordering the weights' gradients out of channels-last costs more
+#: than it saves: a ResNet-18 training step ran 0.68x as fast at 32 px, 0.94x at 64 px and 1.23x at 96 px
+#: (ResNet-50: 0.89x, 1.02x, 1.15x; ``python bench/memory_format.py``, bench/RESULTS.md).
+CPU_CHANNELS_LAST_FROM: Final[int] = 96
+
 
 @dataclass
 class TrainConfig:
@@ -157,7 +163,9 @@ class TrainConfig:
         "bf16 is missing) and CPUs with AVX512-BF16 or AMX",
     )
     channels_last: bool = setting(
-        True, help="channels-last memory format on CUDA, and on CPUs from 96 px (below it contiguous is faster)"
+        True,
+        help=f"channels-last memory format on CUDA, and on CPUs from {CPU_CHANNELS_LAST_FROM} px (below it "
+        "contiguous is faster)",
     )
     compile: bool = setting(False, help="torch.compile the model (slow first epoch, faster later ones)")
 

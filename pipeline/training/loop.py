@@ -63,24 +63,18 @@ from pipeline.store import (
 )
 from pipeline.training import distributed
 from pipeline.training.augment import Augmentation
-from pipeline.training.config import TrainConfig
+from pipeline.training.config import CPU_CHANNELS_LAST_FROM, TrainConfig
 from pipeline.training.distributed import DistContext
 from pipeline.training.strategies import Strategy, build_strategy
 
 #: Settings of how to run, not what to train: a resumed run may change them.
 EXECUTION_FIELDS = ("device", "amp", "channels_last", "compile")
 
-#: On a CPU, channels-last memory speeds training up only from this input size (pixels) on. Below it the
-#: weights outweigh the activations, and reordering the weights' gradients out of channels-last costs more
-#: than it saves: a ResNet-18 training step ran 0.68x as fast at 32 px, 0.94x at 64 px and 1.23x at 96 px
-#: (ResNet-50: 0.89x, 1.02x, 1.15x; ``python bench/memory_format.py``, bench/RESULTS.md).
-CPU_CHANNELS_LAST_FROM = 96
-
 
 def memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
     """The memory format a training keeps its model and batches in: channels-last where
-    ``config.channels_last`` asks for it and it is faster (CUDA; a CPU from :data:`CPU_CHANNELS_LAST_FROM`
-    pixels), else contiguous."""
+    ``config.channels_last`` asks for it and it is faster (CUDA; a CPU from ``CPU_CHANNELS_LAST_FROM``
+    pixels, :mod:`pipeline.training.config`), else contiguous."""
     wanted = config.channels_last and (
         device.type == "cuda" or (device.type == "cpu" and config.data.image_size >= CPU_CHANNELS_LAST_FROM)
     )
