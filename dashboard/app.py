@@ -42,7 +42,9 @@ page = st.navigation(PAGES)
 startup.wait_until_loaded(page.title)
 
 from dashboard.ui import demo, session, status  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 
+keep_freed_memory()  # the attacks and evaluations this server runs reuse their tensors' memory
 session.keep_choices()
 demo.install_on_first_start()
 status.sidebar()

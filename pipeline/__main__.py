@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.errors import UserInputError
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # every command, background job and torchrun worker comes through here
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.allocator import keep_freed_memory
+
 #: Under pytest-xdist each worker gets its own cache and one CPU thread: the workers already
 #: fill the cores, and oversubscribed torch threads make small convolutions many times slower.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
@@ -23,6 +25,8 @@ os.environ.setdefault("LUNGLAB_DEMO", "off")
 if _WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+#: The suite runs the lab's code in its own processes, set up as the lab's own processes are.
+keep_freed_memory()
 
 
 #: Where the corpus table is handed from the process that ran it to the one that prints it.
