@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import describe  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.data import load_dataset, split_dataset, split_groups  # noqa: E402
 from pipeline.evaluation import AttackSpec, StrengthSettings, evaluate, reference_attacks, strength_checks  # noqa: E402
 from pipeline.evaluation.batches import stopwatch  # noqa: E402
@@ -251,6 +252,7 @@ def main() -> None:
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when present")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args()
+    keep_freed_memory()  # as python -m pipeline evaluate does
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.suite:
