@@ -5,11 +5,10 @@ step after step. glibc's malloc serves large blocks with ``mmap`` and gives them
 once freed, and hands free memory at the top of its heap back to the system past a trim threshold; it
 raises both thresholds as it sees blocks freed, but not past 32 and 64 MiB, and a step frees more than
 that at once. So every step asks the kernel again for pages it just gave back, and the kernel zeroes
-each of them on first touch:
-about 19,000 page faults per ResNet-18 training step at 64 px (batch 16) and 25,000 per attack step at
-112 px (batch 32), almost none with this module's settings, and both steps about 1.2x as fast; a 112 px
-training step on two threads showed no clear change (``python bench/allocator.py``, medians of paired
-processes, in ``bench/RESULTS.md``, "Freed memory kept").
+each of them on first touch: about 19,000 page faults per ResNet-18 training step at 64 px (batch 16)
+and 25,000 per attack step at 112 px (batch 32), almost none with this module's settings, and both steps
+about 1.2x as fast; a 112 px training step on two threads showed no clear change (``python
+bench/allocator.py``, medians of paired processes, in ``bench/RESULTS.md``, "Freed memory kept").
 
 PyTorch's performance tuning guide recommends an allocator that keeps memory for the same reason
 (https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html, "Switch Memory allocator"); jemalloc
