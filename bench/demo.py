@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import describe  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.demo import RECIPES, Demo, default_recipe, prepare_demo  # noqa: E402
 from pipeline.device import select_device  # noqa: E402
 from pipeline.units import format_epsilon  # noqa: E402
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep", type=Path, help="write the runs here instead of a temporary folder")
     args = parser.parse_args()
+    keep_freed_memory()  # as python -m pipeline demo does
     device = select_device(args.device)
     recipe = default_recipe(args.device) if args.recipe == "auto" else args.recipe
     with tempfile.TemporaryDirectory() as scratch:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bench.attacks import forward_backward, timed  # noqa: E402
 from bench.common import describe  # noqa: E402
 from bench.train import epoch_limit, strategy_rates  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.attacks import get_attack  # noqa: E402
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.demo import RECIPES, DemoRecipe, prepare_demo  # noqa: E402
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="STEP",
                         help="run only the steps whose name contains STEP (repeatable), e.g. 'sharded'")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every lab process does (pipeline.allocator)
     dry = args.dry or not torch.cuda.is_available()
     return 0 if run(args.out, dry=dry, budget_s=args.budget_s, compile=args.compile, only=args.only) else 1
 

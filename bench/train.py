@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import describe  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.device import select_device  # noqa: E402
 from pipeline.store import read_metrics  # noqa: E402
 from pipeline.training import TrainConfig, train  # noqa: E402
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="k of PGD-k")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()  # as python -m pipeline train does
     if args.quick:
         args.arch, args.image_size, args.batch_size, args.count, args.steps = "resnet18", 32, 16, 120, 2
     throughput(args)
