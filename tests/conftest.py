@@ -25,7 +25,7 @@ os.environ.setdefault("LUNGLAB_DEMO", "off")
 if _WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-#: The suite runs the lab's code in its own processes, set up as the lab's own processes are.
+# The suite runs the lab's code in its own processes, set up as the lab's own processes are.
 keep_freed_memory()
 
 

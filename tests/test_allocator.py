@@ -42,4 +42,3 @@ def test_freed_blocks_are_reused_without_new_page_faults() -> None:
     # glibc's defaults give pages back and fault them in again: about 6,000 per round of 26,000 written
     assert plain > 10_000, plain
     assert kept < plain // 100, (kept, plain)
-
